@@ -1,0 +1,573 @@
+#!/usr/bin/env bash
+# mxpin test lab: two Postfix + sshd "hosts" (home, relay) on one machine.
+#
+#   lab/lab.sh up DIR NAME      build and start a lab under DIR using netns NAME
+#   lab/lab.sh down DIR         stop everything the lab started, delete its netns
+#   lab/lab.sh exec DIR CMD...  run CMD inside the lab's network namespace
+#
+# Must run as root (network and mount namespaces). Needs openssh-server,
+# postfix and swaks installed by apt; sudo is installed if missing.
+# Several labs may run at once: everything lives under DIR and in netns NAME.
+# See lab/README.md for the layout of DIR.
+set -euo pipefail
+
+# Lab topology (fixed: the tests and mxpin.toml rely on it).
+HOSTS=(home relay)
+declare -A ADDR=([home]=127.0.0.2 [relay]=127.0.0.3)
+declare -A MAILNAME=([home]=home.example.net [relay]=relay.example.org)
+declare -A MYDOMAIN=([home]=example.net [relay]=example.org)
+SUDO_USER_NAME=mxpinlab
+# Bounded waits: WAIT_STEPS x 0.1 s.
+WAIT_STEPS=100
+
+die() {
+    echo "lab.sh: $*" >&2
+    exit 1
+}
+
+usage() {
+    cat >&2 <<'EOF'
+usage: lab/lab.sh up DIR NAME       # build and start a lab under DIR (absolute), netns NAME
+       lab/lab.sh down DIR          # stop it and delete its netns (idempotent)
+       lab/lab.sh exec DIR CMD...   # run CMD in the lab's netns (lab hosts file as /etc/hosts)
+EOF
+    exit 2
+}
+
+# Paths end up in sshd_config, Postfix parameters (lists split on spaces and
+# commas, '$' expands) and shell strings: allow only a safe character set.
+check_dir_arg() {
+    local dir=$1
+    [[ $dir == /* ]] || die "DIR must be an absolute path: $dir"
+    [[ $dir =~ ^/[A-Za-z0-9._/-]+$ ]] || die "DIR may contain only A-Za-z0-9._/- : $dir"
+}
+
+# Run a command with its output appended to the lab log.
+LOG=/dev/null
+quiet() {
+    "$@" >>"$LOG" 2>&1
+}
+
+lab_name() {
+    local dir=$1
+    [[ -f $dir/netns ]] || return 1
+    cat "$dir/netns"
+}
+
+netns_exists() {
+    [[ -e /run/netns/$1 ]]
+}
+
+# Run a command inside the netns, with the lab hosts file over /etc/hosts in a
+# private mount namespace (so lab names resolve, and nothing leaks out).
+in_netns() {
+    local dir=$1 name=$2
+    shift 2
+    # shellcheck disable=SC2016 # expanded by the inner bash
+    ip netns exec "$name" unshare --mount --propagation private \
+        bash -c 'mount --bind "$1" /etc/hosts && shift && exec "$@"' lab-exec "$dir/hosts" "$@"
+}
+
+# ---------------------------------------------------------------- global setup
+# The only global changes: the apt package sudo and the system user mxpinlab.
+# Serialized with a lock on this script file itself (no global lock file is
+# created): parallel "up"s would otherwise race on dpkg and /etc/passwd.
+global_setup() {
+    exec 9<"${BASH_SOURCE[0]}"
+    flock -w 300 9 || die "timed out waiting for the global setup lock"
+    if ! command -v sudo >/dev/null 2>&1; then
+        export DEBIAN_FRONTEND=noninteractive
+        quiet apt-get install -y -o DPkg::Lock::Timeout=300 sudo ||
+            { quiet apt-get update && quiet apt-get install -y -o DPkg::Lock::Timeout=300 sudo; } ||
+            die "could not install sudo (see $LOG)"
+    fi
+    if ! id -u "$SUDO_USER_NAME" >/dev/null 2>&1; then
+        quiet useradd --system --create-home --shell /bin/bash "$SUDO_USER_NAME" ||
+            id -u "$SUDO_USER_NAME" >/dev/null 2>&1 || die "could not create user $SUDO_USER_NAME"
+    fi
+    # useradd leaves the password field "!" (locked). With UsePAM no, sshd
+    # refuses locked accounts even for public-key logins ("User mxpinlab not
+    # allowed because account is locked"). "*" means "no password" but not
+    # locked, so key logins work and password logins stay impossible.
+    local pw
+    pw=$(getent shadow "$SUDO_USER_NAME" | cut -d: -f2)
+    if [[ $pw == '!'* ]]; then
+        quiet usermod -p '*' "$SUDO_USER_NAME"
+    fi
+    flock -u 9
+    exec 9<&-
+    # sshd's privilege separation directory (global, shared by all labs).
+    mkdir -p /run/sshd
+    chmod 0755 /run/sshd
+}
+
+# ---------------------------------------------------------------- up
+write_client_files() {
+    local dir=$1 host
+    ssh-keygen -q -t ed25519 -N '' -C mxpin-lab-client -f "$dir/client_key"
+    # sshd opens AuthorizedKeysFile with the *target user's* uid, so mxpinlab
+    # must be able to read it (and traverse DIR).
+    chmod 0644 "$dir/client_key.pub"
+
+    cat >"$dir/hosts" <<'EOF'
+127.0.0.1 localhost
+127.0.0.2 home.example.net home
+127.0.0.3 relay.example.org relay
+EOF
+
+    # visudo checks the syntax below; sudo insists on root:root 0440.
+    cat >"$dir/sudoers" <<EOF
+# mxpin lab sudoers: bind-mounted over /etc/sudoers inside each lab host.
+Defaults env_reset
+Defaults !requiretty
+Defaults !lecture
+Defaults !fqdn
+Defaults secure_path="/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+root ALL=(ALL:ALL) ALL
+$SUDO_USER_NAME ALL=(root) NOPASSWD: ALL
+EOF
+    chown root:root "$dir/sudoers"
+    chmod 0440 "$dir/sudoers"
+    quiet visudo -c -f "$dir/sudoers" || die "invalid $dir/sudoers"
+
+    : >"$dir/known_hosts"
+    : >"$dir/ssh_config"
+    for host in "${HOSTS[@]}"; do
+        local key
+        key=$(cut -d' ' -f1-2 "$dir/$host/ssh_host_ed25519_key.pub")
+        echo "$host,${MAILNAME[$host]},${ADDR[$host]} $key" >>"$dir/known_hosts"
+        # One block per alias (not "Host a b") so that even a naive parser of
+        # this file in the tool under test finds HostName for each name.
+        local alias
+        for alias in "$host" "${MAILNAME[$host]}"; do
+            cat >>"$dir/ssh_config" <<EOF
+Host $alias
+    HostName ${ADDR[$host]}
+    User root
+    IdentityFile $dir/client_key
+    IdentitiesOnly yes
+    UserKnownHostsFile $dir/known_hosts
+    GlobalKnownHostsFile /dev/null
+    StrictHostKeyChecking yes
+    BatchMode yes
+    ConnectTimeout 5
+    LogLevel ERROR
+
+EOF
+        done
+    done
+
+    cat >"$dir/mxpin.toml" <<'EOF'
+[settings]
+ssh_config = "ssh_config"
+
+[hosts.home]
+ssh = "home"
+mx = "home.example.net"
+
+[hosts.relay]
+ssh = "mxpinlab@relay"
+mx = "relay.example.org"
+sudo = true
+
+[domains."example.net"]
+primary = "home"
+backups = ["relay"]
+recipients = ["first.last@example.net"]
+EOF
+}
+
+setup_sshd() {
+    local dir=$1 host=$2
+    local hd=$dir/$host
+    ssh-keygen -q -t ed25519 -N '' -C "root@${MAILNAME[$host]}" -f "$hd/ssh_host_ed25519_key"
+    cat >"$hd/sshd_config" <<EOF
+# sshd for lab host $host (${MAILNAME[$host]})
+ListenAddress ${ADDR[$host]}:22
+HostKey $hd/ssh_host_ed25519_key
+PidFile $hd/sshd.pid
+PermitRootLogin prohibit-password
+PubkeyAuthentication yes
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+# Absolute path: the same client key for every user (root and $SUDO_USER_NAME).
+AuthorizedKeysFile $dir/client_key.pub
+# UsePAM no: no /etc/pam.d involvement; StrictModes no: DIR may be anywhere.
+UsePAM no
+StrictModes no
+PrintMotd no
+PrintLastLog no
+UseDNS no
+# Tests may open many connections at once.
+MaxStartups 100:30:200
+MaxSessions 100
+LogLevel VERBOSE
+Subsystem sftp /usr/lib/openssh/sftp-server
+EOF
+    quiet /usr/sbin/sshd -t -f "$hd/sshd_config" || die "$host: invalid sshd_config (see $LOG)"
+}
+
+setup_postfix() {
+    local dir=$1 host=$2
+    local hd=$dir/$host
+    local cf=$hd/etc/postfix
+    mkdir -p "$hd/etc" "$hd/queue" "$hd/data" "$hd/mailspool"
+    # Pristine copy of the machine's config; the machine's /etc/postfix is
+    # never written (postconf -c below edits the copy only).
+    cp -a /etc/postfix "$cf"
+    # data_directory must belong to postfix, or master fails to lock
+    # ("open lock file ... Permission denied").
+    chown postfix:postfix "$hd/data"
+    chmod 0700 "$hd/data"
+    # Like /var/mail: group mail, setgid.
+    if getent group mail >/dev/null; then
+        chgrp mail "$hd/mailspool"
+        chmod 2775 "$hd/mailspool"
+    else
+        chmod 1777 "$hd/mailspool"
+    fi
+    : >"$hd/maillog"
+
+    # master.cf first: every postconf run reads main.cf, and right after an
+    # edit of main.cf that read stalls (see the touch below).
+    # Chroot off everywhere (the chroot would lack the lab paths).
+    local -a chroot_off=()
+    local line
+    while IFS= read -r line; do
+        chroot_off+=("${line%% = y} = n")
+    done < <(postconf -c "$cf" -F | grep -E '/chroot = y$' || true)
+    if ((${#chroot_off[@]})); then
+        quiet postconf -c "$cf" -F -e "${chroot_off[@]}"
+    fi
+    # postlogd must be enabled for maillog_file (Debian 12 ships it enabled).
+    if [[ -z $(postconf -c "$cf" -M postlog/unix-dgram 2>/dev/null) ]]; then
+        quiet postconf -c "$cf" -M -e 'postlog/unix-dgram = postlog unix-dgram n - n - 1 postlogd'
+    fi
+
+    local -a params=(
+        "queue_directory = $hd/queue"
+        "data_directory = $hd/data"
+        "mail_spool_directory = $hd/mailspool"
+        # Without syslogd, log to a file via postlogd. maillog_file outside
+        # /var needs maillog_file_prefixes, otherwise a fatal error that only
+        # goes to syslog (i.e. nowhere).
+        "maillog_file = $hd/maillog"
+        "maillog_file_prefixes = $dir"
+        "inet_interfaces = ${ADDR[$host]}"
+        "smtp_bind_address = ${ADDR[$host]}"
+        "inet_protocols = ipv4"
+        "myhostname = ${MAILNAME[$host]}"
+        "mydomain = ${MYDOMAIN[$host]}"
+        "myorigin = \$myhostname"
+        # The pristine file lists the machine's hostname here.
+        "mydestination = \$myhostname, localhost.\$mydomain, localhost"
+        "mynetworks = 127.0.0.0/8"
+        # Never query DNS: names come from the lab hosts file via libc.
+        "smtp_host_lookup = native"
+        "smtp_dns_support_level = disabled"
+        "lmtp_host_lookup = native"
+        "smtp_tls_loglevel = 1"
+        "smtpd_tls_loglevel = 1"
+        "compatibility_level = 3.6"
+    )
+    if [[ $host == home ]]; then
+        local uid gid
+        uid=$(id -u nobody)
+        gid=$(id -g nobody)
+        mkdir -p "$hd/mail"
+        chown nobody:"$gid" "$hd/mail"
+        chmod 0755 "$hd/mail"
+        echo "first.last@example.net first.last/" >"$cf/vmailbox"
+        params+=(
+            "virtual_mailbox_domains = example.net"
+            "virtual_mailbox_base = $hd/mail"
+            # texthash: needs no postmap (but a reload to see changes).
+            "virtual_mailbox_maps = texthash:/etc/postfix/vmailbox"
+            "virtual_uid_maps = static:$uid"
+            "virtual_gid_maps = static:$gid"
+        )
+    fi
+    quiet postconf -c "$cf" -e "${params[@]}"
+
+    # Postfix refuses to read a main.cf (or texthash: file) modified within the
+    # last second or so: it sleeps 0.3 s at a time until the mtime is older
+    # (guard against half-written files). Every postconf/postfix command right
+    # after an edit would stall ~2 s; our edits are complete, so backdate.
+    touch -d "@$((EPOCHSECONDS - 10))" "$cf/main.cf" "$cf/master.cf"
+    if [[ -f $cf/vmailbox ]]; then
+        touch -d "@$((EPOCHSECONDS - 10))" "$cf/vmailbox"
+    fi
+}
+
+start_host() {
+    local dir=$1 name=$2 host=$3
+    local hd=$dir/$host
+    # Private mount + UTS namespace inside the lab netns. The inner bash
+    # records its pid (it becomes "sleep infinity" via exec), which keeps the
+    # namespaces alive. sshd and master daemonize; their children (the SSH
+    # sessions of the tests) inherit this mount namespace. All fds go to files
+    # so a caller reading our stdout through a pipe is not kept waiting.
+    # shellcheck disable=SC2016 # expanded by the inner bash
+    setsid ip netns exec "$name" unshare --mount --uts --propagation private bash -c '
+        set -eu
+        echo $$ >"$1/ns.pid"
+        mount --bind "$1/etc/postfix" /etc/postfix
+        mount --bind "$2/hosts" /etc/hosts
+        mount --bind "$2/sudoers" /etc/sudoers
+        hostname "$3"
+        /usr/sbin/sshd -f "$1/sshd_config" -E "$1/sshd.log"
+        if ! postfix start; then
+            # Without syslogd, Postfix fatals are invisible unless stderr is
+            # a terminal: repeat the check under script(1) to get the reason.
+            script -qec "postfix check" /dev/null || true
+            exit 1
+        fi
+        exec sleep infinity
+    ' "lab-$host" "$hd" "$dir" "$host" >>"$hd/start.log" 2>&1 </dev/null &
+}
+
+show_host_logs() {
+    local dir=$1 host=$2 f
+    for f in start.log maillog sshd.log; do
+        echo "--- last lines of $dir/$host/$f:" >&2
+        tail -n 15 "$dir/$host/$f" >&2 2>/dev/null || true
+    done
+    echo "--- last lines of $dir/lab.log:" >&2
+    tail -n 15 "$dir/lab.log" >&2 || true
+}
+
+# Wait until sshd (22) and Postfix (25) listen on the host's address.
+wait_host() {
+    local dir=$1 name=$2 host=$3
+    local a=${ADDR[$host]} i listening pid
+    for ((i = 0; i < WAIT_STEPS; i++)); do
+        listening=$(ip netns exec "$name" ss -Hltn 2>/dev/null | awk '{print $4}')
+        if grep -qxF "$a:22" <<<"$listening" && grep -qxF "$a:25" <<<"$listening"; then
+            return 0
+        fi
+        # Fail fast if the namespace keeper already died (e.g. postfix start failed).
+        pid=$(cat "$dir/$host/ns.pid" 2>/dev/null || true)
+        if ((i > 10)) && { [[ -z $pid ]] || ! kill -0 "$pid" 2>/dev/null; }; then
+            break
+        fi
+        sleep 0.1
+    done
+    echo "lab.sh: host $host ($a): sshd and/or Postfix not listening on $a:22 / $a:25" >&2
+    echo "listening in netns $name: $(echo "$listening" | tr '\n' ' ')" >&2
+    show_host_logs "$dir" "$host"
+    return 1
+}
+
+check_line() {
+    printf '%-4s %s\n' "$1" "$2"
+}
+
+self_checks() {
+    local dir=$1 name=$2 host out
+    for host in "${HOSTS[@]}"; do
+        out=$(in_netns "$dir" "$name" ssh -F "$dir/ssh_config" "$host" postconf -h myhostname 2>>"$LOG") || true
+        if [[ $out != "${MAILNAME[$host]}" ]]; then
+            check_line FAIL "ssh $host postconf -h myhostname: got '$out', want ${MAILNAME[$host]}"
+            show_host_logs "$dir" "$host"
+            return 1
+        fi
+        check_line ok "ssh $host: postconf -h myhostname = $out"
+    done
+
+    out=$(in_netns "$dir" "$name" ssh -F "$dir/ssh_config" "$SUDO_USER_NAME@relay" sudo -n id -u 2>>"$LOG") || true
+    if [[ $out != 0 ]]; then
+        check_line FAIL "ssh $SUDO_USER_NAME@relay sudo -n id -u: got '$out', want 0"
+        show_host_logs "$dir" relay
+        return 1
+    fi
+    check_line ok "ssh $SUDO_USER_NAME@relay: sudo -n id -u = 0"
+
+    local newdir=$dir/home/mail/first.last/new
+    if ! in_netns "$dir" "$name" swaks --server 127.0.0.2 --to first.last@example.net \
+        --from test@relay.example.org --header "Subject: mxpin lab self-check" >>"$LOG" 2>&1; then
+        check_line FAIL "swaks to first.last@example.net via 127.0.0.2 was not accepted (see $LOG)"
+        show_host_logs "$dir" home
+        return 1
+    fi
+    check_line ok "swaks: first.last@example.net accepted by home (127.0.0.2:25)"
+    local i f=
+    for ((i = 0; i < WAIT_STEPS; i++)); do
+        f=$(find "$newdir" -maxdepth 1 -type f 2>/dev/null | head -n 1 || true)
+        [[ -n $f ]] && break
+        sleep 0.1
+    done
+    if [[ -z $f ]]; then
+        check_line FAIL "no message in $newdir after $((WAIT_STEPS / 10)) s"
+        show_host_logs "$dir" home
+        return 1
+    fi
+    # Move the self-check message out so tests start with an empty maildir.
+    mv "$f" "$dir/selfcheck-message.eml"
+    check_line ok "delivered to $newdir (moved to $dir/selfcheck-message.eml)"
+}
+
+cmd_up() {
+    (($# == 2)) || usage
+    local dir=$1 name=$2 host
+    check_dir_arg "$dir"
+    # Postfix clients reach postlogd by the absolute socket path
+    # DIR/relay/queue/public/postlog, and a unix socket path has at most 107
+    # bytes: longer DIRs fail with "unix-domain name too long".
+    ((${#dir} <= 80)) || die "DIR is longer than 80 characters (Postfix socket path limit): $dir"
+    [[ $name =~ ^[A-Za-z0-9_.-]{1,64}$ ]] || die "NAME may contain only A-Za-z0-9_.- : $name"
+    [[ $(id -u) == 0 ]] || die "must run as root"
+    local cmd
+    for cmd in ip unshare setsid ss sshd ssh ssh-keygen postfix postconf swaks flock; do
+        command -v "$cmd" >/dev/null 2>&1 || [[ -x /usr/sbin/$cmd ]] ||
+            die "missing command $cmd (apt-get install -y openssh-server postfix swaks)"
+    done
+    if [[ -e $dir ]]; then
+        [[ -d $dir ]] || die "$dir exists and is not a directory"
+        [[ -z $(ls -A "$dir") ]] || die "$dir is not empty (a previous lab? run down and remove it)"
+    fi
+    netns_exists "$name" && die "network namespace $name already exists"
+
+    mkdir -p "$dir"
+    # Postfix (as user postfix), virtual delivery (as nobody) and sshd's
+    # AuthorizedKeysFile read (as mxpinlab) all need to traverse DIR.
+    chmod 0755 "$dir"
+    LOG=$dir/lab.log
+    : >"$LOG"
+    echo "$name" >"$dir/netns"
+
+    local t0=$SECONDS
+    # On any failure below: explain, and tear down what was started (unless
+    # LAB_KEEP_ON_FAILURE=1) so that no process or netns is left behind.
+    # Globals: the trap runs after cmd_up's locals are gone.
+    UP_DIR=$dir UP_NAME=$name UP_STARTED=0
+    # shellcheck disable=SC2317 # invoked by the trap
+    on_exit() {
+        local rc=$?
+        if ((rc != 0)); then
+            echo "lab.sh up $UP_DIR $UP_NAME: FAILED (exit $rc); log: $LOG" >&2
+            if ((UP_STARTED)) && [[ ${LAB_KEEP_ON_FAILURE:-0} != 1 ]]; then
+                cmd_down "$UP_DIR" >&2 || true
+            fi
+        fi
+    }
+    trap on_exit EXIT
+
+    global_setup
+
+    local u
+    for u in postfix nobody "$SUDO_USER_NAME"; do
+        runuser -u "$u" -- test -x "$dir" ||
+            die "user $u cannot traverse $dir: every parent directory needs o+x"
+    done
+
+    for host in "${HOSTS[@]}"; do
+        mkdir -p "$dir/$host"
+        setup_sshd "$dir" "$host"
+        setup_postfix "$dir" "$host"
+    done
+    write_client_files "$dir"
+
+    # Only a netns we created ourselves may be torn down on failure.
+    quiet ip netns add "$name" || die "could not create network namespace $name"
+    UP_STARTED=1
+    quiet ip -n "$name" link set lo up
+    for host in "${HOSTS[@]}"; do
+        # inet_interfaces needs the address really on an interface.
+        quiet ip -n "$name" addr add "${ADDR[$host]}/8" dev lo
+    done
+    for host in "${HOSTS[@]}"; do
+        start_host "$dir" "$name" "$host"
+    done
+    for host in "${HOSTS[@]}"; do
+        wait_host "$dir" "$name" "$host"
+    done
+    self_checks "$dir" "$name"
+    echo "lab up: $dir (netns $name) in $((SECONDS - t0)) s"
+}
+
+# ---------------------------------------------------------------- down
+cmd_down() {
+    (($# == 1)) || usage
+    local dir=$1 name host pid i
+    check_dir_arg "$dir"
+    if ! name=$(lab_name "$dir"); then
+        echo "lab.sh down: no lab recorded in $dir (nothing to do)"
+        return 0
+    fi
+    if [[ -d $dir ]] && [[ -w $dir ]] && [[ $LOG == /dev/null ]]; then
+        LOG=$dir/lab.log
+    fi
+    # Processes outside the netns are not ours; inside it everything is:
+    # sshd, Postfix, the namespace keepers and any session or controller
+    # command started with "lab.sh exec".
+    list_pids() {
+        local p
+        if netns_exists "$name"; then
+            ip netns pids "$name" 2>/dev/null || true
+        fi
+        # Keepers recorded in DIR (in case the netns was deleted already).
+        for host in "${HOSTS[@]}"; do
+            p=$(cat "$dir/$host/ns.pid" 2>/dev/null || true)
+            if [[ -n $p ]] && kill -0 "$p" 2>/dev/null &&
+                [[ $(cat "/proc/$p/comm" 2>/dev/null) == sleep ]]; then
+                echo "$p"
+            fi
+        done
+    }
+    local -a pids
+    local what=stopped
+    mapfile -t pids < <(list_pids | sort -un)
+    if ((${#pids[@]} == 0)) && ! netns_exists "$name"; then
+        what="already down"
+    fi
+    if ((${#pids[@]})); then
+        kill -TERM "${pids[@]}" 2>/dev/null || true
+        # Postfix master stops its children on SIGTERM; give it a moment.
+        for ((i = 0; i < WAIT_STEPS; i++)); do
+            mapfile -t pids < <(list_pids | sort -un)
+            ((${#pids[@]} == 0)) && break
+            sleep 0.1
+        done
+        if ((${#pids[@]})); then
+            kill -KILL "${pids[@]}" 2>/dev/null || true
+            for ((i = 0; i < 20; i++)); do
+                mapfile -t pids < <(list_pids | sort -un)
+                ((${#pids[@]} == 0)) && break
+                sleep 0.1
+            done
+        fi
+    fi
+    if netns_exists "$name"; then
+        ip netns del "$name" >>"$LOG" 2>&1 || true
+    fi
+    mapfile -t pids < <(list_pids | sort -un)
+    if ((${#pids[@]})) || netns_exists "$name"; then
+        die "down $dir: could not stop everything (pids: ${pids[*]:-none}; netns $name exists: $(netns_exists "$name" && echo yes || echo no))"
+    fi
+    echo "lab down: $dir (netns $name $what)"
+}
+
+# ---------------------------------------------------------------- exec
+cmd_exec() {
+    (($# >= 2)) || usage
+    local dir=$1 name
+    shift
+    check_dir_arg "$dir"
+    name=$(lab_name "$dir") || die "no lab recorded in $dir"
+    netns_exists "$name" || die "netns $name of $dir does not exist (lab down?)"
+    in_netns "$dir" "$name" "$@"
+}
+
+main() {
+    (($# >= 1)) || usage
+    local sub=$1
+    shift
+    case $sub in
+    up) cmd_up "$@" ;;
+    down) cmd_down "$@" ;;
+    exec) cmd_exec "$@" ;;
+    *) usage ;;
+    esac
+}
+
+main "$@"

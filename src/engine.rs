@@ -1,0 +1,310 @@
+//! Runs the flow across hosts: connect and read facts (in parallel,
+//! bounded), plan (pure), apply (the only place with side effects), then
+//! read facts again to prove every host converged.
+
+use futures::stream::{self, StreamExt as _};
+use time::OffsetDateTime;
+
+use crate::desired::{self, HostKeys};
+use crate::facts;
+use crate::inventory::{Host, HostName, Inventory};
+use crate::mta::postfix::{self, script, PostfixFacts};
+use crate::plan::{HostOutcome, HostPlan};
+use crate::ssh::{SshHost, Transport as _};
+use crate::templates::Templates;
+
+/// A host as seen this run: its open connection (if any) and its facts.
+pub struct HostState {
+    pub host: Host,
+    pub conn: Option<SshHost>,
+    pub facts: Result<PostfixFacts, String>,
+}
+
+async fn read_facts(conn: &SshHost, host: &Host) -> Result<PostfixFacts, String> {
+    let out = conn
+        .run_script(&postfix::facts_script(host))
+        .await
+        .map_err(|e| format!("reading facts: {e}"))?;
+    let sections = facts::parse(&out.stdout).map_err(|e| {
+        let hint = if out.stderr.is_empty() {
+            String::new()
+        } else {
+            format!(" (stderr: {})", out.stderr)
+        };
+        format!("reading facts: {e}{hint}")
+    })?;
+    PostfixFacts::from_sections(&sections)
+}
+
+/// Connects to every host and reads its facts, `parallel` at a time. A
+/// host that fails does not hold up the others.
+pub async fn gather(inv: &Inventory, parallel: usize) -> Vec<HostState> {
+    let config = inv.settings.ssh_config.as_deref();
+    let mut states: Vec<(usize, HostState)> = stream::iter(inv.hosts.iter().enumerate())
+        .map(|(i, host)| async move {
+            let state = match SshHost::connect(host, config).await {
+                Err(e) => HostState {
+                    host: host.clone(),
+                    conn: None,
+                    facts: Err(e.to_string()),
+                },
+                Ok(conn) => {
+                    let facts = read_facts(&conn, host).await;
+                    HostState {
+                        host: host.clone(),
+                        conn: Some(conn),
+                        facts,
+                    }
+                }
+            };
+            (i, state)
+        })
+        .buffer_unordered(parallel.max(1))
+        .collect()
+        .await;
+    states.sort_by_key(|(i, _)| *i);
+    states.into_iter().map(|(_, s)| s).collect()
+}
+
+/// Re-reads facts over the open connections.
+async fn refresh(states: &mut [HostState], parallel: usize) {
+    let fresh: Vec<(usize, Result<PostfixFacts, String>)> = stream::iter(states.iter().enumerate())
+        .filter_map(|(i, s)| async move { s.conn.as_ref().map(|c| (i, c, &s.host)) })
+        .map(|(i, conn, host)| async move { (i, read_facts(conn, host).await) })
+        .buffer_unordered(parallel.max(1))
+        .collect()
+        .await;
+    for (i, f) in fresh {
+        states[i].facts = f;
+    }
+}
+
+/// Plans every host from the facts read. Pure apart from key generation.
+pub fn plan_all(
+    inv: &Inventory,
+    states: &[HostState],
+    templates: &Templates,
+    now: OffsetDateTime,
+) -> Vec<HostOutcome> {
+    let keys: Vec<Result<HostKeys, String>> = states
+        .iter()
+        .map(|s| {
+            let f = s.facts.as_ref().map_err(Clone::clone)?;
+            desired::resolve_keys(inv, &s.host, &f.stored_keys(), now).map_err(|e| e.message)
+        })
+        .collect();
+    desired::desired(inv, keys)
+        .into_iter()
+        .zip(states)
+        .map(|(d, s)| {
+            let planned = d.and_then(|d| {
+                let f = s.facts.as_ref().map_err(Clone::clone)?;
+                postfix::plan_host(&d, f, inv, templates)
+            });
+            match planned {
+                Ok(p) => HostOutcome::Planned(Box::new(p)),
+                Err(error) => HostOutcome::Failed {
+                    host: s.host.name.clone(),
+                    error,
+                },
+            }
+        })
+        .collect()
+}
+
+/// What happened to one host during apply.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ApplyStatus {
+    Unchanged,
+    Applied { changes: usize },
+    Failed(String),
+    Skipped(String),
+}
+
+/// Order of application: a backup that starts pinning a host whose served
+/// key changes in this run goes after that host, so it never pins a key
+/// that is not served yet. Returns a wave number per plan.
+pub fn waves(plans: &[&HostPlan]) -> Vec<usize> {
+    let mut wave = vec![0usize; plans.len()];
+    let index = |h: &HostName| plans.iter().position(|p| &p.host == h);
+    // Bounded: a wave number only grows, and never past the plan count.
+    for _ in 0..plans.len() {
+        let mut moved = false;
+        for (i, p) in plans.iter().enumerate() {
+            for dep in p.pins_for.iter().filter_map(|h| index(h)) {
+                if plans[dep].switches_key && wave[i] <= wave[dep] && wave[dep] < plans.len() {
+                    wave[i] = wave[dep] + 1;
+                    moved = true;
+                }
+            }
+        }
+        if !moved {
+            break;
+        }
+    }
+    wave
+}
+
+async fn apply_one(conn: &SshHost, plan: &HostPlan) -> ApplyStatus {
+    let script = script::apply_script(plan);
+    match conn.run_script(script.text()).await {
+        Err(e) => ApplyStatus::Failed(format!("{e}; state unknown, run plan to see it")),
+        Ok(out) => match script::parse_result(&String::from_utf8_lossy(&out.stdout)) {
+            Some(script::ApplyResult::Applied) => ApplyStatus::Applied {
+                changes: plan.changes.len(),
+            },
+            Some(script::ApplyResult::Failed {
+                step,
+                message,
+                rolled_back,
+            }) => ApplyStatus::Failed(format!(
+                "at step '{step}': {message}{}",
+                if rolled_back {
+                    "; previous files restored"
+                } else {
+                    "; nothing was changed"
+                }
+            )),
+            None => ApplyStatus::Failed(format!(
+                "apply script ended without a verdict (stderr: {}); run plan to see the state",
+                out.stderr
+            )),
+        },
+    }
+}
+
+/// Applies non-empty plans in waves (see [`waves`]), hosts of one wave in
+/// parallel. A host waiting on a failed host is skipped.
+pub async fn apply_all(
+    states: &[HostState],
+    outcomes: &[HostOutcome],
+    parallel: usize,
+) -> Vec<(HostName, ApplyStatus)> {
+    let plans: Vec<&HostPlan> = outcomes
+        .iter()
+        .filter_map(|o| match o {
+            HostOutcome::Planned(p) if !p.is_empty() => Some(p.as_ref()),
+            _ => None,
+        })
+        .collect();
+    let wave = waves(&plans);
+    let mut status: Vec<Option<ApplyStatus>> = vec![None; plans.len()];
+    let last = wave.iter().copied().max().unwrap_or(0);
+    for w in 0..=last {
+        let mut runnable = Vec::new();
+        for (i, p) in plans.iter().enumerate().filter(|(i, _)| wave[*i] == w) {
+            let failed_dep = p.pins_for.iter().find(|h| {
+                plans.iter().zip(&status).any(|(q, s)| {
+                    &q.host == *h
+                        && q.switches_key
+                        && !matches!(s, Some(ApplyStatus::Applied { .. }))
+                })
+            });
+            if let Some(h) = failed_dep {
+                status[i] = Some(ApplyStatus::Skipped(format!(
+                    "not applied: it would pin the new key of {h}, which was not applied"
+                )));
+            } else {
+                runnable.push(i);
+            }
+        }
+        let done: Vec<(usize, ApplyStatus)> = stream::iter(runnable)
+            .map(|i| {
+                let plan = plans[i];
+                let conn = states
+                    .iter()
+                    .find(|s| s.host.name == plan.host)
+                    .and_then(|s| s.conn.as_ref());
+                async move {
+                    match conn {
+                        Some(c) => (i, apply_one(c, plan).await),
+                        None => (i, ApplyStatus::Failed("no connection".into())),
+                    }
+                }
+            })
+            .buffer_unordered(parallel.max(1))
+            .collect()
+            .await;
+        for (i, s) in done {
+            status[i] = Some(s);
+        }
+    }
+    let mut result: Vec<(HostName, ApplyStatus)> = Vec::new();
+    for o in outcomes {
+        let (name, s) = match o {
+            HostOutcome::Failed { host, error } => {
+                (host.clone(), ApplyStatus::Failed(error.clone()))
+            }
+            HostOutcome::Planned(p) if p.is_empty() => (p.host.clone(), ApplyStatus::Unchanged),
+            HostOutcome::Planned(p) => {
+                let i = plans.iter().position(|q| q.host == p.host).expect("listed");
+                (p.host.clone(), status[i].clone().expect("every wave ran"))
+            }
+        };
+        result.push((name, s));
+    }
+    result
+}
+
+/// After apply: read every host again and plan; hosts that still have
+/// changes did not converge.
+pub async fn converged(
+    inv: &Inventory,
+    states: &mut [HostState],
+    templates: &Templates,
+    parallel: usize,
+) -> Vec<HostOutcome> {
+    refresh(states, parallel).await;
+    plan_all(inv, states, templates, OffsetDateTime::now_utc())
+}
+
+pub async fn close(states: Vec<HostState>) {
+    for s in states {
+        if let Some(c) = s.conn {
+            c.close().await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plan::HostPlan;
+
+    fn plan(host: &str, switches: bool, pins_for: &[&str]) -> HostPlan {
+        HostPlan {
+            host: HostName::parse(host).unwrap(),
+            changes: vec![],
+            commands: vec![],
+            notes: vec![],
+            switches_key: switches,
+            pins_for: pins_for
+                .iter()
+                .map(|h| HostName::parse(h).unwrap())
+                .collect(),
+            steps: Default::default(),
+        }
+    }
+
+    #[test]
+    fn pinning_backup_waits_for_the_key_switch() {
+        let home = plan("home", true, &[]);
+        let relay = plan("relay", true, &["home"]);
+        assert_eq!(waves(&[&relay, &home]), [1, 0]);
+    }
+
+    #[test]
+    fn steady_keys_need_no_ordering() {
+        let home = plan("home", false, &[]);
+        let relay = plan("relay", true, &["home"]);
+        assert_eq!(waves(&[&home, &relay]), [0, 0]);
+    }
+
+    #[test]
+    fn mutual_backups_with_new_keys_terminate() {
+        let a = plan("a", true, &["b"]);
+        let b = plan("b", true, &["a"]);
+        let w = waves(&[&a, &b]);
+        assert!(w.iter().all(|&x| x <= 2), "{w:?}");
+    }
+}

@@ -1,0 +1,120 @@
+//! What is on a host, read in one remote command.
+//!
+//! A facts script prints length-framed sections, `@@mxpin NAME LEN\n` then
+//! exactly LEN bytes and a newline, so file contents need no escaping and a
+//! truncated or garbled answer is detected instead of misread. MTA modules
+//! write the scripts (with [`SHELL_HELPERS`]) and interpret the sections.
+
+use std::collections::BTreeMap;
+
+/// Shell functions for facts scripts: `put NAME VALUE` and `putfile NAME PATH`
+/// (the latter keeps trailing newlines, which `$(...)` would strip).
+/// Requires `LC_ALL=C` so that `${#v}` counts bytes.
+pub const SHELL_HELPERS: &str = r#"put() { printf '@@mxpin %s %s\n' "$1" "${#2}"; printf '%s\n' "$2"; }
+putfile() {
+  if v=$(cat -- "$2" 2>&1; r=$?; echo x; exit $r); then put "$1" "${v%x}"; else put error "cannot read $2: ${v%x}"; fi
+}
+"#;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unreadable facts from host: {0}")]
+pub struct FramingError(String);
+
+/// Sections by name. A name given twice keeps every value, in order.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Sections(BTreeMap<String, Vec<String>>);
+
+impl Sections {
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.0.get(name).and_then(|v| v.last()).map(String::as_str)
+    }
+
+    pub fn all(&self, name: &str) -> &[String] {
+        self.0.get(name).map_or(&[], Vec::as_slice)
+    }
+}
+
+/// Parses a facts script's output. Anything outside frames is an error: a
+/// login banner or shell noise must not be mistaken for file content.
+pub fn parse(output: &[u8]) -> Result<Sections, FramingError> {
+    let mut sections = Sections::default();
+    let mut rest = output;
+    while !rest.is_empty() {
+        let nl = rest
+            .iter()
+            .position(|&b| b == b'\n')
+            .ok_or_else(|| FramingError("truncated header".into()))?;
+        let header = std::str::from_utf8(&rest[..nl])
+            .map_err(|_| FramingError("header is not UTF-8".into()))?;
+        let mut words = header.split(' ');
+        let (Some("@@mxpin"), Some(name), Some(len), None) =
+            (words.next(), words.next(), words.next(), words.next())
+        else {
+            let shown: String = header.chars().take(80).collect();
+            return Err(FramingError(format!("unexpected line {shown:?}")));
+        };
+        let len: usize = len
+            .parse()
+            .map_err(|_| FramingError(format!("bad length in {header:?}")))?;
+        let body = &rest[nl + 1..];
+        if body.len() < len + 1 || body[len] != b'\n' {
+            return Err(FramingError(format!("section {name} is truncated")));
+        }
+        let value = String::from_utf8(body[..len].to_vec())
+            .map_err(|_| FramingError(format!("section {name} is not UTF-8")))?;
+        sections.0.entry(name.to_string()).or_default().push(value);
+        rest = &body[len + 1..];
+    }
+    Ok(sections)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_frames_with_embedded_newlines_and_markers() {
+        let out = b"@@mxpin a 3\nx\ny\n@@mxpin file 18\n@@mxpin fake 1\nz\n\n\n@@mxpin a 0\n\n";
+        let s = parse(out).unwrap();
+        assert_eq!(s.get("file"), Some("@@mxpin fake 1\nz\n\n"));
+        assert_eq!(s.all("a"), ["x\ny", ""]);
+        assert_eq!(s.get("a"), Some(""));
+        assert_eq!(s.get("missing"), None);
+    }
+
+    #[test]
+    fn rejects_noise_and_truncation() {
+        assert!(parse(b"Welcome!\n@@mxpin a 1\nx\n").is_err());
+        assert!(parse(b"@@mxpin a 5\nx\n").is_err());
+        assert!(parse(b"@@mxpin a 1\nxy").is_err());
+        assert!(parse(b"@@mxpin a\n").is_err());
+    }
+
+    /// The helpers, run by a real /bin/sh, produce what the parser expects,
+    /// including files without a final newline and with trailing blank lines.
+    #[test]
+    fn shell_helpers_round_trip() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("f");
+        let content = "line 1\n\n@@mxpin x 1\n'quoted' $HOME\n\n\n";
+        std::fs::write(&f, content).unwrap();
+        let g = dir.path().join("g");
+        std::fs::write(&g, "no newline").unwrap();
+        let script = format!(
+            "LC_ALL=C; export LC_ALL\n{SHELL_HELPERS}put v 'héllo'\nputfile f '{}'\nputfile g '{}'\nputfile h '{}/missing'\n",
+            f.display(),
+            g.display(),
+            dir.path().display()
+        );
+        let out = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(script)
+            .output()
+            .unwrap();
+        let s = parse(&out.stdout).unwrap();
+        assert_eq!(s.get("v"), Some("héllo"));
+        assert_eq!(s.get("f"), Some(content));
+        assert_eq!(s.get("g"), Some("no newline"));
+        assert!(s.get("error").unwrap().starts_with("cannot read"));
+    }
+}

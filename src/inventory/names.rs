@@ -1,0 +1,252 @@
+//! Validated names and paths. Each type can only be built through its
+//! `parse`, so a value that would be unsafe in a remote shell, a Postfix table
+//! or an ssh command line cannot exist past the inventory.
+
+use std::fmt;
+
+/// Why a value was refused; the caller adds file, line and column.
+pub type Invalid = String;
+
+macro_rules! string_newtype {
+    ($name:ident) => {
+        #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
+        #[serde(transparent)]
+        pub struct $name(String);
+
+        impl $name {
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+    };
+}
+
+string_newtype!(HostName);
+string_newtype!(DnsName);
+string_newtype!(SshDestination);
+string_newtype!(RemotePath);
+string_newtype!(Recipient);
+
+impl HostName {
+    /// An inventory key: letters, digits, `-` and `_`, starting with a letter
+    /// or digit.
+    pub fn parse(s: &str) -> Result<Self, Invalid> {
+        let ok = !s.is_empty()
+            && s.len() <= 64
+            && s.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
+            && s.chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+        if ok {
+            Ok(HostName(s.to_string()))
+        } else {
+            Err(format!(
+                "invalid host name {s:?}: use letters, digits, '-' and '_' (at most 64)"
+            ))
+        }
+    }
+}
+
+impl DnsName {
+    /// A DNS host or domain name, stored in lowercase (Postfix tables compare
+    /// case-insensitively, so one spelling avoids near-duplicate keys).
+    pub fn parse(s: &str) -> Result<Self, Invalid> {
+        let lower = s.to_ascii_lowercase();
+        let label_ok = |l: &str| {
+            !l.is_empty()
+                && l.len() <= 63
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+                && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+        };
+        if !lower.is_empty() && lower.len() <= 253 && lower.split('.').all(label_ok) {
+            Ok(DnsName(lower))
+        } else {
+            Err(format!("invalid DNS name {s:?}"))
+        }
+    }
+}
+
+impl SshDestination {
+    /// An ssh destination: `alias`, `host`, `user@host`, `user@host:port` or
+    /// `[v6]:port`. Never starts with `-`, which ssh would read as an option.
+    pub fn parse(s: &str) -> Result<Self, Invalid> {
+        let allowed = |c: char| c.is_ascii_alphanumeric() || "._-@:[]%".contains(c);
+        if s.is_empty() || s.len() > 255 || s.starts_with('-') || !s.chars().all(allowed) {
+            return Err(format!(
+                "invalid ssh destination {s:?}: expected alias, host, user@host or user@host:port"
+            ));
+        }
+        if s.matches('@').count() > 1 || s.ends_with('@') || s.starts_with('@') {
+            return Err(format!("invalid ssh destination {s:?}: misplaced '@'"));
+        }
+        Ok(SshDestination(s.to_string()))
+    }
+}
+
+impl RemotePath {
+    /// An absolute path without `..`, empty components or characters a shell
+    /// or Postfix list would treat specially. A trailing `/` is dropped.
+    pub fn parse(s: &str) -> Result<Self, Invalid> {
+        let trimmed = if s.len() > 1 {
+            s.trim_end_matches('/')
+        } else {
+            s
+        };
+        let allowed = |c: char| c.is_ascii_alphanumeric() || "/._-+".contains(c);
+        let ok = trimmed.starts_with('/')
+            && trimmed.len() > 1
+            && trimmed.chars().all(allowed)
+            && trimmed[1..]
+                .split('/')
+                .all(|p| !p.is_empty() && p != "." && p != "..");
+        if ok {
+            Ok(RemotePath(trimmed.to_string()))
+        } else {
+            Err(format!(
+                "invalid path {s:?}: expected an absolute path of letters, digits and ._-+"
+            ))
+        }
+    }
+
+    pub fn join(&self, name: &str) -> String {
+        format!("{}/{}", self.0, name)
+    }
+}
+
+impl Recipient {
+    /// `local@domain` where domain is `domain` (a backup accepts addresses of
+    /// the domain it backs up, nothing else). The local part is limited to
+    /// RFC 5322 atoms and dots: no whitespace or quotes, which would break a
+    /// Postfix table line.
+    pub fn parse(s: &str, domain: &DnsName) -> Result<Self, Invalid> {
+        let Some((local, dom)) = s.rsplit_once('@') else {
+            return Err(format!("invalid recipient {s:?}: expected local@{domain}"));
+        };
+        let atom = |c: char| c.is_ascii_alphanumeric() || "!#$%&'*+/=?^_`{|}~-.".contains(c);
+        if local.is_empty()
+            || local.len() > 64
+            || local.starts_with('.')
+            || local.ends_with('.')
+            || local.contains("..")
+            || !local.chars().all(atom)
+        {
+            return Err(format!("invalid recipient {s:?}: unsupported local part"));
+        }
+        let dom = DnsName::parse(dom).map_err(|e| format!("invalid recipient {s:?}: {e}"))?;
+        if &dom != domain {
+            return Err(format!(
+                "recipient {s:?} is not in domain {domain}: a backup only accepts its domain's addresses"
+            ));
+        }
+        Ok(Recipient(format!("{local}@{dom}")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_names() {
+        assert!(HostName::parse("home").is_ok());
+        assert!(HostName::parse("backup-2_x").is_ok());
+        for bad in ["", "-x", "a b", "a;rm", "a.b", "ä"] {
+            assert!(HostName::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn dns_names_are_lowercased_and_checked() {
+        assert_eq!(
+            DnsName::parse("Home.Example.NET").unwrap().as_str(),
+            "home.example.net"
+        );
+        for bad in [
+            "",
+            "a..b",
+            "-a.b",
+            "a-.b",
+            "a b",
+            "a;b",
+            "x.$(id)",
+            &"a".repeat(64),
+        ] {
+            assert!(DnsName::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn ssh_destinations() {
+        for good in [
+            "home",
+            "admin@relay.example.org",
+            "root@10.0.0.1:2222",
+            "[::1]:22",
+        ] {
+            assert!(SshDestination::parse(good).is_ok(), "{good}");
+        }
+        for bad in [
+            "",
+            "-oProxyCommand=x",
+            "a b",
+            "a@b@c",
+            "host;id",
+            "$(id)",
+            "a@",
+        ] {
+            assert!(SshDestination::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn remote_paths() {
+        assert_eq!(
+            RemotePath::parse("/etc/postfix/").unwrap().as_str(),
+            "/etc/postfix"
+        );
+        assert_eq!(
+            RemotePath::parse("/usr/local/etc/postfix")
+                .unwrap()
+                .join("main.cf"),
+            "/usr/local/etc/postfix/main.cf"
+        );
+        for bad in [
+            "etc/postfix",
+            "/",
+            "/etc/../x",
+            "/etc//x",
+            "/etc/post fix",
+            "/etc/$x",
+            "/a'b",
+        ] {
+            assert!(RemotePath::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn recipients_belong_to_their_domain() {
+        let d = DnsName::parse("example.net").unwrap();
+        assert_eq!(
+            Recipient::parse("First.Last@Example.net", &d)
+                .unwrap()
+                .as_str(),
+            "First.Last@example.net"
+        );
+        for bad in [
+            "first",
+            "a@example.org",
+            "a b@example.net",
+            "\"x\"@example.net",
+            ".a@example.net",
+            "@example.net",
+        ] {
+            assert!(Recipient::parse(bad, &d).is_err(), "{bad}");
+        }
+    }
+}

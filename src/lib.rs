@@ -1,0 +1,15 @@
+//! mxpin: pin self-signed TLS keys between your own mail hosts.
+//!
+//! Data flows one way: [`inventory`] -> [`facts`] -> [`desired`] state ->
+//! [`plan`] -> apply ([`engine`], with the scripts of [`mta`]).
+
+pub mod desired;
+pub mod engine;
+pub mod facts;
+pub mod inventory;
+pub mod mta;
+pub mod plan;
+pub mod shell;
+pub mod ssh;
+pub mod templates;
+pub mod tls;

@@ -1,0 +1,3 @@
+//! MTA-specific code. Everything that knows Postfix lives in [`postfix`].
+
+pub mod postfix;

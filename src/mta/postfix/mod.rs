@@ -1,0 +1,543 @@
+//! Everything Postfix-specific: the facts script and its parser, the files
+//! and main.cf parameters a host needs, and the apply script.
+//!
+//! Files mxpin owns live in `CONFIG_DIR/mxpin/`. main.cf is edited in place;
+//! list parameters keep the admin's own entries, with mxpin's table first so
+//! that no older entry can override a pin.
+
+pub mod maincf;
+pub mod script;
+
+use std::collections::BTreeMap;
+
+use crate::desired::{HostDesired, Origin, StoredKeys, StoredPair};
+use crate::facts::{Sections, SHELL_HELPERS};
+use crate::inventory::{Host, Inventory};
+use crate::plan::{Action, Content, FileChange, HostPlan};
+use crate::shell::quote;
+use crate::templates::Templates;
+use crate::tls::SecretPem;
+use maincf::{split_list, Edit, MainCf};
+
+/// Directory under the config dir holding every file mxpin writes.
+pub const OWNED_DIR: &str = "mxpin";
+
+/// Key slots: (slot, key file, certificate file).
+const SLOTS: [(&str, &str, &str); 2] = [
+    ("current", "current.key", "current.crt"),
+    ("next", "next.key", "next.crt"),
+];
+
+/// Lookup tables mxpin owns and the main.cf list parameter each joins.
+const TABLES: [(&str, &str); 4] = [
+    ("transport", "transport_maps"),
+    ("tls_policy", "smtp_tls_policy_maps"),
+    ("relay_domains", "relay_domains"),
+    ("relay_recipients", "relay_recipient_maps"),
+];
+
+/// Scalar parameters whose effective value decides an edit.
+const SCALARS: [&str; 2] = ["smtpd_tls_security_level", "smtp_tls_loglevel"];
+
+fn owned_files() -> impl Iterator<Item = &'static str> {
+    SLOTS
+        .iter()
+        .flat_map(|(_, k, c)| [*k, *c])
+        .chain(TABLES.iter().map(|(t, _)| *t))
+}
+
+/// The file `postmap` builds from a table source, by database type.
+pub fn db_suffix(db_type: &str) -> Option<&'static str> {
+    match db_type {
+        "hash" | "btree" => Some("db"),
+        "lmdb" => Some("lmdb"),
+        "cdb" => Some("cdb"),
+        _ => None,
+    }
+}
+
+/// The one remote command that reads everything a plan needs. Read-only: it
+/// creates, changes and removes nothing on the host.
+pub fn facts_script(host: &Host) -> String {
+    let files: Vec<&str> = owned_files().collect();
+    let params: Vec<&str> = TABLES.iter().map(|(_, p)| *p).chain(SCALARS).collect();
+    format!(
+        r#"mxpin_facts() {{
+LC_ALL=C; export LC_ALL
+PATH=/usr/sbin:/usr/bin:/sbin:/bin:/usr/local/sbin:/usr/local/bin:$PATH; export PATH
+{SHELL_HELPERS}C={c}
+M="$C/{OWNED_DIR}"
+put uid "$(id -u)"
+if ! command -v postconf >/dev/null 2>&1; then put error "postconf not found: is Postfix installed?"; return 0; fi
+if [ ! -f "$C/main.cf" ]; then put error "$C/main.cf not found"; return 0; fi
+put mail_version "$(postconf -c "$C" -h mail_version 2>/dev/null)"
+put default_database_type "$(postconf -c "$C" -h default_database_type 2>/dev/null)"
+put effective "$(postconf -c "$C" -x {params} 2>/dev/null)"
+put warnings "$(postconf -c "$C" 2>&1 >/dev/null)"
+if postfix -c "$C" status >/dev/null 2>&1; then put running yes; else put running no; fi
+putfile main.cf "$C/main.cf"
+for f in {files}; do
+  if [ -f "$M/$f" ]; then putfile "file:$f" "$M/$f"; put "ls:$f" "$(ls -ln "$M/$f")"; fi
+  for s in db lmdb cdb; do
+    if [ -f "$M/$f.$s" ] && ! [ "$M/$f" -nt "$M/$f.$s" ]; then put "fresh:$f" "$s"; fi
+  done
+done
+}}
+mxpin_facts
+"#,
+        c = quote(host.config_dir.as_str()),
+        params = params.join(" "),
+        files = files.join(" "),
+    )
+}
+
+/// An owned file as found on the host.
+#[derive(Debug, Clone)]
+pub struct FoundFile {
+    pub content: Content,
+    /// `ls -ln` line: mode and numeric owner.
+    pub ls: String,
+}
+
+impl FoundFile {
+    fn mode_is(&self, mode: u32) -> bool {
+        let perms = match mode {
+            0o600 => "-rw-------",
+            _ => "-rw-r--r--",
+        };
+        let mut f = self.ls.split_whitespace();
+        let (p, _links, uid) = (f.next(), f.next(), f.next());
+        p.is_some_and(|p| p.trim_end_matches(['.', '+', '@']) == perms) && uid == Some("0")
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct PostfixFacts {
+    pub version: (u32, u32),
+    pub version_text: String,
+    pub db_type: String,
+    pub running: bool,
+    pub main_cf: String,
+    /// `postconf -x` values of the parameters mxpin edits.
+    pub effective: BTreeMap<String, String>,
+    pub files: BTreeMap<String, FoundFile>,
+    /// Table name -> database suffixes at least as new as the source.
+    pub fresh: BTreeMap<String, Vec<String>>,
+}
+
+fn parse_version(v: &str) -> Option<(u32, u32)> {
+    let mut it = v.split(|c: char| !c.is_ascii_digit());
+    Some((it.next()?.parse().ok()?, it.next()?.parse().ok()?))
+}
+
+impl PostfixFacts {
+    pub fn from_sections(s: &Sections) -> Result<Self, String> {
+        if let Some(e) = s.get("error") {
+            return Err(e.to_string());
+        }
+        match s.get("uid") {
+            Some("0") => {}
+            Some(uid) => {
+                return Err(format!(
+                    "remote commands run as uid {uid}, not root: log in as root or set sudo = true"
+                ))
+            }
+            None => return Err("no uid in facts".into()),
+        }
+        let need = |name: &str| {
+            s.get(name)
+                .map(str::to_string)
+                .ok_or_else(|| format!("facts lack {name}"))
+        };
+        let version_text = need("mail_version")?;
+        let version = parse_version(&version_text)
+            .ok_or_else(|| format!("cannot read Postfix version {version_text:?}"))?;
+        let mut effective = BTreeMap::new();
+        for line in need("effective")?.lines() {
+            if let Some((k, v)) = line.split_once('=') {
+                effective.insert(k.trim().to_string(), v.trim().to_string());
+            }
+        }
+        let mut files = BTreeMap::new();
+        for name in owned_files() {
+            if let Some(text) = s.get(&format!("file:{name}")) {
+                let content = if name.ends_with(".key") {
+                    Content::Secret(SecretPem::new(text.to_string()))
+                } else {
+                    Content::Text(text.to_string())
+                };
+                let ls = s.get(&format!("ls:{name}")).unwrap_or_default().to_string();
+                files.insert(name.to_string(), FoundFile { content, ls });
+            }
+        }
+        let mut fresh = BTreeMap::new();
+        for (table, _) in TABLES {
+            fresh.insert(table.to_string(), s.all(&format!("fresh:{table}")).to_vec());
+        }
+        Ok(PostfixFacts {
+            version,
+            version_text,
+            db_type: need("default_database_type")?,
+            running: need("running")? == "yes",
+            main_cf: need("main.cf")?,
+            effective,
+            files,
+            fresh,
+        })
+    }
+
+    /// The keys mxpin finds in its slots.
+    pub fn stored_keys(&self) -> StoredKeys {
+        let pair = |key: &str, cert: &str| StoredPair {
+            key: match self.files.get(key).map(|f| &f.content) {
+                Some(Content::Secret(s)) => Some(s.clone()),
+                _ => None,
+            },
+            cert: self.files.get(cert).map(|f| f.content.raw().to_string()),
+        };
+        StoredKeys {
+            current: pair(SLOTS[0].1, SLOTS[0].2),
+            next: pair(SLOTS[1].1, SLOTS[1].2),
+        }
+    }
+}
+
+/// A lookup apply checks with `postmap -q` after the swap.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lookup {
+    pub table: String,
+    pub key: String,
+    pub expected: String,
+}
+
+/// What the apply script needs beyond the file changes.
+#[derive(Debug, Clone, Default)]
+pub struct ApplySteps {
+    pub config_dir: String,
+    pub db_type: String,
+    /// main.cf as read by facts: apply refuses to run if it changed since.
+    pub main_cf_before: String,
+    /// Table paths to build with postmap (sources that change or whose
+    /// database is missing or stale).
+    pub postmap: Vec<String>,
+    pub lookups: Vec<Lookup>,
+    pub running: bool,
+}
+
+/// First value for `key` in a Postfix table text (as postmap would read it).
+fn table_value<'a>(table: &'a str, key: &str) -> Option<&'a str> {
+    table
+        .lines()
+        .filter(|l| !l.trim_start().starts_with('#') && !l.starts_with([' ', '\t']))
+        .find_map(|l| {
+            let (k, v) = l.split_once([' ', '\t'])?;
+            (k.eq_ignore_ascii_case(key)).then(|| v.trim())
+        })
+}
+
+fn render_tables(
+    d: &HostDesired,
+    inv: &Inventory,
+    t: &Templates,
+) -> Result<BTreeMap<&'static str, String>, String> {
+    let mut ctx = tera::Context::new();
+    let routes: Vec<_> = d
+        .routes
+        .iter()
+        .map(|r| serde_json::json!({"domain": r.domain, "next_hop": r.next_hop}))
+        .collect();
+    // One policy per next-hop: several domains may share a primary.
+    let mut policies: Vec<serde_json::Value> = Vec::new();
+    let mut seen = Vec::new();
+    for r in &d.routes {
+        if !seen.contains(&&r.next_hop) {
+            seen.push(&r.next_hop);
+            policies.push(serde_json::json!({"next_hop": r.next_hop, "pins": r.pins}));
+        }
+    }
+    let relays: Vec<_> = d
+        .relays
+        .iter()
+        .map(|r| serde_json::json!({"domain": r.domain, "recipients": r.recipients}))
+        .collect();
+    ctx.insert("routes", &routes);
+    ctx.insert("policies", &policies);
+    ctx.insert("relays", &relays);
+    ctx.insert("digest", inv.settings.digest.as_str());
+    let mut out = BTreeMap::new();
+    for (table, _) in TABLES {
+        let text = t
+            .render(&format!("postfix/{table}.tera"), &ctx)
+            .map_err(|e| e.to_string())?;
+        out.insert(table, text);
+    }
+    Ok(out)
+}
+
+/// Checks that rendered (possibly user-templated) tables still say what the
+/// inventory means, and returns the lookups apply verifies on the host.
+fn lookups_for(d: &HostDesired, tables: &BTreeMap<&str, String>) -> Result<Vec<Lookup>, String> {
+    let mut lookups = Vec::new();
+    for r in &d.routes {
+        let transport = format!("smtp:{}", r.next_hop);
+        let got = table_value(&tables["transport"], r.domain.as_str());
+        if got != Some(transport.as_str()) {
+            return Err(format!(
+                "transport template maps {} to {got:?}, expected {transport:?}",
+                r.domain
+            ));
+        }
+        let policy = table_value(&tables["tls_policy"], &r.next_hop)
+            .ok_or_else(|| format!("tls_policy template has no entry for {}", r.next_hop))?;
+        if !policy.starts_with("fingerprint") || !r.pins.iter().all(|p| policy.contains(p.as_str()))
+        {
+            return Err(format!(
+                "tls_policy template entry for {} does not pin {}",
+                r.next_hop,
+                r.pins
+                    .iter()
+                    .map(|p| p.as_str())
+                    .collect::<Vec<_>>()
+                    .join(" and ")
+            ));
+        }
+        lookups.push(Lookup {
+            table: "transport".into(),
+            key: r.domain.to_string(),
+            expected: transport,
+        });
+        let policy_lookup = Lookup {
+            table: "tls_policy".into(),
+            key: r.next_hop.clone(),
+            expected: policy.to_string(),
+        };
+        if !lookups.contains(&policy_lookup) {
+            lookups.push(policy_lookup);
+        }
+    }
+    Ok(lookups)
+}
+
+fn change_for(
+    path: String,
+    found: Option<&FoundFile>,
+    new: Option<Content>,
+    mode: u32,
+) -> Option<FileChange> {
+    let old = found.map(|f| f.content.clone());
+    let action = match (&old, &new) {
+        (None, None) => return None,
+        (None, Some(_)) => Action::Create,
+        (Some(_), None) => Action::Delete,
+        (Some(o), Some(n)) if o == n => {
+            if found.is_some_and(|f| f.mode_is(mode)) {
+                return None;
+            }
+            Action::Chmod
+        }
+        (Some(_), Some(_)) => Action::Modify,
+    };
+    Some(FileChange {
+        path,
+        action,
+        old,
+        new,
+        mode,
+    })
+}
+
+/// main.cf edits for a host: its certificate, and its backup role if any.
+fn main_cf_edits(
+    d: &HostDesired,
+    f: &PostfixFacts,
+    inv: &Inventory,
+    m: &MainCf,
+    owned: &str,
+) -> Vec<Edit> {
+    let set = |k: &str, v: String| Edit::Set(k.to_string(), v);
+    let mut edits = Vec::new();
+    let (key, cert) = (
+        format!("{owned}/current.key"),
+        format!("{owned}/current.crt"),
+    );
+    if f.version >= (3, 4) {
+        edits.push(set("smtpd_tls_chain_files", format!("{key}, {cert}")));
+    } else {
+        edits.push(set("smtpd_tls_cert_file", cert));
+        edits.push(set("smtpd_tls_key_file", key));
+    }
+    let effective = |p: &str| {
+        m.get(p)
+            .unwrap_or_else(|| f.effective.get(p).cloned().unwrap_or_default())
+    };
+    // Offer STARTTLS; never lower a level the admin chose.
+    if matches!(effective("smtpd_tls_security_level").as_str(), "" | "none") {
+        edits.push(set("smtpd_tls_security_level", "may".into()));
+    }
+    let backup = !d.routes.is_empty();
+    for (table, param) in TABLES {
+        let path = format!("{owned}/{table}");
+        let current = split_list(&effective(param));
+        let mut wanted: Vec<String> = current
+            .iter()
+            .filter(|e| e.split_once(':').map(|(_, p)| p) != Some(path.as_str()))
+            .cloned()
+            .collect();
+        if backup {
+            wanted.insert(0, format!("{}:{path}", f.db_type));
+        }
+        if wanted == current {
+            continue;
+        }
+        if wanted.is_empty() {
+            edits.push(Edit::Remove(param.to_string()));
+        } else {
+            edits.push(set(param, wanted.join(", ")));
+        }
+    }
+    if backup {
+        edits.push(set(
+            "smtp_tls_fingerprint_digest",
+            inv.settings.digest.to_string(),
+        ));
+        // "Verified TLS connection established" is logged from level 1 on.
+        if matches!(effective("smtp_tls_loglevel").as_str(), "" | "0") {
+            edits.push(set("smtp_tls_loglevel", "1".into()));
+        }
+    }
+    edits
+}
+
+/// Plans one Postfix host: pure, from desired state and facts.
+pub fn plan_host(
+    d: &HostDesired,
+    f: &PostfixFacts,
+    inv: &Inventory,
+    t: &Templates,
+) -> Result<HostPlan, String> {
+    if f.version < (2, 9) {
+        return Err(format!(
+            "Postfix {} is too old: mxpin needs 2.9 or later (public-key fingerprints)",
+            f.version_text
+        ));
+    }
+    let suffix = db_suffix(&f.db_type).ok_or_else(|| {
+        format!(
+            "default_database_type {:?} is not supported (hash, btree, lmdb or cdb)",
+            f.db_type
+        )
+    })?;
+    let dir = d.host.config_dir.as_str();
+    let owned = format!("{dir}/{OWNED_DIR}");
+    let mut changes = Vec::new();
+    let mut notes = Vec::new();
+
+    let slots = [("current", &d.keys.current), ("next", &d.keys.next)];
+    for ((name, slot), (_, key_file, cert_file)) in slots.iter().zip(SLOTS) {
+        match &slot.origin {
+            Origin::Kept => {}
+            Origin::Generated => notes.push(format!(
+                "new {name} key; its fingerprints are fixed when apply generates it"
+            )),
+            Origin::Reissued(why) => notes.push(format!(
+                "{name} certificate re-issued for the same key: {why}"
+            )),
+        }
+        let id = &slot.identity;
+        changes.extend(change_for(
+            format!("{owned}/{key_file}"),
+            f.files.get(key_file),
+            Some(Content::Secret(id.key.clone())),
+            0o600,
+        ));
+        changes.extend(change_for(
+            format!("{owned}/{cert_file}"),
+            f.files.get(cert_file),
+            Some(Content::Text(id.cert.pem().to_string())),
+            0o644,
+        ));
+    }
+
+    let backup = !d.routes.is_empty();
+    let tables = render_tables(d, inv, t)?;
+    let lookups = if backup {
+        lookups_for(d, &tables)?
+    } else {
+        vec![]
+    };
+    let mut postmap = Vec::new();
+    for (table, _) in TABLES {
+        let path = format!("{owned}/{table}");
+        let new = backup.then(|| Content::Text(tables[table].clone()));
+        let change = change_for(path.clone(), f.files.get(table), new, 0o644);
+        let stale = !f.fresh[table].iter().any(|s| s == suffix);
+        if backup && (change.as_ref().is_some_and(|c| c.action != Action::Chmod) || stale) {
+            postmap.push(path);
+        }
+        changes.extend(change);
+    }
+
+    let main_cf = MainCf::parse(&f.main_cf);
+    let new_main = main_cf.edited(&main_cf_edits(d, f, inv, &main_cf, &owned));
+    let main_changed = new_main != f.main_cf;
+    if main_changed {
+        changes.push(FileChange {
+            path: format!("{dir}/main.cf"),
+            action: Action::Modify,
+            old: Some(Content::Text(f.main_cf.clone())),
+            new: Some(Content::Text(new_main)),
+            mode: 0o644,
+        });
+    }
+
+    let mut commands: Vec<String> = postmap
+        .iter()
+        .map(|p| format!("postmap -c {dir} {}:{p}", f.db_type))
+        .collect();
+    // A table whose database is merely stale is rebuilt in place.
+    let needs_work = !changes.is_empty() || !postmap.is_empty();
+    if needs_work {
+        commands.push(format!("postfix -c {dir} check"));
+        if f.running {
+            commands.push(format!("postfix -c {dir} reload"));
+        } else {
+            notes.push("Postfix is not running: apply will not start or reload it".into());
+        }
+    }
+    if !needs_work {
+        notes.clear();
+    }
+    let switches_key = changes
+        .iter()
+        .any(|c| c.path.ends_with("/current.key") || c.path.ends_with("/current.crt"))
+        || (main_changed
+            && MainCf::parse(&f.main_cf).get("smtpd_tls_chain_files")
+                != MainCf::parse(
+                    changes
+                        .last()
+                        .and_then(|c| c.new.as_ref())
+                        .map_or("", Content::raw),
+                )
+                .get("smtpd_tls_chain_files"));
+    let mut pins_for: Vec<_> = d.routes.iter().map(|r| r.primary.clone()).collect();
+    pins_for.dedup();
+    Ok(HostPlan {
+        host: d.host.name.clone(),
+        changes,
+        commands,
+        notes,
+        switches_key,
+        pins_for,
+        steps: ApplySteps {
+            config_dir: dir.to_string(),
+            db_type: f.db_type.clone(),
+            main_cf_before: f.main_cf.clone(),
+            postmap,
+            lookups,
+            running: f.running,
+        },
+    })
+}
+
+#[cfg(test)]
+mod tests;

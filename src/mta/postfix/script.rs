@@ -1,0 +1,302 @@
+//! The apply script: one remote command per host that stages every file,
+//! builds tables, swaps everything in atomically, validates, reloads, and
+//! on any failure restores the previous files and reloads again.
+//!
+//! The script arrives on the standard input of `sh -s`. Its body is one
+//! function definition called on the last line, so a connection lost while
+//! sending it leaves an incomplete definition that never runs.
+
+use std::fmt::{self, Write as _};
+
+use zeroize::Zeroizing;
+
+use super::{db_suffix, ApplySteps};
+use crate::plan::{Action, HostPlan};
+use crate::shell::quote;
+
+/// Script text. It holds private keys, so it is never printed or logged.
+pub struct ApplyScript(Zeroizing<String>);
+
+impl ApplyScript {
+    pub fn text(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for ApplyScript {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ApplyScript(hidden)")
+    }
+}
+
+/// How a run of the apply script ended, read from its output.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ApplyResult {
+    Applied,
+    Failed {
+        step: String,
+        message: String,
+        rolled_back: bool,
+    },
+}
+
+const PRELUDE: &str = r#"LC_ALL=C; export LC_ALL
+PATH=/usr/sbin:/usr/bin:/sbin:/bin:/usr/local/sbin:/usr/local/bin:$PATH; export PATH
+umask 077
+NL='
+'
+step=prepare
+swapped=''
+trap '' PIPE
+trap 'fail "interrupted by a signal"' HUP INT TERM
+fail() {
+  printf '@@mxpin-failed %s: %s\n' "$step" "$(printf '%s' "$1" | tr '\n' ' ')"
+  rollback
+  exit 1
+}
+rollback() {
+  trap '' HUP INT TERM
+  for t in $swapped; do
+    if [ -e "$t.mxpin-old" ]; then mv -f "$t.mxpin-old" "$t"; else rm -f "$t"; fi
+  done
+  cleanup_staged
+  if [ -n "$swapped" ]; then
+    if postfix -c "$C" status >/dev/null 2>&1; then postfix -c "$C" reload >/dev/null 2>&1; fi
+    printf '@@mxpin-rolled-back\n'
+  fi
+}
+swap() {
+  if [ -e "$2" ]; then ln -f "$2" "$2.mxpin-old" || fail "cannot keep a copy of $2"; fi
+  swapped="$2 $swapped"
+  mv -f "$1" "$2" || fail "cannot move $1 into place"
+}
+remove() {
+  [ -e "$1" ] || return 0
+  ln -f "$1" "$1.mxpin-old" || fail "cannot keep a copy of $1"
+  swapped="$1 $swapped"
+  rm -f "$1" || fail "cannot remove $1"
+}
+"#;
+
+fn staged(path: &str) -> String {
+    let (dir, name) = path.rsplit_once('/').expect("absolute path");
+    format!("{dir}/.{name}.mxpin-new")
+}
+
+/// Builds the script for a plan. Paths come from validated inventory values
+/// and fixed names, but are still quoted everywhere.
+pub fn apply_script(plan: &HostPlan) -> ApplyScript {
+    let steps: &ApplySteps = &plan.steps;
+    let suffix = db_suffix(&steps.db_type).expect("plan checked the database type");
+    let mut s = String::with_capacity(16 * 1024);
+    let _ = writeln!(s, "mxpin_apply() {{");
+    let _ = writeln!(s, "C={}", quote(&steps.config_dir));
+    s.push_str(PRELUDE);
+
+    // Every path this run may create besides its targets.
+    let mut staged_paths: Vec<String> = Vec::new();
+    let mut targets: Vec<String> = Vec::new();
+    let writes: Vec<_> = plan
+        .changes
+        .iter()
+        .filter(|c| c.action != Action::Delete)
+        .collect();
+    let table_sources: Vec<String> = steps.postmap.clone();
+    for c in &writes {
+        staged_paths.push(staged(&c.path));
+        targets.push(c.path.clone());
+    }
+    for p in &table_sources {
+        if !targets.contains(p) {
+            staged_paths.push(staged(p));
+            targets.push(p.clone());
+        }
+        staged_paths.push(format!("{}.{suffix}", staged(p)));
+        targets.push(format!("{p}.{suffix}"));
+    }
+    for c in plan.changes.iter().filter(|c| c.action == Action::Delete) {
+        targets.push(c.path.clone());
+        targets.push(format!("{}.{suffix}", c.path));
+    }
+    let _ = writeln!(s, "cleanup_staged() {{");
+    for p in &staged_paths {
+        let _ = writeln!(s, "  rm -f {}", quote(p));
+    }
+    let _ = writeln!(s, "  :\n}}");
+
+    let _ = writeln!(
+        s,
+        "step='check user'\n[ \"$(id -u)\" = 0 ] || fail \"not running as root\""
+    );
+    let _ = writeln!(
+        s,
+        "step='check main.cf'\ncur=$(cat \"$C/main.cf\"; echo x) || fail \"cannot read $C/main.cf\"\n\
+         [ \"$cur\" = {} ] || fail \"main.cf changed since mxpin read it; plan again\"",
+        quote(&format!("{}x", steps.main_cf_before))
+    );
+    let _ = writeln!(
+        s,
+        "step='prepare'\nmkdir -p \"$C/{dir}\" && chown 0:0 \"$C/{dir}\" && chmod 755 \"$C/{dir}\" || fail \"cannot create $C/{dir}\"",
+        dir = super::OWNED_DIR
+    );
+    for t in &targets {
+        let _ = writeln!(s, "rm -f {}", quote(&format!("{t}.mxpin-old")));
+    }
+    let _ = writeln!(s, "before=$(postconf -c \"$C\" 2>&1 >/dev/null)");
+
+    // Stage: write every new file beside its target.
+    for c in &writes {
+        let new = c.new.as_ref().expect("writes have content");
+        let st = quote(&staged(&c.path));
+        let _ = writeln!(s, "step={}", quote(&format!("stage {}", c.path)));
+        if c.path.ends_with("/main.cf") {
+            // cp -p keeps the admin's mode and owner for main.cf.
+            let _ = writeln!(
+                s,
+                "cp -p {} {st} || fail \"cannot copy main.cf\"",
+                quote(&c.path)
+            );
+        }
+        let _ = writeln!(
+            s,
+            "printf '%s' {} > {st} || fail \"cannot write {}\"",
+            quote(new.raw()),
+            c.path
+        );
+        if !c.path.ends_with("/main.cf") {
+            let _ = writeln!(
+                s,
+                "chown 0:0 {st} && chmod {:o} {st} || fail \"cannot set mode of {}\"",
+                c.mode, c.path
+            );
+        }
+    }
+    for p in &table_sources {
+        let st = staged(p);
+        if !writes.iter().any(|c| &c.path == p) {
+            let _ = writeln!(
+                s,
+                "step={}\ncp -p {} {} || fail \"cannot copy {p}\"",
+                quote(&format!("stage {p}")),
+                quote(p),
+                quote(&st)
+            );
+        }
+        let _ = writeln!(
+            s,
+            "step={}\nout=$(postmap -c \"$C\" {} 2>&1) || fail \"$out\"\n[ -z \"$out\" ] || fail \"$out\"\nchmod 644 {}",
+            quote(&format!("postmap {p}")),
+            quote(&format!("{}:{st}", steps.db_type)),
+            quote(&format!("{st}.{suffix}"))
+        );
+    }
+
+    // Swap: keys and tables first, main.cf last, so main.cf never names a
+    // file that is not in place; removals after main.cf stopped naming them.
+    let _ = writeln!(s, "step=swap");
+    let mut order: Vec<&str> = writes
+        .iter()
+        .map(|c| c.path.as_str())
+        .filter(|p| !p.ends_with("/main.cf"))
+        .collect();
+    for p in &table_sources {
+        if !order.contains(&p.as_str()) {
+            order.push(p);
+        }
+    }
+    for p in &order {
+        if table_sources.iter().any(|t| t == p) {
+            let db = format!("{p}.{suffix}");
+            let _ = writeln!(
+                s,
+                "swap {} {}",
+                quote(&format!("{}.{suffix}", staged(p))),
+                quote(&db)
+            );
+        }
+        let _ = writeln!(s, "swap {} {}", quote(&staged(p)), quote(p));
+    }
+    if let Some(m) = writes.iter().find(|c| c.path.ends_with("/main.cf")) {
+        let _ = writeln!(s, "swap {} {}", quote(&staged(&m.path)), quote(&m.path));
+    }
+    for c in plan.changes.iter().filter(|c| c.action == Action::Delete) {
+        let _ = writeln!(s, "remove {}", quote(&format!("{}.{suffix}", c.path)));
+        let _ = writeln!(s, "remove {}", quote(&c.path));
+    }
+
+    // Validate what Postfix now sees.
+    s.push_str(
+        r#"step='postconf warnings'
+after=$(postconf -c "$C" 2>&1 >/dev/null)
+new=''
+set -f; oldifs=$IFS; IFS=$NL
+for l in $after; do
+  case "$NL$before$NL" in *"$NL$l$NL"*) ;; *) new="$new$l " ;; esac
+done
+IFS=$oldifs; set +f
+[ -z "$new" ] || fail "$new"
+step='postfix check'
+out=$(postfix -c "$C" check 2>&1) || fail "${out:-exit status $?}"
+"#,
+    );
+    for l in &steps.lookups {
+        let table = format!(
+            "{}:{}/{}/{}",
+            steps.db_type,
+            steps.config_dir,
+            super::OWNED_DIR,
+            l.table
+        );
+        let _ = writeln!(
+            s,
+            "step={}\ngot=$(postmap -c \"$C\" -q {} {} 2>&1) || fail \"no entry\"\n\
+             [ \"$got\" = {} ] || fail \"found '$got', expected '{}'\"",
+            quote(&format!("postmap -q {} {table}", l.key)),
+            quote(&l.key),
+            quote(&table),
+            quote(&l.expected),
+            l.expected.replace(['\'', '"', '$', '`', '\\'], "")
+        );
+    }
+    s.push_str(
+        r#"step=reload
+if postfix -c "$C" status >/dev/null 2>&1; then
+  out=$(postfix -c "$C" reload 2>&1) || fail "$out"
+fi
+trap '' HUP INT TERM
+for t in $swapped; do rm -f "$t.mxpin-old"; done
+printf '@@mxpin-ok\n'
+}
+mxpin_apply
+"#,
+    );
+    ApplyScript(Zeroizing::new(s))
+}
+
+/// Reads the script's verdict from its output.
+pub fn parse_result(stdout: &str) -> Option<ApplyResult> {
+    let mut result = None;
+    let mut rolled_back = false;
+    for line in stdout.lines() {
+        if line == "@@mxpin-ok" {
+            result = Some(ApplyResult::Applied);
+        } else if line == "@@mxpin-rolled-back" {
+            rolled_back = true;
+        } else if let Some(rest) = line.strip_prefix("@@mxpin-failed ") {
+            let (step, message) = rest.split_once(": ").unwrap_or((rest, ""));
+            result = Some(ApplyResult::Failed {
+                step: step.to_string(),
+                message: message.trim().to_string(),
+                rolled_back: false,
+            });
+        }
+    }
+    match result {
+        Some(ApplyResult::Failed { step, message, .. }) => Some(ApplyResult::Failed {
+            step,
+            message,
+            rolled_back,
+        }),
+        other => other,
+    }
+}

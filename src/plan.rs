@@ -1,0 +1,306 @@
+//! Plans: what would change on each host, and how to show it.
+//!
+//! A plan is data: computing one never touches a host. Rendering masks every
+//! private key, in text and in JSON.
+
+use std::fmt::Write as _;
+
+use owo_colors::OwoColorize as _;
+use serde::Serialize;
+
+use crate::inventory::HostName;
+use crate::tls::{SecretPem, HIDDEN};
+
+/// A file's content: private keys are never shown or serialised.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Content {
+    Text(String),
+    Secret(SecretPem),
+}
+
+impl Content {
+    /// The bytes to write, for the apply script only.
+    pub fn raw(&self) -> &str {
+        match self {
+            Content::Text(t) => t,
+            Content::Secret(s) => s.expose(),
+        }
+    }
+
+    pub fn is_secret(&self) -> bool {
+        matches!(self, Content::Secret(_))
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Action {
+    Create,
+    Modify,
+    /// Same content, wrong mode or owner.
+    Chmod,
+    Delete,
+}
+
+#[derive(Debug, Clone)]
+pub struct FileChange {
+    pub path: String,
+    pub action: Action,
+    pub old: Option<Content>,
+    pub new: Option<Content>,
+    /// Mode the file gets (octal), owner root.
+    pub mode: u32,
+}
+
+impl FileChange {
+    pub fn is_secret(&self) -> bool {
+        self.old.as_ref().is_some_and(Content::is_secret)
+            || self.new.as_ref().is_some_and(Content::is_secret)
+    }
+
+    /// Unified diff of old and new, or `None` for private keys.
+    pub fn diff(&self) -> Option<String> {
+        if self.is_secret() {
+            return None;
+        }
+        let old = self.old.as_ref().map_or("", Content::raw);
+        let new = self.new.as_ref().map_or("", Content::raw);
+        if old == new {
+            return Some(String::new());
+        }
+        let (a, b) = match self.action {
+            Action::Create => ("/dev/null".to_string(), self.path.clone()),
+            Action::Delete => (self.path.clone(), "/dev/null".to_string()),
+            _ => (self.path.clone(), self.path.clone()),
+        };
+        Some(
+            similar::TextDiff::from_lines(old, new)
+                .unified_diff()
+                .context_radius(3)
+                .header(&a, &b)
+                .to_string(),
+        )
+    }
+}
+
+/// Everything that would change on one host.
+#[derive(Debug, Clone)]
+pub struct HostPlan {
+    pub host: HostName,
+    pub changes: Vec<FileChange>,
+    /// Commands apply would run, for the reader (postmap, reload).
+    pub commands: Vec<String>,
+    /// Facts worth telling: keys generated, certificates re-issued.
+    pub notes: Vec<String>,
+    /// The key this host serves changes in this plan.
+    pub switches_key: bool,
+    /// Hosts whose pins this plan writes.
+    pub pins_for: Vec<HostName>,
+    /// What the MTA module needs to apply the plan.
+    pub steps: crate::mta::postfix::ApplySteps,
+}
+
+impl HostPlan {
+    pub fn is_empty(&self) -> bool {
+        self.changes.is_empty()
+    }
+}
+
+/// The outcome of planning one host.
+#[derive(Debug)]
+pub enum HostOutcome {
+    Planned(Box<HostPlan>),
+    Failed { host: HostName, error: String },
+}
+
+#[derive(Serialize)]
+struct JsonChange<'a> {
+    path: &'a str,
+    action: Action,
+    mode: String,
+    secret: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    diff: Option<String>,
+}
+
+#[derive(Serialize)]
+struct JsonHost<'a> {
+    host: &'a str,
+    status: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<&'a str>,
+    changes: Vec<JsonChange<'a>>,
+    commands: &'a [String],
+    notes: &'a [String],
+}
+
+fn json_host(o: &HostOutcome) -> JsonHost<'_> {
+    match o {
+        HostOutcome::Failed { host, error } => JsonHost {
+            host: host.as_str(),
+            status: "error",
+            error: Some(error),
+            changes: vec![],
+            commands: &[],
+            notes: &[],
+        },
+        HostOutcome::Planned(p) => JsonHost {
+            host: p.host.as_str(),
+            status: if p.is_empty() { "unchanged" } else { "changes" },
+            error: None,
+            changes: p
+                .changes
+                .iter()
+                .map(|c| JsonChange {
+                    path: &c.path,
+                    action: c.action,
+                    mode: format!("{:04o}", c.mode),
+                    secret: c.is_secret(),
+                    diff: c.diff(),
+                })
+                .collect(),
+            commands: &p.commands,
+            notes: &p.notes,
+        },
+    }
+}
+
+/// Machine-readable plan: one object with a `hosts` array.
+pub fn to_json(outcomes: &[HostOutcome]) -> serde_json::Value {
+    let hosts: Vec<_> = outcomes.iter().map(json_host).collect();
+    let pending = outcomes
+        .iter()
+        .any(|o| matches!(o, HostOutcome::Planned(p) if !p.is_empty()));
+    serde_json::json!({ "changes_pending": pending, "hosts": hosts })
+}
+
+fn colour_diff(diff: &str, out: &mut String) {
+    for line in diff.lines() {
+        let _ = if line.starts_with("+++") || line.starts_with("---") {
+            writeln!(out, "    {}", line.bold())
+        } else if line.starts_with('+') {
+            writeln!(out, "    {}", line.green())
+        } else if line.starts_with('-') {
+            writeln!(out, "    {}", line.red())
+        } else if line.starts_with("@@") {
+            writeln!(out, "    {}", line.cyan())
+        } else {
+            writeln!(out, "    {line}")
+        };
+    }
+}
+
+/// Human-readable plan of one host. Colour codes are always emitted; the
+/// caller's anstream writer strips them for pipes and NO_COLOR.
+pub fn render_host(plan: &HostPlan) -> String {
+    let mut out = String::new();
+    let n = plan.changes.len();
+    let _ = writeln!(
+        out,
+        "{} {}",
+        plan.host.as_str().bold(),
+        format!("({n} change{})", if n == 1 { "" } else { "s" }).yellow()
+    );
+    for note in &plan.notes {
+        let _ = writeln!(out, "  note: {note}");
+    }
+    for c in &plan.changes {
+        let sign = match c.action {
+            Action::Create => "+".green().to_string(),
+            Action::Delete => "-".red().to_string(),
+            Action::Modify | Action::Chmod => "~".yellow().to_string(),
+        };
+        let what = match c.action {
+            Action::Create => format!("create, mode {:04o}", c.mode),
+            Action::Modify => "modify".to_string(),
+            Action::Chmod => format!("set mode {:04o}, owner root", c.mode),
+            Action::Delete => "delete".to_string(),
+        };
+        let secret = if c.is_secret() {
+            format!(" {HIDDEN}")
+        } else {
+            String::new()
+        };
+        let _ = writeln!(out, "  {sign} {} ({what}){secret}", c.path);
+        if let Some(diff) = c.diff() {
+            colour_diff(&diff, &mut out);
+        }
+    }
+    if !plan.commands.is_empty() {
+        let _ = writeln!(out, "  then run:");
+        for cmd in &plan.commands {
+            let _ = writeln!(out, "    {cmd}");
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn change(action: Action, old: Option<Content>, new: Option<Content>) -> FileChange {
+        FileChange {
+            path: "/etc/postfix/mxpin/x".into(),
+            action,
+            old,
+            new,
+            mode: 0o644,
+        }
+    }
+
+    #[test]
+    fn diffs_show_changed_lines_only() {
+        let old: String = (1..=20).map(|i| format!("line {i}\n")).collect();
+        let new = old.replace("line 10\n", "line ten\n");
+        let c = change(
+            Action::Modify,
+            Some(Content::Text(old)),
+            Some(Content::Text(new)),
+        );
+        let d = c.diff().unwrap();
+        assert!(d.contains("-line 10\n+line ten\n"), "{d}");
+        assert!(!d.contains("line 1\n"), "context is limited: {d}");
+        assert!(d.starts_with("--- /etc/postfix/mxpin/x\n+++ /etc/postfix/mxpin/x\n"));
+    }
+
+    #[test]
+    fn new_file_is_shown_in_full_against_dev_null() {
+        let c = change(Action::Create, None, Some(Content::Text("a\nb\n".into())));
+        assert_eq!(
+            c.diff().unwrap(),
+            "--- /dev/null\n+++ /etc/postfix/mxpin/x\n@@ -0,0 +1,2 @@\n+a\n+b\n"
+        );
+    }
+
+    #[test]
+    fn secrets_never_rendered() {
+        let key = "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n";
+        let c = change(
+            Action::Create,
+            None,
+            Some(Content::Secret(SecretPem::new(key.into()))),
+        );
+        assert!(c.diff().is_none());
+        let plan = HostPlan {
+            host: HostName::parse("h").unwrap(),
+            changes: vec![c],
+            commands: vec![],
+            notes: vec![],
+            switches_key: true,
+            pins_for: vec![],
+            steps: Default::default(),
+        };
+        let text = render_host(&plan);
+        assert!(
+            text.contains(HIDDEN) && !text.contains("PRIVATE KEY"),
+            "{text}"
+        );
+        let json = to_json(&[HostOutcome::Planned(Box::new(plan))]).to_string();
+        assert!(
+            !json.contains("PRIVATE KEY") && json.contains("\"secret\":true"),
+            "{json}"
+        );
+        assert!(json.contains("\"changes_pending\":true"));
+    }
+}

@@ -1,0 +1,454 @@
+//! Keys, self-signed certificates and fingerprints.
+//!
+//! Private keys exist only as [`SecretPem`]: in memory, zeroed on drop, and
+//! never printable. Fingerprints are produced only by hashing real DER, so a
+//! [`Fingerprint`] value is always well formed.
+
+use std::fmt;
+use std::str::FromStr;
+
+use md5::Md5;
+use sha1::Sha1;
+use sha2::{Digest as _, Sha256, Sha512};
+use time::{Duration, OffsetDateTime};
+use zeroize::Zeroizing;
+
+/// What mxpin says wherever a private key's content would otherwise appear.
+pub const HIDDEN: &str = "(private key, content hidden)";
+
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("not a PEM certificate: {0}")]
+    CertificatePem(String),
+    #[error("not a valid X.509 certificate: {0}")]
+    CertificateDer(String),
+    #[error("not a usable private key: {0}")]
+    Key(String),
+    #[error("cannot create certificate: {0}")]
+    Issue(String),
+}
+
+/// Digest used for `match=` fingerprints (`smtp_tls_fingerprint_digest`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Digest {
+    Md5,
+    Sha1,
+    Sha256,
+    Sha512,
+}
+
+impl Digest {
+    pub const NAMES: &'static str = "md5, sha1, sha256 or sha512";
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Digest::Md5 => "md5",
+            Digest::Sha1 => "sha1",
+            Digest::Sha256 => "sha256",
+            Digest::Sha512 => "sha512",
+        }
+    }
+
+    fn hash(self, data: &[u8]) -> Vec<u8> {
+        match self {
+            Digest::Md5 => Md5::digest(data).to_vec(),
+            Digest::Sha1 => Sha1::digest(data).to_vec(),
+            Digest::Sha256 => Sha256::digest(data).to_vec(),
+            Digest::Sha512 => Sha512::digest(data).to_vec(),
+        }
+    }
+}
+
+impl FromStr for Digest {
+    type Err = ();
+    fn from_str(s: &str) -> Result<Self, ()> {
+        match s {
+            "md5" => Ok(Digest::Md5),
+            "sha1" => Ok(Digest::Sha1),
+            "sha256" => Ok(Digest::Sha256),
+            "sha512" => Ok(Digest::Sha512),
+            _ => Err(()),
+        }
+    }
+}
+
+impl fmt::Display for Digest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What a peer pins: the public key (SPKI; survives re-issuing a certificate
+/// for the same key) or the whole certificate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PinKind {
+    PublicKey,
+    Certificate,
+}
+
+impl PinKind {
+    pub const NAMES: &'static str = "public-key or certificate";
+}
+
+impl FromStr for PinKind {
+    type Err = ();
+    fn from_str(s: &str) -> Result<Self, ()> {
+        match s {
+            "public-key" => Ok(PinKind::PublicKey),
+            "certificate" => Ok(PinKind::Certificate),
+            _ => Err(()),
+        }
+    }
+}
+
+/// Algorithm and size of keys mxpin generates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum KeyAlgorithm {
+    EcdsaP256,
+    Rsa2048,
+    Rsa3072,
+    Rsa4096,
+}
+
+impl KeyAlgorithm {
+    pub const NAMES: &'static str = "ecdsa-p256, rsa-2048, rsa-3072 or rsa-4096";
+}
+
+impl FromStr for KeyAlgorithm {
+    type Err = ();
+    fn from_str(s: &str) -> Result<Self, ()> {
+        match s {
+            "ecdsa-p256" => Ok(KeyAlgorithm::EcdsaP256),
+            "rsa-2048" => Ok(KeyAlgorithm::Rsa2048),
+            "rsa-3072" => Ok(KeyAlgorithm::Rsa3072),
+            "rsa-4096" => Ok(KeyAlgorithm::Rsa4096),
+            _ => Err(()),
+        }
+    }
+}
+
+/// A PEM-encoded private key. Zeroed on drop; `Debug` never shows it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SecretPem(Zeroizing<String>);
+
+impl SecretPem {
+    pub fn new(pem: String) -> Self {
+        SecretPem(Zeroizing::new(pem))
+    }
+
+    /// The key text, for the one place that must send it (the apply script).
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for SecretPem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(HIDDEN)
+    }
+}
+
+/// Uppercase, colon-separated hex digest: the form Postfix prints and
+/// `openssl x509 -fingerprint` shows.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
+#[serde(transparent)]
+pub struct Fingerprint(String);
+
+impl Fingerprint {
+    pub fn of(digest: Digest, data: &[u8]) -> Self {
+        let hex: Vec<String> = digest
+            .hash(data)
+            .iter()
+            .map(|b| format!("{b:02X}"))
+            .collect();
+        Fingerprint(hex.join(":"))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for Fingerprint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A parsed certificate with what mxpin needs from it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Certificate {
+    pem: String,
+    der: Vec<u8>,
+    spki_der: Vec<u8>,
+    not_after: i64,
+    dns_names: Vec<String>,
+}
+
+impl Certificate {
+    /// Parses the first certificate of a PEM text.
+    pub fn from_pem(text: &str) -> Result<Self, TlsError> {
+        let (_, pem) = x509_parser::pem::parse_x509_pem(text.as_bytes())
+            .map_err(|e| TlsError::CertificatePem(e.to_string()))?;
+        if pem.label != "CERTIFICATE" {
+            return Err(TlsError::CertificatePem(format!(
+                "found \"{}\" instead of CERTIFICATE",
+                pem.label
+            )));
+        }
+        Self::from_der(pem.contents, text.to_string())
+    }
+
+    fn from_der(der: Vec<u8>, pem: String) -> Result<Self, TlsError> {
+        let (_, cert) = x509_parser::parse_x509_certificate(&der)
+            .map_err(|e| TlsError::CertificateDer(e.to_string()))?;
+        let spki_der = cert.public_key().raw.to_vec();
+        let not_after = cert.validity().not_after.timestamp();
+        let mut dns_names = Vec::new();
+        if let Ok(Some(san)) = cert.subject_alternative_name() {
+            for name in &san.value.general_names {
+                if let x509_parser::extensions::GeneralName::DNSName(n) = name {
+                    dns_names.push(n.to_ascii_lowercase());
+                }
+            }
+        }
+        Ok(Certificate {
+            pem,
+            der,
+            spki_der,
+            not_after,
+            dns_names,
+        })
+    }
+
+    pub fn pem(&self) -> &str {
+        &self.pem
+    }
+
+    pub fn fingerprint(&self, digest: Digest, kind: PinKind) -> Fingerprint {
+        match kind {
+            PinKind::PublicKey => Fingerprint::of(digest, &self.spki_der),
+            PinKind::Certificate => Fingerprint::of(digest, &self.der),
+        }
+    }
+
+    pub fn dns_names(&self) -> &[String] {
+        &self.dns_names
+    }
+
+    /// Seconds since the epoch after which the certificate is expired.
+    pub fn not_after(&self) -> i64 {
+        self.not_after
+    }
+
+    pub fn spki_der(&self) -> &[u8] {
+        &self.spki_der
+    }
+}
+
+/// A private key and the certificate mxpin issued for it.
+#[derive(Debug, Clone)]
+pub struct Identity {
+    pub key: SecretPem,
+    pub cert: Certificate,
+}
+
+fn rcgen_err(e: rcgen::Error) -> TlsError {
+    TlsError::Issue(e.to_string())
+}
+
+/// Generates a fresh key pair in memory and a self-signed certificate for `mx`.
+pub fn generate(
+    alg: KeyAlgorithm,
+    mx: &str,
+    valid_days: u32,
+    now: OffsetDateTime,
+) -> Result<Identity, TlsError> {
+    let key = match alg {
+        KeyAlgorithm::EcdsaP256 => rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256),
+        KeyAlgorithm::Rsa2048 => {
+            rcgen::KeyPair::generate_rsa_for(&rcgen::PKCS_RSA_SHA256, rcgen::RsaKeySize::_2048)
+        }
+        KeyAlgorithm::Rsa3072 => {
+            rcgen::KeyPair::generate_rsa_for(&rcgen::PKCS_RSA_SHA256, rcgen::RsaKeySize::_3072)
+        }
+        KeyAlgorithm::Rsa4096 => {
+            rcgen::KeyPair::generate_rsa_for(&rcgen::PKCS_RSA_SHA256, rcgen::RsaKeySize::_4096)
+        }
+    }
+    .map_err(rcgen_err)?;
+    let secret = SecretPem::new(key.serialize_pem());
+    let cert = issue_with(&key, mx, valid_days, now)?;
+    Ok(Identity { key: secret, cert })
+}
+
+/// Issues a new self-signed certificate for an existing key.
+pub fn reissue(
+    key: &SecretPem,
+    mx: &str,
+    valid_days: u32,
+    now: OffsetDateTime,
+) -> Result<Certificate, TlsError> {
+    let key = parse_key(key)?;
+    issue_with(&key, mx, valid_days, now)
+}
+
+fn parse_key(key: &SecretPem) -> Result<rcgen::KeyPair, TlsError> {
+    rcgen::KeyPair::from_pem(key.expose()).map_err(|e| TlsError::Key(e.to_string()))
+}
+
+/// True when `cert` was issued for `key` (same public key).
+pub fn key_matches(key: &SecretPem, cert: &Certificate) -> Result<bool, TlsError> {
+    use rcgen::PublicKeyData as _;
+    Ok(parse_key(key)?.subject_public_key_info() == cert.spki_der)
+}
+
+fn issue_with(
+    key: &rcgen::KeyPair,
+    mx: &str,
+    valid_days: u32,
+    now: OffsetDateTime,
+) -> Result<Certificate, TlsError> {
+    use rcgen::PublicKeyData as _;
+    let mut params = rcgen::CertificateParams::new(vec![mx.to_string()]).map_err(rcgen_err)?;
+    let mut dn = rcgen::DistinguishedName::new();
+    dn.push(rcgen::DnType::CommonName, mx);
+    params.distinguished_name = dn;
+    // An hour of slack for peers whose clock runs behind ours.
+    params.not_before = now - Duration::hours(1);
+    params.not_after = now + Duration::days(i64::from(valid_days));
+    // Unique per key and issue time; top bit clear keeps the DER integer positive.
+    let mut seed = key.subject_public_key_info();
+    seed.extend_from_slice(&now.unix_timestamp_nanos().to_be_bytes());
+    let mut serial = Sha256::digest(&seed)[..16].to_vec();
+    serial[0] &= 0x7f;
+    params.serial_number = Some(rcgen::SerialNumber::from_slice(&serial));
+    let cert = params.self_signed(key).map_err(rcgen_err)?;
+    Certificate::from_der(cert.der().to_vec(), cert.pem())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write as _;
+    use std::process::{Command, Stdio};
+
+    fn now() -> OffsetDateTime {
+        OffsetDateTime::from_unix_timestamp(1_790_000_000).unwrap()
+    }
+
+    fn openssl(args: &[&str], input: &[u8]) -> Option<String> {
+        let mut child = Command::new("openssl")
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .ok()?;
+        child.stdin.take()?.write_all(input).ok()?;
+        let out = child.wait_with_output().ok()?;
+        assert!(out.status.success(), "openssl {args:?} failed");
+        Some(String::from_utf8(out.stdout).unwrap())
+    }
+
+    #[test]
+    fn fingerprint_format_is_postfix_style() {
+        let fp = Fingerprint::of(Digest::Md5, b"");
+        assert_eq!(
+            fp.as_str(),
+            "D4:1D:8C:D9:8F:00:B2:04:E9:80:09:98:EC:F8:42:7E"
+        );
+        assert_eq!(
+            Fingerprint::of(Digest::Sha256, b"abc").as_str().len(),
+            32 * 3 - 1
+        );
+    }
+
+    #[test]
+    fn generated_certificate_names_the_mx_and_matches_its_key() {
+        let id = generate(KeyAlgorithm::EcdsaP256, "home.example.net", 825, now()).unwrap();
+        assert_eq!(id.cert.dns_names(), ["home.example.net"]);
+        assert!(key_matches(&id.key, &id.cert).unwrap());
+        assert_eq!(
+            id.cert.not_after(),
+            now().unix_timestamp() + 825 * 86_400,
+            "validity follows valid_days"
+        );
+        let other = generate(KeyAlgorithm::EcdsaP256, "home.example.net", 825, now()).unwrap();
+        assert!(!key_matches(&other.key, &id.cert).unwrap());
+    }
+
+    #[test]
+    fn reissue_keeps_public_key_fingerprint_and_changes_certificate_fingerprint() {
+        let id = generate(KeyAlgorithm::EcdsaP256, "a.example", 30, now()).unwrap();
+        let again = reissue(&id.key, "a.example", 30, now() + Duration::days(1)).unwrap();
+        let d = Digest::Sha256;
+        assert_eq!(
+            id.cert.fingerprint(d, PinKind::PublicKey),
+            again.fingerprint(d, PinKind::PublicKey)
+        );
+        assert_ne!(
+            id.cert.fingerprint(d, PinKind::Certificate),
+            again.fingerprint(d, PinKind::Certificate)
+        );
+    }
+
+    #[test]
+    fn secret_debug_is_hidden() {
+        let id = generate(KeyAlgorithm::EcdsaP256, "a.example", 30, now()).unwrap();
+        let shown = format!("{id:?}");
+        assert!(shown.contains(HIDDEN));
+        assert!(!shown.contains("PRIVATE KEY"));
+    }
+
+    #[test]
+    fn unknown_names_are_rejected() {
+        assert!("sha3".parse::<Digest>().is_err());
+        assert!("rsa-1024".parse::<KeyAlgorithm>().is_err());
+        assert!("spki".parse::<PinKind>().is_err());
+    }
+
+    /// Our fingerprints must equal what an admin gets from openssl, for every
+    /// digest and both key families.
+    #[test]
+    fn fingerprints_equal_openssl() {
+        if Command::new("openssl").arg("version").output().is_err() {
+            eprintln!("SKIPPED: openssl not installed");
+            return;
+        }
+        for alg in [KeyAlgorithm::EcdsaP256, KeyAlgorithm::Rsa2048] {
+            let id = generate(alg, "mx.example", 30, now()).unwrap();
+            let pem = id.cert.pem().as_bytes();
+            let spki_der = {
+                let pubkey = openssl(&["x509", "-noout", "-pubkey"], pem).unwrap();
+                let mut child = Command::new("openssl")
+                    .args(["pkey", "-pubin", "-outform", "DER"])
+                    .stdin(Stdio::piped())
+                    .stdout(Stdio::piped())
+                    .spawn()
+                    .unwrap();
+                child
+                    .stdin
+                    .take()
+                    .unwrap()
+                    .write_all(pubkey.as_bytes())
+                    .unwrap();
+                child.wait_with_output().unwrap().stdout
+            };
+            assert_eq!(spki_der, id.cert.spki_der());
+            for d in [Digest::Md5, Digest::Sha1, Digest::Sha256, Digest::Sha512] {
+                let flag = format!("-{}", d.as_str());
+                let out = openssl(&["x509", "-noout", "-fingerprint", &flag], pem).unwrap();
+                let theirs = out.trim().rsplit('=').next().unwrap().to_string();
+                assert_eq!(
+                    id.cert.fingerprint(d, PinKind::Certificate).as_str(),
+                    theirs,
+                    "{alg:?} {d}"
+                );
+            }
+        }
+    }
+}
