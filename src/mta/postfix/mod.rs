@@ -479,13 +479,12 @@ pub fn plan_host(
 
     let main_cf = MainCf::parse(&f.main_cf);
     let new_main = main_cf.edited(&main_cf_edits(d, f, inv, &main_cf, &owned));
-    let main_changed = new_main != f.main_cf;
-    if main_changed {
+    if new_main != f.main_cf {
         changes.push(FileChange {
             path: format!("{dir}/main.cf"),
             action: Action::Modify,
             old: Some(Content::Text(f.main_cf.clone())),
-            new: Some(Content::Text(new_main)),
+            new: Some(Content::Text(new_main.clone())),
             mode: 0o644,
         });
     }
@@ -507,18 +506,17 @@ pub fn plan_host(
     if !needs_work {
         notes.clear();
     }
+    // The served key changes when its files change or when main.cf starts
+    // pointing smtpd at them (the first apply replaces the admin's own).
+    let chain_param = if f.version >= (3, 4) {
+        "smtpd_tls_chain_files"
+    } else {
+        "smtpd_tls_cert_file"
+    };
     let switches_key = changes
         .iter()
         .any(|c| c.path.ends_with("/current.key") || c.path.ends_with("/current.crt"))
-        || (main_changed
-            && MainCf::parse(&f.main_cf).get("smtpd_tls_chain_files")
-                != MainCf::parse(
-                    changes
-                        .last()
-                        .and_then(|c| c.new.as_ref())
-                        .map_or("", Content::raw),
-                )
-                .get("smtpd_tls_chain_files"));
+        || main_cf.get(chain_param) != MainCf::parse(&new_main).get(chain_param);
     let mut pins_for: Vec<_> = d.routes.iter().map(|r| r.primary.clone()).collect();
     pins_for.dedup();
     Ok(HostPlan {
