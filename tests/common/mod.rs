@@ -1,0 +1,207 @@
+//! A real two-host lab (lab/lab.sh: sshd + Postfix per host, one network
+//! namespace, loopback addresses only) and helpers to drive the real binary.
+
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+static COUNTER: AtomicUsize = AtomicUsize::new(0);
+
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+pub fn mxpin_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_mxpin"))
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| o.stdout == b"0\n")
+        .unwrap_or(false)
+}
+
+pub struct Lab {
+    _tmp: tempfile::TempDir,
+    pub dir: PathBuf,
+}
+
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Run {
+    fn from(o: Output) -> Self {
+        Run {
+            code: o.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+        }
+    }
+}
+
+impl std::fmt::Debug for Run {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "exit {}\n--- stdout\n{}\n--- stderr\n{}",
+            self.code, self.stdout, self.stderr
+        )
+    }
+}
+
+impl Lab {
+    /// Starts a lab, or returns None (with a visible message) when this
+    /// machine cannot run one. With MXPIN_LAB_REQUIRED=1 (set by .ci/run) a
+    /// lab that cannot start fails the test instead.
+    pub fn up() -> Option<Lab> {
+        let required = std::env::var("MXPIN_LAB_REQUIRED").is_ok_and(|v| v == "1");
+        if !is_root() {
+            assert!(!required, "MXPIN_LAB_REQUIRED=1 but not running as root");
+            eprintln!("SKIPPED: lab tests need root (network and mount namespaces)");
+            return None;
+        }
+        let tmp = tempfile::Builder::new()
+            .prefix("mxlab")
+            .tempdir_in("/tmp")
+            .expect("temp dir");
+        let dir = tmp.path().to_path_buf();
+        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+        let netns = format!("mxt{}x{n}", std::process::id());
+        let out = Command::new(repo().join("lab/lab.sh"))
+            .arg("up")
+            .arg(&dir)
+            .arg(&netns)
+            .output()
+            .expect("run lab.sh");
+        if !out.status.success() {
+            let msg = format!("lab did not start: {:?}", Run::from(out));
+            assert!(!required, "{msg}");
+            eprintln!("SKIPPED: {msg}");
+            return None;
+        }
+        Some(Lab { _tmp: tmp, dir })
+    }
+
+    pub fn inventory(&self) -> PathBuf {
+        self.dir.join("mxpin.toml")
+    }
+
+    /// Runs the real mxpin binary inside the lab's network namespace.
+    pub fn mxpin(&self, args: &[&str]) -> Run {
+        let out = Command::new(repo().join("lab/lab.sh"))
+            .arg("exec")
+            .arg(&self.dir)
+            .arg(mxpin_bin())
+            .args(args)
+            .env("NO_COLOR", "1")
+            .output()
+            .expect("run mxpin");
+        Run::from(out)
+    }
+
+    /// Runs a command inside the lab's network namespace.
+    pub fn exec(&self, cmd: &[&str]) -> Run {
+        let out = Command::new(repo().join("lab/lab.sh"))
+            .arg("exec")
+            .arg(&self.dir)
+            .args(cmd)
+            .output()
+            .expect("run in lab");
+        Run::from(out)
+    }
+
+    /// Runs a shell command on a lab host as root, over ssh.
+    pub fn ssh(&self, host: &str, cmd: &str) -> Run {
+        let cfg = self.dir.join("ssh_config");
+        self.exec(&["ssh", "-F", cfg.to_str().unwrap(), host, cmd])
+    }
+
+    pub fn maillog(&self, host: &str) -> String {
+        std::fs::read_to_string(self.dir.join(host).join("maillog")).unwrap_or_default()
+    }
+
+    pub fn postfix_dir(&self, host: &str) -> PathBuf {
+        self.dir.join(host).join("etc/postfix")
+    }
+
+    /// Every file of every host's Postfix configuration, by path.
+    pub fn snapshot(&self) -> BTreeMap<PathBuf, Vec<u8>> {
+        let mut files = BTreeMap::new();
+        for host in ["home", "relay"] {
+            collect(&self.postfix_dir(host), &mut files);
+        }
+        files
+    }
+
+    pub fn delivered(&self) -> Vec<String> {
+        let dir = self.dir.join("home/mail/first.last/new");
+        let mut out = Vec::new();
+        if let Ok(rd) = std::fs::read_dir(dir) {
+            for e in rd.flatten() {
+                out.push(std::fs::read_to_string(e.path()).unwrap_or_default());
+            }
+        }
+        out
+    }
+
+    /// Submits a message to the relay (the backup MX) with swaks.
+    pub fn send_to_relay(&self, rcpt: &str, body: &str) -> Run {
+        self.exec(&[
+            "swaks",
+            "--server",
+            "127.0.0.3",
+            "--to",
+            rcpt,
+            "--from",
+            "sender@elsewhere.example",
+            "--body",
+            body,
+            "--timeout",
+            "20",
+        ])
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        let _ = Command::new(repo().join("lab/lab.sh"))
+            .arg("down")
+            .arg(&self.dir)
+            .output();
+    }
+}
+
+fn collect(dir: &Path, files: &mut BTreeMap<PathBuf, Vec<u8>>) {
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in rd.flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            collect(&p, files);
+        } else if let Ok(bytes) = std::fs::read(&p) {
+            files.insert(p, bytes);
+        }
+    }
+}
+
+/// Polls `check` every 200 ms until it holds or `limit` passes.
+pub fn wait_for(limit: Duration, mut check: impl FnMut() -> bool) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if check() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    check()
+}

@@ -1,0 +1,210 @@
+//! End to end: the real mxpin binary against real sshd + Postfix hosts.
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt as _;
+use std::time::Duration;
+
+use common::{wait_for, Lab};
+
+const HIDDEN: &str = "(private key, content hidden)";
+
+fn inv(lab: &Lab) -> String {
+    lab.inventory().to_str().unwrap().to_string()
+}
+
+fn assert_no_secret(run: &common::Run) {
+    assert!(
+        !run.stdout.contains("PRIVATE KEY") && !run.stderr.contains("PRIVATE KEY"),
+        "a private key reached the output: {run:?}"
+    );
+}
+
+/// The whole promise of issue 2 on one lab: a dry run that changes nothing,
+/// an apply that pins, verified delivery, refusal of unknown recipients,
+/// and a second run that has nothing to do.
+#[test]
+fn plan_apply_and_pinned_delivery() {
+    let Some(lab) = Lab::up() else { return };
+    let inv = inv(&lab);
+    let before = lab.snapshot();
+
+    let plan = lab.mxpin(&["plan", "-i", &inv]);
+    assert_eq!(plan.code, 2, "plan with pending changes exits 2: {plan:?}");
+    assert!(
+        plan.stdout.contains("/etc/postfix/mxpin/current.key"),
+        "{plan:?}"
+    );
+    assert!(plan.stdout.contains(HIDDEN), "{plan:?}");
+    assert!(
+        plan.stdout
+            .contains("+relay_recipient_maps = hash:/etc/postfix/mxpin/relay_recipients"),
+        "{plan:?}"
+    );
+    assert_no_secret(&plan);
+    let json = lab.mxpin(&["plan", "-i", &inv, "--json"]);
+    assert_eq!(json.code, 2, "{json:?}");
+    let v: serde_json::Value = serde_json::from_str(&json.stdout).expect("plan --json is JSON");
+    assert_eq!(v["changes_pending"], true);
+    assert_no_secret(&json);
+    assert!(
+        lab.snapshot() == before,
+        "plan must leave every host byte-identical"
+    );
+
+    let apply = lab.mxpin(&["apply", "--yes", "-i", &inv]);
+    assert_eq!(apply.code, 0, "{apply:?}");
+    assert_no_secret(&apply);
+    for host in ["home", "relay"] {
+        for key in ["current.key", "next.key"] {
+            let meta = std::fs::metadata(lab.postfix_dir(host).join("mxpin").join(key)).unwrap();
+            assert_eq!(meta.permissions().mode() & 0o777, 0o600, "{host} {key}");
+        }
+    }
+
+    let again = lab.mxpin(&["plan", "-i", &inv]);
+    assert_eq!(again.code, 0, "second plan has nothing to do: {again:?}");
+    assert!(again.stdout.contains("No changes"), "{again:?}");
+    let settled = lab.snapshot();
+    let apply2 = lab.mxpin(&["apply", "--yes", "-i", &inv]);
+    assert_eq!(apply2.code, 0, "{apply2:?}");
+    assert!(lab.snapshot() == settled, "second apply changes nothing");
+
+    let sent = lab.send_to_relay("first.last@example.net", "pinned hello 4711");
+    assert_eq!(sent.code, 0, "relay accepts a listed recipient: {sent:?}");
+    assert!(
+        wait_for(Duration::from_secs(30), || lab
+            .delivered()
+            .iter()
+            .any(|m| m.contains("pinned hello 4711"))),
+        "message reaches home's mailbox; relay log:\n{}",
+        lab.maillog("relay")
+    );
+    let log = lab.maillog("relay");
+    assert!(
+        log.contains("Verified TLS connection established to home.example.net[127.0.0.2]:25"),
+        "{log}"
+    );
+    assert!(!log.contains("status=deferred"), "{log}");
+
+    let refused = lab.send_to_relay("nobody@example.net", "unlisted");
+    assert_ne!(refused.code, 0, "unlisted recipient refused: {refused:?}");
+    assert!(refused.stdout.contains("550"), "{refused:?}");
+}
+
+/// A home server presenting a key nobody pinned gets mail deferred (kept in
+/// the relay's queue, not delivered and not bounced); apply puts the pinned
+/// key back and the queued mail is then delivered, verified.
+#[test]
+fn unpinned_key_defers_and_apply_recovers() {
+    let Some(lab) = Lab::up() else { return };
+    let inv = inv(&lab);
+    let apply = lab.mxpin(&["apply", "--yes", "-i", &inv]);
+    assert_eq!(apply.code, 0, "{apply:?}");
+
+    let swap = lab.ssh(
+        "home",
+        "set -e; cd /etc/postfix; \
+         openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
+           -subj /CN=home.example.net -keyout impostor.key -out impostor.crt 2>/dev/null; \
+         chmod 600 impostor.key; \
+         postconf -e 'smtpd_tls_chain_files = /etc/postfix/impostor.key, /etc/postfix/impostor.crt'; \
+         postfix reload 2>/dev/null",
+    );
+    assert_eq!(swap.code, 0, "{swap:?}");
+    // Postfix notices a fresh main.cf after about a second.
+    std::thread::sleep(Duration::from_secs(2));
+
+    let sent = lab.send_to_relay("first.last@example.net", "to an impostor 815");
+    assert_eq!(sent.code, 0, "{sent:?}");
+    assert!(
+        wait_for(Duration::from_secs(30), || lab
+            .maillog("relay")
+            .contains("status=deferred (Server certificate not verified)")),
+        "relay defers: {}",
+        lab.maillog("relay")
+    );
+    assert!(
+        !lab.delivered()
+            .iter()
+            .any(|m| m.contains("to an impostor 815")),
+        "nothing delivered to an unpinned key"
+    );
+
+    let plan = lab.mxpin(&["plan", "-i", &inv]);
+    assert_eq!(plan.code, 2, "plan sees home's main.cf drift: {plan:?}");
+    assert!(
+        plan.stdout
+            .contains("+smtpd_tls_chain_files = /etc/postfix/mxpin/current.key, /etc/postfix/mxpin/current.crt"),
+        "{plan:?}"
+    );
+    let fix = lab.mxpin(&["apply", "--yes", "-i", &inv]);
+    assert_eq!(fix.code, 0, "{fix:?}");
+    std::thread::sleep(Duration::from_secs(2));
+    let flush = lab.ssh("relay", "postqueue -f");
+    assert_eq!(flush.code, 0, "{flush:?}");
+    assert!(
+        wait_for(Duration::from_secs(30), || lab
+            .delivered()
+            .iter()
+            .any(|m| m.contains("to an impostor 815"))),
+        "queued mail delivered after apply: {}",
+        lab.maillog("relay")
+    );
+    assert!(lab
+        .maillog("relay")
+        .contains("Verified TLS connection established"));
+}
+
+/// Remote failures name the host and what failed; healthy hosts are still
+/// planned; apply refuses to change anything while any host fails.
+#[test]
+fn remote_failures_are_named_and_change_nothing() {
+    let Some(lab) = Lab::up() else { return };
+    let text = std::fs::read_to_string(lab.inventory()).unwrap();
+    // relay reached as an unprivileged user without sudo; a host that does
+    // not resolve.
+    let text = text.replace("sudo = true", "sudo = false")
+        + "\n[hosts.ghost]\nssh = \"ghost.invalid\"\nmx = \"ghost.example.net\"\n";
+    let path = lab.dir.join("broken.toml");
+    std::fs::write(&path, text).unwrap();
+    let path = path.to_str().unwrap();
+    let before = lab.snapshot();
+
+    let plan = lab.mxpin(&["plan", "-i", path]);
+    assert_eq!(plan.code, 1, "{plan:?}");
+    assert!(
+        plan.stderr.contains("relay: remote commands run as uid")
+            && plan.stderr.contains("sudo = true"),
+        "{plan:?}"
+    );
+    assert!(
+        plan.stderr.contains("ghost: ssh ghost.invalid:"),
+        "{plan:?}"
+    );
+    assert!(
+        plan.stdout.contains("home (5 changes)"),
+        "the healthy host is still planned: {plan:?}"
+    );
+
+    let apply = lab.mxpin(&["apply", "--yes", "-i", path]);
+    assert_eq!(apply.code, 1, "{apply:?}");
+    assert!(apply.stderr.contains("nothing applied"), "{apply:?}");
+    assert!(lab.snapshot() == before, "no host changed");
+
+    // A primary that cannot be read leaves its backups unplanned: they must
+    // never pin a key mxpin has not seen.
+    let text = std::fs::read_to_string(lab.inventory())
+        .unwrap()
+        .replace("ssh = \"home\"", "ssh = \"mxpinlab@home\"");
+    let path = lab.dir.join("unprivileged-home.toml");
+    std::fs::write(&path, text).unwrap();
+    let plan = lab.mxpin(&["plan", "-i", path.to_str().unwrap()]);
+    assert_eq!(plan.code, 1, "{plan:?}");
+    assert!(
+        plan.stderr
+            .contains("relay: not planned: it backs up example.net for home"),
+        "{plan:?}"
+    );
+    assert!(lab.snapshot() == before, "no host changed");
+}
