@@ -17,6 +17,8 @@ declare -A ADDR=([home]=127.0.0.2 [relay]=127.0.0.3)
 declare -A MAILNAME=([home]=home.example.net [relay]=relay.example.org)
 declare -A MYDOMAIN=([home]=example.net [relay]=example.org)
 SUDO_USER_NAME=mxpinlab
+# The repository (for inventories/lab.toml).
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 # Bounded waits: WAIT_STEPS x 0.1 s.
 WAIT_STEPS=100
 
@@ -157,24 +159,8 @@ EOF
         done
     done
 
-    cat >"$dir/mxpin.toml" <<'EOF'
-[settings]
-ssh_config = "ssh_config"
-
-[hosts.home]
-ssh = "home"
-mx = "home.example.net"
-
-[hosts.relay]
-ssh = "mxpinlab@relay"
-mx = "relay.example.org"
-sudo = true
-
-[domains."example.net"]
-primary = "home"
-backups = ["relay"]
-recipients = ["first.last@example.net"]
-EOF
+    # One source for the lab inventory: inventories/lab.toml.
+    cp "$REPO/inventories/lab.toml" "$dir/mxpin.toml"
 }
 
 setup_sshd() {
