@@ -131,7 +131,7 @@ pub fn waves(plans: &[&HostPlan]) -> Vec<usize> {
     for _ in 0..plans.len() {
         let mut moved = false;
         for (i, p) in plans.iter().enumerate() {
-            for dep in p.pins_for.iter().filter_map(|h| index(h)) {
+            for dep in p.pins_for.iter().filter_map(&index) {
                 if plans[dep].switches_key && wave[i] <= wave[dep] && wave[dep] < plans.len() {
                     wave[i] = wave[dep] + 1;
                     moved = true;

@@ -333,6 +333,9 @@ impl Context<'_> {
                 recipients,
             });
         }
+        if hosts.is_empty() {
+            return Err(self.error("no hosts: add a [hosts.NAME] table for each mail host".into()));
+        }
         hosts.sort_by(|a, b| a.name.cmp(&b.name));
         domains.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(Inventory {
@@ -508,6 +511,14 @@ recipients = ["first.last@example.net"]
     fn missing_ssh_config_file() {
         let e = err(&GOOD.replace("digest = \"sha256\"", "ssh_config = \"nope-ssh-config\""));
         assert!(e.contains("nope-ssh-config: no such file"), "{e}");
+    }
+
+    #[test]
+    fn empty_inventory_is_refused() {
+        assert_eq!(
+            err(""),
+            "mxpin.toml: no hosts: add a [hosts.NAME] table for each mail host"
+        );
     }
 
     #[test]
