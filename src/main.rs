@@ -73,36 +73,38 @@ fn load(common: &Common) -> Result<(Inventory, Templates), String> {
     Ok((inv, templates))
 }
 
-/// Prints a plan; returns (errors, pending).
-fn show_plan(outcomes: &[HostOutcome], json: bool) -> (bool, bool) {
-    let mut errors = false;
-    let mut pending = 0;
+/// Whether any host failed to plan, and whether any has changes.
+fn summarize(outcomes: &[HostOutcome]) -> (bool, bool) {
+    let errors = outcomes
+        .iter()
+        .any(|o| matches!(o, HostOutcome::Failed { .. }));
+    let pending = outcomes
+        .iter()
+        .any(|o| matches!(o, HostOutcome::Planned(p) if !p.is_empty()));
+    (errors, pending)
+}
+
+/// Prints a plan for people: a diff per changed host, errors on stderr,
+/// one closing line.
+fn show_plan(outcomes: &[HostOutcome]) {
     let mut out = anstream::stdout();
+    let mut pending = 0;
     for o in outcomes {
         match o {
-            HostOutcome::Failed { host, error: e } => {
-                errors = true;
-                if !json {
-                    error(format_args!("{host}: {e}"));
-                }
-            }
+            HostOutcome::Failed { host, error: e } => error(format_args!("{host}: {e}")),
             HostOutcome::Planned(p) if !p.is_empty() => {
                 pending += 1;
-                if !json {
-                    let _ = write!(out, "{}", plan::render_host(p));
-                }
+                let _ = write!(out, "{}", plan::render_host(p));
             }
             HostOutcome::Planned(_) => {}
         }
     }
-    if json {
-        let _ = writeln!(out, "{:#}", plan::to_json(outcomes));
-    } else if pending == 0 && !errors {
+    let (errors, _) = summarize(outcomes);
+    if pending == 0 && !errors {
         let _ = writeln!(out, "No changes: {} hosts up to date.", outcomes.len());
     } else if pending > 0 {
-        let _ = writeln!(out, "{} of {} hosts would change.", pending, outcomes.len());
+        let _ = writeln!(out, "{pending} of {} hosts would change.", outcomes.len());
     }
-    (errors, pending > 0)
 }
 
 async fn run_plan(common: &Common) -> Result<u8, String> {
@@ -110,7 +112,12 @@ async fn run_plan(common: &Common) -> Result<u8, String> {
     let states = engine::gather(&inv, common.parallel.into()).await;
     let outcomes = engine::plan_all(&inv, &states, &templates, OffsetDateTime::now_utc());
     engine::close(states).await;
-    Ok(match show_plan(&outcomes, common.json) {
+    if common.json {
+        let _ = writeln!(anstream::stdout(), "{:#}", plan::to_json(&outcomes));
+    } else {
+        show_plan(&outcomes);
+    }
+    Ok(match summarize(&outcomes) {
         (true, _) => EXIT_ERROR,
         (false, true) => EXIT_PENDING,
         (false, false) => 0,
@@ -136,7 +143,16 @@ async fn run_apply(common: &Common, yes: bool) -> Result<u8, String> {
     let parallel = common.parallel.into();
     let mut states: Vec<HostState> = engine::gather(&inv, parallel).await;
     let outcomes = engine::plan_all(&inv, &states, &templates, OffsetDateTime::now_utc());
-    let (plan_errors, pending) = show_plan(&outcomes, common.json);
+    let (plan_errors, pending) = summarize(&outcomes);
+    if common.json {
+        for o in &outcomes {
+            if let HostOutcome::Failed { host, error: e } = o {
+                error(format_args!("{host}: {e}"));
+            }
+        }
+    } else {
+        show_plan(&outcomes);
+    }
     if plan_errors {
         // Never apply half a fleet's pins: a failed host may be a primary
         // whose keys others need, or a peer left behind.
@@ -145,6 +161,10 @@ async fn run_apply(common: &Common, yes: bool) -> Result<u8, String> {
     }
     if !pending {
         engine::close(states).await;
+        if common.json {
+            let doc = serde_json::json!({ "plan": plan::to_json(&outcomes), "applied": [] });
+            let _ = writeln!(anstream::stdout(), "{doc:#}");
+        }
         return Ok(0);
     }
     let hosts = outcomes
@@ -199,7 +219,8 @@ async fn run_apply(common: &Common, yes: bool) -> Result<u8, String> {
                                    "converged": !drift.contains(&h.to_string())})
             })
             .collect();
-        let _ = writeln!(out, "{:#}", serde_json::json!({ "applied": hosts }));
+        let doc = serde_json::json!({ "plan": plan::to_json(&outcomes), "applied": hosts });
+        let _ = writeln!(out, "{doc:#}");
     }
     if !failed && !drift.is_empty() {
         error(format_args!(

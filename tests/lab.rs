@@ -52,9 +52,24 @@ fn plan_apply_and_pinned_delivery() {
         "plan must leave every host byte-identical"
     );
 
-    let apply = lab.mxpin(&["apply", "--yes", "-i", &inv]);
+    let unconfirmed = lab.mxpin(&["apply", "-i", &inv]);
+    assert_eq!(unconfirmed.code, 1, "{unconfirmed:?}");
+    assert!(unconfirmed.stderr.contains("pass --yes"), "{unconfirmed:?}");
+    assert!(
+        lab.snapshot() == before,
+        "unconfirmed apply changes nothing"
+    );
+
+    let apply = lab.mxpin(&["apply", "--yes", "--json", "-i", &inv]);
     assert_eq!(apply.code, 0, "{apply:?}");
     assert_no_secret(&apply);
+    let v: serde_json::Value =
+        serde_json::from_str(&apply.stdout).expect("apply --json is one JSON document");
+    for host in v["applied"].as_array().unwrap() {
+        assert_eq!(host["status"], "applied", "{host}");
+        assert_eq!(host["converged"], true, "{host}");
+    }
+    assert_eq!(v["plan"]["changes_pending"], true);
     for host in ["home", "relay"] {
         for key in ["current.key", "next.key"] {
             let meta = std::fs::metadata(lab.postfix_dir(host).join("mxpin").join(key)).unwrap();
