@@ -6,12 +6,8 @@
 # pinned TLS connection.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-lab/install-deps.sh
-cargo build --release --locked -q
-dir=$(mktemp -d /tmp/mxpin-demo.XXXXXX)
-trap 'lab/lab.sh down "$dir" >/dev/null' EXIT
-lab/lab.sh up "$dir" "mxdemo$$" >/dev/null
-mxpin() { lab/lab.sh exec "$dir" "$PWD/target/release/mxpin" "$@"; }
+# shellcheck source=examples/lab-env.sh
+. examples/lab-env.sh
 
 echo "== mxpin plan (dry run: shows every change, touches nothing)"
 rc=0; mxpin plan -i "$dir/mxpin.toml" || rc=$?

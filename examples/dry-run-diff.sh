@@ -4,12 +4,8 @@
 # that the plan left every host byte-identical, then apply it. Root, Debian.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-lab/install-deps.sh
-cargo build --release --locked -q
-dir=$(mktemp -d /tmp/mxpin-demo.XXXXXX)
-trap 'lab/lab.sh down "$dir" >/dev/null' EXIT
-lab/lab.sh up "$dir" "mxdiff$$" >/dev/null
-mxpin() { lab/lab.sh exec "$dir" "$PWD/target/release/mxpin" "$@"; }
+# shellcheck source=examples/lab-env.sh
+. examples/lab-env.sh
 mxpin apply --yes -i "$dir/mxpin.toml" >/dev/null
 echo "== bootstrapped; now adding postmaster@example.net to the inventory"
 sed -i 's/^recipients = \[\(.*\)\]/recipients = [\1, "postmaster@example.net"]/' "$dir/mxpin.toml"

@@ -1,0 +1,11 @@
+# shellcheck shell=bash
+# Sourced by the examples: installs what the lab needs, builds mxpin, starts
+# a lab in a fresh directory (stopped again on exit) and defines `mxpin`,
+# which runs the built binary inside the lab's network namespace.
+# Sets: dir (the lab directory).
+lab/install-deps.sh
+cargo build --release --locked -q
+dir=$(mktemp -d /tmp/mxpin-demo.XXXXXX)
+trap 'lab/lab.sh down "$dir" >/dev/null' EXIT
+lab/lab.sh up "$dir" "mxdemo$$" >/dev/null
+mxpin() { lab/lab.sh exec "$dir" "$PWD/target/release/mxpin" "$@"; }
