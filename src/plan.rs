@@ -101,8 +101,9 @@ pub struct HostPlan {
 }
 
 impl HostPlan {
+    /// Nothing to write and no table database to rebuild.
     pub fn is_empty(&self) -> bool {
-        self.changes.is_empty()
+        self.changes.is_empty() && self.steps.postmap.is_empty()
     }
 }
 
@@ -195,12 +196,12 @@ fn colour_diff(diff: &str, out: &mut String) {
 pub fn render_host(plan: &HostPlan) -> String {
     let mut out = String::new();
     let n = plan.changes.len();
-    let _ = writeln!(
-        out,
-        "{} {}",
-        plan.host.as_str().bold(),
-        format!("({n} change{})", if n == 1 { "" } else { "s" }).yellow()
-    );
+    let summary = match n {
+        0 => "(table databases to rebuild)".to_string(),
+        1 => "(1 change)".to_string(),
+        _ => format!("({n} changes)"),
+    };
+    let _ = writeln!(out, "{} {}", plan.host.as_str().bold(), summary.yellow());
     for note in &plan.notes {
         let _ = writeln!(out, "  note: {note}");
     }

@@ -82,6 +82,7 @@ for f in {files}; do
     if [ -f "$M/$f.$s" ] && ! [ "$M/$f" -nt "$M/$f.$s" ]; then put "fresh:$f" "$s"; fi
   done
 done
+put end ok
 }}
 mxpin_facts
 "#,
@@ -134,6 +135,11 @@ impl PostfixFacts {
     pub fn from_sections(s: &Sections) -> Result<Self, String> {
         if let Some(e) = s.get("error") {
             return Err(e.to_string());
+        }
+        // Without the closing frame the answer was cut short, even if it
+        // happened to end between two frames.
+        if s.get("end") != Some("ok") {
+            return Err("facts are incomplete: the connection ended early".into());
         }
         match s.get("uid") {
             Some("0") => {}
@@ -466,18 +472,28 @@ pub fn plan_host(
         vec![]
     };
     let mut postmap = Vec::new();
-    for (table, _) in TABLES {
+    let main_cf = MainCf::parse(&f.main_cf);
+    for (table, param) in TABLES {
         let path = format!("{owned}/{table}");
         let new = backup.then(|| Content::Text(tables[table].clone()));
         let change = change_for(path.clone(), f.files.get(table), new, 0o644);
-        let stale = !f.fresh[table].iter().any(|s| s == suffix);
+        // A database is stale when missing or older than its source, or
+        // when main.cf names the table with another type (hash and btree
+        // share the .db suffix but not the format).
+        let listed_types: Vec<String> = split_list(&main_cf.get(param).unwrap_or_default())
+            .iter()
+            .filter_map(|e| e.split_once(':'))
+            .filter(|(_, p)| *p == path)
+            .map(|(t, _)| t.to_string())
+            .collect();
+        let stale = !f.fresh[table].iter().any(|s| s == suffix)
+            || listed_types.iter().any(|t| t != &f.db_type);
         if backup && (change.as_ref().is_some_and(|c| c.action != Action::Chmod) || stale) {
             postmap.push(path);
         }
         changes.extend(change);
     }
 
-    let main_cf = MainCf::parse(&f.main_cf);
     let new_main = main_cf.edited(&main_cf_edits(d, f, inv, &main_cf, &owned));
     if new_main != f.main_cf {
         changes.push(FileChange {
@@ -515,6 +531,7 @@ pub fn plan_host(
     };
     let switches_key = changes
         .iter()
+        .filter(|c| c.action != Action::Chmod)
         .any(|c| c.path.ends_with("/current.key") || c.path.ends_with("/current.crt"))
         || main_cf.get(chain_param) != MainCf::parse(&new_main).get(chain_param);
     let mut pins_for: Vec<_> = d.routes.iter().map(|r| r.primary.clone()).collect();

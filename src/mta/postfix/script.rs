@@ -96,10 +96,12 @@ pub fn apply_script(plan: &HostPlan) -> ApplyScript {
     // Every path this run may create besides its targets.
     let mut staged_paths: Vec<String> = Vec::new();
     let mut targets: Vec<String> = Vec::new();
+    // Chmod changes are made in place: rewriting the file would give a
+    // table source a newer mtime than its database.
     let writes: Vec<_> = plan
         .changes
         .iter()
-        .filter(|c| c.action != Action::Delete)
+        .filter(|c| !matches!(c.action, Action::Delete | Action::Chmod))
         .collect();
     let table_sources: Vec<String> = steps.postmap.clone();
     for c in &writes {
@@ -143,6 +145,16 @@ pub fn apply_script(plan: &HostPlan) -> ApplyScript {
         let _ = writeln!(s, "rm -f {}", quote(&format!("{t}.mxpin-old")));
     }
     let _ = writeln!(s, "before=$(postconf -c \"$C\" 2>&1 >/dev/null)");
+
+    for c in plan.changes.iter().filter(|c| c.action == Action::Chmod) {
+        let _ = writeln!(
+            s,
+            "step={}\nchown 0:0 {p} && chmod {:o} {p} || fail \"cannot set mode\"",
+            quote(&format!("set mode of {}", c.path)),
+            c.mode,
+            p = quote(&c.path)
+        );
+    }
 
     // Stage: write every new file beside its target.
     for c in &writes {
