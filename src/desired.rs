@@ -30,6 +30,8 @@ pub enum Origin {
     Generated,
     /// Same key, new certificate (the reason says why).
     Reissued(String),
+    /// The host's staged next key, now the one it serves.
+    Promoted,
 }
 
 #[derive(Debug, Clone)]
@@ -42,6 +44,10 @@ pub struct Slot {
 pub struct HostKeys {
     pub current: Slot,
     pub next: Slot,
+    /// With certificate pins, a current certificate close to expiry cannot
+    /// be re-issued in place (its fingerprint would change under the
+    /// peers): the host must rotate to its pinned next key instead.
+    pub renewal_due: bool,
 }
 
 impl HostKeys {
@@ -52,6 +58,21 @@ impl HostKeys {
             self.current.identity.cert.fingerprint(s.digest, s.pin),
             self.next.identity.cert.fingerprint(s.digest, s.pin),
         ]
+    }
+
+    /// The public-key fingerprints (SHA-256) of current and next, for people.
+    pub fn public_keys(&self) -> (Fingerprint, Fingerprint) {
+        use crate::tls::{Digest, PinKind};
+        (
+            self.current
+                .identity
+                .cert
+                .fingerprint(Digest::Sha256, PinKind::PublicKey),
+            self.next
+                .identity
+                .cert
+                .fingerprint(Digest::Sha256, PinKind::PublicKey),
+        )
     }
 }
 
@@ -87,67 +108,102 @@ pub struct DesiredError {
     pub message: String,
 }
 
+/// Which slot is being decided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SlotKind {
+    Current,
+    Next,
+}
+
+impl SlotKind {
+    fn name(self) -> &'static str {
+        match self {
+            SlotKind::Current => "current",
+            SlotKind::Next => "next",
+        }
+    }
+}
+
 /// Decides one slot: keep what is there if it is sound, re-issue the
-/// certificate when only the certificate is wrong, generate when there is no
-/// key. A key that is present but unreadable is an error, never replaced
-/// silently: the admin must decide to throw it away.
+/// certificate when only the certificate is wrong or close to expiry,
+/// generate when there is no key. A key that is present but unreadable is an
+/// error, never replaced silently: the admin must decide to throw it away.
+///
+/// Returns the slot and whether a rotation is due instead of a renewal (a
+/// current certificate near expiry under certificate pins).
 pub fn resolve_slot(
+    inv: &Inventory,
     host: &Host,
-    slot_name: &str,
+    kind: SlotKind,
     stored: &StoredPair,
-    valid_days: u32,
     now: OffsetDateTime,
     generate: &mut dyn FnMut() -> Result<Identity, tls::TlsError>,
-) -> Result<Slot, DesiredError> {
+) -> Result<(Slot, bool), DesiredError> {
+    let s = &inv.settings;
     let err = |message: String| DesiredError {
         host: host.name.clone(),
         message,
     };
+    let what = format!("{} key", kind.name());
     let Some(key) = &stored.key else {
-        let identity = generate().map_err(|e| err(format!("{slot_name} key: {e}")))?;
-        return Ok(Slot {
-            identity,
-            origin: Origin::Generated,
-        });
+        let identity = generate().map_err(|e| err(format!("{what}: {e}")))?;
+        return Ok((
+            Slot {
+                identity,
+                origin: Origin::Generated,
+            },
+            false,
+        ));
     };
-    let path = format!("{} key", slot_name);
+    let unusable = |e: tls::TlsError| {
+        err(format!(
+            "{what}: {e}; move the file away to let mxpin generate a new key"
+        ))
+    };
+    let renew_at = now.unix_timestamp() + i64::from(s.renew_days) * 86_400;
     let reason = match stored.cert.as_deref().map(Certificate::from_pem) {
-        None => Some("certificate missing".to_string()),
-        Some(Err(e)) => Some(format!("certificate unreadable ({e})")),
+        None => "certificate missing".to_string(),
+        Some(Err(e)) => format!("certificate unreadable ({e})"),
         Some(Ok(cert)) => {
-            if !tls::key_matches(key, &cert).map_err(|e| {
-                err(format!(
-                    "{path}: {e}; move the file away to let mxpin generate a new key"
-                ))
-            })? {
-                Some("certificate is not for this key".to_string())
-            } else if !cert.dns_names().iter().any(|n| n == host.mx.as_str()) {
-                Some(format!("certificate does not name {}", host.mx))
-            } else if cert.not_after() <= now.unix_timestamp() {
-                Some("certificate expired".to_string())
-            } else {
-                return Ok(Slot {
-                    identity: Identity {
-                        key: key.clone(),
-                        cert,
+            let kept = |due| {
+                Ok((
+                    Slot {
+                        identity: Identity {
+                            key: key.clone(),
+                            cert: cert.clone(),
+                        },
+                        origin: Origin::Kept,
                     },
-                    origin: Origin::Kept,
-                });
+                    due,
+                ))
+            };
+            if !tls::key_matches(key, &cert).map_err(unusable)? {
+                "certificate is not for this key".to_string()
+            } else if !cert.dns_names().iter().any(|n| n == host.mx.as_str()) {
+                format!("certificate does not name {}", host.mx)
+            } else if cert.not_after() > renew_at {
+                return kept(false);
+            } else if s.pin == tls::PinKind::Certificate && kind == SlotKind::Current {
+                return kept(true);
+            } else if cert.not_after() <= now.unix_timestamp() {
+                "certificate expired".to_string()
+            } else {
+                let days = (cert.not_after() - now.unix_timestamp()) / 86_400;
+                format!("certificate expires in {days} days")
             }
         }
     };
-    let cert = tls::reissue(key, host.mx.as_str(), valid_days, now).map_err(|e| {
-        err(format!(
-            "{path}: {e}; move the file away to let mxpin generate a new key"
-        ))
-    })?;
-    Ok(Slot {
-        identity: Identity {
-            key: key.clone(),
-            cert,
+    let cert = tls::reissue(key, host.mx.as_str(), s.valid_days, now).map_err(unusable)?;
+    Ok((
+        Slot {
+            identity: Identity {
+                key: key.clone(),
+                cert,
+            },
+            origin: Origin::Reissued(reason),
         },
-        origin: Origin::Reissued(reason.expect("set on every path that gets here")),
-    })
+        false,
+    ))
 }
 
 /// Keys for one host from what is stored there.
@@ -159,16 +215,57 @@ pub fn resolve_keys(
 ) -> Result<HostKeys, DesiredError> {
     let s = &inv.settings;
     let mut generate = || tls::generate(s.key, host.mx.as_str(), s.valid_days, now);
+    let (current, renewal_due) = resolve_slot(
+        inv,
+        host,
+        SlotKind::Current,
+        &stored.current,
+        now,
+        &mut generate,
+    )?;
+    let (next, _) = resolve_slot(inv, host, SlotKind::Next, &stored.next, now, &mut generate)?;
     Ok(HostKeys {
-        current: resolve_slot(
-            host,
-            "current",
-            &stored.current,
-            s.valid_days,
-            now,
-            &mut generate,
-        )?,
-        next: resolve_slot(host, "next", &stored.next, s.valid_days, now, &mut generate)?,
+        current,
+        next,
+        renewal_due,
+    })
+}
+
+/// The keys after a rotation: the staged next key becomes current and a
+/// fresh next key is staged. With public-key pins the promoted key gets a
+/// fresh certificate (same pin); with certificate pins it keeps the
+/// certificate the peers pinned.
+pub fn rotate(
+    inv: &Inventory,
+    host: &Host,
+    keys: &HostKeys,
+    now: OffsetDateTime,
+) -> Result<HostKeys, DesiredError> {
+    let s = &inv.settings;
+    let err = |e: tls::TlsError| DesiredError {
+        host: host.name.clone(),
+        message: format!("rotation: {e}"),
+    };
+    let next = &keys.next.identity;
+    let cert = match s.pin {
+        tls::PinKind::PublicKey => {
+            tls::reissue(&next.key, host.mx.as_str(), s.valid_days, now).map_err(err)?
+        }
+        tls::PinKind::Certificate => next.cert.clone(),
+    };
+    Ok(HostKeys {
+        current: Slot {
+            identity: Identity {
+                key: next.key.clone(),
+                cert,
+            },
+            origin: Origin::Promoted,
+        },
+        next: Slot {
+            identity: tls::generate(s.key, host.mx.as_str(), s.valid_days, now).map_err(err)?,
+            origin: Origin::Generated,
+        },
+        renewal_due: false,
     })
 }
 
@@ -279,8 +376,8 @@ backups = ["relay"]
     fn sound_keys_are_kept_and_wrong_certificates_reissued_for_the_same_key() {
         let inv = inv();
         let home = &inv.hosts[0];
-        let good = tls::generate(inv.settings.key, "home.example.net", 30, now()).unwrap();
-        let wrong_name = tls::generate(inv.settings.key, "old.example.net", 30, now()).unwrap();
+        let good = tls::generate(inv.settings.key, "home.example.net", 90, now()).unwrap();
+        let wrong_name = tls::generate(inv.settings.key, "old.example.net", 90, now()).unwrap();
         let stored = StoredKeys {
             current: stored(&good),
             next: stored(&wrong_name),
@@ -301,12 +398,96 @@ backups = ["relay"]
             "public-key pin survives the reissue"
         );
 
-        let later = now() + Duration::days(31);
+        let later = now() + Duration::days(91);
         let k = resolve_keys(&inv, home, &stored, later).unwrap();
         assert_eq!(
             k.current.origin,
             Origin::Reissued("certificate expired".into())
         );
+    }
+
+    fn inv_with(settings: &str) -> Inventory {
+        let text = format!(
+            "[settings]\n{settings}\n[hosts.home]\nssh = \"home\"\nmx = \"home.example.net\"\n"
+        );
+        inventory::parse(Path::new("t.toml"), &text).unwrap()
+    }
+
+    fn stored_valid_for(days: u32) -> StoredKeys {
+        let id =
+            |d| tls::generate(tls::KeyAlgorithm::EcdsaP256, "home.example.net", d, now()).unwrap();
+        StoredKeys {
+            current: stored(&id(days)),
+            next: stored(&id(days)),
+        }
+    }
+
+    #[test]
+    fn public_key_pins_renew_in_place_before_expiry() {
+        let inv = inv_with("pin = \"public-key\"\nrenew_days = 30");
+        let stored = stored_valid_for(40);
+        let later = now() + Duration::days(20);
+        let k = resolve_keys(&inv, &inv.hosts[0], &stored, later).unwrap();
+        assert_eq!(
+            k.current.origin,
+            Origin::Reissued("certificate expires in 20 days".into())
+        );
+        assert!(!k.renewal_due);
+        let before = Certificate::from_pem(stored.current.cert.as_deref().unwrap()).unwrap();
+        assert_eq!(
+            k.current
+                .identity
+                .cert
+                .fingerprint(inv.settings.digest, inv.settings.pin),
+            before.fingerprint(inv.settings.digest, inv.settings.pin),
+            "peers' pins stay valid"
+        );
+        assert!(k.current.identity.cert.not_after() > later.unix_timestamp() + 800 * 86_400);
+        let early = resolve_keys(&inv, &inv.hosts[0], &stored, now()).unwrap();
+        assert_eq!(
+            early.current.origin,
+            Origin::Kept,
+            "not yet within renew_days"
+        );
+    }
+
+    #[test]
+    fn certificate_pins_turn_renewal_of_the_served_key_into_a_rotation() {
+        let inv = inv_with("pin = \"certificate\"\nrenew_days = 30");
+        let stored = stored_valid_for(40);
+        let k = resolve_keys(&inv, &inv.hosts[0], &stored, now() + Duration::days(20)).unwrap();
+        assert_eq!(
+            k.current.origin,
+            Origin::Kept,
+            "a new certificate would break the pins"
+        );
+        assert!(k.renewal_due);
+        assert!(
+            matches!(k.next.origin, Origin::Reissued(_)),
+            "the next key is not served yet"
+        );
+    }
+
+    #[test]
+    fn rotation_promotes_next_and_stages_a_fresh_key() {
+        for pin in ["public-key", "certificate"] {
+            let inv = inv_with(&format!("pin = \"{pin}\""));
+            let k = resolve_keys(&inv, &inv.hosts[0], &stored_valid_for(400), now()).unwrap();
+            let r = rotate(&inv, &inv.hosts[0], &k, now()).unwrap();
+            assert_eq!(r.current.identity.key, k.next.identity.key, "{pin}");
+            assert_eq!(r.current.origin, Origin::Promoted);
+            let pins_before = k.pins(&inv);
+            let pins_after = r.pins(&inv);
+            assert_eq!(
+                pins_after[0], pins_before[1],
+                "{pin}: the new current is what peers pinned as next"
+            );
+            assert!(
+                !pins_before.contains(&pins_after[1]),
+                "{pin}: fresh next key"
+            );
+            assert_ne!(r.next.identity.key, k.current.identity.key);
+        }
     }
 
     #[test]

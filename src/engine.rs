@@ -5,6 +5,8 @@
 use futures::stream::{self, StreamExt as _};
 use time::OffsetDateTime;
 
+use std::collections::BTreeSet;
+
 use crate::desired::{self, HostKeys};
 use crate::facts;
 use crate::inventory::{Host, HostName, Inventory};
@@ -12,6 +14,7 @@ use crate::mta::postfix::{self, script, PostfixFacts};
 use crate::plan::{HostOutcome, HostPlan};
 use crate::ssh::{SshHost, Transport as _};
 use crate::templates::Templates;
+use crate::tls::Fingerprint;
 
 /// A host as seen this run: its open connection (if any) and its facts.
 pub struct HostState {
@@ -79,21 +82,135 @@ async fn refresh(states: &mut [HostState], parallel: usize) {
     }
 }
 
-/// Plans every host from the facts read. Pure apart from key generation.
+/// Hosts to rotate: each switches to its staged next key and stages a
+/// fresh one; peers then pin the new pair.
+#[derive(Debug, Clone, Default)]
+pub struct Rotation {
+    pub hosts: BTreeSet<HostName>,
+    /// The old key must stop being trusted now: rotate even when a peer
+    /// does not pin the next key yet (it is updated in the same run).
+    pub compromised: bool,
+}
+
+/// A host rotated by a plan: public-key fingerprints (SHA-256) before and
+/// after.
+#[derive(Debug, Clone)]
+pub struct Rotated {
+    pub host: HostName,
+    pub old_current: Fingerprint,
+    pub new_current: Fingerprint,
+    pub new_next: Fingerprint,
+    /// Why the host rotates: asked for, or renewal under certificate pins.
+    pub reason: &'static str,
+}
+
+/// A plan of the whole inventory.
+#[derive(Debug)]
+pub struct FleetPlan {
+    pub outcomes: Vec<HostOutcome>,
+    pub rotated: Vec<Rotated>,
+    /// Hosts whose rotation was refused, with the reason (naming the peer).
+    pub refused: Vec<(HostName, String)>,
+}
+
+/// Peers that pin `host`: the backups of every domain it is primary for.
+fn peers_of<'a>(inv: &'a Inventory, host: &'a HostName) -> Vec<&'a HostName> {
+    let mut peers: Vec<&HostName> = inv
+        .domains
+        .iter()
+        .filter(|d| &d.primary == host)
+        .flat_map(|d| d.backups.iter())
+        .collect();
+    peers.sort();
+    peers.dedup();
+    peers
+}
+
+/// The safety rule of rotation, checked on what the peers really have:
+/// never switch a host to a key that some peer does not already pin.
+fn rotation_blocker(
+    inv: &Inventory,
+    states: &[HostState],
+    host: &Host,
+    next_pin: &Fingerprint,
+    compromised: bool,
+) -> Option<String> {
+    for peer in peers_of(inv, &host.name) {
+        let state = states
+            .iter()
+            .find(|s| &s.host.name == peer)
+            .expect("every host has a state");
+        match &state.facts {
+            Err(e) if !compromised => {
+                return Some(format!("peer {peer} cannot be read ({e})"));
+            }
+            Err(_) => {}
+            Ok(f) => {
+                let pinned = f.pins_for(&host.next_hop());
+                if !compromised && !pinned.iter().any(|p| p == next_pin.as_str()) {
+                    return Some(format!(
+                        "peer {peer} does not pin {}'s next key yet; run `mxpin apply` first",
+                        host.name
+                    ));
+                }
+            }
+        }
+    }
+    None
+}
+
+/// Plans every host from the facts read, rotating the hosts `rotation`
+/// names and those whose renewal needs a rotation. Pure apart from key
+/// generation.
 pub fn plan_all(
     inv: &Inventory,
     states: &[HostState],
     templates: &Templates,
     now: OffsetDateTime,
-) -> Vec<HostOutcome> {
-    let keys: Vec<Result<HostKeys, String>> = states
+    rotation: &Rotation,
+) -> FleetPlan {
+    let mut keys: Vec<Result<HostKeys, String>> = states
         .iter()
         .map(|s| {
             let f = s.facts.as_ref().map_err(Clone::clone)?;
             desired::resolve_keys(inv, &s.host, &f.stored_keys(), now).map_err(|e| e.message)
         })
         .collect();
-    desired::desired(inv, keys)
+    let mut rotated = Vec::new();
+    let mut refused = Vec::new();
+    for (state, k) in states.iter().zip(keys.iter_mut()) {
+        let host = &state.host;
+        let Ok(current) = k else { continue };
+        let reason = if rotation.hosts.contains(&host.name) {
+            "rotation"
+        } else if current.renewal_due {
+            "certificate renewal (certificate pins)"
+        } else {
+            continue;
+        };
+        let s = &inv.settings;
+        let next_pin = current.next.identity.cert.fingerprint(s.digest, s.pin);
+        if let Some(why) = rotation_blocker(inv, states, host, &next_pin, rotation.compromised) {
+            refused.push((host.name.clone(), format!("{reason} refused: {why}")));
+            continue;
+        }
+        match desired::rotate(inv, host, current, now) {
+            Ok(new) => {
+                let (old_current, _) = current.public_keys();
+                let (new_current, new_next) = new.public_keys();
+                rotated.push(Rotated {
+                    host: host.name.clone(),
+                    old_current,
+                    new_current,
+                    new_next,
+                    reason,
+                });
+                *k = Ok(new);
+            }
+            Err(e) => *k = Err(e.message),
+        }
+    }
+    let outcomes = desired::desired(inv, keys)
         .into_iter()
         .zip(states)
         .map(|(d, s)| {
@@ -108,6 +225,32 @@ pub fn plan_all(
                     error,
                 },
             }
+        })
+        .collect();
+    FleetPlan {
+        outcomes,
+        rotated,
+        refused,
+    }
+}
+
+/// What each peer of `host` pins for it, as read from the peers.
+pub fn peer_pins(
+    inv: &Inventory,
+    states: &[HostState],
+    host: &HostName,
+) -> Vec<(HostName, Vec<String>)> {
+    let next_hop = inv.host(host).next_hop();
+    peers_of(inv, host)
+        .into_iter()
+        .map(|peer| {
+            let state = states.iter().find(|s| &s.host.name == peer).expect("state");
+            let pins = state
+                .facts
+                .as_ref()
+                .map(|f| f.pins_for(&next_hop))
+                .unwrap_or_default();
+            (peer.clone(), pins)
         })
         .collect()
 }
@@ -246,8 +389,8 @@ pub async fn apply_all(
     result
 }
 
-/// After apply: read every host again and plan; hosts that still have
-/// changes did not converge.
+/// After apply: read every host again and plan (rotating nothing); hosts
+/// that still have changes did not converge.
 pub async fn converged(
     inv: &Inventory,
     states: &mut [HostState],
@@ -255,7 +398,14 @@ pub async fn converged(
     parallel: usize,
 ) -> Vec<HostOutcome> {
     refresh(states, parallel).await;
-    plan_all(inv, states, templates, OffsetDateTime::now_utc())
+    plan_all(
+        inv,
+        states,
+        templates,
+        OffsetDateTime::now_utc(),
+        &Rotation::default(),
+    )
+    .outcomes
 }
 
 pub async fn close(states: Vec<HostState>) {

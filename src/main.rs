@@ -9,9 +9,9 @@ use clap::{Args, Parser, Subcommand};
 use owo_colors::OwoColorize as _;
 use time::OffsetDateTime;
 
-use mxpin::engine::{self, ApplyStatus, HostState};
-use mxpin::inventory::{self, Inventory};
-use mxpin::plan::{self, HostOutcome};
+use mxpin::engine::{self, ApplyStatus, FleetPlan, HostState, Rotation};
+use mxpin::inventory::{self, HostName, Inventory};
+use mxpin::plan::{self, HostOutcome, HostPlan};
 use mxpin::templates::Templates;
 
 /// Pin self-signed TLS keys between your own mail hosts.
@@ -34,6 +34,24 @@ enum Command {
         /// Apply without asking for confirmation.
         #[arg(long)]
         yes: bool,
+    },
+    /// Switch hosts to their staged next key, stage a fresh next key, and
+    /// update every peer's pins; never switches to a key a peer does not pin.
+    Rotate {
+        #[command(flatten)]
+        common: Common,
+        /// Hosts to rotate (default: every host).
+        hosts: Vec<String>,
+        /// Rotate without asking for confirmation.
+        #[arg(long)]
+        yes: bool,
+        /// Show the diff and the order of steps; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// The old key must stop being trusted now: peers drop it in the
+        /// same run, even those that do not pin the next key yet.
+        #[arg(long)]
+        compromised: bool,
     },
 }
 
@@ -73,51 +91,116 @@ fn load(common: &Common) -> Result<(Inventory, Templates), String> {
     Ok((inv, templates))
 }
 
-/// Whether any host failed to plan, and whether any has changes.
-fn summarize(outcomes: &[HostOutcome]) -> (bool, bool) {
-    let errors = outcomes
+fn pending_plans(outcomes: &[HostOutcome]) -> Vec<&HostPlan> {
+    outcomes
         .iter()
-        .any(|o| matches!(o, HostOutcome::Failed { .. }));
-    let pending = outcomes
-        .iter()
-        .any(|o| matches!(o, HostOutcome::Planned(p) if !p.is_empty()));
-    (errors, pending)
+        .filter_map(|o| match o {
+            HostOutcome::Planned(p) if !p.is_empty() => Some(p.as_ref()),
+            _ => None,
+        })
+        .collect()
 }
 
-/// Prints a plan for people: a diff per changed host, errors on stderr,
-/// one closing line.
-fn show_plan(outcomes: &[HostOutcome]) {
-    let mut out = anstream::stdout();
-    let mut pending = 0;
-    for o in outcomes {
-        match o {
-            HostOutcome::Failed { host, error: e } => error(format_args!("{host}: {e}")),
-            HostOutcome::Planned(p) if !p.is_empty() => {
-                pending += 1;
-                let _ = write!(out, "{}", plan::render_host(p));
-            }
-            HostOutcome::Planned(_) => {}
+/// Whether anything failed (a host or a rotation), and whether any host has
+/// changes.
+fn summarize(fleet: &FleetPlan) -> (bool, bool) {
+    let errors = !fleet.refused.is_empty()
+        || fleet
+            .outcomes
+            .iter()
+            .any(|o| matches!(o, HostOutcome::Failed { .. }));
+    (errors, !pending_plans(&fleet.outcomes).is_empty())
+}
+
+/// Errors of a plan, on stderr.
+fn report_errors(fleet: &FleetPlan) {
+    for o in &fleet.outcomes {
+        if let HostOutcome::Failed { host, error: e } = o {
+            error(format_args!("{host}: {e}"));
         }
     }
-    let (errors, _) = summarize(outcomes);
-    if pending == 0 && !errors {
-        let _ = writeln!(out, "No changes: {} hosts up to date.", outcomes.len());
-    } else if pending > 0 {
-        let _ = writeln!(out, "{pending} of {} hosts would change.", outcomes.len());
+    for (host, why) in &fleet.refused {
+        error(format_args!("{host}: {why}"));
     }
+}
+
+/// Prints a plan for people: a diff per changed host, the order in which
+/// hosts would be changed when it matters, one closing line.
+fn show_plan(fleet: &FleetPlan) {
+    let mut out = anstream::stdout();
+    let pending = pending_plans(&fleet.outcomes);
+    for p in &pending {
+        let _ = write!(out, "{}", plan::render_host(p));
+    }
+    for r in &fleet.rotated {
+        let _ = writeln!(
+            out,
+            "{}: {} to its next key {} (now {}); new next key {}",
+            r.host, r.reason, r.new_current, r.old_current, r.new_next
+        );
+    }
+    let waves = engine::waves(&pending);
+    if waves.iter().any(|&w| w > 0) {
+        let _ = writeln!(out, "Order (a peer pins a new key only once it is served):");
+        for w in 0..=waves.iter().copied().max().unwrap_or(0) {
+            let hosts: Vec<&str> = pending
+                .iter()
+                .zip(&waves)
+                .filter(|(_, &x)| x == w)
+                .map(|(p, _)| p.host.as_str())
+                .collect();
+            let _ = writeln!(out, "  {}. {}", w + 1, hosts.join(", "));
+        }
+    }
+    let (errors, _) = summarize(fleet);
+    let total = fleet.outcomes.len();
+    if pending.is_empty() && !errors {
+        let _ = writeln!(out, "No changes: {total} hosts up to date.");
+    } else if !pending.is_empty() {
+        let _ = writeln!(out, "{} of {total} hosts would change.", pending.len());
+    }
+}
+
+fn fleet_json(fleet: &FleetPlan) -> serde_json::Value {
+    let mut v = plan::to_json(&fleet.outcomes);
+    v["rotated"] = fleet
+        .rotated
+        .iter()
+        .map(|r| {
+            serde_json::json!({"host": r.host, "reason": r.reason, "old_current": r.old_current,
+                               "new_current": r.new_current, "new_next": r.new_next})
+        })
+        .collect();
+    v["refused"] = fleet
+        .refused
+        .iter()
+        .map(|(h, why)| serde_json::json!({"host": h, "error": why}))
+        .collect();
+    v
 }
 
 async fn run_plan(common: &Common) -> Result<u8, String> {
     let (inv, templates) = load(common)?;
     let states = engine::gather(&inv, common.parallel.into()).await;
-    let outcomes = engine::plan_all(&inv, &states, &templates, OffsetDateTime::now_utc());
+    let now = OffsetDateTime::now_utc();
+    let fleet = engine::plan_all(&inv, &states, &templates, now, &Rotation::default());
     engine::close(states).await;
+    report_errors(&fleet);
     if common.json {
-        let _ = writeln!(anstream::stdout(), "{:#}", plan::to_json(&outcomes));
+        let _ = writeln!(anstream::stdout(), "{:#}", fleet_json(&fleet));
     } else {
-        show_plan(&outcomes);
+        show_plan(&fleet);
+        if pending_plans(&fleet.outcomes)
+            .iter()
+            .any(|p| p.notes.iter().any(|n| n.starts_with("new ")))
+        {
+            let _ = writeln!(
+                anstream::stdout(),
+                "Keys shown as new are examples generated for this plan; apply generates the ones it installs."
+            );
+        }
     }
-    Ok(match summarize(&outcomes) {
+    Ok(match summarize(&fleet) {
         (true, _) => EXIT_ERROR,
         (false, true) => EXIT_PENDING,
         (false, false) => 0,
@@ -138,45 +221,60 @@ fn confirm(hosts: usize) -> Result<bool, String> {
     Ok(answer.trim() == "yes")
 }
 
-async fn run_apply(common: &Common, yes: bool) -> Result<u8, String> {
+/// How a changing command behaves.
+struct Change {
+    yes: bool,
+    dry_run: bool,
+    rotation: Rotation,
+    /// Apply refuses everything when any host fails to plan; rotation goes
+    /// on with the hosts it can rotate safely.
+    all_or_nothing: bool,
+}
+
+/// Closes the connections and, for --json, prints the one document.
+async fn finish(
+    states: Vec<HostState>,
+    common: &Common,
+    fleet: &FleetPlan,
+    code: u8,
+    applied: serde_json::Value,
+) -> Result<u8, String> {
+    engine::close(states).await;
+    if common.json {
+        let doc = serde_json::json!({ "plan": fleet_json(fleet), "applied": applied });
+        let _ = writeln!(anstream::stdout(), "{doc:#}");
+    }
+    Ok(code)
+}
+
+async fn run_change(common: &Common, change: Change) -> Result<u8, String> {
     let (inv, templates) = load(common)?;
     let parallel = common.parallel.into();
     let mut states: Vec<HostState> = engine::gather(&inv, parallel).await;
-    let outcomes = engine::plan_all(&inv, &states, &templates, OffsetDateTime::now_utc());
-    let (plan_errors, pending) = summarize(&outcomes);
-    if common.json {
-        for o in &outcomes {
-            if let HostOutcome::Failed { host, error: e } = o {
-                error(format_args!("{host}: {e}"));
-            }
-        }
-    } else {
-        show_plan(&outcomes);
+    let now = OffsetDateTime::now_utc();
+    let fleet = engine::plan_all(&inv, &states, &templates, now, &change.rotation);
+    let (plan_errors, pending) = summarize(&fleet);
+    report_errors(&fleet);
+    if !common.json {
+        show_plan(&fleet);
     }
-    if plan_errors {
+    if plan_errors && change.all_or_nothing {
         // Never apply half a fleet's pins: a failed host may be a primary
         // whose keys others need, or a peer left behind.
-        engine::close(states).await;
-        return Err("nothing applied: fix the errors above and run again".into());
+        error("nothing applied: fix the errors above and run again");
+        return finish(states, common, &fleet, EXIT_ERROR, serde_json::json!([])).await;
     }
-    if !pending {
-        engine::close(states).await;
-        if common.json {
-            let doc = serde_json::json!({ "plan": plan::to_json(&outcomes), "applied": [] });
-            let _ = writeln!(anstream::stdout(), "{doc:#}");
-        }
-        return Ok(0);
+    let failed_code = if plan_errors { EXIT_ERROR } else { 0 };
+    if change.dry_run || !pending {
+        return finish(states, common, &fleet, failed_code, serde_json::json!([])).await;
     }
-    let hosts = outcomes
-        .iter()
-        .filter(|o| matches!(o, HostOutcome::Planned(p) if !p.is_empty()))
-        .count();
-    if !yes && !confirm(hosts)? {
+    let hosts = pending_plans(&fleet.outcomes).len();
+    if !change.yes && !confirm(hosts)? {
         engine::close(states).await;
-        return Err("apply cancelled; nothing changed".into());
+        return Err("cancelled; nothing changed".into());
     }
-    let results = engine::apply_all(&states, &outcomes, parallel).await;
-    let mut failed = false;
+    let results = engine::apply_all(&states, &fleet.outcomes, parallel).await;
+    let mut failed = plan_errors;
     let mut out = anstream::stdout();
     for (host, status) in &results {
         match status {
@@ -187,51 +285,98 @@ async fn run_apply(common: &Common, yes: bool) -> Result<u8, String> {
                 }
             }
             ApplyStatus::Failed(e) | ApplyStatus::Skipped(e) => {
+                // Planning errors were reported above.
+                if !fleet
+                    .outcomes
+                    .iter()
+                    .any(|o| matches!(o, HostOutcome::Failed { host: h, .. } if h == host))
+                {
+                    error(format_args!("{host}: {e}"));
+                }
                 failed = true;
-                error(format_args!("{host}: {e}"));
             }
         }
     }
     let after = engine::converged(&inv, &mut states, &templates, parallel).await;
-    engine::close(states).await;
-    let mut drift = Vec::new();
+    let mut drift: Vec<HostName> = Vec::new();
     for o in &after {
         match o {
-            HostOutcome::Planned(p) if !p.is_empty() => drift.push(p.host.to_string()),
-            HostOutcome::Failed { host, error: e } => {
-                drift.push(host.to_string());
-                error(format_args!("{host}: after apply: {e}"));
-            }
+            HostOutcome::Planned(p) if !p.is_empty() => drift.push(p.host.clone()),
+            HostOutcome::Failed { host, .. } => drift.push(host.clone()),
             _ => {}
         }
     }
-    if common.json {
-        let hosts: Vec<_> = results
-            .iter()
-            .map(|(h, s)| {
-                let (status, detail) = match s {
-                    ApplyStatus::Unchanged => ("unchanged", None),
-                    ApplyStatus::Applied { .. } => ("applied", None),
-                    ApplyStatus::Failed(e) => ("failed", Some(e.as_str())),
-                    ApplyStatus::Skipped(e) => ("skipped", Some(e.as_str())),
-                };
-                serde_json::json!({"host": h, "status": status, "error": detail,
-                                   "converged": !drift.contains(&h.to_string())})
-            })
-            .collect();
-        let doc = serde_json::json!({ "plan": plan::to_json(&outcomes), "applied": hosts });
-        let _ = writeln!(out, "{doc:#}");
-    }
     if !failed && !drift.is_empty() {
+        let names: Vec<&str> = drift.iter().map(HostName::as_str).collect();
         error(format_args!(
             "hosts still differ from the inventory after apply: {}",
-            drift.join(", ")
+            names.join(", ")
         ));
     }
-    Ok(if failed || !drift.is_empty() {
+    // What a rotation left behind, read from the hosts.
+    let mut rotated = Vec::new();
+    for r in &fleet.rotated {
+        let peers = engine::peer_pins(&inv, &states, &r.host);
+        if !common.json {
+            let _ = writeln!(
+                out,
+                "{}: serves public key {} (was {}); next {}",
+                r.host, r.new_current, r.old_current, r.new_next
+            );
+            for (peer, pins) in &peers {
+                let _ = writeln!(out, "  {peer} pins {}: {}", r.host, pins.join("|"));
+            }
+        }
+        rotated.push(serde_json::json!({"host": r.host, "peers": peers.iter()
+            .map(|(p, pins)| serde_json::json!({"peer": p, "pins": pins})).collect::<Vec<_>>()}));
+    }
+    let applied: Vec<_> = results
+        .iter()
+        .map(|(h, s)| {
+            let (status, detail) = match s {
+                ApplyStatus::Unchanged => ("unchanged", None),
+                ApplyStatus::Applied { .. } => ("applied", None),
+                ApplyStatus::Failed(e) => ("failed", Some(e.as_str())),
+                ApplyStatus::Skipped(e) => ("skipped", Some(e.as_str())),
+            };
+            serde_json::json!({"host": h, "status": status, "error": detail,
+                               "converged": !drift.contains(h)})
+        })
+        .collect();
+    let code = if failed || !drift.is_empty() {
         EXIT_ERROR
     } else {
         0
+    };
+    let mut applied = serde_json::Value::from(applied);
+    if !rotated.is_empty() {
+        applied = serde_json::json!({"hosts": applied, "pins_after_rotation": rotated});
+    }
+    finish(states, common, &fleet, code, applied).await
+}
+
+fn rotation(common: &Common, hosts: &[String], compromised: bool) -> Result<Rotation, String> {
+    let inv = inventory::load(&common.inventory).map_err(|e| e.to_string())?;
+    if compromised && hosts.is_empty() {
+        return Err("--compromised needs the names of the compromised hosts".into());
+    }
+    let mut set = std::collections::BTreeSet::new();
+    for h in hosts {
+        let name = HostName::parse(h).map_err(|e| format!("rotate: {e}"))?;
+        if !inv.hosts.iter().any(|x| x.name == name) {
+            return Err(format!(
+                "rotate: no host {h} in {}",
+                common.inventory.display()
+            ));
+        }
+        set.insert(name);
+    }
+    if set.is_empty() {
+        set = inv.hosts.iter().map(|h| h.name.clone()).collect();
+    }
+    Ok(Rotation {
+        hosts: set,
+        compromised,
     })
 }
 
@@ -250,7 +395,33 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match &cli.command {
             Command::Plan(common) => run_plan(common).await,
-            Command::Apply { common, yes } => run_apply(common, *yes).await,
+            Command::Apply { common, yes } => {
+                let change = Change {
+                    yes: *yes,
+                    dry_run: false,
+                    rotation: Rotation::default(),
+                    all_or_nothing: true,
+                };
+                run_change(common, change).await
+            }
+            Command::Rotate {
+                common,
+                hosts,
+                yes,
+                dry_run,
+                compromised,
+            } => match rotation(common, hosts, *compromised) {
+                Err(e) => Err(e),
+                Ok(rotation) => {
+                    let change = Change {
+                        yes: *yes,
+                        dry_run: *dry_run,
+                        rotation,
+                        all_or_nothing: false,
+                    };
+                    run_change(common, change).await
+                }
+            },
         }
     });
     match result {

@@ -43,6 +43,8 @@ pub struct Settings {
     pub pin: PinKind,
     pub key: KeyAlgorithm,
     pub valid_days: u32,
+    /// Certificates expiring within this many days are renewed.
+    pub renew_days: u32,
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -134,6 +136,7 @@ struct RawSettings {
     pin: Option<Spanned<String>>,
     key: Option<Spanned<String>>,
     valid_days: Option<Spanned<i64>>,
+    renew_days: Option<Spanned<i64>>,
 }
 
 #[derive(Deserialize)]
@@ -365,8 +368,24 @@ impl Context<'_> {
                 .filter(|d| (1..=36_500).contains(d))
                 .ok_or_else(|| self.at(v, "valid_days must be 1 to 36500".to_string()))?,
         };
+        let renew_days = match &s.renew_days {
+            None => 30.min(valid_days / 2),
+            Some(v) => u32::try_from(*v.get_ref())
+                .ok()
+                .filter(|d| *d < valid_days)
+                .ok_or_else(|| {
+                    self.at(
+                        v,
+                        format!(
+                            "renew_days must be 0 to {} (less than valid_days)",
+                            valid_days - 1
+                        ),
+                    )
+                })?,
+        };
         Ok(Settings {
             ssh_config,
+            renew_days,
             digest: self.choice(&s.digest, "digest", Digest::NAMES, Digest::Sha256)?,
             pin: self.choice(&s.pin, "pin", PinKind::NAMES, PinKind::PublicKey)?,
             key: self.choice(
@@ -425,6 +444,7 @@ recipients = ["first.last@example.net"]
         assert_eq!(inv.settings.key, KeyAlgorithm::EcdsaP256);
         assert_eq!(inv.settings.pin, PinKind::PublicKey);
         assert_eq!(inv.settings.valid_days, 825);
+        assert_eq!(inv.settings.renew_days, 30);
         assert!(inv.warnings().is_empty());
         let relay = HostName::parse("relay").unwrap();
         assert_eq!(inv.backed_up_by(&relay).count(), 1);
@@ -493,6 +513,20 @@ recipients = ["first.last@example.net"]
         );
         let e = err(&GOOD.replace("digest = \"sha256\"", "digest = \"crc32\""));
         assert!(e.contains("unknown digest"), "{e}");
+    }
+
+    #[test]
+    fn renew_days_must_be_shorter_than_validity() {
+        let e = err(&GOOD.replace("digest = \"sha256\"", "valid_days = 30\nrenew_days = 30"));
+        assert_eq!(
+            e,
+            "mxpin.toml:4:14: renew_days must be 0 to 29 (less than valid_days)"
+        );
+        let inv = parse_str(&GOOD.replace("digest = \"sha256\"", "valid_days = 10")).unwrap();
+        assert_eq!(
+            inv.settings.renew_days, 5,
+            "default never reaches valid_days"
+        );
     }
 
     #[test]

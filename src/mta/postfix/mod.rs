@@ -192,6 +192,30 @@ impl PostfixFacts {
         })
     }
 
+    /// The fingerprints this host's tls_policy pins for `next_hop`, as
+    /// Postfix sees them: empty when the table or its database is missing
+    /// or stale.
+    pub fn pins_for(&self, next_hop: &str) -> Vec<String> {
+        let Some(table) = self.files.get("tls_policy") else {
+            return vec![];
+        };
+        let fresh = db_suffix(&self.db_type)
+            .is_some_and(|sfx| self.fresh["tls_policy"].iter().any(|s| s == sfx));
+        if !fresh {
+            return vec![];
+        }
+        table_value(table.content.raw(), next_hop)
+            .map(|policy| {
+                policy
+                    .split_whitespace()
+                    .filter_map(|a| a.strip_prefix("match="))
+                    .flat_map(|m| m.split('|'))
+                    .map(str::to_ascii_uppercase)
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
     /// The keys mxpin finds in its slots.
     pub fn stored_keys(&self) -> StoredKeys {
         let pair = |key: &str, cert: &str| StoredPair {
@@ -442,9 +466,8 @@ pub fn plan_host(
     for ((name, slot), (_, key_file, cert_file)) in slots.iter().zip(SLOTS) {
         match &slot.origin {
             Origin::Kept => {}
-            Origin::Generated => notes.push(format!(
-                "new {name} key; its fingerprints are fixed when apply generates it"
-            )),
+            Origin::Generated => notes.push(format!("new {name} key")),
+            Origin::Promoted => notes.push(format!("rotation: the staged next key becomes {name}")),
             Origin::Reissued(why) => notes.push(format!(
                 "{name} certificate re-issued for the same key: {why}"
             )),
