@@ -12,6 +12,7 @@ use crate::facts;
 use crate::inventory::{Host, HostName, Inventory};
 use crate::mta::postfix::{self, script, PostfixFacts};
 use crate::plan::{HostOutcome, HostPlan};
+use crate::progress::{Monitor, Phase};
 use crate::ssh::{SshHost, Transport as _};
 use crate::templates::Templates;
 use crate::tls::Fingerprint;
@@ -23,7 +24,12 @@ pub struct HostState {
     pub facts: Result<PostfixFacts, String>,
 }
 
-async fn read_facts(conn: &SshHost, host: &Host) -> Result<PostfixFacts, String> {
+async fn read_facts(
+    conn: &SshHost,
+    host: &Host,
+    monitor: &dyn Monitor,
+) -> Result<PostfixFacts, String> {
+    monitor.event(&host.name, Phase::Reading);
     let out = conn
         .run_script(&postfix::facts_script(host))
         .await
@@ -41,10 +47,11 @@ async fn read_facts(conn: &SshHost, host: &Host) -> Result<PostfixFacts, String>
 
 /// Connects to every host and reads its facts, `parallel` at a time. A
 /// host that fails does not hold up the others.
-pub async fn gather(inv: &Inventory, parallel: usize) -> Vec<HostState> {
+pub async fn gather(inv: &Inventory, parallel: usize, monitor: &dyn Monitor) -> Vec<HostState> {
     let config = inv.settings.ssh_config.as_deref();
     let mut states: Vec<(usize, HostState)> = stream::iter(inv.hosts.iter().enumerate())
         .map(|(i, host)| async move {
+            monitor.event(&host.name, Phase::Connecting);
             let state = match SshHost::connect(host, config).await {
                 Err(e) => HostState {
                     host: host.clone(),
@@ -52,7 +59,7 @@ pub async fn gather(inv: &Inventory, parallel: usize) -> Vec<HostState> {
                     facts: Err(e.to_string()),
                 },
                 Ok(conn) => {
-                    let facts = read_facts(&conn, host).await;
+                    let facts = read_facts(&conn, host, monitor).await;
                     HostState {
                         host: host.clone(),
                         conn: Some(conn),
@@ -70,10 +77,10 @@ pub async fn gather(inv: &Inventory, parallel: usize) -> Vec<HostState> {
 }
 
 /// Re-reads facts over the open connections.
-async fn refresh(states: &mut [HostState], parallel: usize) {
+async fn refresh(states: &mut [HostState], parallel: usize, monitor: &dyn Monitor) {
     let fresh: Vec<(usize, Result<PostfixFacts, String>)> = stream::iter(states.iter().enumerate())
         .filter_map(|(i, s)| async move { s.conn.as_ref().map(|c| (i, c, &s.host)) })
-        .map(|(i, conn, host)| async move { (i, read_facts(conn, host).await) })
+        .map(|(i, conn, host)| async move { (i, read_facts(conn, host, monitor).await) })
         .buffer_unordered(parallel.max(1))
         .collect()
         .await;
@@ -322,6 +329,7 @@ pub async fn apply_all(
     states: &[HostState],
     outcomes: &[HostOutcome],
     parallel: usize,
+    monitor: &dyn Monitor,
 ) -> Vec<(HostName, ApplyStatus)> {
     let plans: Vec<&HostPlan> = outcomes
         .iter()
@@ -344,6 +352,7 @@ pub async fn apply_all(
                 })
             });
             if let Some(h) = failed_dep {
+                monitor.event(&p.host, Phase::Skipped);
                 status[i] = Some(ApplyStatus::Skipped(format!(
                     "not applied: it would pin the new key of {h}, which was not applied"
                 )));
@@ -359,10 +368,17 @@ pub async fn apply_all(
                     .find(|s| s.host.name == plan.host)
                     .and_then(|s| s.conn.as_ref());
                 async move {
-                    match conn {
-                        Some(c) => (i, apply_one(c, plan).await),
-                        None => (i, ApplyStatus::Failed("no connection".into())),
-                    }
+                    monitor.event(&plan.host, Phase::Applying);
+                    let status = match conn {
+                        Some(c) => apply_one(c, plan).await,
+                        None => ApplyStatus::Failed("no connection".into()),
+                    };
+                    let phase = match &status {
+                        ApplyStatus::Failed(_) => Phase::Failed("apply".into()),
+                        _ => Phase::Applied,
+                    };
+                    monitor.event(&plan.host, phase);
+                    (i, status)
                 }
             })
             .buffer_unordered(parallel.max(1))
@@ -396,16 +412,35 @@ pub async fn converged(
     states: &mut [HostState],
     templates: &Templates,
     parallel: usize,
+    monitor: &dyn Monitor,
 ) -> Vec<HostOutcome> {
-    refresh(states, parallel).await;
-    plan_all(
+    refresh(states, parallel, monitor).await;
+    let outcomes = plan_all(
         inv,
         states,
         templates,
         OffsetDateTime::now_utc(),
         &Rotation::default(),
     )
-    .outcomes
+    .outcomes;
+    report_planned(&outcomes, monitor, Phase::Done);
+    outcomes
+}
+
+/// Tells the monitor how planning ended for each host: `settled` for hosts
+/// with nothing to change, the change count otherwise.
+pub fn report_planned(outcomes: &[HostOutcome], monitor: &dyn Monitor, settled: Phase) {
+    for o in outcomes {
+        match o {
+            HostOutcome::Failed { host, .. } => {
+                monitor.event(host, Phase::Failed("see below".into()))
+            }
+            HostOutcome::Planned(p) if p.is_empty() => monitor.event(&p.host, settled.clone()),
+            HostOutcome::Planned(p) => {
+                monitor.event(&p.host, Phase::Planned(p.changes.len().max(1)))
+            }
+        }
+    }
 }
 
 pub async fn close(states: Vec<HostState>) {

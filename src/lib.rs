@@ -9,6 +9,7 @@ pub mod facts;
 pub mod inventory;
 pub mod mta;
 pub mod plan;
+pub mod progress;
 pub mod shell;
 pub mod ssh;
 pub mod templates;

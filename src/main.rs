@@ -12,6 +12,7 @@ use time::OffsetDateTime;
 use mxpin::engine::{self, ApplyStatus, FleetPlan, HostState, Rotation};
 use mxpin::inventory::{self, HostName, Inventory};
 use mxpin::plan::{self, HostOutcome, HostPlan};
+use mxpin::progress::{Lines, Live, Monitor, Phase, Silent};
 use mxpin::templates::Templates;
 
 /// Pin self-signed TLS keys between your own mail hosts.
@@ -69,6 +70,22 @@ struct Common {
     /// Directory with templates overriding the built-in ones.
     #[arg(long)]
     templates: Option<PathBuf>,
+    /// No progress lines on stderr (there are none with --json either).
+    #[arg(short, long)]
+    quiet: bool,
+}
+
+/// Progress for one phase of a run: live lines on a terminal, plain lines
+/// elsewhere, nothing for --json or --quiet.
+fn monitor(common: &Common, inv: &Inventory) -> Box<dyn Monitor> {
+    if common.json || common.quiet {
+        Box::new(Silent)
+    } else if std::io::stderr().is_terminal() {
+        let names: Vec<HostName> = inv.hosts.iter().map(|h| h.name.clone()).collect();
+        Box::new(Live::new(&names))
+    } else {
+        Box::new(Lines)
+    }
 }
 
 const EXIT_ERROR: u8 = 1;
@@ -181,9 +198,12 @@ fn fleet_json(fleet: &FleetPlan) -> serde_json::Value {
 
 async fn run_plan(common: &Common) -> Result<u8, String> {
     let (inv, templates) = load(common)?;
-    let states = engine::gather(&inv, common.parallel.into()).await;
+    let progress = monitor(common, &inv);
+    let states = engine::gather(&inv, common.parallel.into(), &*progress).await;
     let now = OffsetDateTime::now_utc();
     let fleet = engine::plan_all(&inv, &states, &templates, now, &Rotation::default());
+    engine::report_planned(&fleet.outcomes, &*progress, Phase::Planned(0));
+    progress.finish();
     engine::close(states).await;
     report_errors(&fleet);
     if common.json {
@@ -226,9 +246,6 @@ struct Change {
     yes: bool,
     dry_run: bool,
     rotation: Rotation,
-    /// Apply refuses everything when any host fails to plan; rotation goes
-    /// on with the hosts it can rotate safely.
-    all_or_nothing: bool,
 }
 
 /// Closes the connections and, for --json, prints the one document.
@@ -250,19 +267,16 @@ async fn finish(
 async fn run_change(common: &Common, change: Change) -> Result<u8, String> {
     let (inv, templates) = load(common)?;
     let parallel = common.parallel.into();
-    let mut states: Vec<HostState> = engine::gather(&inv, parallel).await;
+    let progress = monitor(common, &inv);
+    let mut states: Vec<HostState> = engine::gather(&inv, parallel, &*progress).await;
     let now = OffsetDateTime::now_utc();
     let fleet = engine::plan_all(&inv, &states, &templates, now, &change.rotation);
+    engine::report_planned(&fleet.outcomes, &*progress, Phase::Planned(0));
+    progress.finish();
     let (plan_errors, pending) = summarize(&fleet);
     report_errors(&fleet);
     if !common.json {
         show_plan(&fleet);
-    }
-    if plan_errors && change.all_or_nothing {
-        // Never apply half a fleet's pins: a failed host may be a primary
-        // whose keys others need, or a peer left behind.
-        error("nothing applied: fix the errors above and run again");
-        return finish(states, common, &fleet, EXIT_ERROR, serde_json::json!([])).await;
     }
     let failed_code = if plan_errors { EXIT_ERROR } else { 0 };
     if change.dry_run || !pending {
@@ -273,7 +287,10 @@ async fn run_change(common: &Common, change: Change) -> Result<u8, String> {
         engine::close(states).await;
         return Err("cancelled; nothing changed".into());
     }
-    let results = engine::apply_all(&states, &fleet.outcomes, parallel).await;
+    let progress = monitor(common, &inv);
+    let results = engine::apply_all(&states, &fleet.outcomes, parallel, &*progress).await;
+    let after = engine::converged(&inv, &mut states, &templates, parallel, &*progress).await;
+    progress.finish();
     let mut failed = plan_errors;
     let mut out = anstream::stdout();
     for (host, status) in &results {
@@ -297,7 +314,6 @@ async fn run_change(common: &Common, change: Change) -> Result<u8, String> {
             }
         }
     }
-    let after = engine::converged(&inv, &mut states, &templates, parallel).await;
     let mut drift: Vec<HostName> = Vec::new();
     for o in &after {
         match o {
@@ -400,7 +416,6 @@ fn main() -> ExitCode {
                     yes: *yes,
                     dry_run: false,
                     rotation: Rotation::default(),
-                    all_or_nothing: true,
                 };
                 run_change(common, change).await
             }
@@ -417,7 +432,6 @@ fn main() -> ExitCode {
                         yes: *yes,
                         dry_run: *dry_run,
                         rotation,
-                        all_or_nothing: false,
                     };
                     run_change(common, change).await
                 }
