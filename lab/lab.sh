@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# mxpin test lab: two Postfix + sshd "hosts" (home, relay) on one machine.
+# mxpin test lab: two Postfix + sshd "hosts" (home, relay) on one machine,
+# or, with --fleet N, N hosts h01..hNN serving N/2 domains (for benchmarks).
 #
 #   lab/lab.sh up DIR NAME      build and start a lab under DIR using netns NAME
+#   lab/lab.sh up DIR NAME --fleet N   the same with a fleet of N hosts (N even, 2..60)
 #   lab/lab.sh down DIR         stop everything the lab started, delete its netns
 #   lab/lab.sh exec DIR CMD...  run CMD inside the lab's network namespace
 #
@@ -11,11 +13,15 @@
 # See lab/README.md for the layout of DIR.
 set -euo pipefail
 
-# Lab topology (fixed: the tests and mxpin.toml rely on it).
+# Lab topology (fixed: the tests and mxpin.toml rely on it). A fleet lab
+# (--fleet N) replaces it, see use_fleet.
 HOSTS=(home relay)
 declare -A ADDR=([home]=127.0.0.2 [relay]=127.0.0.3)
 declare -A MAILNAME=([home]=home.example.net [relay]=relay.example.org)
 declare -A MYDOMAIN=([home]=example.net [relay]=example.org)
+# 0: the two-host lab; N: a fleet of N hosts.
+FLEET=0
+FLEET_MAX=60
 SUDO_USER_NAME=mxpinlab
 # The repository (for inventories/lab.toml).
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -30,6 +36,7 @@ die() {
 usage() {
     cat >&2 <<'EOF'
 usage: lab/lab.sh up DIR NAME       # build and start a lab under DIR (absolute), netns NAME
+       lab/lab.sh up DIR NAME --fleet N   # N hosts h01..hNN (N even, 2..60), N/2 domains
        lab/lab.sh down DIR          # stop it and delete its netns (idempotent)
        lab/lab.sh exec DIR CMD...   # run CMD in the lab's netns (lab hosts file as /etc/hosts)
 EOF
@@ -58,6 +65,66 @@ lab_name() {
 
 netns_exists() {
     [[ -e /run/netns/$1 ]]
+}
+
+# Fleet topology: hosts h01..hNN on 127.0.1.1..127.0.1.N, mail names
+# hNN.fleet.example. Domain dKK.example (K = 1..N/2) has primary h(2K-1) and
+# backup h(2K). Waits are scaled with N (many Postfix instances start at once
+# on few cores), but stay bounded.
+use_fleet() {
+    local n=$1 i h
+    if ! [[ $n =~ ^[0-9]{1,2}$ ]] || ((10#$n < 2 || 10#$n > FLEET_MAX || 10#$n % 2 != 0)); then
+        die "--fleet N: N must be even, 2..$FLEET_MAX: $n"
+    fi
+    n=$((10#$n))
+    FLEET=$n
+    HOSTS=()
+    ADDR=() MAILNAME=() MYDOMAIN=()
+    for ((i = 1; i <= n; i++)); do
+        printf -v h 'h%02d' "$i"
+        HOSTS+=("$h")
+        ADDR[$h]=127.0.1.$i
+        MAILNAME[$h]=$h.fleet.example
+        MYDOMAIN[$h]=fleet.example
+    done
+    if ((WAIT_STEPS < 20 * n)); then
+        WAIT_STEPS=$((20 * n))
+    fi
+}
+
+# The topology of an existing lab: a fleet lab records N in DIR/fleet.
+load_topology() {
+    local dir=$1 n
+    if [[ -f $dir/fleet ]]; then
+        n=$(cat "$dir/fleet")
+        use_fleet "$n"
+    fi
+}
+
+# Run "FN DIR HOST" for every host: one after the other in the two-host lab
+# (unchanged behaviour), in parallel (at most JOBS at once) in a fleet.
+# Fails if any of them failed.
+for_each_host() {
+    local fn=$1 dir=$2 host pid failed=0 jobs=8
+    if ((FLEET == 0)); then
+        for host in "${HOSTS[@]}"; do
+            "$fn" "$dir" "$host"
+        done
+        return 0
+    fi
+    local -a pids=()
+    for host in "${HOSTS[@]}"; do
+        if ((${#pids[@]} >= jobs)); then
+            wait "${pids[0]}" || failed=1
+            pids=("${pids[@]:1}")
+        fi
+        ("$fn" "$dir" "$host") &
+        pids+=($!)
+    done
+    for pid in "${pids[@]}"; do
+        wait "$pid" || failed=1
+    done
+    ((failed == 0)) || die "setting up the fleet hosts failed (see above and $LOG)"
 }
 
 # Run a command inside the netns, with the lab hosts file over /etc/hosts in a
@@ -111,11 +178,12 @@ write_client_files() {
     # must be able to read it (and traverse DIR).
     chmod 0644 "$dir/client_key.pub"
 
-    cat >"$dir/hosts" <<'EOF'
-127.0.0.1 localhost
-127.0.0.2 home.example.net home
-127.0.0.3 relay.example.org relay
-EOF
+    {
+        echo "127.0.0.1 localhost"
+        for host in "${HOSTS[@]}"; do
+            echo "${ADDR[$host]} ${MAILNAME[$host]} $host"
+        done
+    } >"$dir/hosts"
 
     # visudo checks the syntax below; sudo insists on root:root 0440.
     cat >"$dir/sudoers" <<EOF
@@ -159,8 +227,39 @@ EOF
         done
     done
 
-    # One source for the lab inventory: inventories/lab.toml.
-    cp "$REPO/inventories/lab.toml" "$dir/mxpin.toml"
+    if ((FLEET)); then
+        write_fleet_inventory "$dir"
+    else
+        # One source for the lab inventory: inventories/lab.toml.
+        cp "$REPO/inventories/lab.toml" "$dir/mxpin.toml"
+    fi
+}
+
+# The fleet's inventory: every host reached as root; domain dKK.example has
+# primary h(2K-1), backup h(2K) and three recipients.
+write_fleet_inventory() {
+    local dir=$1 k p b d host
+    {
+        echo "# Fleet lab inventory written by lab/lab.sh up --fleet $FLEET"
+        echo "[settings]"
+        echo 'ssh_config = "ssh_config"'
+        for host in "${HOSTS[@]}"; do
+            echo
+            echo "[hosts.$host]"
+            echo "ssh = \"$host\""
+            echo "mx = \"${MAILNAME[$host]}\""
+        done
+        for ((k = 1; k <= FLEET / 2; k++)); do
+            printf -v d 'd%02d.example' "$k"
+            printf -v p 'h%02d' $((2 * k - 1))
+            printf -v b 'h%02d' $((2 * k))
+            echo
+            echo "[domains.\"$d\"]"
+            echo "primary = \"$p\""
+            echo "backups = [\"$b\"]"
+            echo "recipients = [\"postmaster@$d\", \"alice@$d\", \"bob@$d\"]"
+        done
+    } >"$dir/mxpin.toml"
 }
 
 setup_sshd() {
@@ -348,6 +447,34 @@ check_line() {
     printf '%-4s %s\n' "$1" "$2"
 }
 
+# Fleet self-check: every host answers over ssh (all at once) with its own
+# Postfix config. Port 25 was checked by wait_host. No sudo user, no delivery.
+fleet_self_checks() {
+    local dir=$1 name=$2 host pid out failed=0
+    local -a pids=()
+    mkdir -p "$dir/selfcheck"
+    for host in "${HOSTS[@]}"; do
+        in_netns "$dir" "$name" ssh -F "$dir/ssh_config" "$host" postconf -h myhostname \
+            >"$dir/selfcheck/$host" 2>>"$LOG" </dev/null &
+        pids+=($!)
+    done
+    for pid in "${pids[@]}"; do
+        wait "$pid" || true
+    done
+    for host in "${HOSTS[@]}"; do
+        out=$(cat "$dir/selfcheck/$host")
+        if [[ $out != "${MAILNAME[$host]}" ]]; then
+            check_line FAIL "ssh $host postconf -h myhostname: got '$out', want ${MAILNAME[$host]}"
+            show_host_logs "$dir" "$host"
+            failed=1
+        fi
+    done
+    rm -rf "$dir/selfcheck"
+    ((failed == 0)) || return 1
+    check_line ok "ssh h01..${HOSTS[-1]}: postconf -h myhostname = hNN.fleet.example on all $FLEET hosts"
+    check_line ok "sshd and Postfix listening on ${ADDR[${HOSTS[0]}]}..${ADDR[${HOSTS[-1]}]} ports 22 and 25"
+}
+
 self_checks() {
     local dir=$1 name=$2 host out
     for host in "${HOSTS[@]}"; do
@@ -392,9 +519,20 @@ self_checks() {
     check_line ok "delivered to $newdir (moved to $dir/selfcheck-message.eml)"
 }
 
+setup_host() {
+    local dir=$1 host=$2
+    mkdir -p "$dir/$host"
+    setup_sshd "$dir" "$host"
+    setup_postfix "$dir" "$host"
+}
+
 cmd_up() {
-    (($# == 2)) || usage
+    (($# == 2 || $# == 4)) || usage
     local dir=$1 name=$2 host
+    if (($# == 4)); then
+        [[ $3 == --fleet ]] || usage
+        use_fleet "$4"
+    fi
     check_dir_arg "$dir"
     # Postfix clients reach postlogd by the absolute socket path
     # DIR/relay/queue/public/postlog, and a unix socket path has at most 107
@@ -420,6 +558,9 @@ cmd_up() {
     LOG=$dir/lab.log
     : >"$LOG"
     echo "$name" >"$dir/netns"
+    if ((FLEET)); then
+        echo "$FLEET" >"$dir/fleet"
+    fi
 
     local t0=$SECONDS
     # On any failure below: explain, and tear down what was started (unless
@@ -446,11 +587,7 @@ cmd_up() {
             die "user $u cannot traverse $dir: every parent directory needs o+x"
     done
 
-    for host in "${HOSTS[@]}"; do
-        mkdir -p "$dir/$host"
-        setup_sshd "$dir" "$host"
-        setup_postfix "$dir" "$host"
-    done
+    for_each_host setup_host "$dir"
     write_client_files "$dir"
 
     # Only a netns we created ourselves may be torn down on failure.
@@ -467,7 +604,11 @@ cmd_up() {
     for host in "${HOSTS[@]}"; do
         wait_host "$dir" "$name" "$host"
     done
-    self_checks "$dir" "$name"
+    if ((FLEET)); then
+        fleet_self_checks "$dir" "$name"
+    else
+        self_checks "$dir" "$name"
+    fi
     echo "lab up: $dir (netns $name) in $((SECONDS - t0)) s"
 }
 
@@ -480,6 +621,7 @@ cmd_down() {
         echo "lab.sh down: no lab recorded in $dir (nothing to do)"
         return 0
     fi
+    load_topology "$dir"
     if [[ -d $dir ]] && [[ -w $dir ]] && [[ $LOG == /dev/null ]]; then
         LOG=$dir/lab.log
     fi
