@@ -6,9 +6,11 @@
 pub mod desired;
 pub mod engine;
 pub mod facts;
+pub mod fingerprint;
 pub mod inventory;
 pub mod mta;
 pub mod plan;
+pub mod probe;
 pub mod progress;
 pub mod shell;
 pub mod ssh;

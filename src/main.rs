@@ -10,10 +10,13 @@ use owo_colors::OwoColorize as _;
 use time::OffsetDateTime;
 
 use mxpin::engine::{self, ApplyStatus, FleetPlan, HostState, Rotation};
+use mxpin::fingerprint::{self, Format, Source};
 use mxpin::inventory::{self, HostName, Inventory};
 use mxpin::plan::{self, HostOutcome, HostPlan};
+use mxpin::probe::{self, StartTls};
 use mxpin::progress::{Lines, Live, Monitor, Phase, Silent};
 use mxpin::templates::Templates;
+use mxpin::tls::{Certificate, Digest, PinKind};
 
 /// Pin self-signed TLS keys between your own mail hosts.
 #[derive(Parser)]
@@ -54,6 +57,44 @@ enum Command {
         #[arg(long)]
         compromised: bool,
     },
+    /// Fingerprints of a certificate file, or of what a server presents.
+    Fingerprint {
+        /// A PEM file holding a certificate or a chain.
+        #[arg(required_unless_present = "connect", conflicts_with = "connect")]
+        file: Option<PathBuf>,
+        /// Connect to HOST:PORT and read the certificates it presents.
+        #[arg(long, value_name = "HOST:PORT")]
+        connect: Option<String>,
+        /// Speak this protocol's STARTTLS first (smtp, imap, pop3); without
+        /// it TLS starts at once, as on ports 465, 993 and 995.
+        #[arg(long, requires = "connect", value_parser = |s: &str| s.parse::<StartTls>())]
+        starttls: Option<StartTls>,
+        /// md5, sha1, sha256 or sha512.
+        #[arg(long, default_value = "sha256", value_parser = parse_digest)]
+        digest: Digest,
+        /// What the postfix format pins: public-key or certificate.
+        #[arg(long, default_value = "public-key", value_parser = parse_pin)]
+        pin: PinKind,
+        /// text, postfix, fetchmail (MD5 of the certificate), tlsa or json.
+        #[arg(long, default_value = "text", value_parser = |s: &str| s.parse::<Format>())]
+        format: Format,
+        /// Seconds to wait for each step of the connection.
+        #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=300))]
+        timeout: u64,
+    },
+    /// DNS TLSA records (DANE-EE, 3 1 1) for every host's current and next
+    /// key, as zone-file lines.
+    Tlsa(Common),
+}
+
+fn parse_digest(s: &str) -> Result<Digest, String> {
+    s.parse()
+        .map_err(|_| format!("unknown digest {s:?}: expected {}", Digest::NAMES))
+}
+
+fn parse_pin(s: &str) -> Result<PinKind, String> {
+    s.parse()
+        .map_err(|_| format!("unknown pin {s:?}: expected {}", PinKind::NAMES))
 }
 
 #[derive(Args)]
@@ -396,6 +437,93 @@ fn rotation(common: &Common, hosts: &[String], compromised: bool) -> Result<Rota
     })
 }
 
+async fn run_fingerprint(
+    file: Option<&PathBuf>,
+    connect: Option<&str>,
+    starttls: Option<StartTls>,
+    digest: Digest,
+    pin: PinKind,
+    format: Format,
+    timeout: u64,
+) -> Result<u8, String> {
+    let (chain, source) = match (file, connect) {
+        (Some(path), _) => {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| format!("{}: cannot read: {e}", path.display()))?;
+            let chain =
+                Certificate::all_from_pem(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+            (chain, None)
+        }
+        (None, Some(addr)) => {
+            let proto = starttls.unwrap_or(StartTls::Implicit);
+            let chain = probe::probe(addr, proto, std::time::Duration::from_secs(timeout))
+                .await
+                .map_err(|e| e.to_string())?;
+            (chain, Some(addr))
+        }
+        (None, None) => return Err("give a PEM file or --connect HOST:PORT".into()),
+    };
+    let source = match source.and_then(|a| a.rsplit_once(':')) {
+        Some((host, port)) => Source::Server {
+            host: host.trim_start_matches('[').trim_end_matches(']'),
+            port: port.parse().map_err(|_| format!("{port}: not a port"))?,
+        },
+        None => Source::File,
+    };
+    let _ = write!(
+        anstream::stdout(),
+        "{}",
+        fingerprint::render(&chain, digest, pin, format, &source)
+    );
+    Ok(0)
+}
+
+async fn run_tlsa(common: &Common) -> Result<u8, String> {
+    let (inv, _) = load(common)?;
+    let progress = monitor(common, &inv);
+    let states = engine::gather(&inv, common.parallel.into(), &*progress).await;
+    progress.finish();
+    let mut failed = false;
+    let mut out = anstream::stdout();
+    for s in &states {
+        let host = &s.host;
+        let keys = match &s.facts {
+            Err(e) => {
+                error(format_args!("{}: {e}", host.name));
+                failed = true;
+                continue;
+            }
+            Ok(f) => f.stored_keys(),
+        };
+        for (slot, pair) in [("current", &keys.current), ("next", &keys.next)] {
+            match pair.cert.as_deref().map(Certificate::from_pem) {
+                Some(Ok(cert)) => {
+                    let record = fingerprint::tlsa_record(
+                        host.mx.as_str(),
+                        host.smtp_port,
+                        &cert,
+                        Digest::Sha256,
+                    );
+                    let _ = writeln!(out, "{record} ; {} {slot}", host.name);
+                }
+                Some(Err(e)) => {
+                    error(format_args!("{}: {slot} certificate: {e}", host.name));
+                    failed = true;
+                }
+                None => {
+                    error(format_args!(
+                        "{}: no {slot} key yet: run mxpin apply first",
+                        host.name
+                    ));
+                    failed = true;
+                }
+            }
+        }
+    }
+    engine::close(states).await;
+    Ok(if failed { EXIT_ERROR } else { 0 })
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -411,6 +539,27 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match &cli.command {
             Command::Plan(common) => run_plan(common).await,
+            Command::Tlsa(common) => run_tlsa(common).await,
+            Command::Fingerprint {
+                file,
+                connect,
+                starttls,
+                digest,
+                pin,
+                format,
+                timeout,
+            } => {
+                run_fingerprint(
+                    file.as_ref(),
+                    connect.as_deref(),
+                    *starttls,
+                    *digest,
+                    *pin,
+                    *format,
+                    *timeout,
+                )
+                .await
+            }
             Command::Apply { common, yes } => {
                 let change = Change {
                     yes: *yes,

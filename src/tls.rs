@@ -202,6 +202,68 @@ impl Certificate {
         Self::from_der(pem.contents, text.to_string())
     }
 
+    /// Every certificate of a PEM text, in order (a chain file).
+    pub fn all_from_pem(text: &str) -> Result<Vec<Self>, TlsError> {
+        let mut certs = Vec::new();
+        for block in
+            pem::parse_many(text.as_bytes()).map_err(|e| TlsError::CertificatePem(e.to_string()))?
+        {
+            if block.tag() == "CERTIFICATE" {
+                certs.push(Self::from_der_bytes(block.into_contents())?);
+            }
+        }
+        if certs.is_empty() {
+            return Err(TlsError::CertificatePem(
+                "no CERTIFICATE block found".into(),
+            ));
+        }
+        Ok(certs)
+    }
+
+    /// A certificate received as DER (from a live server).
+    pub fn from_der_bytes(der: Vec<u8>) -> Result<Self, TlsError> {
+        let pem = pem::encode_config(
+            &pem::Pem::new("CERTIFICATE", der.clone()),
+            pem::EncodeConfig::new().set_line_ending(pem::LineEnding::LF),
+        );
+        Self::from_der(der, pem)
+    }
+
+    /// What an admin wants to see of a certificate.
+    pub fn details(&self) -> Details {
+        let (_, cert) =
+            x509_parser::parse_x509_certificate(&self.der).expect("parsed once already");
+        let spki = cert.public_key();
+        let oid = spki.algorithm.algorithm.to_id_string();
+        let key = match spki.parsed() {
+            Ok(x509_parser::public_key::PublicKey::RSA(rsa)) => format!("RSA {}", rsa.key_size()),
+            Ok(x509_parser::public_key::PublicKey::EC(_)) => {
+                let curve = spki
+                    .algorithm
+                    .parameters
+                    .as_ref()
+                    .and_then(|p| p.as_oid().ok())
+                    .map(|o| o.to_id_string());
+                match curve.as_deref() {
+                    Some("1.2.840.10045.3.1.7") => "ECDSA P-256".to_string(),
+                    Some("1.3.132.0.34") => "ECDSA P-384".to_string(),
+                    Some("1.3.132.0.35") => "ECDSA P-521".to_string(),
+                    other => format!("ECDSA {}", other.unwrap_or("unknown curve")),
+                }
+            }
+            _ if oid == "1.3.101.112" => "Ed25519".to_string(),
+            _ => format!("unknown ({oid})"),
+        };
+        Details {
+            subject: cert.subject().to_string(),
+            issuer: cert.issuer().to_string(),
+            dns_names: self.dns_names.clone(),
+            not_before: cert.validity().not_before.timestamp(),
+            not_after: self.not_after,
+            key,
+        }
+    }
+
     fn from_der(der: Vec<u8>, pem: String) -> Result<Self, TlsError> {
         let (_, cert) = x509_parser::parse_x509_certificate(&der)
             .map_err(|e| TlsError::CertificateDer(e.to_string()))?;
@@ -247,6 +309,29 @@ impl Certificate {
     pub fn spki_der(&self) -> &[u8] {
         &self.spki_der
     }
+}
+
+/// Descriptive fields of a certificate.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Details {
+    pub subject: String,
+    pub issuer: String,
+    pub dns_names: Vec<String>,
+    /// Seconds since the epoch.
+    pub not_before: i64,
+    pub not_after: i64,
+    pub key: String,
+}
+
+/// A time as `2026-11-22T07:51:22Z`.
+pub fn format_time(unix: i64) -> String {
+    OffsetDateTime::from_unix_timestamp(unix)
+        .ok()
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_else(|| unix.to_string())
 }
 
 /// A private key and the certificate mxpin issued for it.
@@ -394,6 +479,29 @@ mod tests {
             id.cert.fingerprint(d, PinKind::Certificate),
             again.fingerprint(d, PinKind::Certificate)
         );
+    }
+
+    #[test]
+    fn details_describe_key_and_names() {
+        let ec = generate(KeyAlgorithm::EcdsaP256, "mx.example", 30, now()).unwrap();
+        let d = ec.cert.details();
+        assert_eq!(d.key, "ECDSA P-256");
+        assert_eq!(d.subject, "CN=mx.example");
+        assert_eq!(d.issuer, d.subject, "self-signed");
+        assert_eq!(d.dns_names, ["mx.example"]);
+        assert_eq!(d.not_before, now().unix_timestamp() - 3600);
+        assert_eq!(format_time(d.not_after), "2026-10-21T14:13:20Z");
+        let rsa = generate(KeyAlgorithm::Rsa2048, "mx.example", 30, now()).unwrap();
+        assert_eq!(rsa.cert.details().key, "RSA 2048");
+        let chain = format!("{}{}", ec.cert.pem(), rsa.cert.pem());
+        let both = Certificate::all_from_pem(&chain).unwrap();
+        assert_eq!(both, [ec.cert.clone(), rsa.cert.clone()]);
+        let again = Certificate::from_der_bytes(ec.cert.der.clone()).unwrap();
+        assert_eq!(
+            again.fingerprint(Digest::Sha256, PinKind::Certificate),
+            ec.cert.fingerprint(Digest::Sha256, PinKind::Certificate)
+        );
+        assert!(Certificate::all_from_pem("no pem here").is_err());
     }
 
     #[test]

@@ -1,0 +1,276 @@
+//! Fingerprints of any certificate, in the forms admins paste elsewhere:
+//! Postfix `match=`, fetchmail `sslfingerprint`, DNS TLSA, or JSON.
+
+use std::fmt::Write as _;
+
+use crate::tls::{format_time, Certificate, Digest, Fingerprint, PinKind};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    Text,
+    Postfix,
+    Fetchmail,
+    Tlsa,
+    Json,
+}
+
+impl std::str::FromStr for Format {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "text" => Ok(Format::Text),
+            "postfix" => Ok(Format::Postfix),
+            "fetchmail" => Ok(Format::Fetchmail),
+            "tlsa" => Ok(Format::Tlsa),
+            "json" => Ok(Format::Json),
+            _ => Err(format!(
+                "unknown format {s:?}: expected text, postfix, fetchmail, tlsa or json"
+            )),
+        }
+    }
+}
+
+/// Where the certificates came from, for TLSA owner names and Postfix
+/// next-hops: a server address, or a file.
+pub enum Source<'a> {
+    Server { host: &'a str, port: u16 },
+    File,
+}
+
+/// DANE-EE SPKI record data (`3 1 1` for SHA-256, `3 1 2` for SHA-512) of
+/// a certificate's public key.
+pub fn tlsa_data(cert: &Certificate, digest: Digest) -> String {
+    let (matching, d) = match digest {
+        Digest::Sha512 => (2, Digest::Sha512),
+        _ => (1, Digest::Sha256),
+    };
+    let hex = cert
+        .fingerprint(d, PinKind::PublicKey)
+        .as_str()
+        .replace(':', "")
+        .to_ascii_lowercase();
+    format!("3 1 {matching} {hex}")
+}
+
+/// A TLSA record for an SMTP server.
+pub fn tlsa_record(host: &str, port: u16, cert: &Certificate, digest: Digest) -> String {
+    format!("_{port}._tcp.{host}. IN TLSA {}", tlsa_data(cert, digest))
+}
+
+/// fetchmail pins the MD5 of the certificate, whatever else is chosen.
+pub fn fetchmail_fingerprint(cert: &Certificate) -> Fingerprint {
+    cert.fingerprint(Digest::Md5, PinKind::Certificate)
+}
+
+/// Renders `chain` (leaf first). Pin formats (postfix, fetchmail, tlsa)
+/// speak of the leaf, the certificate a peer pins.
+pub fn render(
+    chain: &[Certificate],
+    digest: Digest,
+    pin: PinKind,
+    format: Format,
+    source: &Source,
+) -> String {
+    let mut out = String::new();
+    let leaf = &chain[0];
+    match format {
+        Format::Text => {
+            for (i, cert) in chain.iter().enumerate() {
+                let d = cert.details();
+                let role = if i == 0 { " (server)" } else { "" };
+                let issuer = if d.issuer == d.subject {
+                    format!("{} (self-signed)", d.issuer)
+                } else {
+                    d.issuer.clone()
+                };
+                let _ = writeln!(out, "certificate {} of {}{role}", i + 1, chain.len());
+                let _ = writeln!(out, "  subject:     {}", d.subject);
+                let _ = writeln!(out, "  issuer:      {issuer}");
+                let _ = writeln!(out, "  names:       {}", d.dns_names.join(", "));
+                let _ = writeln!(
+                    out,
+                    "  valid:       {} to {}",
+                    format_time(d.not_before),
+                    format_time(d.not_after)
+                );
+                let _ = writeln!(out, "  key:         {}", d.key);
+                let tag = digest.as_str().to_ascii_uppercase();
+                let _ = writeln!(
+                    out,
+                    "  certificate: {tag} {}",
+                    cert.fingerprint(digest, PinKind::Certificate)
+                );
+                let _ = writeln!(
+                    out,
+                    "  public key:  {tag} {}",
+                    cert.fingerprint(digest, PinKind::PublicKey)
+                );
+            }
+        }
+        Format::Postfix => {
+            let fp = leaf.fingerprint(digest, pin);
+            match source {
+                Source::Server { host, port } => {
+                    let _ = writeln!(out, "[{host}]:{port} fingerprint match={fp}");
+                }
+                Source::File => {
+                    let _ = writeln!(out, "match={fp}");
+                }
+            }
+        }
+        Format::Fetchmail => {
+            let _ = writeln!(out, "sslfingerprint \"{}\"", fetchmail_fingerprint(leaf));
+        }
+        Format::Tlsa => match source {
+            Source::Server { host, port } => {
+                let _ = writeln!(out, "{}", tlsa_record(host, *port, leaf, digest));
+            }
+            Source::File => {
+                let _ = writeln!(out, "{}", tlsa_data(leaf, digest));
+            }
+        },
+        Format::Json => {
+            let certs: Vec<_> = chain
+                .iter()
+                .map(|c| {
+                    let d = c.details();
+                    serde_json::json!({
+                        "subject": d.subject,
+                        "issuer": d.issuer,
+                        "dns_names": d.dns_names,
+                        "not_before": format_time(d.not_before),
+                        "not_after": format_time(d.not_after),
+                        "key": d.key,
+                        "digest": digest,
+                        "certificate": c.fingerprint(digest, PinKind::Certificate),
+                        "public_key": c.fingerprint(digest, PinKind::PublicKey),
+                    })
+                })
+                .collect();
+            let _ = writeln!(out, "{:#}", serde_json::json!({ "chain": certs }));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tls::{generate, KeyAlgorithm};
+    use time::OffsetDateTime;
+
+    fn cert() -> Certificate {
+        let now = OffsetDateTime::from_unix_timestamp(1_790_000_000).unwrap();
+        generate(KeyAlgorithm::EcdsaP256, "mail.isp.example", 30, now)
+            .unwrap()
+            .cert
+    }
+
+    #[test]
+    fn postfix_form_pins_the_leaf_for_a_next_hop() {
+        let c = cert();
+        let server = Source::Server {
+            host: "mail.isp.example",
+            port: 465,
+        };
+        let line = render(
+            std::slice::from_ref(&c),
+            Digest::Sha256,
+            PinKind::PublicKey,
+            Format::Postfix,
+            &server,
+        );
+        assert_eq!(
+            line,
+            format!(
+                "[mail.isp.example]:465 fingerprint match={}\n",
+                c.fingerprint(Digest::Sha256, PinKind::PublicKey)
+            )
+        );
+        let line = render(
+            std::slice::from_ref(&c),
+            Digest::Sha1,
+            PinKind::Certificate,
+            Format::Postfix,
+            &Source::File,
+        );
+        assert_eq!(
+            line,
+            format!(
+                "match={}\n",
+                c.fingerprint(Digest::Sha1, PinKind::Certificate)
+            )
+        );
+    }
+
+    #[test]
+    fn fetchmail_is_always_md5_of_the_certificate() {
+        let c = cert();
+        let out = render(
+            std::slice::from_ref(&c),
+            Digest::Sha512,
+            PinKind::PublicKey,
+            Format::Fetchmail,
+            &Source::File,
+        );
+        let fp = c.fingerprint(Digest::Md5, PinKind::Certificate);
+        assert_eq!(out, format!("sslfingerprint \"{fp}\"\n"));
+        assert_eq!(fp.as_str().len(), 16 * 3 - 1);
+    }
+
+    #[test]
+    fn tlsa_is_lowercase_spki_digest_with_owner_name() {
+        let c = cert();
+        let hex = c
+            .fingerprint(Digest::Sha256, PinKind::PublicKey)
+            .as_str()
+            .replace(':', "")
+            .to_lowercase();
+        assert_eq!(
+            tlsa_record("home.example.net", 25, &c, Digest::Md5),
+            format!("_25._tcp.home.example.net. IN TLSA 3 1 1 {hex}")
+        );
+        assert!(tlsa_data(&c, Digest::Sha512).starts_with("3 1 2 "));
+        assert_eq!(tlsa_data(&c, Digest::Sha512).len(), 6 + 128);
+    }
+
+    #[test]
+    fn text_and_json_describe_every_certificate() {
+        let (a, b) = (cert(), cert());
+        let text = render(
+            &[a.clone(), b],
+            Digest::Sha256,
+            PinKind::PublicKey,
+            Format::Text,
+            &Source::File,
+        );
+        assert!(
+            text.contains("certificate 1 of 2 (server)\n  subject:     CN=mail.isp.example\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("  issuer:      CN=mail.isp.example (self-signed)\n"),
+            "{text}"
+        );
+        assert!(text.contains("  key:         ECDSA P-256\n"), "{text}");
+        assert!(text.contains(&format!(
+            "  public key:  SHA256 {}\n",
+            a.fingerprint(Digest::Sha256, PinKind::PublicKey)
+        )));
+        assert!(text.contains("certificate 2 of 2\n"));
+        let json: serde_json::Value = serde_json::from_str(&render(
+            std::slice::from_ref(&a),
+            Digest::Md5,
+            PinKind::PublicKey,
+            Format::Json,
+            &Source::File,
+        ))
+        .unwrap();
+        assert_eq!(
+            json["chain"][0]["certificate"],
+            a.fingerprint(Digest::Md5, PinKind::Certificate).as_str()
+        );
+        assert_eq!(json["chain"][0]["digest"], "md5");
+        assert_eq!(json["chain"][0]["not_before"], "2026-09-21T13:13:20Z");
+    }
+}
