@@ -28,10 +28,11 @@ async fn read_facts(
     conn: &SshHost,
     host: &Host,
     monitor: &dyn Monitor,
+    extra: &str,
 ) -> Result<PostfixFacts, String> {
     monitor.event(&host.name, Phase::Reading);
     let out = conn
-        .run_script(&postfix::facts_script(host))
+        .run_script(&postfix::facts_script_with(host, extra))
         .await
         .map_err(|e| format!("reading facts: {e}"))?;
     let sections = facts::parse(&out.stdout).map_err(|e| {
@@ -59,7 +60,7 @@ pub async fn gather(inv: &Inventory, parallel: usize, monitor: &dyn Monitor) -> 
                     facts: Err(e.to_string()),
                 },
                 Ok(conn) => {
-                    let facts = read_facts(&conn, host, monitor).await;
+                    let facts = read_facts(&conn, host, monitor, "").await;
                     HostState {
                         host: host.clone(),
                         conn: Some(conn),
@@ -77,10 +78,20 @@ pub async fn gather(inv: &Inventory, parallel: usize, monitor: &dyn Monitor) -> 
 }
 
 /// Re-reads facts over the open connections.
-async fn refresh(states: &mut [HostState], parallel: usize, monitor: &dyn Monitor) {
+/// Re-reads facts over the open connections; `extras[i]` is shell run with
+/// host i's facts (verification checks), in the same remote command.
+async fn refresh(
+    states: &mut [HostState],
+    extras: &[String],
+    parallel: usize,
+    monitor: &dyn Monitor,
+) {
     let fresh: Vec<(usize, Result<PostfixFacts, String>)> = stream::iter(states.iter().enumerate())
         .filter_map(|(i, s)| async move { s.conn.as_ref().map(|c| (i, c, &s.host)) })
-        .map(|(i, conn, host)| async move { (i, read_facts(conn, host, monitor).await) })
+        .map(|(i, conn, host)| async move {
+            let extra = extras.get(i).map_or("", String::as_str);
+            (i, read_facts(conn, host, monitor, extra).await)
+        })
         .buffer_unordered(parallel.max(1))
         .collect()
         .await;
@@ -407,14 +418,33 @@ pub async fn apply_all(
 
 /// After apply: read every host again and plan (rotating nothing); hosts
 /// that still have changes did not converge.
+/// After apply (or for `verify`): read every host again, running on each
+/// backup the verification checks of the routes `intended` planned, and
+/// plan again (rotating nothing); hosts that still have changes did not
+/// converge.
 pub async fn converged(
     inv: &Inventory,
     states: &mut [HostState],
+    intended: &[HostOutcome],
     templates: &Templates,
     parallel: usize,
     monitor: &dyn Monitor,
 ) -> Vec<HostOutcome> {
-    refresh(states, parallel, monitor).await;
+    let extras: Vec<String> = states
+        .iter()
+        .zip(intended)
+        .map(|(s, o)| match (o, &s.facts) {
+            (HostOutcome::Planned(p), Ok(f)) if !p.steps.lookups.is_empty() => {
+                let lookup = f
+                    .effective
+                    .get("smtp_host_lookup")
+                    .map_or("dns", String::as_str);
+                postfix::verify_snippet(&p.steps, inv.settings.digest.as_str(), lookup)
+            }
+            _ => String::new(),
+        })
+        .collect();
+    refresh(states, &extras, parallel, monitor).await;
     let outcomes = plan_all(
         inv,
         states,
@@ -441,6 +471,195 @@ pub fn report_planned(outcomes: &[HostOutcome], monitor: &dyn Monitor, settled: 
             }
         }
     }
+}
+
+/// One line of the verification table.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Check {
+    /// The host the check is about, and the peer whose route it checks.
+    pub host: HostName,
+    pub route: Option<String>,
+    pub ok: bool,
+    /// Passes, but deserves attention (expiry).
+    pub warning: bool,
+    pub what: String,
+}
+
+fn pins_in(policy: &str) -> Vec<String> {
+    policy
+        .split_whitespace()
+        .filter_map(|a| a.strip_prefix("match="))
+        .flat_map(|m| m.split('|'))
+        .map(str::to_ascii_uppercase)
+        .collect()
+}
+
+/// Checks what is served against what is pinned, from the facts (with
+/// checks) of a [`converged`] read and a live probe of every primary from
+/// the controller.
+pub async fn verify_report(
+    inv: &Inventory,
+    states: &[HostState],
+    intended: &[HostOutcome],
+    now: OffsetDateTime,
+) -> Vec<Check> {
+    let s = &inv.settings;
+    let mut checks = Vec::new();
+    // Probe each primary once.
+    let mut served: std::collections::BTreeMap<HostName, Result<Fingerprint, String>> =
+        Default::default();
+    for d in &inv.domains {
+        if served.contains_key(&d.primary) {
+            continue;
+        }
+        let h = inv.host(&d.primary);
+        let addr = format!("{}:{}", h.mx, h.smtp_port);
+        let got = crate::probe::probe(
+            &addr,
+            crate::probe::StartTls::Smtp,
+            std::time::Duration::from_secs(10),
+        )
+        .await
+        .map_err(|e| e.to_string())
+        .map(|chain| chain[0].fingerprint(s.digest, s.pin));
+        served.insert(d.primary.clone(), got);
+    }
+    for (state, outcome) in states.iter().zip(intended) {
+        let host = &state.host.name;
+        let f = match &state.facts {
+            Ok(f) => f,
+            Err(e) => {
+                checks.push(Check {
+                    host: host.clone(),
+                    route: None,
+                    ok: false,
+                    warning: false,
+                    what: e.clone(),
+                });
+                continue;
+            }
+        };
+        // The host's own keys.
+        let keys = f.stored_keys();
+        for (slot, pair) in [("current", &keys.current), ("next", &keys.next)] {
+            let cert = pair.cert.as_deref().map(crate::tls::Certificate::from_pem);
+            let (ok, warning, what) = match (&pair.key, cert) {
+                (Some(key), Some(Ok(cert))) => {
+                    let matches = crate::tls::key_matches(key, &cert).unwrap_or(false);
+                    let left = (cert.not_after() - now.unix_timestamp()) / 86_400;
+                    let soon = left <= i64::from(s.renew_days);
+                    (
+                        matches && left > 0,
+                        soon,
+                        format!(
+                            "{slot} key {} its certificate, which expires {} ({left} days){}",
+                            if matches { "matches" } else { "DOES NOT match" },
+                            crate::tls::format_time(cert.not_after()),
+                            if soon { ": renew with mxpin apply" } else { "" }
+                        ),
+                    )
+                }
+                _ => (
+                    false,
+                    false,
+                    format!("no usable {slot} key and certificate"),
+                ),
+            };
+            checks.push(Check {
+                host: host.clone(),
+                route: None,
+                ok,
+                warning,
+                what,
+            });
+        }
+        let HostOutcome::Planned(plan) = outcome else {
+            continue;
+        };
+        for l in &plan.steps.lookups {
+            let route = Some(l.key.clone());
+            let got = f
+                .checks
+                .get(&format!("q:{}:{}", l.table, l.key))
+                .map(|v| v.trim().to_string());
+            let ok = got.as_deref() == Some(l.expected.as_str());
+            checks.push(Check {
+                host: host.clone(),
+                route: route.clone(),
+                ok,
+                warning: false,
+                what: if ok {
+                    format!("{} lookup of {} is {}", l.table, l.key, l.expected)
+                } else {
+                    format!(
+                        "{} lookup of {}: found {:?}, expected {:?}",
+                        l.table,
+                        l.key,
+                        got.unwrap_or_default(),
+                        l.expected
+                    )
+                },
+            });
+            if l.table != "tls_policy" {
+                continue;
+            }
+            let ptf = f
+                .checks
+                .get(&format!("ptf:{}", l.key))
+                .cloned()
+                .unwrap_or_default();
+            let verified = ptf
+                .lines()
+                .find(|x| x.contains("TLS connection established"));
+            let ok = verified.is_some_and(|x| x.contains("Verified TLS connection established"));
+            checks.push(Check {
+                host: host.clone(),
+                route: route.clone(),
+                ok,
+                warning: false,
+                what: match verified {
+                    Some(_) if ok => format!(
+                        "posttls-finger on {host}: Verified TLS connection to {}",
+                        l.key
+                    ),
+                    Some(line) => format!("posttls-finger on {host}: {}", line.trim()),
+                    None => format!(
+                        "posttls-finger on {host}: no TLS connection to {}: {}",
+                        l.key,
+                        ptf.lines().last().unwrap_or("no output").trim()
+                    ),
+                },
+            });
+            // What the controller sees served, against what this peer pins.
+            let primary = inv
+                .domains
+                .iter()
+                .find(|d| d.backups.contains(host) && inv.host(&d.primary).next_hop() == l.key)
+                .map(|d| d.primary.clone());
+            if let Some(primary) = primary {
+                let pins = pins_in(&l.expected);
+                let (ok, what) = match served.get(&primary) {
+                    Some(Ok(fp)) if pins.first() == Some(&fp.to_string()) => {
+                        (true, format!("{primary} serves its current key {fp} (seen from the controller)"))
+                    }
+                    Some(Ok(fp)) if pins.contains(&fp.to_string()) => {
+                        (true, format!("{primary} serves its staged next key {fp} (seen from the controller)"))
+                    }
+                    Some(Ok(fp)) => (false, format!("{primary} serves {fp}, which {host} does not pin (seen from the controller)")),
+                    Some(Err(e)) => (false, format!("controller cannot probe {primary}: {e}")),
+                    None => (false, format!("{primary} was not probed")),
+                };
+                checks.push(Check {
+                    host: host.clone(),
+                    route,
+                    ok,
+                    warning: false,
+                    what,
+                });
+            }
+        }
+    }
+    checks
 }
 
 pub async fn close(states: Vec<HostState>) {

@@ -29,6 +29,13 @@ impl Sections {
         self.0.get(name).and_then(|v| v.last()).map(String::as_str)
     }
 
+    /// Every section with its last value, by name.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.0
+            .iter()
+            .filter_map(|(k, v)| v.last().map(|v| (k.as_str(), v.as_str())))
+    }
+
     pub fn all(&self, name: &str) -> &[String] {
         self.0.get(name).map_or(&[], Vec::as_slice)
     }

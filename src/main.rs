@@ -38,7 +38,14 @@ enum Command {
         /// Apply without asking for confirmation.
         #[arg(long)]
         yes: bool,
+        /// Skip the verification that runs after apply.
+        #[arg(long)]
+        no_verify: bool,
     },
+    /// Check every pinned route live: the key each primary serves (seen
+    /// from here and from each backup with posttls-finger), the backups'
+    /// lookups, and every host's keys and their expiry.
+    Verify(Common),
     /// Switch hosts to their staged next key, stage a fresh next key, and
     /// update every peer's pins; never switches to a key a peer does not pin.
     Rotate {
@@ -56,6 +63,9 @@ enum Command {
         /// same run, even those that do not pin the next key yet.
         #[arg(long)]
         compromised: bool,
+        /// Skip the verification that runs after the rotation.
+        #[arg(long)]
+        no_verify: bool,
     },
     /// Fingerprints of a certificate file, or of what a server presents.
     Fingerprint {
@@ -287,19 +297,136 @@ struct Change {
     yes: bool,
     dry_run: bool,
     rotation: Rotation,
+    verify: bool,
 }
 
-/// Closes the connections and, for --json, prints the one document.
+/// Prints verification results: every check, or only failures and
+/// warnings when `quiet_success`; returns whether all passed.
+fn show_checks(checks: &[engine::Check], quiet_success: bool) -> bool {
+    let mut out = anstream::stdout();
+    let mut hosts: Vec<&HostName> = Vec::new();
+    for c in checks {
+        if !hosts.contains(&&c.host) {
+            hosts.push(&c.host);
+        }
+    }
+    for host in &hosts {
+        let mine: Vec<_> = checks
+            .iter()
+            .filter(|c| &c.host == *host && (!quiet_success || !c.ok || c.warning))
+            .collect();
+        if mine.is_empty() {
+            continue;
+        }
+        let _ = writeln!(out, "{}", host.as_str().bold());
+        for c in mine {
+            let status = match (c.ok, c.warning) {
+                (false, _) => "FAIL".red().bold().to_string(),
+                (true, true) => "warn".yellow().to_string(),
+                (true, false) => "ok  ".green().to_string(),
+            };
+            let route = c
+                .route
+                .as_deref()
+                .map(|r| format!("{r}  "))
+                .unwrap_or_default();
+            let _ = writeln!(out, "  {status}  {route}{}", c.what);
+        }
+    }
+    let failed: Vec<&str> = hosts
+        .iter()
+        .filter(|h| checks.iter().any(|c| &&c.host == *h && !c.ok))
+        .map(|h| h.as_str())
+        .collect();
+    let routes = checks
+        .iter()
+        .filter(|c| c.what.starts_with("posttls-finger"))
+        .count();
+    if failed.is_empty() {
+        let _ = writeln!(
+            out,
+            "Verified: {routes} pinned route(s) and the keys of every host."
+        );
+        true
+    } else {
+        error(format_args!(
+            "verification failed on: {}",
+            failed.join(", ")
+        ));
+        false
+    }
+}
+
+async fn run_verify(common: &Common) -> Result<u8, String> {
+    let (inv, templates) = load(common)?;
+    let parallel = common.parallel.into();
+    let progress = monitor(common, &inv);
+    let mut states = engine::gather(&inv, parallel, &*progress).await;
+    let now = OffsetDateTime::now_utc();
+    let fleet = engine::plan_all(&inv, &states, &templates, now, &Rotation::default());
+    let after = engine::converged(
+        &inv,
+        &mut states,
+        &fleet.outcomes,
+        &templates,
+        parallel,
+        &*progress,
+    )
+    .await;
+    progress.finish();
+    let mut checks = engine::verify_report(&inv, &states, &fleet.outcomes, now).await;
+    engine::close(states).await;
+    for o in &after {
+        match o {
+            HostOutcome::Planned(p) if !p.is_empty() => checks.push(engine::Check {
+                host: p.host.clone(),
+                route: None,
+                ok: false,
+                warning: false,
+                what: "differs from the inventory: see mxpin plan".into(),
+            }),
+            HostOutcome::Failed { host, error: e } if !checks.iter().any(|c| &c.host == host) => {
+                checks.push(engine::Check {
+                    host: host.clone(),
+                    route: None,
+                    ok: false,
+                    warning: false,
+                    what: e.clone(),
+                })
+            }
+            _ => {}
+        }
+    }
+    let ok = if common.json {
+        let _ = writeln!(
+            anstream::stdout(),
+            "{:#}",
+            serde_json::json!({ "checks": checks })
+        );
+        checks.iter().all(|c| c.ok)
+    } else {
+        show_checks(&checks, false)
+    };
+    Ok(if ok { 0 } else { EXIT_ERROR })
+}
+
+/// Closes the connections and, for --json, prints the one document: the
+/// plan plus the fields of `results` (an object).
 async fn finish(
     states: Vec<HostState>,
     common: &Common,
     fleet: &FleetPlan,
     code: u8,
-    applied: serde_json::Value,
+    results: serde_json::Value,
 ) -> Result<u8, String> {
     engine::close(states).await;
     if common.json {
-        let doc = serde_json::json!({ "plan": fleet_json(fleet), "applied": applied });
+        let mut doc = serde_json::json!({ "plan": fleet_json(fleet), "applied": [] });
+        if let serde_json::Value::Object(fields) = results {
+            for (k, v) in fields {
+                doc[k] = v;
+            }
+        }
         let _ = writeln!(anstream::stdout(), "{doc:#}");
     }
     Ok(code)
@@ -321,7 +448,7 @@ async fn run_change(common: &Common, change: Change) -> Result<u8, String> {
     }
     let failed_code = if plan_errors { EXIT_ERROR } else { 0 };
     if change.dry_run || !pending {
-        return finish(states, common, &fleet, failed_code, serde_json::json!([])).await;
+        return finish(states, common, &fleet, failed_code, serde_json::json!({})).await;
     }
     let hosts = pending_plans(&fleet.outcomes).len();
     if !change.yes && !confirm(hosts)? {
@@ -330,8 +457,21 @@ async fn run_change(common: &Common, change: Change) -> Result<u8, String> {
     }
     let progress = monitor(common, &inv);
     let results = engine::apply_all(&states, &fleet.outcomes, parallel, &*progress).await;
-    let after = engine::converged(&inv, &mut states, &templates, parallel, &*progress).await;
+    let after = engine::converged(
+        &inv,
+        &mut states,
+        &fleet.outcomes,
+        &templates,
+        parallel,
+        &*progress,
+    )
+    .await;
     progress.finish();
+    let checks = if change.verify {
+        engine::verify_report(&inv, &states, &fleet.outcomes, OffsetDateTime::now_utc()).await
+    } else {
+        Vec::new()
+    };
     let mut failed = plan_errors;
     let mut out = anstream::stdout();
     for (host, status) in &results {
@@ -400,14 +540,20 @@ async fn run_change(common: &Common, change: Change) -> Result<u8, String> {
                                "converged": !drift.contains(h)})
         })
         .collect();
+    let verified = common.json || show_checks(&checks, true) || checks.is_empty();
+    let failed =
+        failed || (!common.json && !verified) || (common.json && checks.iter().any(|c| !c.ok));
     let code = if failed || !drift.is_empty() {
         EXIT_ERROR
     } else {
         0
     };
-    let mut applied = serde_json::Value::from(applied);
+    let mut applied = serde_json::json!({ "applied": applied });
     if !rotated.is_empty() {
-        applied = serde_json::json!({"hosts": applied, "pins_after_rotation": rotated});
+        applied["pins_after_rotation"] = rotated.into();
+    }
+    if !checks.is_empty() {
+        applied["checks"] = serde_json::to_value(&checks).unwrap_or_default();
     }
     finish(states, common, &fleet, code, applied).await
 }
@@ -560,10 +706,16 @@ fn main() -> ExitCode {
                 )
                 .await
             }
-            Command::Apply { common, yes } => {
+            Command::Verify(common) => run_verify(common).await,
+            Command::Apply {
+                common,
+                yes,
+                no_verify,
+            } => {
                 let change = Change {
                     yes: *yes,
                     dry_run: false,
+                    verify: !no_verify,
                     rotation: Rotation::default(),
                 };
                 run_change(common, change).await
@@ -574,12 +726,14 @@ fn main() -> ExitCode {
                 yes,
                 dry_run,
                 compromised,
+                no_verify,
             } => match rotation(common, hosts, *compromised) {
                 Err(e) => Err(e),
                 Ok(rotation) => {
                     let change = Change {
                         yes: *yes,
                         dry_run: *dry_run,
+                        verify: !no_verify,
                         rotation,
                     };
                     run_change(common, change).await

@@ -70,6 +70,16 @@ fn plan_apply_and_pinned_delivery() {
         assert_eq!(host["converged"], true, "{host}");
     }
     assert_eq!(v["plan"]["changes_pending"], true);
+    let checks = v["checks"].as_array().expect("apply verifies");
+    assert!(checks.iter().all(|c| c["ok"] == true), "{checks:?}");
+    assert!(
+        checks
+            .iter()
+            .any(|c| c["what"].as_str().unwrap().starts_with(
+                "posttls-finger on relay: Verified TLS connection to [home.example.net]:25"
+            )),
+        "{checks:?}"
+    );
     for host in ["home", "relay"] {
         for key in ["current.key", "next.key"] {
             let meta = std::fs::metadata(lab.postfix_dir(host).join("mxpin").join(key)).unwrap();
@@ -146,6 +156,27 @@ fn unpinned_key_defers_and_apply_recovers() {
         "nothing delivered to an unpinned key"
     );
 
+    let verify = lab.mxpin(&["verify", "-i", &inv]);
+    assert_eq!(verify.code, 1, "{verify:?}");
+    assert!(
+        verify
+            .stderr
+            .contains("error: verification failed on: home, relay"),
+        "{verify:?}"
+    );
+    assert!(
+        verify
+            .stdout
+            .contains("which relay does not pin (seen from the controller)"),
+        "{verify:?}"
+    );
+    assert!(
+        verify
+            .stdout
+            .contains("posttls-finger on relay: posttls-finger: Untrusted TLS connection"),
+        "{verify:?}"
+    );
+
     let plan = lab.mxpin(&["plan", "-i", &inv]);
     assert_eq!(plan.code, 2, "plan sees home's main.cf drift: {plan:?}");
     assert!(
@@ -155,6 +186,12 @@ fn unpinned_key_defers_and_apply_recovers() {
     );
     let fix = lab.mxpin(&["apply", "--yes", "-i", &inv]);
     assert_eq!(fix.code, 0, "{fix:?}");
+    assert!(
+        fix.stdout.contains("Verified: 1 pinned route(s)"),
+        "{fix:?}"
+    );
+    let verify = lab.mxpin(&["verify", "-q", "-i", &inv]);
+    assert_eq!(verify.code, 0, "{verify:?}");
     std::thread::sleep(Duration::from_secs(2));
     let flush = lab.ssh("relay", "postqueue -f");
     assert_eq!(flush.code, 0, "{flush:?}");

@@ -9,6 +9,7 @@ pub mod maincf;
 pub mod script;
 
 use std::collections::BTreeMap;
+use std::fmt::Write as _;
 
 use crate::desired::{HostDesired, Origin, StoredKeys, StoredPair};
 use crate::facts::{Sections, SHELL_HELPERS};
@@ -37,7 +38,11 @@ const TABLES: [(&str, &str); 4] = [
 ];
 
 /// Scalar parameters whose effective value decides an edit.
-const SCALARS: [&str; 2] = ["smtpd_tls_security_level", "smtp_tls_loglevel"];
+const SCALARS: [&str; 3] = [
+    "smtpd_tls_security_level",
+    "smtp_tls_loglevel",
+    "smtp_host_lookup",
+];
 
 fn owned_files() -> impl Iterator<Item = &'static str> {
     SLOTS
@@ -59,6 +64,12 @@ pub fn db_suffix(db_type: &str) -> Option<&'static str> {
 /// The one remote command that reads everything a plan needs. Read-only: it
 /// creates, changes and removes nothing on the host.
 pub fn facts_script(host: &Host) -> String {
+    facts_script_with(host, "")
+}
+
+/// The facts script with extra checks (see [`verify_snippet`]) run in the
+/// same remote command, before the closing frame.
+pub fn facts_script_with(host: &Host, extra: &str) -> String {
     let files: Vec<&str> = owned_files().collect();
     let params: Vec<&str> = TABLES.iter().map(|(_, p)| *p).chain(SCALARS).collect();
     format!(
@@ -82,7 +93,7 @@ for f in {files}; do
     if [ -f "$M/$f.$s" ] && ! [ "$M/$f" -nt "$M/$f.$s" ]; then put "fresh:$f" "$s"; fi
   done
 done
-put end ok
+{extra}put end ok
 }}
 mxpin_facts
 "#,
@@ -90,6 +101,47 @@ mxpin_facts
         params = params.join(" "),
         files = files.join(" "),
     )
+}
+
+/// Shell that checks, on a backup, the routes it pins: a live handshake with
+/// `posttls-finger` using exactly the pins of its tls_policy lookup, and
+/// the transport and policy lookups themselves. `lookup` is the host's
+/// `smtp_host_lookup`, so the check resolves names as deliveries do.
+pub fn verify_snippet(steps: &ApplySteps, digest: &str, lookup: &str) -> String {
+    let table = |name: &str| format!("{}:{}/{OWNED_DIR}/{name}", steps.db_type, steps.config_dir);
+    let mut s = String::new();
+    s.push_str("if command -v posttls-finger >/dev/null 2>&1; then ptf=yes; else ptf=no; fi\n");
+    for l in &steps.lookups {
+        let _ = writeln!(
+            s,
+            "put {} \"$(postmap -c \"$C\" -q {} {} 2>&1)\"",
+            quote(&format!("q:{}:{}", l.table, l.key)),
+            quote(&l.key),
+            quote(&table(&l.table))
+        );
+        if l.table != "tls_policy" {
+            continue;
+        }
+        let pins: Vec<String> = l
+            .expected
+            .split_whitespace()
+            .filter_map(|a| a.strip_prefix("match="))
+            .flat_map(|m| m.split('|'))
+            .map(quote)
+            .collect();
+        let _ = writeln!(
+            s,
+            "if [ $ptf = yes ]; then put {} \"$(posttls-finger -c -l fingerprint -d {} -h {} {} {} 2>&1)\"; \
+             else put {} 'posttls-finger not found'; fi",
+            quote(&format!("ptf:{}", l.key)),
+            quote(digest),
+            quote(lookup),
+            quote(&l.key),
+            pins.join(" "),
+            quote(&format!("ptf:{}", l.key)),
+        );
+    }
+    s
 }
 
 /// An owned file as found on the host.
@@ -124,6 +176,8 @@ pub struct PostfixFacts {
     pub files: BTreeMap<String, FoundFile>,
     /// Table name -> database suffixes at least as new as the source.
     pub fresh: BTreeMap<String, Vec<String>>,
+    /// Output of verification checks run with the facts, by check name.
+    pub checks: BTreeMap<String, String>,
 }
 
 fn parse_version(v: &str) -> Option<(u32, u32)> {
@@ -180,7 +234,14 @@ impl PostfixFacts {
         for (table, _) in TABLES {
             fresh.insert(table.to_string(), s.all(&format!("fresh:{table}")).to_vec());
         }
+        let mut checks = BTreeMap::new();
+        for (name, value) in s.iter() {
+            if name.starts_with("q:") || name.starts_with("ptf:") {
+                checks.insert(name.to_string(), value.to_string());
+            }
+        }
         Ok(PostfixFacts {
+            checks,
             version,
             version_text,
             db_type: need("default_database_type")?,

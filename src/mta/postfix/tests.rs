@@ -394,6 +394,7 @@ fn fresh_fixture_reads_as_a_stock_debian_12_postfix() {
         effective,
         BTreeMap::from([
             ("relay_domains", ""),
+            ("smtp_host_lookup", "dns"),
             ("relay_recipient_maps", ""),
             ("smtp_tls_loglevel", "0"),
             ("smtp_tls_policy_maps", ""),
