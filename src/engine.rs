@@ -473,6 +473,28 @@ pub fn report_planned(outcomes: &[HostOutcome], monitor: &dyn Monitor, settled: 
     }
 }
 
+/// The end of every changing run: read every host again (with the
+/// backups' verification checks), plan again to prove convergence, and,
+/// when `verify`, check the pinned routes live.
+pub async fn settle(
+    inv: &Inventory,
+    states: &mut [HostState],
+    intended: &[HostOutcome],
+    templates: &Templates,
+    parallel: usize,
+    monitor: &dyn Monitor,
+    verify: bool,
+) -> (Vec<HostOutcome>, Vec<Check>) {
+    let after = converged(inv, states, intended, templates, parallel, monitor).await;
+    monitor.finish();
+    let checks = if verify {
+        verify_report(inv, states, intended, OffsetDateTime::now_utc()).await
+    } else {
+        Vec::new()
+    };
+    (after, checks)
+}
+
 /// One line of the verification table.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Check {
@@ -483,15 +505,6 @@ pub struct Check {
     /// Passes, but deserves attention (expiry).
     pub warning: bool,
     pub what: String,
-}
-
-fn pins_in(policy: &str) -> Vec<String> {
-    policy
-        .split_whitespace()
-        .filter_map(|a| a.strip_prefix("match="))
-        .flat_map(|m| m.split('|'))
-        .map(str::to_ascii_uppercase)
-        .collect()
 }
 
 /// Checks what is served against what is pinned, from the facts (with
@@ -637,7 +650,7 @@ pub async fn verify_report(
                 .find(|d| d.backups.contains(host) && inv.host(&d.primary).next_hop() == l.key)
                 .map(|d| d.primary.clone());
             if let Some(primary) = primary {
-                let pins = pins_in(&l.expected);
+                let pins = postfix::policy_pins(&l.expected);
                 let (ok, what) = match served.get(&primary) {
                     Some(Ok(fp)) if pins.first() == Some(&fp.to_string()) => {
                         (true, format!("{primary} serves its current key {fp} (seen from the controller)"))

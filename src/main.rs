@@ -364,17 +364,16 @@ async fn run_verify(common: &Common) -> Result<u8, String> {
     let mut states = engine::gather(&inv, parallel, &*progress).await;
     let now = OffsetDateTime::now_utc();
     let fleet = engine::plan_all(&inv, &states, &templates, now, &Rotation::default());
-    let after = engine::converged(
+    let (after, mut checks) = engine::settle(
         &inv,
         &mut states,
         &fleet.outcomes,
         &templates,
         parallel,
         &*progress,
+        true,
     )
     .await;
-    progress.finish();
-    let mut checks = engine::verify_report(&inv, &states, &fleet.outcomes, now).await;
     engine::close(states).await;
     for o in &after {
         match o {
@@ -457,21 +456,16 @@ async fn run_change(common: &Common, change: Change) -> Result<u8, String> {
     }
     let progress = monitor(common, &inv);
     let results = engine::apply_all(&states, &fleet.outcomes, parallel, &*progress).await;
-    let after = engine::converged(
+    let (after, checks) = engine::settle(
         &inv,
         &mut states,
         &fleet.outcomes,
         &templates,
         parallel,
         &*progress,
+        change.verify,
     )
     .await;
-    progress.finish();
-    let checks = if change.verify {
-        engine::verify_report(&inv, &states, &fleet.outcomes, OffsetDateTime::now_utc()).await
-    } else {
-        Vec::new()
-    };
     let mut failed = plan_errors;
     let mut out = anstream::stdout();
     for (host, status) in &results {

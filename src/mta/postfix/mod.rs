@@ -103,6 +103,17 @@ mxpin_facts
     )
 }
 
+/// The fingerprints of a TLS policy value (`fingerprint match=A|B ...`),
+/// uppercase as Postfix prints them.
+pub fn policy_pins(policy: &str) -> Vec<String> {
+    policy
+        .split_whitespace()
+        .filter_map(|a| a.strip_prefix("match="))
+        .flat_map(|m| m.split('|'))
+        .map(str::to_ascii_uppercase)
+        .collect()
+}
+
 /// Shell that checks, on a backup, the routes it pins: a live handshake with
 /// `posttls-finger` using exactly the pins of its tls_policy lookup, and
 /// the transport and policy lookups themselves. `lookup` is the host's
@@ -122,13 +133,7 @@ pub fn verify_snippet(steps: &ApplySteps, digest: &str, lookup: &str) -> String 
         if l.table != "tls_policy" {
             continue;
         }
-        let pins: Vec<String> = l
-            .expected
-            .split_whitespace()
-            .filter_map(|a| a.strip_prefix("match="))
-            .flat_map(|m| m.split('|'))
-            .map(quote)
-            .collect();
+        let pins: Vec<String> = policy_pins(&l.expected).iter().map(|p| quote(p)).collect();
         let _ = writeln!(
             s,
             "if [ $ptf = yes ]; then put {} \"$(posttls-finger -c -l fingerprint -d {} -h {} {} {} 2>&1)\"; \
@@ -266,14 +271,7 @@ impl PostfixFacts {
             return vec![];
         }
         table_value(table.content.raw(), next_hop)
-            .map(|policy| {
-                policy
-                    .split_whitespace()
-                    .filter_map(|a| a.strip_prefix("match="))
-                    .flat_map(|m| m.split('|'))
-                    .map(str::to_ascii_uppercase)
-                    .collect()
-            })
+            .map(policy_pins)
             .unwrap_or_default()
     }
 
