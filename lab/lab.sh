@@ -399,6 +399,9 @@ start_host() {
         mount --bind "$1/etc/postfix" /etc/postfix
         mount --bind "$2/hosts" /etc/hosts
         mount --bind "$2/sudoers" /etc/sudoers
+        if [ -d "$1/root" ]; then
+            mount --bind "$1/root" /root
+        fi
         hostname "$3"
         /usr/sbin/sshd -f "$1/sshd_config" -E "$1/sshd.log"
         if ! postfix start; then
@@ -522,8 +525,29 @@ self_checks() {
 setup_host() {
     local dir=$1 host=$2
     mkdir -p "$dir/$host"
+    if ((FLEET)); then
+        setup_root_home "$dir" "$host"
+    fi
     setup_sshd "$dir" "$host"
     setup_postfix "$dir" "$host"
+}
+
+# Fleet hosts get their own /root (bind-mounted in start_host) with Debian's
+# pristine dot files, as on a fresh machine: otherwise every SSH command pays
+# for whatever the controller's own ~/.bashrc does (bash sources it for
+# commands run by sshd), which would distort benchmarks.
+setup_root_home() {
+    local dir=$1 host=$2 f
+    local rh=$dir/$host/root
+    mkdir -p "$rh"
+    chmod 0700 "$rh"
+    for f in bashrc profile; do
+        if [[ -f /usr/share/base-files/dot.$f ]]; then
+            cp "/usr/share/base-files/dot.$f" "$rh/.$f"
+        elif [[ -f /etc/skel/.$f ]]; then
+            cp "/etc/skel/.$f" "$rh/.$f"
+        fi
+    done
 }
 
 cmd_up() {
