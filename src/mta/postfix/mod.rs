@@ -81,14 +81,19 @@ M="$C/{OWNED_DIR}"
 put uid "$(id -u)"
 if ! command -v postconf >/dev/null 2>&1; then put error "postconf not found: is Postfix installed?"; return 0; fi
 if [ ! -f "$C/main.cf" ]; then put error "$C/main.cf not found"; return 0; fi
-put mail_version "$(postconf -c "$C" -h mail_version 2>/dev/null)"
-put default_database_type "$(postconf -c "$C" -h default_database_type 2>/dev/null)"
-put effective "$(postconf -c "$C" -x {params} 2>/dev/null)"
-put warnings "$(postconf -c "$C" 2>&1 >/dev/null)"
-if postfix -c "$C" status >/dev/null 2>&1; then put running yes; else put running no; fi
+v=$(postconf -c "$C" -x mail_version default_database_type queue_directory {params} 2>/dev/null)
+put effective "$v"
+# Running: what `postfix status` checks, without its helper processes.
+NL='
+'
+q=${{v#*"${{NL}}queue_directory = "}}; q=${{q%%"$NL"*}}
+pid=''
+if [ -r "$q/pid/master.pid" ]; then read -r pid < "$q/pid/master.pid" || :; fi
+if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then put running yes; else put running no; fi
 putfile main.cf "$C/main.cf"
+if [ -d "$M" ]; then put ls "$(ls -ln "$M")"; fi
 for f in {files}; do
-  if [ -f "$M/$f" ]; then putfile "file:$f" "$M/$f"; put "ls:$f" "$(ls -ln "$M/$f")"; fi
+  if [ -f "$M/$f" ]; then putfile "file:$f" "$M/$f"; fi
   for s in db lmdb cdb; do
     if [ -f "$M/$f.$s" ] && ! [ "$M/$f" -nt "$M/$f.$s" ]; then put "fresh:$f" "$s"; fi
   done
@@ -214,15 +219,32 @@ impl PostfixFacts {
                 .map(str::to_string)
                 .ok_or_else(|| format!("facts lack {name}"))
         };
-        let version_text = need("mail_version")?;
-        let version = parse_version(&version_text)
-            .ok_or_else(|| format!("cannot read Postfix version {version_text:?}"))?;
+        // One `postconf -x` gives the version, the database type and the
+        // effective values of every parameter mxpin edits.
         let mut effective = BTreeMap::new();
         for line in need("effective")?.lines() {
             if let Some((k, v)) = line.split_once('=') {
                 effective.insert(k.trim().to_string(), v.trim().to_string());
             }
         }
+        let param = |name: &str| {
+            effective
+                .get(name)
+                .cloned()
+                .ok_or_else(|| format!("facts lack {name}"))
+        };
+        let version_text = param("mail_version")?;
+        let version = parse_version(&version_text)
+            .ok_or_else(|| format!("cannot read Postfix version {version_text:?}"))?;
+        // `ls -ln` of the owned directory: mode and owner by file name.
+        let listing = s.get("ls").unwrap_or_default();
+        let ls_of = |name: &str| {
+            listing
+                .lines()
+                .find(|l| l.split_whitespace().last() == Some(name))
+                .unwrap_or_default()
+                .to_string()
+        };
         let mut files = BTreeMap::new();
         for name in owned_files() {
             if let Some(text) = s.get(&format!("file:{name}")) {
@@ -231,7 +253,7 @@ impl PostfixFacts {
                 } else {
                     Content::Text(text.to_string())
                 };
-                let ls = s.get(&format!("ls:{name}")).unwrap_or_default().to_string();
+                let ls = ls_of(name);
                 files.insert(name.to_string(), FoundFile { content, ls });
             }
         }
@@ -249,7 +271,7 @@ impl PostfixFacts {
             checks,
             version,
             version_text,
-            db_type: need("default_database_type")?,
+            db_type: param("default_database_type")?,
             running: need("running")? == "yes",
             main_cf: need("main.cf")?,
             effective,
