@@ -334,8 +334,27 @@ async fn apply_one(conn: &SshHost, plan: &HostPlan) -> ApplyStatus {
     }
 }
 
-/// Applies non-empty plans in waves (see [`waves`]), hosts of one wave in
-/// parallel. A host waiting on a failed host is skipped.
+/// For each plan, the plans it must wait for: the hosts whose new key it
+/// will pin, when they go first by [`waves`]. Edges only point to earlier
+/// waves, so there is no cycle.
+fn dependencies(plans: &[&HostPlan]) -> Vec<Vec<usize>> {
+    let wave = waves(plans);
+    plans
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            p.pins_for
+                .iter()
+                .filter_map(|h| plans.iter().position(|q| &q.host == h))
+                .filter(|&j| plans[j].switches_key && wave[j] < wave[i])
+                .collect()
+        })
+        .collect()
+}
+
+/// Applies non-empty plans, `parallel` at a time. A host starts as soon as
+/// the hosts it depends on (see [`dependencies`]) are done, never waiting
+/// for unrelated slow hosts; a host whose dependency failed is skipped.
 pub async fn apply_all(
     states: &[HostState],
     outcomes: &[HostOutcome],
@@ -349,56 +368,57 @@ pub async fn apply_all(
             _ => None,
         })
         .collect();
-    let wave = waves(&plans);
-    let mut status: Vec<Option<ApplyStatus>> = vec![None; plans.len()];
-    let last = wave.iter().copied().max().unwrap_or(0);
-    for w in 0..=last {
-        let mut runnable = Vec::new();
-        for (i, p) in plans.iter().enumerate().filter(|(i, _)| wave[*i] == w) {
-            let failed_dep = p.pins_for.iter().find(|h| {
-                plans.iter().zip(&status).any(|(q, s)| {
-                    &q.host == *h
-                        && q.switches_key
-                        && !matches!(s, Some(ApplyStatus::Applied { .. }))
-                })
-            });
-            if let Some(h) = failed_dep {
-                monitor.event(&p.host, Phase::Skipped);
-                status[i] = Some(ApplyStatus::Skipped(format!(
-                    "not applied: it would pin the new key of {h}, which was not applied"
-                )));
-            } else {
-                runnable.push(i);
-            }
-        }
-        let done: Vec<(usize, ApplyStatus)> = stream::iter(runnable)
-            .map(|i| {
-                let plan = plans[i];
-                let conn = states
-                    .iter()
-                    .find(|s| s.host.name == plan.host)
-                    .and_then(|s| s.conn.as_ref());
-                async move {
-                    monitor.event(&plan.host, Phase::Applying);
-                    let status = match conn {
-                        Some(c) => apply_one(c, plan).await,
-                        None => ApplyStatus::Failed("no connection".into()),
-                    };
-                    let phase = match &status {
-                        ApplyStatus::Failed(_) => Phase::Failed("apply".into()),
-                        _ => Phase::Applied,
-                    };
-                    monitor.event(&plan.host, phase);
-                    (i, status)
+    let deps = dependencies(&plans);
+    // Some(true) once a plan is applied, Some(false) once it failed or was
+    // skipped.
+    let done: Vec<tokio::sync::watch::Sender<Option<bool>>> = plans
+        .iter()
+        .map(|_| tokio::sync::watch::channel(None).0)
+        .collect();
+    let permits = tokio::sync::Semaphore::new(parallel.max(1));
+    let tasks = plans.iter().enumerate().map(|(i, plan)| {
+        let (deps, done, permits, plans) = (&deps[i], &done, &permits, &plans);
+        let conn = states
+            .iter()
+            .find(|s| s.host.name == plan.host)
+            .and_then(|s| s.conn.as_ref());
+        async move {
+            for &j in deps {
+                let mut rx = done[j].subscribe();
+                let applied = rx
+                    .wait_for(Option::is_some)
+                    .await
+                    .map(|v| *v == Some(true))
+                    .unwrap_or(false);
+                if !applied {
+                    monitor.event(&plan.host, Phase::Skipped);
+                    done[i].send_replace(Some(false));
+                    return ApplyStatus::Skipped(format!(
+                        "not applied: it would pin the new key of {}, which was not applied",
+                        plans[j].host
+                    ));
                 }
-            })
-            .buffer_unordered(parallel.max(1))
-            .collect()
-            .await;
-        for (i, s) in done {
-            status[i] = Some(s);
+            }
+            let _permit = permits.acquire().await.expect("never closed");
+            monitor.event(&plan.host, Phase::Applying);
+            let status = match conn {
+                Some(c) => apply_one(c, plan).await,
+                None => ApplyStatus::Failed("no connection".into()),
+            };
+            let ok = matches!(status, ApplyStatus::Applied { .. });
+            monitor.event(
+                &plan.host,
+                if ok {
+                    Phase::Applied
+                } else {
+                    Phase::Failed("apply".into())
+                },
+            );
+            done[i].send_replace(Some(ok));
+            status
         }
-    }
+    });
+    let status: Vec<ApplyStatus> = futures::future::join_all(tasks).await;
     let mut result: Vec<(HostName, ApplyStatus)> = Vec::new();
     for o in outcomes {
         let (name, s) = match o {
@@ -408,7 +428,7 @@ pub async fn apply_all(
             HostOutcome::Planned(p) if p.is_empty() => (p.host.clone(), ApplyStatus::Unchanged),
             HostOutcome::Planned(p) => {
                 let i = plans.iter().position(|q| q.host == p.host).expect("listed");
-                (p.host.clone(), status[i].clone().expect("every wave ran"))
+                (p.host.clone(), status[i].clone())
             }
         };
         result.push((name, s));
@@ -715,6 +735,21 @@ mod tests {
         let home = plan("home", false, &[]);
         let relay = plan("relay", true, &["home"]);
         assert_eq!(waves(&[&home, &relay]), [0, 0]);
+    }
+
+    #[test]
+    fn dependencies_point_only_to_earlier_hosts() {
+        let home = plan("home", true, &[]);
+        let relay = plan("relay", true, &["home"]);
+        let other = plan("other", false, &[]);
+        assert_eq!(
+            dependencies(&[&relay, &home, &other]),
+            [vec![1], vec![], vec![]]
+        );
+        let a = plan("a", true, &["b"]);
+        let b = plan("b", true, &["a"]);
+        let d = dependencies(&[&a, &b]);
+        assert!(d[0].is_empty() || d[1].is_empty(), "no cycle: {d:?}");
     }
 
     #[test]
