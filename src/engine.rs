@@ -436,13 +436,11 @@ pub async fn apply_all(
     result
 }
 
-/// After apply: read every host again and plan (rotating nothing); hosts
-/// that still have changes did not converge.
 /// After apply (or for `verify`): read every host again, running on each
 /// backup the verification checks of the routes `intended` planned, and
 /// plan again (rotating nothing); hosts that still have changes did not
 /// converge.
-pub async fn converged(
+async fn converged(
     inv: &Inventory,
     states: &mut [HostState],
     intended: &[HostOutcome],
