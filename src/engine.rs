@@ -10,7 +10,7 @@ use std::collections::BTreeSet;
 use crate::desired::{self, HostKeys};
 use crate::facts;
 use crate::inventory::{Host, HostName, Inventory};
-use crate::mta::postfix::{self, script, PostfixFacts};
+use crate::mta::{self, Facts};
 use crate::plan::{HostOutcome, HostPlan};
 use crate::progress::{Monitor, Phase};
 use crate::ssh::{SshHost, Transport as _};
@@ -21,7 +21,7 @@ use crate::tls::Fingerprint;
 pub struct HostState {
     pub host: Host,
     pub conn: Option<SshHost>,
-    pub facts: Result<PostfixFacts, String>,
+    pub facts: Result<Facts, String>,
 }
 
 async fn read_facts(
@@ -29,10 +29,10 @@ async fn read_facts(
     host: &Host,
     monitor: &dyn Monitor,
     extra: &str,
-) -> Result<PostfixFacts, String> {
+) -> Result<Facts, String> {
     monitor.event(&host.name, Phase::Reading);
     let out = conn
-        .run_script(&postfix::facts_script_with(host, extra))
+        .run_script(&mta::facts_script(host, extra))
         .await
         .map_err(|e| format!("reading facts: {e}"))?;
     let sections = facts::parse(&out.stdout).map_err(|e| {
@@ -43,7 +43,7 @@ async fn read_facts(
         };
         format!("reading facts: {e}{hint}")
     })?;
-    PostfixFacts::from_sections(&sections)
+    mta::parse_facts(host, &sections)
 }
 
 /// Connects to every host and reads its facts, `parallel` at a time. A
@@ -77,7 +77,6 @@ pub async fn gather(inv: &Inventory, parallel: usize, monitor: &dyn Monitor) -> 
     states.into_iter().map(|(_, s)| s).collect()
 }
 
-/// Re-reads facts over the open connections.
 /// Re-reads facts over the open connections; `extras[i]` is shell run with
 /// host i's facts (verification checks), in the same remote command.
 async fn refresh(
@@ -86,7 +85,7 @@ async fn refresh(
     parallel: usize,
     monitor: &dyn Monitor,
 ) {
-    let fresh: Vec<(usize, Result<PostfixFacts, String>)> = stream::iter(states.iter().enumerate())
+    let fresh: Vec<(usize, Result<Facts, String>)> = stream::iter(states.iter().enumerate())
         .filter_map(|(i, s)| async move { s.conn.as_ref().map(|c| (i, c, &s.host)) })
         .map(|(i, conn, host)| async move {
             let extra = extras.get(i).map_or("", String::as_str);
@@ -234,7 +233,7 @@ pub fn plan_all(
         .map(|(d, s)| {
             let planned = d.and_then(|d| {
                 let f = s.facts.as_ref().map_err(Clone::clone)?;
-                postfix::plan_host(&d, f, inv, templates)
+                mta::plan_host(&d, f, inv, templates)
             });
             match planned {
                 Ok(p) => HostOutcome::Planned(Box::new(p)),
@@ -292,7 +291,7 @@ pub fn waves(plans: &[&HostPlan]) -> Vec<usize> {
     for _ in 0..plans.len() {
         let mut moved = false;
         for (i, p) in plans.iter().enumerate() {
-            for dep in p.pins_for.iter().filter_map(&index) {
+            for dep in p.pins_for().filter_map(&index) {
                 if plans[dep].switches_key && wave[i] <= wave[dep] && wave[dep] < plans.len() {
                     wave[i] = wave[dep] + 1;
                     moved = true;
@@ -307,14 +306,14 @@ pub fn waves(plans: &[&HostPlan]) -> Vec<usize> {
 }
 
 async fn apply_one(conn: &SshHost, plan: &HostPlan) -> ApplyStatus {
-    let script = script::apply_script(plan);
+    let script = mta::apply_script(plan);
     match conn.run_script(script.text()).await {
         Err(e) => ApplyStatus::Failed(format!("{e}; state unknown, run plan to see it")),
-        Ok(out) => match script::parse_result(&String::from_utf8_lossy(&out.stdout)) {
-            Some(script::ApplyResult::Applied) => ApplyStatus::Applied {
+        Ok(out) => match mta::parse_result(&String::from_utf8_lossy(&out.stdout)) {
+            Some(mta::ApplyResult::Applied) => ApplyStatus::Applied {
                 changes: plan.changes.len(),
             },
-            Some(script::ApplyResult::Failed {
+            Some(mta::ApplyResult::Failed {
                 step,
                 message,
                 rolled_back,
@@ -343,8 +342,7 @@ fn dependencies(plans: &[&HostPlan]) -> Vec<Vec<usize>> {
         .iter()
         .enumerate()
         .map(|(i, p)| {
-            p.pins_for
-                .iter()
+            p.pins_for()
                 .filter_map(|h| plans.iter().position(|q| &q.host == h))
                 .filter(|&j| plans[j].switches_key && wave[j] < wave[i])
                 .collect()
@@ -452,13 +450,7 @@ async fn converged(
         .iter()
         .zip(intended)
         .map(|(s, o)| match (o, &s.facts) {
-            (HostOutcome::Planned(p), Ok(f)) if !p.steps.lookups.is_empty() => {
-                let lookup = f
-                    .effective
-                    .get("smtp_host_lookup")
-                    .map_or("dns", String::as_str);
-                postfix::verify_snippet(&p.steps, inv.settings.digest.as_str(), lookup)
-            }
+            (HostOutcome::Planned(p), Ok(f)) => mta::verify_snippet(p, f, inv),
             _ => String::new(),
         })
         .collect();
@@ -607,87 +599,41 @@ pub async fn verify_report(
         let HostOutcome::Planned(plan) = outcome else {
             continue;
         };
-        for l in &plan.steps.lookups {
-            let route = Some(l.key.clone());
-            let got = f
-                .checks
-                .get(&format!("q:{}:{}", l.table, l.key))
-                .map(|v| v.trim().to_string());
-            let ok = got.as_deref() == Some(l.expected.as_str());
+        for c in mta::route_checks(plan, f) {
             checks.push(Check {
                 host: host.clone(),
-                route: route.clone(),
-                ok,
+                route: Some(c.route),
+                ok: c.ok,
                 warning: false,
-                what: if ok {
-                    format!("{} lookup of {} is {}", l.table, l.key, l.expected)
-                } else {
-                    format!(
-                        "{} lookup of {}: found {:?}, expected {:?}",
-                        l.table,
-                        l.key,
-                        got.unwrap_or_default(),
-                        l.expected
-                    )
-                },
+                what: c.what,
             });
-            if l.table != "tls_policy" {
-                continue;
-            }
-            let ptf = f
-                .checks
-                .get(&format!("ptf:{}", l.key))
-                .cloned()
-                .unwrap_or_default();
-            let verified = ptf
-                .lines()
-                .find(|x| x.contains("TLS connection established"));
-            let ok = verified.is_some_and(|x| x.contains("Verified TLS connection established"));
+        }
+        // What the controller sees served, against what this host pins.
+        for p in &plan.pinned {
+            let primary = &p.primary;
+            let (ok, what) = match served.get(primary) {
+                Some(Ok(fp)) if p.pins.first() == Some(&fp.to_string()) => (
+                    true,
+                    format!("{primary} serves its current key {fp} (seen from the controller)"),
+                ),
+                Some(Ok(fp)) if p.pins.contains(&fp.to_string()) => (
+                    true,
+                    format!("{primary} serves its staged next key {fp} (seen from the controller)"),
+                ),
+                Some(Ok(fp)) => (
+                    false,
+                    format!("{primary} serves {fp}, which {host} does not pin (seen from the controller)"),
+                ),
+                Some(Err(e)) => (false, format!("controller cannot probe {primary}: {e}")),
+                None => (false, format!("{primary} was not probed")),
+            };
             checks.push(Check {
                 host: host.clone(),
-                route: route.clone(),
+                route: Some(p.next_hop.clone()),
                 ok,
                 warning: false,
-                what: match verified {
-                    Some(_) if ok => format!(
-                        "posttls-finger on {host}: Verified TLS connection to {}",
-                        l.key
-                    ),
-                    Some(line) => format!("posttls-finger on {host}: {}", line.trim()),
-                    None => format!(
-                        "posttls-finger on {host}: no TLS connection to {}: {}",
-                        l.key,
-                        ptf.lines().last().unwrap_or("no output").trim()
-                    ),
-                },
+                what,
             });
-            // What the controller sees served, against what this peer pins.
-            let primary = inv
-                .domains
-                .iter()
-                .find(|d| d.backups.contains(host) && inv.host(&d.primary).next_hop() == l.key)
-                .map(|d| d.primary.clone());
-            if let Some(primary) = primary {
-                let pins = postfix::policy_pins(&l.expected);
-                let (ok, what) = match served.get(&primary) {
-                    Some(Ok(fp)) if pins.first() == Some(&fp.to_string()) => {
-                        (true, format!("{primary} serves its current key {fp} (seen from the controller)"))
-                    }
-                    Some(Ok(fp)) if pins.contains(&fp.to_string()) => {
-                        (true, format!("{primary} serves its staged next key {fp} (seen from the controller)"))
-                    }
-                    Some(Ok(fp)) => (false, format!("{primary} serves {fp}, which {host} does not pin (seen from the controller)")),
-                    Some(Err(e)) => (false, format!("controller cannot probe {primary}: {e}")),
-                    None => (false, format!("{primary} was not probed")),
-                };
-                checks.push(Check {
-                    host: host.clone(),
-                    route,
-                    ok,
-                    warning: false,
-                    what,
-                });
-            }
         }
     }
     checks
@@ -713,9 +659,13 @@ mod tests {
             commands: vec![],
             notes: vec![],
             switches_key: switches,
-            pins_for: pins_for
+            pinned: pins_for
                 .iter()
-                .map(|h| HostName::parse(h).unwrap())
+                .map(|h| crate::plan::PinnedRoute {
+                    primary: HostName::parse(h).unwrap(),
+                    next_hop: format!("[{h}]:25"),
+                    pins: vec![],
+                })
                 .collect(),
             steps: Default::default(),
         }

@@ -94,16 +94,47 @@ pub struct HostPlan {
     pub notes: Vec<String>,
     /// The key this host serves changes in this plan.
     pub switches_key: bool,
-    /// Hosts whose pins this plan writes.
-    pub pins_for: Vec<HostName>,
+    /// The routes this plan pins, with the pins it writes.
+    pub pinned: Vec<PinnedRoute>,
     /// What the MTA module needs to apply the plan.
-    pub steps: crate::mta::postfix::ApplySteps,
+    pub steps: crate::mta::Steps,
+}
+
+/// A route as a plan pins it: the managed host at the other end, the
+/// next-hop, and the fingerprints accepted there (current first).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PinnedRoute {
+    pub primary: HostName,
+    pub next_hop: String,
+    pub pins: Vec<String>,
+}
+
+impl PinnedRoute {
+    /// One entry per next-hop (several domains may share a primary).
+    pub fn of(routes: &[crate::desired::Route]) -> Vec<PinnedRoute> {
+        let mut out: Vec<PinnedRoute> = Vec::new();
+        for r in routes {
+            if !out.iter().any(|p| p.next_hop == r.next_hop) {
+                out.push(PinnedRoute {
+                    primary: r.primary.clone(),
+                    next_hop: r.next_hop.clone(),
+                    pins: r.pins.iter().map(|p| p.to_string()).collect(),
+                });
+            }
+        }
+        out
+    }
 }
 
 impl HostPlan {
-    /// Nothing to write and no table database to rebuild.
+    /// Nothing to write and no other work (a stale table database).
     pub fn is_empty(&self) -> bool {
-        self.changes.is_empty() && self.steps.postmap.is_empty()
+        self.changes.is_empty() && !self.steps.has_work()
+    }
+
+    /// Hosts whose pins this plan writes.
+    pub fn pins_for(&self) -> impl Iterator<Item = &HostName> {
+        self.pinned.iter().map(|p| &p.primary)
     }
 }
 
@@ -289,7 +320,7 @@ mod tests {
             commands: vec![],
             notes: vec![],
             switches_key: true,
-            pins_for: vec![],
+            pinned: vec![],
             steps: Default::default(),
         };
         let text = render_host(&plan);

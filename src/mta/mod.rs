@@ -1,3 +1,188 @@
-//! MTA-specific code. Everything that knows Postfix lives in [`postfix`].
+//! MTA-specific code lives in one module per MTA ([`postfix`]); this module
+//! is the dispatch the engine uses, so the engine never names an MTA.
+//!
+//! Every MTA module provides the same pieces: a read-only facts script and
+//! its parser, a pure planner from desired state and facts, an apply script
+//! that ends with the verdict protocol read by [`parse_result`], and the
+//! verification checks run with the facts after apply.
 
 pub mod postfix;
+
+use std::fmt;
+
+use zeroize::Zeroizing;
+
+use crate::desired::{HostDesired, StoredKeys};
+use crate::facts::Sections;
+use crate::inventory::{Host, Inventory};
+use crate::plan::HostPlan;
+use crate::templates::Templates;
+
+/// What was read from one host.
+#[derive(Debug, Clone)]
+pub enum Facts {
+    Postfix(postfix::PostfixFacts),
+}
+
+impl Facts {
+    /// The keys mxpin finds in its slots on the host.
+    pub fn stored_keys(&self) -> StoredKeys {
+        match self {
+            Facts::Postfix(f) => f.stored_keys(),
+        }
+    }
+
+    /// The fingerprints the host pins for `next_hop`, as its MTA would see
+    /// them now (a stale or missing table pins nothing).
+    pub fn pins_for(&self, next_hop: &str) -> Vec<String> {
+        match self {
+            Facts::Postfix(f) => f.pins_for(next_hop),
+        }
+    }
+}
+
+/// What the apply script of a plan needs beyond its file changes.
+#[derive(Debug, Clone)]
+pub enum Steps {
+    Postfix(postfix::ApplySteps),
+}
+
+impl Default for Steps {
+    fn default() -> Self {
+        Steps::Postfix(Default::default())
+    }
+}
+
+impl Steps {
+    /// Work apply must do even when no file changes (a stale database).
+    pub fn has_work(&self) -> bool {
+        match self {
+            Steps::Postfix(s) => !s.postmap.is_empty(),
+        }
+    }
+
+    #[cfg(test)]
+    pub fn postfix(&self) -> &postfix::ApplySteps {
+        match self {
+            Steps::Postfix(s) => s,
+        }
+    }
+}
+
+/// The one read-only remote command that reads a host's facts, with
+/// `extra` shell (verification checks) run before the closing frame.
+pub fn facts_script(host: &Host, extra: &str) -> String {
+    postfix::facts_script_with(host, extra)
+}
+
+/// Parses the output of [`facts_script`].
+pub fn parse_facts(_host: &Host, sections: &Sections) -> Result<Facts, String> {
+    postfix::PostfixFacts::from_sections(sections).map(Facts::Postfix)
+}
+
+/// Plans one host: pure, from its desired state and facts.
+pub fn plan_host(
+    d: &HostDesired,
+    facts: &Facts,
+    inv: &Inventory,
+    t: &Templates,
+) -> Result<HostPlan, String> {
+    match facts {
+        Facts::Postfix(f) => postfix::plan_host(d, f, inv, t),
+    }
+}
+
+/// The apply script of a plan.
+pub fn apply_script(plan: &HostPlan) -> ApplyScript {
+    match &plan.steps {
+        Steps::Postfix(_) => postfix::script::apply_script(plan),
+    }
+}
+
+/// Shell run with the facts after apply (or by `verify`) that checks on the
+/// host the routes `plan` pins; its results come back in the facts.
+pub fn verify_snippet(plan: &HostPlan, facts: &Facts, inv: &Inventory) -> String {
+    match (&plan.steps, facts) {
+        (Steps::Postfix(steps), Facts::Postfix(f)) => {
+            let lookup = f
+                .effective
+                .get("smtp_host_lookup")
+                .map_or("dns", String::as_str);
+            postfix::verify_snippet(steps, inv.settings.digest.as_str(), lookup)
+        }
+    }
+}
+
+/// A check of one route made on the host itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteCheck {
+    /// The next-hop (or domain) the check is about.
+    pub route: String,
+    pub ok: bool,
+    pub what: String,
+}
+
+/// The results of [`verify_snippet`]'s checks, read from facts.
+pub fn route_checks(plan: &HostPlan, facts: &Facts) -> Vec<RouteCheck> {
+    match (&plan.steps, facts) {
+        (Steps::Postfix(steps), Facts::Postfix(f)) => postfix::route_checks(&plan.host, steps, f),
+    }
+}
+
+/// Script text. It holds private keys, so it is never printed or logged.
+pub struct ApplyScript(Zeroizing<String>);
+
+impl ApplyScript {
+    pub fn new(text: Zeroizing<String>) -> Self {
+        ApplyScript(text)
+    }
+
+    pub fn text(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for ApplyScript {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ApplyScript(hidden)")
+    }
+}
+
+/// How a run of the apply script ended, read from its output.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ApplyResult {
+    Applied,
+    Failed {
+        step: String,
+        message: String,
+        rolled_back: bool,
+    },
+}
+
+/// Reads the script's verdict from its output.
+pub fn parse_result(stdout: &str) -> Option<ApplyResult> {
+    let mut result = None;
+    let mut rolled_back = false;
+    for line in stdout.lines() {
+        if line == "@@mxpin-ok" {
+            result = Some(ApplyResult::Applied);
+        } else if line == "@@mxpin-rolled-back" {
+            rolled_back = true;
+        } else if let Some(rest) = line.strip_prefix("@@mxpin-failed ") {
+            let (step, message) = rest.split_once(": ").unwrap_or((rest, ""));
+            result = Some(ApplyResult::Failed {
+                step: step.to_string(),
+                message: message.trim().to_string(),
+                rolled_back: false,
+            });
+        }
+    }
+    match result {
+        Some(ApplyResult::Failed { step, message, .. }) => Some(ApplyResult::Failed {
+            step,
+            message,
+            rolled_back,
+        }),
+        other => other,
+    }
+}

@@ -13,8 +13,9 @@ use std::fmt::Write as _;
 
 use crate::desired::{HostDesired, Origin, StoredKeys, StoredPair};
 use crate::facts::{Sections, SHELL_HELPERS};
-use crate::inventory::{Host, Inventory};
-use crate::plan::{Action, Content, FileChange, HostPlan};
+use crate::inventory::{Host, HostName, Inventory};
+use crate::mta::{RouteCheck, Steps};
+use crate::plan::{Action, Content, FileChange, HostPlan, PinnedRoute};
 use crate::shell::quote;
 use crate::templates::Templates;
 use crate::tls::SecretPem;
@@ -152,6 +153,64 @@ pub fn verify_snippet(steps: &ApplySteps, digest: &str, lookup: &str) -> String 
         );
     }
     s
+}
+
+/// Reads the results of [`verify_snippet`] from the facts: each lookup
+/// gives what it should, and each pinned next-hop answers `posttls-finger`
+/// with a verified connection.
+pub fn route_checks(host: &HostName, steps: &ApplySteps, f: &PostfixFacts) -> Vec<RouteCheck> {
+    let mut checks = Vec::new();
+    for l in &steps.lookups {
+        let got = f
+            .checks
+            .get(&format!("q:{}:{}", l.table, l.key))
+            .map(|v| v.trim().to_string());
+        let ok = got.as_deref() == Some(l.expected.as_str());
+        checks.push(RouteCheck {
+            route: l.key.clone(),
+            ok,
+            what: if ok {
+                format!("{} lookup of {} is {}", l.table, l.key, l.expected)
+            } else {
+                format!(
+                    "{} lookup of {}: found {:?}, expected {:?}",
+                    l.table,
+                    l.key,
+                    got.unwrap_or_default(),
+                    l.expected
+                )
+            },
+        });
+        if l.table != "tls_policy" {
+            continue;
+        }
+        let ptf = f
+            .checks
+            .get(&format!("ptf:{}", l.key))
+            .cloned()
+            .unwrap_or_default();
+        let verified = ptf
+            .lines()
+            .find(|x| x.contains("TLS connection established"));
+        let ok = verified.is_some_and(|x| x.contains("Verified TLS connection established"));
+        checks.push(RouteCheck {
+            route: l.key.clone(),
+            ok,
+            what: match verified {
+                Some(_) if ok => format!(
+                    "posttls-finger on {host}: Verified TLS connection to {}",
+                    l.key
+                ),
+                Some(line) => format!("posttls-finger on {host}: {}", line.trim()),
+                None => format!(
+                    "posttls-finger on {host}: no TLS connection to {}: {}",
+                    l.key,
+                    ptf.lines().last().unwrap_or("no output").trim()
+                ),
+            },
+        });
+    }
+    checks
 }
 
 /// An owned file as found on the host.
@@ -638,23 +697,21 @@ pub fn plan_host(
         .filter(|c| c.action != Action::Chmod)
         .any(|c| c.path.ends_with("/current.key") || c.path.ends_with("/current.crt"))
         || main_cf.get(chain_param) != MainCf::parse(&new_main).get(chain_param);
-    let mut pins_for: Vec<_> = d.routes.iter().map(|r| r.primary.clone()).collect();
-    pins_for.dedup();
     Ok(HostPlan {
         host: d.host.name.clone(),
         changes,
         commands,
         notes,
         switches_key,
-        pins_for,
-        steps: ApplySteps {
+        pinned: PinnedRoute::of(&d.routes),
+        steps: Steps::Postfix(ApplySteps {
             config_dir: dir.to_string(),
             db_type: f.db_type.clone(),
             main_cf_before: f.main_cf.clone(),
             postmap,
             lookups,
             running: f.running,
-        },
+        }),
     })
 }
 

@@ -6,39 +6,15 @@
 //! function definition called on the last line, so a connection lost while
 //! sending it leaves an incomplete definition that never runs.
 
-use std::fmt::{self, Write as _};
+use std::fmt::Write as _;
 
 use zeroize::Zeroizing;
 
 use super::{db_suffix, ApplySteps};
+use crate::mta::Steps;
+pub use crate::mta::{parse_result, ApplyResult, ApplyScript};
 use crate::plan::{Action, HostPlan};
 use crate::shell::quote;
-
-/// Script text. It holds private keys, so it is never printed or logged.
-pub struct ApplyScript(Zeroizing<String>);
-
-impl ApplyScript {
-    pub fn text(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for ApplyScript {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("ApplyScript(hidden)")
-    }
-}
-
-/// How a run of the apply script ended, read from its output.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ApplyResult {
-    Applied,
-    Failed {
-        step: String,
-        message: String,
-        rolled_back: bool,
-    },
-}
 
 const PRELUDE: &str = r#"LC_ALL=C; export LC_ALL
 PATH=/usr/sbin:/usr/bin:/sbin:/bin:/usr/local/sbin:/usr/local/bin:$PATH; export PATH
@@ -86,7 +62,8 @@ fn staged(path: &str) -> String {
 /// Builds the script for a plan. Paths come from validated inventory values
 /// and fixed names, but are still quoted everywhere.
 pub fn apply_script(plan: &HostPlan) -> ApplyScript {
-    let steps: &ApplySteps = &plan.steps;
+    let Steps::Postfix(steps): &Steps = &plan.steps;
+    let steps: &ApplySteps = steps;
     let suffix = db_suffix(&steps.db_type).expect("plan checked the database type");
     let mut s = String::with_capacity(16 * 1024);
     let _ = writeln!(s, "mxpin_apply() {{");
@@ -282,33 +259,5 @@ printf '@@mxpin-ok\n'
 mxpin_apply
 "#,
     );
-    ApplyScript(Zeroizing::new(s))
-}
-
-/// Reads the script's verdict from its output.
-pub fn parse_result(stdout: &str) -> Option<ApplyResult> {
-    let mut result = None;
-    let mut rolled_back = false;
-    for line in stdout.lines() {
-        if line == "@@mxpin-ok" {
-            result = Some(ApplyResult::Applied);
-        } else if line == "@@mxpin-rolled-back" {
-            rolled_back = true;
-        } else if let Some(rest) = line.strip_prefix("@@mxpin-failed ") {
-            let (step, message) = rest.split_once(": ").unwrap_or((rest, ""));
-            result = Some(ApplyResult::Failed {
-                step: step.to_string(),
-                message: message.trim().to_string(),
-                rolled_back: false,
-            });
-        }
-    }
-    match result {
-        Some(ApplyResult::Failed { step, message, .. }) => Some(ApplyResult::Failed {
-            step,
-            message,
-            rolled_back,
-        }),
-        other => other,
-    }
+    ApplyScript::new(Zeroizing::new(s))
 }

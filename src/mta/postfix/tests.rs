@@ -343,7 +343,7 @@ fn simulate_apply(f: &PostfixFacts, plan: &HostPlan) -> PostfixFacts {
             }
         }
     }
-    for p in &plan.steps.postmap {
+    for p in &plan.steps.postfix().postmap {
         let name = p.rsplit('/').next().unwrap().to_string();
         f.fresh.insert(name, vec![suffix.clone()]);
     }
@@ -357,7 +357,11 @@ fn assert_converged(plan: &HostPlan) {
         summary(plan),
         render_host(plan)
     );
-    assert!(plan.steps.postmap.is_empty(), "{:?}", plan.steps.postmap);
+    assert!(
+        plan.steps.postfix().postmap.is_empty(),
+        "{:?}",
+        plan.steps.postfix().postmap
+    );
     assert!(plan.commands.is_empty(), "{:?}", plan.commands);
     assert!(plan.notes.is_empty(), "{:?}", plan.notes);
     assert!(!plan.switches_key);
@@ -620,9 +624,9 @@ fn fresh_host_gets_keys_and_exactly_one_main_cf_line() {
     assert_eq!(new, format!("{old}{line}\n"));
 
     assert!(plan.switches_key);
-    assert!(plan.pins_for.is_empty());
-    assert!(plan.steps.postmap.is_empty() && plan.steps.lookups.is_empty());
-    assert_eq!(plan.steps.main_cf_before, f.main_cf);
+    assert!(plan.pinned.is_empty());
+    assert!(plan.steps.postfix().postmap.is_empty() && plan.steps.postfix().lookups.is_empty());
+    assert_eq!(plan.steps.postfix().main_cf_before, f.main_cf);
     assert_eq!(plan.commands, [format!("postfix -c {DIR} check")]);
     assert!(plan.notes.iter().any(|n| n.contains("not running")));
 
@@ -637,7 +641,7 @@ fn fresh_host_gets_keys_and_exactly_one_main_cf_line() {
             format!("postfix -c {DIR} reload")
         ]
     );
-    assert!(plan.steps.running);
+    assert!(plan.steps.postfix().running);
 }
 
 #[test]
@@ -708,7 +712,7 @@ fn backup_host_gets_tables_pins_and_list_parameters() {
         ])
     );
 
-    let mut lookups = plan.steps.lookups.clone();
+    let mut lookups = plan.steps.postfix().lookups.clone();
     lookups.sort_by(|a, b| (&a.table, &a.key).cmp(&(&b.table, &b.key)));
     let lookup = |table: &str, key: &str, expected: &str| Lookup {
         table: table.into(),
@@ -723,15 +727,15 @@ fn backup_host_gets_tables_pins_and_list_parameters() {
             lookup("transport", "example.net", &format!("smtp:{hop}")),
         ]
     );
-    let postmap: BTreeSet<String> = plan.steps.postmap.iter().cloned().collect();
+    let postmap: BTreeSet<String> = plan.steps.postfix().postmap.iter().cloned().collect();
     let tables: BTreeSet<String> = TABLE_NAMES.iter().map(|t| owned(DIR, t)).collect();
     assert_eq!(postmap, tables);
     for t in TABLE_NAMES {
         let cmd = format!("postmap -c {DIR} hash:{DIR}/mxpin/{t}");
         assert!(plan.commands.contains(&cmd), "{cmd} in {:?}", plan.commands);
     }
-    assert_eq!(plan.pins_for.len(), 1);
-    assert_eq!(plan.pins_for[0].as_str(), "home");
+    assert_eq!(plan.pinned.len(), 1);
+    assert_eq!(plan.pinned[0].primary.as_str(), "home");
     assert!(plan.switches_key);
 }
 
@@ -887,8 +891,8 @@ fn host_that_stops_being_a_backup_loses_tables_and_list_entries() {
             vec![]
         )
     );
-    assert!(plan.steps.postmap.is_empty() && plan.steps.lookups.is_empty());
-    assert!(!plan.switches_key && plan.pins_for.is_empty());
+    assert!(plan.steps.postfix().postmap.is_empty() && plan.steps.postfix().lookups.is_empty());
+    assert!(!plan.switches_key && plan.pinned.is_empty());
     assert_converged(&plan_for(
         &inv,
         "relay",
@@ -976,7 +980,7 @@ fn database_type_decides_prefixes_and_unsupported_types_are_refused() {
     assert!(plan
         .commands
         .contains(&format!("postmap -c {DIR} lmdb:{DIR}/mxpin/tls_policy")));
-    assert_eq!(plan.steps.db_type, "lmdb");
+    assert_eq!(plan.steps.postfix().db_type, "lmdb");
     let script = apply_script(&plan);
     assert!(script
         .text()
@@ -990,7 +994,7 @@ fn database_type_decides_prefixes_and_unsupported_types_are_refused() {
     let mut f = fixture_facts(RELAY_APPLIED);
     f.db_type = "lmdb".into();
     let plan = plan_for(&inv, "relay", &f, &home);
-    let postmap: BTreeSet<String> = plan.steps.postmap.iter().cloned().collect();
+    let postmap: BTreeSet<String> = plan.steps.postfix().postmap.iter().cloned().collect();
     let tables: BTreeSet<String> = TABLE_NAMES.iter().map(|t| owned(&dir, t)).collect();
     assert_eq!(postmap, tables);
     let (removed, added) = main_cf_diff(&plan);
@@ -1022,7 +1026,12 @@ fn switching_hash_to_btree_rebuilds_tables() {
     let plan = plan_for(&inv, "relay", &f, &home);
     let (_, added) = main_cf_diff(&plan);
     assert!(added.contains(&format!("transport_maps = btree:{dir}/mxpin/transport")));
-    assert_eq!(plan.steps.postmap.len(), 4, "{:?}", plan.steps.postmap);
+    assert_eq!(
+        plan.steps.postfix().postmap.len(),
+        4,
+        "{:?}",
+        plan.steps.postfix().postmap
+    );
 }
 
 #[test]
@@ -1053,7 +1062,7 @@ fn wrong_mode_or_owner_is_fixed_with_chmod() {
         assert_eq!(c.old.as_ref(), Some(&f.files[name].content));
         assert_eq!(c.new, c.old, "content stays");
         assert_eq!(plan.commands, [format!("postfix -c {dir} check")]);
-        assert!(plan.steps.postmap.is_empty());
+        assert!(plan.steps.postfix().postmap.is_empty());
     }
     // ls markers for ACLs and security contexts do not count as a wrong mode.
     let mut f = fixture_facts(RELAY_APPLIED);
@@ -1084,7 +1093,11 @@ fn stale_database_is_rebuilt_without_content_change() {
         f.fresh.insert("tls_policy".into(), found.clone());
         let plan = plan_for(&inv, "relay", &f, &home);
         assert!(plan.changes.is_empty(), "{:?}", summary(&plan));
-        assert_eq!(plan.steps.postmap, [owned(&dir, "tls_policy")], "{found:?}");
+        assert_eq!(
+            plan.steps.postfix().postmap,
+            [owned(&dir, "tls_policy")],
+            "{found:?}"
+        );
         assert_eq!(
             plan.commands,
             [
@@ -1114,7 +1127,7 @@ fn stale_database_alone_is_a_pending_change() {
         &f,
         &fixture_facts(HOME_APPLIED).stored_keys(),
     );
-    assert!(!plan.steps.postmap.is_empty());
+    assert!(!plan.steps.postfix().postmap.is_empty());
     assert!(!plan.is_empty(), "a pending postmap must count as a change");
 }
 
@@ -1189,7 +1202,7 @@ fn applied_fixtures_plan_to_nothing() {
         &plan,
         &[(owned(&dir, "tls_policy"), Action::Modify, 0o644, false)],
     );
-    assert_eq!(plan.steps.postmap, [owned(&dir, "tls_policy")]);
+    assert_eq!(plan.steps.postfix().postmap, [owned(&dir, "tls_policy")]);
     assert!(!plan.switches_key);
 }
 
@@ -1759,7 +1772,7 @@ fn live_stale_database_is_rebuilt_by_apply() {
     let plan = plan_for(&inv, "relay", &facts, &home);
     assert!(plan.changes.is_empty());
     assert_eq!(
-        plan.steps.postmap,
+        plan.steps.postfix().postmap,
         [format!("{}/mxpin/tls_policy", lab.conf)]
     );
     let (result, out) = run_apply(&plan);
@@ -1795,7 +1808,12 @@ fn live_switch_from_hash_to_btree_rebuilds_tables() {
     let facts = capture(&lab.conf);
     assert_eq!(facts.db_type, "btree");
     let plan = plan_for(&inv, "relay", &facts, &home);
-    assert_eq!(plan.steps.postmap.len(), 4, "{:?}", plan.steps.postmap);
+    assert_eq!(
+        plan.steps.postfix().postmap.len(),
+        4,
+        "{:?}",
+        plan.steps.postfix().postmap
+    );
     let (result, out) = run_apply(&plan);
     assert_eq!(result, ApplyResult::Applied, "{out}");
 
@@ -1898,8 +1916,8 @@ fn live_failed_lookup_rolls_back_every_byte() {
     require_root_and_postfix!();
     assert_failed_apply_restores_everything(
         |plan| {
-            let l = plan
-                .steps
+            let crate::mta::Steps::Postfix(steps) = &mut plan.steps;
+            let l = steps
                 .lookups
                 .iter_mut()
                 .find(|l| l.table == "tls_policy")
@@ -2000,9 +2018,9 @@ fn fleet(relay: Result<PostfixFacts, String>) -> (Inventory, Vec<engine::HostSta
             host: h.clone(),
             conn: None,
             facts: if h.name.as_str() == "home" {
-                Ok(fixture_facts(HOME_APPLIED))
+                Ok(crate::mta::Facts::Postfix(fixture_facts(HOME_APPLIED)))
             } else {
-                relay.clone()
+                relay.clone().map(crate::mta::Facts::Postfix)
             },
         })
         .collect();
