@@ -5,7 +5,9 @@
 
 pub mod desired;
 pub mod engine;
+pub mod external;
 pub mod facts;
+pub mod fetchmail;
 pub mod fingerprint;
 pub mod inventory;
 pub mod mta;

@@ -95,6 +95,27 @@ enum Command {
     /// DNS TLSA records (DANE-EE, 3 1 1) for every host's current and next
     /// key, as zone-file lines.
     Tlsa(Common),
+    /// Connect to an external server and write its fingerprint into the
+    /// inventory's `[external.NAME] pins`, trusting it on first use like
+    /// ssh. Refuses when it serves something else than what is pinned,
+    /// unless told to --add or --replace.
+    Pin {
+        /// Inventory file.
+        #[arg(short, long, default_value = "mxpin.toml")]
+        inventory: PathBuf,
+        /// The external's name.
+        name: String,
+        /// Keep the old pins and add the new one (the server is rolling
+        /// over to a new key).
+        #[arg(long, conflicts_with = "replace")]
+        add: bool,
+        /// Pin only what the server presents now.
+        #[arg(long)]
+        replace: bool,
+        /// Seconds to wait for each step of the connection.
+        #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=300))]
+        timeout: u64,
+    },
 }
 
 fn parse_digest(s: &str) -> Result<Digest, String> {
@@ -618,6 +639,84 @@ async fn run_fingerprint(
     Ok(0)
 }
 
+async fn run_pin(
+    file: &std::path::Path,
+    name: &str,
+    add: bool,
+    replace: bool,
+    timeout: u64,
+) -> Result<u8, String> {
+    let inv = inventory::load(file).map_err(|e| e.to_string())?;
+    let Some(e) = inv.externals.iter().find(|e| e.name.as_str() == name) else {
+        return Err(format!(
+            "{}: no [external.{name}] in this inventory",
+            file.display()
+        ));
+    };
+    let chain = mxpin::external::probe(e, std::time::Duration::from_secs(timeout))
+        .await
+        .map_err(|err| format!("external {name} ({}): {err}", e.address()))?;
+    let leaf = &chain[0];
+    let s = &inv.settings;
+    let served = leaf.fingerprint(s.digest, s.pin);
+    let d = leaf.details();
+    let mut out = anstream::stdout();
+    let _ = writeln!(
+        out,
+        "{name} ({}) presents {}, {}, issued by {}, names {}, valid until {}",
+        e.address(),
+        d.subject,
+        d.key,
+        d.issuer,
+        if d.dns_names.is_empty() {
+            "none".to_string()
+        } else {
+            d.dns_names.join(", ")
+        },
+        mxpin::tls::format_time(d.not_after)
+    );
+    let kind = match s.pin {
+        PinKind::PublicKey => "public-key",
+        PinKind::Certificate => "certificate",
+    };
+    let _ = writeln!(out, "{} {kind} fingerprint: {served}", s.digest);
+    let pins = if e.pins.contains(&served) && !replace {
+        let _ = writeln!(out, "already pinned");
+        return Ok(0);
+    } else if e.pins.is_empty() || replace {
+        vec![served]
+    } else if add {
+        let mut p = e.pins.clone();
+        p.push(served);
+        p
+    } else {
+        let old: Vec<&str> = e.pins.iter().map(|p| p.as_str()).collect();
+        return Err(format!(
+            "external {name} ({}) serves {served}, but {} is pinned; check with the server's admin, \
+             then run `mxpin pin {name} --replace` (or --add to keep the old pin)",
+            e.address(),
+            old.join(" and ")
+        ));
+    };
+    let text = std::fs::read_to_string(file)
+        .map_err(|err| format!("{}: cannot read: {err}", file.display()))?;
+    let new = inventory::edit::set_pins(&text, name, &pins)
+        .map_err(|err| format!("{}: {err}", file.display()))?;
+    // What was written must still be a valid inventory with these pins.
+    let check = inventory::parse(file, &new).map_err(|err| err.to_string())?;
+    debug_assert!(check.externals.iter().any(|x| x.name.as_str() == name));
+    inventory::edit::replace_file(file, &new)
+        .map_err(|err| format!("{}: cannot write: {err}", file.display()))?;
+    let _ = writeln!(
+        out,
+        "pinned in {}: [external.{name}] pins ({} fingerprint{})",
+        file.display(),
+        pins.len(),
+        if pins.len() == 1 { "" } else { "s" }
+    );
+    Ok(0)
+}
+
 async fn run_tlsa(common: &Common) -> Result<u8, String> {
     let (inv, _) = load(common)?;
     let progress = monitor(common, &inv);
@@ -701,6 +800,13 @@ fn main() -> ExitCode {
                 .await
             }
             Command::Verify(common) => run_verify(common).await,
+            Command::Pin {
+                inventory,
+                name,
+                add,
+                replace,
+                timeout,
+            } => run_pin(inventory, name, *add, *replace, *timeout).await,
             Command::Apply {
                 common,
                 yes,

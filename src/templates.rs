@@ -21,6 +21,10 @@ const BUILTIN: &[(&str, &str)] = &[
         "postfix/relay_recipients.tera",
         include_str!("../templates/postfix/relay_recipients.tera"),
     ),
+    (
+        "fetchmail/fetchmailrc.tera",
+        include_str!("../templates/fetchmail/fetchmailrc.tera"),
+    ),
 ];
 
 #[derive(Debug, thiserror::Error)]

@@ -167,6 +167,22 @@ impl Fingerprint {
         Fingerprint(hex.join(":"))
     }
 
+    /// Reads a fingerprint as people paste it: hex, any case, with or without
+    /// colons; it must have the length of `digest`.
+    pub fn parse(s: &str, digest: Digest) -> Result<Self, String> {
+        let hex: String = s.chars().filter(|c| *c != ':').collect();
+        let want = digest.hash(b"").len() * 2;
+        if hex.len() != want || !hex.chars().all(|c| c.is_ascii_hexdigit()) {
+            return Err(format!(
+                "invalid {digest} fingerprint {s:?}: expected {} hex bytes, colons optional",
+                want / 2
+            ));
+        }
+        let upper = hex.to_ascii_uppercase();
+        let bytes: Vec<&str> = (0..want).step_by(2).map(|i| &upper[i..i + 2]).collect();
+        Ok(Fingerprint(bytes.join(":")))
+    }
+
     pub fn as_str(&self) -> &str {
         &self.0
     }

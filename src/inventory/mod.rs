@@ -4,6 +4,7 @@
 //! and column. Past [`load`] nothing is a raw string: names, paths and
 //! addresses are the newtypes of [`names`].
 
+pub mod edit;
 pub mod names;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -13,7 +14,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use toml::Spanned;
 
-use crate::tls::{Digest, KeyAlgorithm, PinKind};
+use crate::tls::{Digest, Fingerprint, KeyAlgorithm, PinKind};
 pub use names::{DnsName, HostName, Recipient, RemotePath, SshDestination};
 
 /// A refusal of the inventory, rendered `file:line:column: message`.
@@ -55,6 +56,116 @@ pub struct Host {
     pub smtp_port: u16,
     pub config_dir: RemotePath,
     pub sudo: bool,
+    /// External smarthost for all this host's outgoing mail.
+    pub relayhost: Option<HostName>,
+    /// Mailboxes this host polls with fetchmail.
+    pub fetchmail: Vec<Poll>,
+}
+
+/// What an external server speaks: SMTP (a smarthost) or a mailbox
+/// protocol (polled by fetchmail).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    Smtp,
+    Imap,
+    Pop3,
+}
+
+impl Protocol {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Smtp => "smtp",
+            Protocol::Imap => "imap",
+            Protocol::Pop3 => "pop3",
+        }
+    }
+}
+
+/// How TLS starts with an external server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ExternalTls {
+    /// TLS from the first byte (465, 993, 995).
+    Implicit,
+    /// The protocol's STARTTLS (587 or 25, 143, 110).
+    Starttls,
+}
+
+/// A server mxpin does not manage but pins, like ssh's known hosts.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct External {
+    pub name: HostName,
+    pub host: DnsName,
+    pub port: u16,
+    pub tls: ExternalTls,
+    pub protocol: Protocol,
+    /// Fingerprints in the inventory's digest and pin kind; empty until
+    /// `mxpin pin NAME`.
+    pub pins: Vec<Fingerprint>,
+}
+
+impl External {
+    /// `host:port`, as the probe connects.
+    pub fn address(&self) -> String {
+        format!("{}:{}", self.host, self.port)
+    }
+
+    /// The Postfix next-hop, `[host]:port` (no MX lookup).
+    pub fn next_hop(&self) -> String {
+        format!("[{}]:{}", self.host, self.port)
+    }
+}
+
+/// One mailbox a host polls from an external server.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Poll {
+    pub server: HostName,
+    pub protocol: Protocol,
+    pub user: String,
+    pub local: String,
+}
+
+/// A TLS policy for mail to another domain.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub enum PolicyLevel {
+    /// A Postfix security level by name.
+    Level(String),
+    /// `fingerprint` with these pins.
+    Pins(Vec<Fingerprint>),
+}
+
+impl PolicyLevel {
+    /// Postfix levels by strength, weakest first (fingerprint, dane-only,
+    /// verify and secure all authenticate the server).
+    pub const LEVELS: [&'static str; 7] = [
+        "none",
+        "may",
+        "encrypt",
+        "dane",
+        "dane-only",
+        "verify",
+        "secure",
+    ];
+
+    pub fn strength(&self) -> usize {
+        match self {
+            PolicyLevel::Pins(_) => 4,
+            PolicyLevel::Level(l) => match l.as_str() {
+                "none" => 0,
+                "may" => 1,
+                "encrypt" => 2,
+                "dane" => 3,
+                _ => 4,
+            },
+        }
+    }
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Policy {
+    pub domain: DnsName,
+    pub level: PolicyLevel,
 }
 
 impl Host {
@@ -84,6 +195,10 @@ pub struct Inventory {
     pub hosts: Vec<Host>,
     /// Sorted by name.
     pub domains: Vec<Domain>,
+    /// Sorted by name.
+    pub externals: Vec<External>,
+    /// Sorted by domain.
+    pub policies: Vec<Policy>,
 }
 
 impl Inventory {
@@ -92,6 +207,13 @@ impl Inventory {
             .iter()
             .find(|h| &h.name == name)
             .expect("validated inventory names only existing hosts")
+    }
+
+    pub fn external(&self, name: &HostName) -> &External {
+        self.externals
+            .iter()
+            .find(|e| &e.name == name)
+            .expect("validated inventory names only existing externals")
     }
 
     /// Domains `host` is a backup for.
@@ -103,7 +225,8 @@ impl Inventory {
 
     /// Things that are allowed but that an admin should hear about.
     pub fn warnings(&self) -> Vec<String> {
-        self.domains
+        let mut w: Vec<String> = self
+            .domains
             .iter()
             .filter(|d| d.recipients.is_none())
             .map(|d| {
@@ -113,7 +236,20 @@ impl Inventory {
                     d.name
                 )
             })
-            .collect()
+            .collect();
+        for p in &self.policies {
+            if p.level.strength() < 2 {
+                w.push(format!(
+                    "policy for {}: {:?} lets mail to it go unencrypted (readable on the way)",
+                    p.domain,
+                    match &p.level {
+                        PolicyLevel::Level(l) => l.as_str(),
+                        PolicyLevel::Pins(_) => "fingerprint",
+                    }
+                ));
+            }
+        }
+        w
     }
 }
 
@@ -126,6 +262,60 @@ struct RawInventory {
     hosts: BTreeMap<Spanned<String>, RawHost>,
     #[serde(default)]
     domains: BTreeMap<Spanned<String>, RawDomain>,
+    #[serde(default)]
+    external: BTreeMap<Spanned<String>, RawExternal>,
+    #[serde(default)]
+    policies: BTreeMap<Spanned<String>, Spanned<RawPolicy>>,
+}
+
+/// An external during checking: where it was named, and whether its
+/// protocol was given or is still the default.
+struct CheckedExternal {
+    span: Spanned<String>,
+    protocol_set: bool,
+    checked: External,
+}
+
+/// A user name or local recipient for a fetchmailrc: printable, no space,
+/// quote or backslash, so it reads the same wherever it is written.
+fn fetchmail_word(what: &str, v: &str) -> Result<String, String> {
+    let ok = !v.is_empty()
+        && v.len() <= 255
+        && v.chars()
+            .all(|c| c.is_ascii_graphic() && !"\"'\\`$".contains(c));
+    if ok {
+        Ok(v.to_string())
+    } else {
+        Err(format!(
+            "invalid fetchmail {what} {v:?}: printable ASCII without spaces, quotes, backslash, ` or $"
+        ))
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawExternal {
+    address: Spanned<String>,
+    tls: Spanned<String>,
+    protocol: Option<Spanned<String>>,
+    #[serde(default)]
+    pins: Vec<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum RawPolicy {
+    Level(String),
+    Pins(Vec<String>),
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPoll {
+    server: Spanned<String>,
+    protocol: Spanned<String>,
+    user: Spanned<String>,
+    local: Spanned<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -148,6 +338,9 @@ struct RawHost {
     config_dir: Option<Spanned<String>>,
     #[serde(default)]
     sudo: bool,
+    relayhost: Option<Spanned<String>>,
+    #[serde(default)]
+    fetchmail: Vec<RawPoll>,
 }
 
 #[derive(Deserialize)]
@@ -172,7 +365,12 @@ pub fn load(file: &Path) -> Result<Inventory, InventoryError> {
 pub fn parse(file: &Path, text: &str) -> Result<Inventory, InventoryError> {
     let cx = Context { file, text };
     let raw: RawInventory = toml::from_str(text).map_err(|e| {
-        let message = e.message().trim().replace('\n', " ");
+        let mut message = e.message().trim().replace('\n', " ");
+        if message.contains("untagged enum RawPolicy") {
+            message =
+                "a policy is a level name (\"secure\", \"encrypt\", ...) or a list of fingerprints"
+                    .into();
+        }
         match e.span() {
             Some(span) => cx.error_at(span.start, message),
             None => cx.error(message),
@@ -238,6 +436,7 @@ impl Context<'_> {
 
     fn check(&self, raw: RawInventory) -> Result<Inventory, InventoryError> {
         let settings = self.check_settings(&raw.settings)?;
+        let mut externals = self.check_externals(&raw, &settings)?;
 
         let mut hosts = Vec::new();
         let mut mx_seen: BTreeMap<DnsName, HostName> = BTreeMap::new();
@@ -263,6 +462,62 @@ impl Context<'_> {
                 None => RemotePath::parse("/etc/postfix").expect("default is valid"),
                 Some(d) => self.value(d, RemotePath::parse)?,
             };
+            let relayhost = match &h.relayhost {
+                None => None,
+                Some(r) => {
+                    let e = self.external_ref(&externals, r, &format!("host {name}: relayhost"))?;
+                    let ext = &mut externals[e];
+                    if ext.checked.protocol != Protocol::Smtp {
+                        return Err(self.at(
+                            r,
+                            format!(
+                                "host {name}: relayhost {} speaks {}, not smtp",
+                                ext.checked.name,
+                                ext.checked.protocol.as_str()
+                            ),
+                        ));
+                    }
+                    // Fixed now: a later fetchmail use cannot make it pop3.
+                    ext.protocol_set = true;
+                    Some(ext.checked.name.clone())
+                }
+            };
+            let mut fetchmail = Vec::new();
+            for p in &h.fetchmail {
+                let what = format!("host {name}: fetchmail");
+                let e = self.external_ref(&externals, &p.server, &what)?;
+                let protocol = match p.protocol.get_ref().as_str() {
+                    "pop3" => Protocol::Pop3,
+                    "imap" => Protocol::Imap,
+                    other => {
+                        return Err(self.at(
+                            &p.protocol,
+                            format!("{what}: unknown protocol {other:?}: expected pop3 or imap"),
+                        ))
+                    }
+                };
+                let ext = &mut externals[e];
+                if !ext.protocol_set {
+                    ext.checked.protocol = protocol;
+                    ext.protocol_set = true;
+                } else if ext.checked.protocol != protocol {
+                    return Err(self.at(
+                        &p.protocol,
+                        format!(
+                            "{what}: server {} is used with {}, not {}",
+                            ext.checked.name,
+                            ext.checked.protocol.as_str(),
+                            protocol.as_str()
+                        ),
+                    ));
+                }
+                fetchmail.push(Poll {
+                    server: ext.checked.name.clone(),
+                    protocol,
+                    user: self.value(&p.user, |v| fetchmail_word("user", v))?,
+                    local: self.value(&p.local, |v| fetchmail_word("local", v))?,
+                });
+            }
             hosts.push(Host {
                 ssh: self.value(&h.ssh, SshDestination::parse)?,
                 name,
@@ -270,6 +525,8 @@ impl Context<'_> {
                 smtp_port,
                 config_dir,
                 sudo: h.sudo,
+                relayhost,
+                fetchmail,
             });
         }
         let known: BTreeSet<&str> = raw.hosts.keys().map(|k| k.get_ref().as_str()).collect();
@@ -341,12 +598,171 @@ impl Context<'_> {
         }
         hosts.sort_by(|a, b| a.name.cmp(&b.name));
         domains.sort_by(|a, b| a.name.cmp(&b.name));
+        for e in &externals {
+            if raw
+                .hosts
+                .keys()
+                .any(|k| k.get_ref() == e.checked.name.as_str())
+            {
+                return Err(self.at(
+                    &e.span,
+                    format!("external {}: a host has the same name", e.checked.name),
+                ));
+            }
+        }
+        let policies = self.check_policies(&raw, &settings, &domains)?;
         Ok(Inventory {
             file: self.file.to_path_buf(),
             settings,
             hosts,
             domains,
+            externals: externals.into_iter().map(|e| e.checked).collect(),
+            policies,
         })
+    }
+
+    /// Index of the external `r` names, or an error naming `what`.
+    fn external_ref(
+        &self,
+        externals: &[CheckedExternal],
+        r: &Spanned<String>,
+        what: &str,
+    ) -> Result<usize, InventoryError> {
+        externals
+            .iter()
+            .position(|e| e.checked.name.as_str() == r.get_ref())
+            .ok_or_else(|| {
+                self.at(
+                    r,
+                    format!(
+                        "{what}: {:?} is not an [external.NAME] of this inventory",
+                        r.get_ref()
+                    ),
+                )
+            })
+    }
+
+    fn check_externals(
+        &self,
+        raw: &RawInventory,
+        settings: &Settings,
+    ) -> Result<Vec<CheckedExternal>, InventoryError> {
+        let mut out = Vec::new();
+        for (key, e) in &raw.external {
+            let name = self.value(key, HostName::parse)?;
+            let what = format!("external {name}");
+            let (host, port) = self.value(&e.address, |a| {
+                let (h, p) = a
+                    .rsplit_once(':')
+                    .ok_or_else(|| format!("{what}: address {a:?} needs a port, as host:port"))?;
+                let port = p
+                    .parse::<u16>()
+                    .ok()
+                    .filter(|p| *p > 0)
+                    .ok_or_else(|| format!("{what}: invalid port {p:?}"))?;
+                Ok((DnsName::parse(h).map_err(|m| format!("{what}: {m}"))?, port))
+            })?;
+            let tls = match e.tls.get_ref().as_str() {
+                "implicit" => ExternalTls::Implicit,
+                "starttls" => ExternalTls::Starttls,
+                other => {
+                    return Err(self.at(
+                        &e.tls,
+                        format!("{what}: unknown tls {other:?}: expected implicit or starttls"),
+                    ))
+                }
+            };
+            let protocol = match e.protocol.as_ref().map(|p| (p, p.get_ref().as_str())) {
+                None | Some((_, "smtp")) => Protocol::Smtp,
+                Some((_, "imap")) => Protocol::Imap,
+                Some((_, "pop3")) => Protocol::Pop3,
+                Some((p, other)) => {
+                    return Err(self.at(
+                        p,
+                        format!("{what}: unknown protocol {other:?}: expected smtp, imap or pop3"),
+                    ))
+                }
+            };
+            let mut pins = Vec::new();
+            for p in &e.pins {
+                let fp = self.value(p, |v| {
+                    Fingerprint::parse(v, settings.digest).map_err(|m| format!("{what}: {m}"))
+                })?;
+                if !pins.contains(&fp) {
+                    pins.push(fp);
+                }
+            }
+            out.push(CheckedExternal {
+                span: key.clone(),
+                protocol_set: e.protocol.is_some(),
+                checked: External {
+                    name,
+                    host,
+                    port,
+                    tls,
+                    protocol,
+                    pins,
+                },
+            });
+        }
+        Ok(out)
+    }
+
+    fn check_policies(
+        &self,
+        raw: &RawInventory,
+        settings: &Settings,
+        domains: &[Domain],
+    ) -> Result<Vec<Policy>, InventoryError> {
+        let mut out: Vec<Policy> = Vec::new();
+        for (key, p) in &raw.policies {
+            let domain = self.value(key, DnsName::parse)?;
+            if domains.iter().any(|d| d.name == domain) {
+                return Err(self.at(
+                    key,
+                    format!(
+                        "policy for {domain}: it is a domain of this inventory, whose routes mxpin pins itself"
+                    ),
+                ));
+            }
+            let level = match p.get_ref() {
+                RawPolicy::Level(l) if PolicyLevel::LEVELS.contains(&l.as_str()) => {
+                    PolicyLevel::Level(l.clone())
+                }
+                RawPolicy::Level(l) => {
+                    return Err(self.at(
+                        p,
+                        format!(
+                            "policy for {domain}: unknown level {l:?}: expected one of {} or a list of fingerprints",
+                            PolicyLevel::LEVELS.join(", ")
+                        ),
+                    ))
+                }
+                RawPolicy::Pins(list) if list.is_empty() => {
+                    return Err(self.at(
+                        p,
+                        format!("policy for {domain}: an empty pin list would refuse every server"),
+                    ))
+                }
+                RawPolicy::Pins(list) => {
+                    let mut pins = Vec::new();
+                    for f in list {
+                        // Untagged values lose their spans: point at the list.
+                        pins.push(
+                            Fingerprint::parse(f, settings.digest)
+                                .map_err(|m| self.at(p, format!("policy for {domain}: {m}")))?,
+                        );
+                    }
+                    PolicyLevel::Pins(pins)
+                }
+            };
+            if out.iter().any(|x| x.domain == domain) {
+                return Err(self.at(key, format!("policy for {domain} is listed twice")));
+            }
+            out.push(Policy { domain, level });
+        }
+        out.sort_by(|a, b| a.domain.cmp(&b.domain));
+        Ok(out)
     }
 
     fn check_settings(&self, s: &RawSettings) -> Result<Settings, InventoryError> {
@@ -564,5 +980,142 @@ recipients = ["first.last@example.net"]
             e.starts_with("/nonexistent/mxpin.toml: cannot read inventory"),
             "{e}"
         );
+    }
+
+    const PIN: &str = "AB:CD:EF:01:23:45:67:89:AB:CD:EF:01:23:45:67:89:AB:CD:EF:01:23:45:67:89:AB:CD:EF:01:23:45:67:89";
+
+    fn with(extra: &str) -> String {
+        // Host tables must come before [domains] in GOOD's order, so extra
+        // host keys go in a fresh [hosts.X] table.
+        format!("{GOOD}\n{extra}")
+    }
+
+    #[test]
+    fn externals_relayhost_fetchmail_and_policies() {
+        let text = with(&format!(
+            r#"
+[hosts.vps]
+ssh = "vps"
+mx = "vps.example.org"
+relayhost = "isp"
+
+[[hosts.vps.fetchmail]]
+server = "gmail-pop"
+protocol = "pop3"
+user = "me@gmail.com"
+local = "first.last"
+
+[external.isp]
+address = "Mail.ISP.net:465"
+tls = "implicit"
+pins = ["{}"]
+
+[external.gmail-pop]
+address = "pop.gmail.com:995"
+tls = "implicit"
+
+[policies]
+"gmail.com" = "secure"
+"example.org" = ["{}"]
+"#,
+            PIN.to_lowercase(),
+            PIN.replace(':', "")
+        ));
+        let inv = parse_str(&text).unwrap();
+        let vps = inv.hosts.iter().find(|h| h.name.as_str() == "vps").unwrap();
+        assert_eq!(vps.relayhost.as_ref().unwrap().as_str(), "isp");
+        let isp = inv.external(vps.relayhost.as_ref().unwrap());
+        assert_eq!(isp.next_hop(), "[mail.isp.net]:465");
+        assert_eq!(isp.address(), "mail.isp.net:465");
+        assert_eq!(isp.tls, ExternalTls::Implicit);
+        assert_eq!(isp.protocol, Protocol::Smtp);
+        assert_eq!(isp.pins[0].as_str(), PIN);
+        assert_eq!(vps.fetchmail[0].user, "me@gmail.com");
+        let gmail = inv.external(&vps.fetchmail[0].server);
+        assert_eq!(gmail.protocol, Protocol::Pop3, "taken from its use");
+        assert!(gmail.pins.is_empty());
+        assert_eq!(inv.policies.len(), 2);
+        assert_eq!(inv.policies[0].domain.as_str(), "example.org");
+        assert_eq!(
+            inv.policies[0].level,
+            PolicyLevel::Pins(vec![Fingerprint::parse(PIN, Digest::Sha256).unwrap()])
+        );
+        assert_eq!(inv.policies[1].level, PolicyLevel::Level("secure".into()));
+        assert!(inv.warnings().iter().all(|w| !w.contains("policy")));
+    }
+
+    #[test]
+    fn external_mistakes_name_their_place() {
+        let e = err(&with(
+            "[external.isp]\naddress = \"mail.isp.net\"\ntls = \"implicit\"\n",
+        ));
+        assert!(
+            e.starts_with("mxpin.toml:21:11: external isp: address \"mail.isp.net\" needs a port"),
+            "{e}"
+        );
+        let e = err(&with(
+            "[external.isp]\naddress = \"a.b:465\"\ntls = \"wrapped\"\n",
+        ));
+        assert!(
+            e.contains("unknown tls \"wrapped\": expected implicit or starttls"),
+            "{e}"
+        );
+        let e = err(&with(
+            "[external.isp]\naddress = \"a.b:465\"\ntls = \"implicit\"\npins = [\"AB:CD\"]\n",
+        ));
+        assert!(
+            e.contains("external isp: invalid sha256 fingerprint \"AB:CD\""),
+            "{e}"
+        );
+        let e = err(&with(
+            "[hosts.vps]\nssh = \"vps\"\nmx = \"vps.example.org\"\nrelayhost = \"nope\"\n",
+        ));
+        assert!(
+            e.contains("host vps: relayhost: \"nope\" is not an [external.NAME]"),
+            "{e}"
+        );
+        let e = err(&with(
+            "[external.home]\naddress = \"a.b:465\"\ntls = \"implicit\"\n",
+        ));
+        assert!(e.contains("external home: a host has the same name"), "{e}");
+    }
+
+    #[test]
+    fn an_external_speaks_one_protocol() {
+        let base = "[external.box]\naddress = \"box.example.org:995\"\ntls = \"implicit\"\n";
+        let e = err(&with(&format!(
+            "[hosts.vps]\nssh = \"vps\"\nmx = \"vps.example.org\"\nrelayhost = \"box\"\n\
+             [[hosts.vps.fetchmail]]\nserver = \"box\"\nprotocol = \"pop3\"\nuser = \"u\"\nlocal = \"l\"\n{base}"
+        )));
+        assert!(e.contains("server box is used with smtp, not pop3"), "{e}");
+        let e = err(&with(&format!(
+            "[hosts.vps]\nssh = \"vps\"\nmx = \"vps.example.org\"\n\
+             [[hosts.vps.fetchmail]]\nserver = \"box\"\nprotocol = \"pop3\"\nuser = \"u\"\nlocal = \"l\"\n\
+             [[hosts.vps.fetchmail]]\nserver = \"box\"\nprotocol = \"imap\"\nuser = \"u\"\nlocal = \"l\"\n{base}"
+        )));
+        assert!(e.contains("server box is used with pop3, not imap"), "{e}");
+        let e = err(&with(&format!(
+            "[hosts.vps]\nssh = \"vps\"\nmx = \"vps.example.org\"\n\
+             [[hosts.vps.fetchmail]]\nserver = \"box\"\nprotocol = \"pop3\"\nuser = \"a b\"\nlocal = \"l\"\n{base}"
+        )));
+        assert!(e.contains("invalid fetchmail user \"a b\""), "{e}");
+    }
+
+    #[test]
+    fn policies_are_checked() {
+        let e = err(&with("[policies]\n\"example.net\" = \"may\"\n"));
+        assert!(
+            e.contains("policy for example.net: it is a domain of this inventory"),
+            "{e}"
+        );
+        let e = err(&with("[policies]\n\"x.org\" = \"strong\"\n"));
+        assert!(e.contains("unknown level \"strong\""), "{e}");
+        let e = err(&with("[policies]\n\"x.org\" = []\n"));
+        assert!(e.contains("an empty pin list"), "{e}");
+        let inv = parse_str(&with("[policies]\n\"x.org\" = \"none\"\n")).unwrap();
+        assert!(inv
+            .warnings()
+            .iter()
+            .any(|w| w.contains("policy for x.org")));
     }
 }

@@ -6,6 +6,7 @@
 //! that no older entry can override a pin.
 
 pub mod maincf;
+pub mod mastercf;
 pub mod script;
 
 use std::collections::BTreeMap;
