@@ -99,6 +99,9 @@ pub struct HostDesired {
     pub keys: HostKeys,
     pub routes: Vec<Route>,
     pub relays: Vec<Relay>,
+    /// The pinned certificate of each external server this host polls with
+    /// fetchmail, as the controller read it this run (or why it could not).
+    pub external_certs: std::collections::BTreeMap<HostName, Result<Certificate, String>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -320,6 +323,7 @@ pub fn desired(
                     })
                     .collect(),
                 keys,
+                external_certs: Default::default(),
             })
         })
         .collect()

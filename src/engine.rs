@@ -8,6 +8,7 @@ use time::OffsetDateTime;
 use std::collections::BTreeSet;
 
 use crate::desired::{self, HostKeys};
+use crate::external::ExternalState;
 use crate::facts;
 use crate::inventory::{Host, HostName, Inventory};
 use crate::mta::{self, Facts};
@@ -182,6 +183,7 @@ fn rotation_blocker(
 pub fn plan_all(
     inv: &Inventory,
     states: &[HostState],
+    externals: &[ExternalState],
     templates: &Templates,
     now: OffsetDateTime,
     rotation: &Rotation,
@@ -231,8 +233,15 @@ pub fn plan_all(
         .into_iter()
         .zip(states)
         .map(|(d, s)| {
-            let planned = d.and_then(|d| {
+            let planned = d.and_then(|mut d| {
                 let f = s.facts.as_ref().map_err(Clone::clone)?;
+                for p in &s.host.fetchmail {
+                    let cert = match externals.iter().find(|e| e.name == p.server) {
+                        Some(e) => e.pinned_leaf(inv).cloned(),
+                        None => Err(format!("external {} was not probed", p.server)),
+                    };
+                    d.external_certs.insert(p.server.clone(), cert);
+                }
                 mta::plan_host(&d, f, inv, templates)
             });
             match planned {
@@ -441,6 +450,7 @@ pub async fn apply_all(
 async fn converged(
     inv: &Inventory,
     states: &mut [HostState],
+    externals: &[ExternalState],
     intended: &[HostOutcome],
     templates: &Templates,
     parallel: usize,
@@ -458,6 +468,7 @@ async fn converged(
     let outcomes = plan_all(
         inv,
         states,
+        externals,
         templates,
         OffsetDateTime::now_utc(),
         &Rotation::default(),
@@ -489,16 +500,20 @@ pub fn report_planned(outcomes: &[HostOutcome], monitor: &dyn Monitor, settled: 
 pub async fn settle(
     inv: &Inventory,
     states: &mut [HostState],
+    externals: &[ExternalState],
     intended: &[HostOutcome],
     templates: &Templates,
     parallel: usize,
     monitor: &dyn Monitor,
     verify: bool,
 ) -> (Vec<HostOutcome>, Vec<Check>) {
-    let after = converged(inv, states, intended, templates, parallel, monitor).await;
+    let after = converged(
+        inv, states, externals, intended, templates, parallel, monitor,
+    )
+    .await;
     monitor.finish();
     let checks = if verify {
-        verify_report(inv, states, intended, OffsetDateTime::now_utc()).await
+        verify_report(inv, states, externals, intended, OffsetDateTime::now_utc()).await
     } else {
         Vec::new()
     };
@@ -523,6 +538,7 @@ pub struct Check {
 pub async fn verify_report(
     inv: &Inventory,
     states: &[HostState],
+    externals: &[ExternalState],
     intended: &[HostOutcome],
     now: OffsetDateTime,
 ) -> Vec<Check> {
@@ -606,6 +622,41 @@ pub async fn verify_report(
                 ok: c.ok,
                 warning: false,
                 what: c.what,
+            });
+        }
+        // External servers this host relays through or polls, as the
+        // controller sees them, against the inventory's pins.
+        let used = state
+            .host
+            .relayhost
+            .iter()
+            .chain(state.host.fetchmail.iter().map(|p| &p.server));
+        let mut seen_ext = Vec::new();
+        for name in used {
+            if seen_ext.contains(&name) {
+                continue;
+            }
+            seen_ext.push(name);
+            let e = inv.external(name);
+            let (ok, what) = match externals.iter().find(|x| &x.name == name) {
+                None => (false, format!("external {name} was not probed")),
+                Some(x) => match x.pinned_leaf(inv) {
+                    Ok(leaf) => (
+                        true,
+                        format!(
+                            "external {name} serves its pinned {} (seen from the controller)",
+                            leaf.fingerprint(s.digest, s.pin)
+                        ),
+                    ),
+                    Err(why) => (false, why),
+                },
+            };
+            checks.push(Check {
+                host: host.clone(),
+                route: Some(e.next_hop()),
+                ok,
+                warning: false,
+                what,
             });
         }
         // What the controller sees served, against what this host pins.

@@ -147,6 +147,20 @@ struct Common {
     quiet: bool,
 }
 
+/// Reads every host's facts and probes every external server in use, at
+/// the same time.
+async fn gather(
+    inv: &Inventory,
+    parallel: usize,
+    progress: &dyn Monitor,
+) -> (Vec<HostState>, Vec<mxpin::external::ExternalState>) {
+    let timeout = std::time::Duration::from_secs(10);
+    tokio::join!(
+        engine::gather(inv, parallel, progress),
+        mxpin::external::gather(inv, timeout)
+    )
+}
+
 /// Progress for one phase of a run: live lines on a terminal, plain lines
 /// elsewhere, nothing for --json or --quiet.
 fn monitor(common: &Common, inv: &Inventory) -> Box<dyn Monitor> {
@@ -271,9 +285,16 @@ fn fleet_json(fleet: &FleetPlan) -> serde_json::Value {
 async fn run_plan(common: &Common) -> Result<u8, String> {
     let (inv, templates) = load(common)?;
     let progress = monitor(common, &inv);
-    let states = engine::gather(&inv, common.parallel.into(), &*progress).await;
+    let (states, externals) = gather(&inv, common.parallel.into(), &*progress).await;
     let now = OffsetDateTime::now_utc();
-    let fleet = engine::plan_all(&inv, &states, &templates, now, &Rotation::default());
+    let fleet = engine::plan_all(
+        &inv,
+        &states,
+        &externals,
+        &templates,
+        now,
+        &Rotation::default(),
+    );
     engine::report_planned(&fleet.outcomes, &*progress, Phase::Planned(0));
     progress.finish();
     engine::close(states).await;
@@ -382,12 +403,20 @@ async fn run_verify(common: &Common) -> Result<u8, String> {
     let (inv, templates) = load(common)?;
     let parallel = common.parallel.into();
     let progress = monitor(common, &inv);
-    let mut states = engine::gather(&inv, parallel, &*progress).await;
+    let (mut states, externals) = gather(&inv, parallel, &*progress).await;
     let now = OffsetDateTime::now_utc();
-    let fleet = engine::plan_all(&inv, &states, &templates, now, &Rotation::default());
+    let fleet = engine::plan_all(
+        &inv,
+        &states,
+        &externals,
+        &templates,
+        now,
+        &Rotation::default(),
+    );
     let (after, mut checks) = engine::settle(
         &inv,
         &mut states,
+        &externals,
         &fleet.outcomes,
         &templates,
         parallel,
@@ -456,9 +485,9 @@ async fn run_change(common: &Common, change: Change) -> Result<u8, String> {
     let (inv, templates) = load(common)?;
     let parallel = common.parallel.into();
     let progress = monitor(common, &inv);
-    let mut states: Vec<HostState> = engine::gather(&inv, parallel, &*progress).await;
+    let (mut states, externals) = gather(&inv, parallel, &*progress).await;
     let now = OffsetDateTime::now_utc();
-    let fleet = engine::plan_all(&inv, &states, &templates, now, &change.rotation);
+    let fleet = engine::plan_all(&inv, &states, &externals, &templates, now, &change.rotation);
     engine::report_planned(&fleet.outcomes, &*progress, Phase::Planned(0));
     progress.finish();
     let (plan_errors, pending) = summarize(&fleet);
@@ -480,6 +509,7 @@ async fn run_change(common: &Common, change: Change) -> Result<u8, String> {
     let (after, checks) = engine::settle(
         &inv,
         &mut states,
+        &externals,
         &fleet.outcomes,
         &templates,
         parallel,

@@ -14,7 +14,7 @@ use std::fmt::Write as _;
 
 use crate::desired::{HostDesired, Origin, StoredKeys, StoredPair};
 use crate::facts::{Sections, SHELL_HELPERS};
-use crate::inventory::{Host, HostName, Inventory};
+use crate::inventory::{External, ExternalTls, Host, HostName, Inventory, PolicyLevel};
 use crate::mta::{RouteCheck, Steps};
 use crate::plan::{Action, Content, FileChange, HostPlan, PinnedRoute};
 use crate::shell::quote;
@@ -40,11 +40,20 @@ const TABLES: [(&str, &str); 4] = [
 ];
 
 /// Scalar parameters whose effective value decides an edit.
-const SCALARS: [&str; 3] = [
+const SCALARS: [&str; 6] = [
     "smtpd_tls_security_level",
     "smtp_tls_loglevel",
     "smtp_host_lookup",
+    "smtp_tls_security_level",
+    "relayhost",
+    "default_transport",
 ];
+
+/// The fetchmail control file mxpin writes (0600: fetchmail refuses a
+/// group- or world-readable one), and the prefix of the pinned server
+/// certificates beside it.
+pub const FETCHMAILRC: &str = "fetchmailrc";
+const FETCHMAIL_CERT_PREFIX: &str = "fetchmail-";
 
 fn owned_files() -> impl Iterator<Item = &'static str> {
     SLOTS
@@ -93,7 +102,11 @@ pid=''
 if [ -r "$q/pid/master.pid" ]; then read -r pid < "$q/pid/master.pid" || :; fi
 if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then put running yes; else put running no; fi
 putfile main.cf "$C/main.cf"
+if [ -f "$C/master.cf" ]; then putfile master.cf "$C/master.cf"; fi
 if [ -d "$M" ]; then put ls "$(ls -ln "$M")"; fi
+for f in "$M"/fetchmail*; do
+  if [ -f "$f" ]; then putfile "file:${{f##*/}}" "$f"; fi
+done
 for f in {files}; do
   if [ -f "$M/$f" ]; then putfile "file:$f" "$M/$f"; fi
   for s in db lmdb cdb; do
@@ -143,9 +156,10 @@ pub fn verify_snippet(steps: &ApplySteps, digest: &str, lookup: &str) -> String 
         let pins: Vec<String> = policy_pins(&l.expected).iter().map(|p| quote(p)).collect();
         let _ = writeln!(
             s,
-            "if [ $ptf = yes ]; then put {} \"$(posttls-finger -c -l fingerprint -d {} -h {} {} {} 2>&1)\"; \
+            "if [ $ptf = yes ]; then put {} \"$(posttls-finger -c {}-l fingerprint -d {} -h {} {} {} 2>&1)\"; \
              else put {} 'posttls-finger not found'; fi",
             quote(&format!("ptf:{}", l.key)),
+            if l.wrapper { "-w " } else { "" },
             quote(digest),
             quote(lookup),
             quote(&l.key),
@@ -241,6 +255,8 @@ pub struct PostfixFacts {
     pub db_type: String,
     pub running: bool,
     pub main_cf: String,
+    /// `None` when the host has no master.cf (Postfix then cannot run).
+    pub master_cf: Option<String>,
     /// `postconf -x` values of the parameters mxpin edits.
     pub effective: BTreeMap<String, String>,
     pub files: BTreeMap<String, FoundFile>,
@@ -306,7 +322,14 @@ impl PostfixFacts {
                 .to_string()
         };
         let mut files = BTreeMap::new();
-        for name in owned_files() {
+        let fetchmail: Vec<String> = s
+            .iter()
+            .filter_map(|(n, _)| n.strip_prefix("file:"))
+            .filter(|n| n.starts_with("fetchmail"))
+            .map(str::to_string)
+            .collect();
+        for name in owned_files().map(str::to_string).chain(fetchmail) {
+            let name = name.as_str();
             if let Some(text) = s.get(&format!("file:{name}")) {
                 let content = if name.ends_with(".key") {
                     Content::Secret(SecretPem::new(text.to_string()))
@@ -334,6 +357,7 @@ impl PostfixFacts {
             db_type: param("default_database_type")?,
             running: need("running")? == "yes",
             main_cf: need("main.cf")?,
+            master_cf: s.get("master.cf").map(str::to_string),
             effective,
             files,
             fresh,
@@ -379,6 +403,8 @@ pub struct Lookup {
     pub table: String,
     pub key: String,
     pub expected: String,
+    /// The next-hop speaks implicit TLS (posttls-finger -w).
+    pub wrapper: bool,
 }
 
 /// What the apply script needs beyond the file changes.
@@ -388,6 +414,8 @@ pub struct ApplySteps {
     pub db_type: String,
     /// main.cf as read by facts: apply refuses to run if it changed since.
     pub main_cf_before: String,
+    /// master.cf as read by facts, likewise (when there was one).
+    pub master_cf_before: Option<String>,
     /// Table paths to build with postmap (sources that change or whose
     /// database is missing or stale).
     pub postmap: Vec<String>,
@@ -404,6 +432,31 @@ fn table_value<'a>(table: &'a str, key: &str) -> Option<&'a str> {
             let (k, v) = l.split_once([' ', '\t'])?;
             (k.eq_ignore_ascii_case(key)).then(|| v.trim())
         })
+}
+
+/// The host's relayhost, when it has one; refused while it has no pins
+/// (mail would go there unauthenticated).
+fn smarthost<'a>(d: &HostDesired, inv: &'a Inventory) -> Result<Option<&'a External>, String> {
+    let Some(name) = &d.host.relayhost else {
+        return Ok(None);
+    };
+    let e = inv.external(name);
+    if e.pins.is_empty() {
+        return Err(format!(
+            "relayhost {name} has no pins yet: run `mxpin pin {name}` first"
+        ));
+    }
+    Ok(Some(e))
+}
+
+/// Which of mxpin's tables this host uses: the routing tables as a backup,
+/// the TLS policy as a backup or for a relayhost or [policies].
+fn uses_table(table: &str, d: &HostDesired, inv: &Inventory) -> bool {
+    let backup = !d.routes.is_empty();
+    match table {
+        "tls_policy" => backup || d.host.relayhost.is_some() || !inv.policies.is_empty(),
+        _ => backup,
+    }
 }
 
 fn render_tables(
@@ -426,6 +479,20 @@ fn render_tables(
             policies.push(serde_json::json!({"next_hop": r.next_hop, "pins": r.pins}));
         }
     }
+    if let Some(e) = smarthost(d, inv)? {
+        policies.push(serde_json::json!({"next_hop": e.next_hop(), "pins": e.pins}));
+    }
+    let domain_policies: Vec<serde_json::Value> = inv
+        .policies
+        .iter()
+        .map(|p| match &p.level {
+            PolicyLevel::Level(l) => serde_json::json!({"domain": p.domain, "level": l}),
+            PolicyLevel::Pins(pins) => {
+                serde_json::json!({"domain": p.domain, "level": "fingerprint", "pins": pins})
+            }
+        })
+        .collect();
+    ctx.insert("domain_policies", &domain_policies);
     let relays: Vec<_> = d
         .relays
         .iter()
@@ -447,7 +514,11 @@ fn render_tables(
 
 /// Checks that rendered (possibly user-templated) tables still say what the
 /// inventory means, and returns the lookups apply verifies on the host.
-fn lookups_for(d: &HostDesired, tables: &BTreeMap<&str, String>) -> Result<Vec<Lookup>, String> {
+fn lookups_for(
+    d: &HostDesired,
+    inv: &Inventory,
+    tables: &BTreeMap<&str, String>,
+) -> Result<Vec<Lookup>, String> {
     let mut lookups = Vec::new();
     for r in &d.routes {
         let transport = format!("smtp:{}", r.next_hop);
@@ -476,15 +547,34 @@ fn lookups_for(d: &HostDesired, tables: &BTreeMap<&str, String>) -> Result<Vec<L
             table: "transport".into(),
             key: r.domain.to_string(),
             expected: transport,
+            wrapper: false,
         });
         let policy_lookup = Lookup {
             table: "tls_policy".into(),
             key: r.next_hop.clone(),
             expected: policy.to_string(),
+            wrapper: false,
         };
         if !lookups.contains(&policy_lookup) {
             lookups.push(policy_lookup);
         }
+    }
+    if let Some(e) = smarthost(d, inv)? {
+        let hop = e.next_hop();
+        let policy = table_value(&tables["tls_policy"], &hop)
+            .ok_or_else(|| format!("tls_policy template has no entry for relayhost {hop}"))?;
+        if !policy.starts_with("fingerprint") || !e.pins.iter().all(|p| policy.contains(p.as_str()))
+        {
+            return Err(format!(
+                "tls_policy template entry for relayhost {hop} does not pin it"
+            ));
+        }
+        lookups.push(Lookup {
+            table: "tls_policy".into(),
+            key: hop,
+            expected: policy.to_string(),
+            wrapper: e.tls == ExternalTls::Implicit,
+        });
     }
     Ok(lookups)
 }
@@ -517,14 +607,15 @@ fn change_for(
     })
 }
 
-/// main.cf edits for a host: its certificate, and its backup role if any.
+/// main.cf edits for a host: its certificate, its backup role if any, its
+/// relayhost and the TLS policy table.
 fn main_cf_edits(
     d: &HostDesired,
     f: &PostfixFacts,
     inv: &Inventory,
     m: &MainCf,
     owned: &str,
-) -> Vec<Edit> {
+) -> Result<Vec<Edit>, String> {
     let set = |k: &str, v: String| Edit::Set(k.to_string(), v);
     let mut edits = Vec::new();
     let (key, cert) = (
@@ -554,7 +645,7 @@ fn main_cf_edits(
             .filter(|e| e.split_once(':').map(|(_, p)| p) != Some(path.as_str()))
             .cloned()
             .collect();
-        if backup {
+        if uses_table(table, d, inv) {
             wanted.insert(0, format!("{}:{path}", f.db_type));
         }
         if wanted == current {
@@ -566,7 +657,13 @@ fn main_cf_edits(
             edits.push(set(param, wanted.join(", ")));
         }
     }
-    if backup {
+    let pins_something = backup
+        || d.host.relayhost.is_some()
+        || inv
+            .policies
+            .iter()
+            .any(|p| matches!(p.level, PolicyLevel::Pins(_)));
+    if pins_something {
         edits.push(set(
             "smtp_tls_fingerprint_digest",
             inv.settings.digest.to_string(),
@@ -576,7 +673,137 @@ fn main_cf_edits(
             edits.push(set("smtp_tls_loglevel", "1".into()));
         }
     }
-    edits
+    // The relayhost. mxpin owns main.cf's relayhost when the inventory names
+    // one, or when its own policy table pins the value there (mxpin wrote
+    // it): only then does it remove it.
+    let transport = effective("default_transport");
+    let ours = |t: &str| t == mastercf::SERVICE;
+    match smarthost(d, inv)? {
+        Some(e) => {
+            edits.push(set("relayhost", e.next_hop()));
+            let implicit = e.tls == ExternalTls::Implicit;
+            if implicit && !ours(&transport) {
+                if !matches!(transport.as_str(), "" | "smtp") {
+                    return Err(format!(
+                        "relayhost {} needs implicit TLS through mxpin's {} transport, but \
+                         default_transport is {transport:?}; set it back to smtp or use tls = \"starttls\"",
+                        e.name,
+                        mastercf::SERVICE
+                    ));
+                }
+                edits.push(set("default_transport", mastercf::SERVICE.into()));
+            } else if !implicit && ours(&transport) {
+                edits.push(Edit::Remove("default_transport".into()));
+            }
+        }
+        None => {
+            let current = effective("relayhost");
+            let pinned_by_us = f.files.get("tls_policy").is_some_and(|t| {
+                !current.is_empty() && table_value(t.content.raw(), &current).is_some()
+            });
+            if pinned_by_us && m.get("relayhost").is_some() {
+                edits.push(Edit::Remove("relayhost".into()));
+            }
+            if ours(&transport) {
+                edits.push(Edit::Remove("default_transport".into()));
+            }
+        }
+    }
+    Ok(edits)
+}
+
+/// Notes about [policies] weaker than what this host asks of every
+/// destination (its smtp_tls_security_level).
+fn downgrade_notes(f: &PostfixFacts, inv: &Inventory) -> Vec<String> {
+    let global = f
+        .effective
+        .get("smtp_tls_security_level")
+        .cloned()
+        .unwrap_or_default();
+    let global_level = PolicyLevel::Level(if global.is_empty() {
+        "none".into()
+    } else {
+        global.clone()
+    });
+    inv.policies
+        .iter()
+        .filter(|p| p.level.strength() < global_level.strength())
+        .map(|p| {
+            let level = match &p.level {
+                PolicyLevel::Level(l) => l.as_str(),
+                PolicyLevel::Pins(_) => "fingerprint",
+            };
+            format!(
+                "warning: policy {level} for {} is weaker than this host's smtp_tls_security_level = {global}",
+                p.domain
+            )
+        })
+        .collect()
+}
+
+/// The fetchmail control file and the pinned server certificates it names,
+/// by file name, for the host's polls.
+fn fetchmail_files(
+    d: &HostDesired,
+    f: &PostfixFacts,
+    inv: &Inventory,
+    t: &Templates,
+    owned: &str,
+) -> Result<Vec<(String, String, u32)>, String> {
+    use crate::fetchmail as fm;
+    use crate::inventory::Protocol;
+    use crate::tls::{Certificate, Digest, PinKind};
+    if d.host.fetchmail.is_empty() {
+        return Ok(vec![]);
+    }
+    let mut files = Vec::new();
+    let mut polls = Vec::new();
+    for p in &d.host.fetchmail {
+        let e = inv.external(&p.server);
+        let name = format!("{FETCHMAIL_CERT_PREFIX}{}.pem", e.name);
+        // The certificate the controller read this run; if it could not,
+        // the one already on the host, as long as it still matches a pin.
+        let cert = match d.external_certs.get(&e.name) {
+            Some(Ok(c)) => c.clone(),
+            Some(Err(why)) => {
+                let kept = f
+                    .files
+                    .get(&name)
+                    .and_then(|found| Certificate::from_pem(found.content.raw()).ok())
+                    .filter(|c| crate::external::check_pins(inv, e, c).is_ok());
+                kept.ok_or_else(|| format!("fetchmail: {why}"))?
+            }
+            None => return Err(format!("fetchmail: external {} was not probed", e.name)),
+        };
+        let certfile = format!("{owned}/{name}");
+        if !files
+            .iter()
+            .any(|(n, _, _): &(String, String, u32)| n == &name)
+        {
+            files.push((name, cert.pem().to_string(), 0o644));
+        }
+        polls.push(fm::Poll {
+            label: e.name.to_string(),
+            server: e.host.to_string(),
+            port: e.port,
+            protocol: match p.protocol {
+                Protocol::Imap => fm::Protocol::Imap,
+                _ => fm::Protocol::Pop3,
+            },
+            tls: match e.tls {
+                ExternalTls::Implicit => fm::Tls::Implicit,
+                ExternalTls::Starttls => fm::Tls::StartTls,
+            },
+            user: p.user.clone(),
+            local: p.local.clone(),
+            md5: cert.fingerprint(Digest::Md5, PinKind::Certificate),
+            certfile,
+            password: fm::Password::Netrc,
+        });
+    }
+    let rc = fm::render(&polls, t)?;
+    files.push((FETCHMAILRC.to_string(), rc, 0o600));
+    Ok(files)
 }
 
 /// Plans one Postfix host: pure, from desired state and facts.
@@ -628,18 +855,14 @@ pub fn plan_host(
         ));
     }
 
-    let backup = !d.routes.is_empty();
     let tables = render_tables(d, inv, t)?;
-    let lookups = if backup {
-        lookups_for(d, &tables)?
-    } else {
-        vec![]
-    };
+    let lookups = lookups_for(d, inv, &tables)?;
     let mut postmap = Vec::new();
     let main_cf = MainCf::parse(&f.main_cf);
     for (table, param) in TABLES {
         let path = format!("{owned}/{table}");
-        let new = backup.then(|| Content::Text(tables[table].clone()));
+        let used = uses_table(table, d, inv);
+        let new = used.then(|| Content::Text(tables[table].clone()));
         let change = change_for(path.clone(), f.files.get(table), new, 0o644);
         // A database is stale when missing or older than its source, or
         // when main.cf names the table with another type (hash and btree
@@ -652,13 +875,61 @@ pub fn plan_host(
             .collect();
         let stale = !f.fresh[table].iter().any(|s| s == suffix)
             || listed_types.iter().any(|t| t != &f.db_type);
-        if backup && (change.as_ref().is_some_and(|c| c.action != Action::Chmod) || stale) {
+        if used && (change.as_ref().is_some_and(|c| c.action != Action::Chmod) || stale) {
             postmap.push(path);
         }
         changes.extend(change);
     }
 
-    let new_main = main_cf.edited(&main_cf_edits(d, f, inv, &main_cf, &owned));
+    // fetchmail: the control file and certificates, and the removal of
+    // those no poll needs any more.
+    let wanted = fetchmail_files(d, f, inv, t, &owned)?;
+    for (name, text, mode) in &wanted {
+        let content = Content::Text(text.clone());
+        changes.extend(change_for(
+            format!("{owned}/{name}"),
+            f.files.get(name),
+            Some(content),
+            *mode,
+        ));
+    }
+    for (name, found) in &f.files {
+        if name.starts_with("fetchmail") && !wanted.iter().any(|(n, _, _)| n == name) {
+            changes.extend(change_for(
+                format!("{owned}/{name}"),
+                Some(found),
+                None,
+                0o644,
+            ));
+        }
+    }
+    if !wanted.is_empty() {
+        notes.push(format!(
+            "fetchmail reads {owned}/{FETCHMAILRC} when run as root with -f; passwords come from root's ~/.netrc"
+        ));
+    }
+    notes.extend(downgrade_notes(f, inv));
+
+    // master.cf: mxpin's implicit-TLS client, only for such a relayhost.
+    let want_smtps = smarthost(d, inv)?.is_some_and(|e| e.tls == ExternalTls::Implicit);
+    let new_master = match &f.master_cf {
+        Some(text) => Some(mastercf::edited(text, want_smtps)),
+        None if want_smtps => return Err(format!("{dir}/master.cf not found")),
+        None => None,
+    };
+    if let (Some(old), Some(new)) = (&f.master_cf, &new_master) {
+        if old != new {
+            changes.push(FileChange {
+                path: format!("{dir}/master.cf"),
+                action: Action::Modify,
+                old: Some(Content::Text(old.clone())),
+                new: Some(Content::Text(new.clone())),
+                mode: 0o644,
+            });
+        }
+    }
+
+    let new_main = main_cf.edited(&main_cf_edits(d, f, inv, &main_cf, &owned)?);
     if new_main != f.main_cf {
         changes.push(FileChange {
             path: format!("{dir}/main.cf"),
@@ -709,6 +980,7 @@ pub fn plan_host(
             config_dir: dir.to_string(),
             db_type: f.db_type.clone(),
             main_cf_before: f.main_cf.clone(),
+            master_cf_before: f.master_cf.clone(),
             postmap,
             lookups,
             running: f.running,

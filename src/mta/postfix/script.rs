@@ -54,6 +54,12 @@ remove() {
 }
 "#;
 
+/// The admin's own files, edited in place: they keep their mode and owner
+/// and are swapped in last.
+fn is_admin_file(path: &str) -> bool {
+    path.ends_with("/main.cf") || path.ends_with("/master.cf")
+}
+
 fn staged(path: &str) -> String {
     let (dir, name) = path.rsplit_once('/').expect("absolute path");
     format!("{dir}/.{name}.mxpin-new")
@@ -113,6 +119,14 @@ pub fn apply_script(plan: &HostPlan) -> ApplyScript {
          [ \"$cur\" = {} ] || fail \"main.cf changed since mxpin read it; plan again\"",
         quote(&format!("{}x", steps.main_cf_before))
     );
+    if let Some(before) = &steps.master_cf_before {
+        let _ = writeln!(
+            s,
+            "step='check master.cf'\ncur=$(cat \"$C/master.cf\"; echo x) || fail \"cannot read $C/master.cf\"\n\
+             [ \"$cur\" = {} ] || fail \"master.cf changed since mxpin read it; plan again\"",
+            quote(&format!("{before}x"))
+        );
+    }
     let _ = writeln!(
         s,
         "step='prepare'\nmkdir -p \"$C/{dir}\" && chown 0:0 \"$C/{dir}\" && chmod 755 \"$C/{dir}\" || fail \"cannot create $C/{dir}\"",
@@ -138,12 +152,13 @@ pub fn apply_script(plan: &HostPlan) -> ApplyScript {
         let new = c.new.as_ref().expect("writes have content");
         let st = quote(&staged(&c.path));
         let _ = writeln!(s, "step={}", quote(&format!("stage {}", c.path)));
-        if c.path.ends_with("/main.cf") {
-            // cp -p keeps the admin's mode and owner for main.cf.
+        if is_admin_file(&c.path) {
+            // cp -p keeps the admin's mode and owner for main.cf/master.cf.
             let _ = writeln!(
                 s,
-                "cp -p {} {st} || fail \"cannot copy main.cf\"",
-                quote(&c.path)
+                "cp -p {} {st} || fail \"cannot copy {}\"",
+                quote(&c.path),
+                c.path
             );
         }
         let _ = writeln!(
@@ -152,7 +167,7 @@ pub fn apply_script(plan: &HostPlan) -> ApplyScript {
             quote(new.raw()),
             c.path
         );
-        if !c.path.ends_with("/main.cf") {
+        if !is_admin_file(&c.path) {
             let _ = writeln!(
                 s,
                 "chown 0:0 {st} && chmod {:o} {st} || fail \"cannot set mode of {}\"",
@@ -180,13 +195,14 @@ pub fn apply_script(plan: &HostPlan) -> ApplyScript {
         );
     }
 
-    // Swap: keys and tables first, main.cf last, so main.cf never names a
-    // file that is not in place; removals after main.cf stopped naming them.
+    // Swap: keys and tables first, then master.cf, main.cf last, so main.cf
+    // never names a file or service that is not in place; removals after
+    // main.cf stopped naming them.
     let _ = writeln!(s, "step=swap");
     let mut order: Vec<&str> = writes
         .iter()
         .map(|c| c.path.as_str())
-        .filter(|p| !p.ends_with("/main.cf"))
+        .filter(|p| !is_admin_file(p))
         .collect();
     for p in &table_sources {
         if !order.contains(&p.as_str()) {
@@ -205,8 +221,10 @@ pub fn apply_script(plan: &HostPlan) -> ApplyScript {
         }
         let _ = writeln!(s, "swap {} {}", quote(&staged(p)), quote(p));
     }
-    if let Some(m) = writes.iter().find(|c| c.path.ends_with("/main.cf")) {
-        let _ = writeln!(s, "swap {} {}", quote(&staged(&m.path)), quote(&m.path));
+    for name in ["/master.cf", "/main.cf"] {
+        if let Some(m) = writes.iter().find(|c| c.path.ends_with(name)) {
+            let _ = writeln!(s, "swap {} {}", quote(&staged(&m.path)), quote(&m.path));
+        }
     }
     for c in plan.changes.iter().filter(|c| c.action == Action::Delete) {
         let _ = writeln!(s, "remove {}", quote(&format!("{}.{suffix}", c.path)));

@@ -407,6 +407,9 @@ fn fresh_fixture_reads_as_a_stock_debian_12_postfix() {
             ("smtp_tls_policy_maps", ""),
             ("smtpd_tls_security_level", "may"),
             ("transport_maps", ""),
+            ("relayhost", ""),
+            ("default_transport", "smtp"),
+            ("smtp_tls_security_level", "may"),
         ])
     );
     let keys = f.stored_keys();
@@ -522,6 +525,7 @@ fn facts_missing_or_unreadable_sections_are_refused() {
         let result = facts_from(&out);
         match name.as_str() {
             "warnings" => assert!(result.is_ok(), "warnings are informational"),
+            "master.cf" => assert!(result.unwrap().master_cf.is_none(), "optional"),
             "uid" => assert_eq!(result.unwrap_err(), "no uid in facts"),
             "end" => {
                 let e = result.unwrap_err();
@@ -718,6 +722,7 @@ fn backup_host_gets_tables_pins_and_list_parameters() {
         table: table.into(),
         key: key.into(),
         expected: expected.into(),
+        wrapper: false,
     };
     assert_eq!(
         lookups,
@@ -2056,13 +2061,13 @@ fn changed_paths(plan: &HostPlan) -> Vec<String> {
 fn fleet_rotation_switches_home_first_then_repins_relay() {
     let (inv, states) = fleet(Ok(fixture_facts(RELAY_APPLIED)));
     let t = Templates::load(None).unwrap();
-    let idle = engine::plan_all(&inv, &states, &t, now(), &engine::Rotation::default());
+    let idle = engine::plan_all(&inv, &states, &[], &t, now(), &engine::Rotation::default());
     assert!(idle
         .outcomes
         .iter()
         .all(|o| matches!(o, HostOutcome::Planned(p) if p.is_empty())));
 
-    let f = engine::plan_all(&inv, &states, &t, now(), &rotate_home(false));
+    let f = engine::plan_all(&inv, &states, &[], &t, now(), &rotate_home(false));
     assert!(f.refused.is_empty(), "{:?}", f.refused);
     assert_eq!(f.rotated.len(), 1);
     let home_next =
@@ -2119,7 +2124,7 @@ fn fleet_rotation_is_refused_when_a_peer_lags_or_cannot_be_read() {
         .collect();
     found.content = Content::Text(cut);
     let (inv, states) = fleet(Ok(lagging));
-    let f = engine::plan_all(&inv, &states, &t, now(), &rotate_home(false));
+    let f = engine::plan_all(&inv, &states, &[], &t, now(), &rotate_home(false));
     assert!(f.rotated.is_empty());
     assert_eq!(f.refused.len(), 1);
     assert_eq!(
@@ -2132,7 +2137,7 @@ fn fleet_rotation_is_refused_when_a_peer_lags_or_cannot_be_read() {
     );
 
     let (inv, states) = fleet(Err("ssh relay: connection refused".into()));
-    let f = engine::plan_all(&inv, &states, &t, now(), &rotate_home(false));
+    let f = engine::plan_all(&inv, &states, &[], &t, now(), &rotate_home(false));
     assert!(
         f.refused[0].1.contains("peer relay cannot be read"),
         "{:?}",
@@ -2140,7 +2145,7 @@ fn fleet_rotation_is_refused_when_a_peer_lags_or_cannot_be_read() {
     );
     // An emergency rotation goes on: the old key must stop being trusted
     // wherever mxpin can reach.
-    let f = engine::plan_all(&inv, &states, &t, now(), &rotate_home(true));
+    let f = engine::plan_all(&inv, &states, &[], &t, now(), &rotate_home(true));
     assert!(f.refused.is_empty());
     assert_eq!(f.rotated.len(), 1);
     assert!(planned(&f, "home").switches_key);
@@ -2152,7 +2157,7 @@ fn renewal_with_public_key_pins_changes_no_peer() {
     let t = Templates::load(None).unwrap();
     // 20 days before the fixtures' certificates expire (825 days of validity).
     let late = now() + time::Duration::days(805);
-    let f = engine::plan_all(&inv, &states, &t, late, &engine::Rotation::default());
+    let f = engine::plan_all(&inv, &states, &[], &t, late, &engine::Rotation::default());
     assert!(f.rotated.is_empty() && f.refused.is_empty());
     let home = planned(&f, "home");
     let mut paths = changed_paths(home);
