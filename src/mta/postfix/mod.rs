@@ -701,8 +701,10 @@ fn main_cf_edits(
             let pinned_by_us = f.files.get("tls_policy").is_some_and(|t| {
                 !current.is_empty() && table_value(t.content.raw(), &current).is_some()
             });
+            // Emptied rather than removed: Debian's main.cf has an empty
+            // `relayhost =` line, which this restores byte for byte.
             if pinned_by_us && m.get("relayhost").is_some() {
-                edits.push(Edit::Remove("relayhost".into()));
+                edits.push(set("relayhost", String::new()));
             }
             if ours(&transport) {
                 edits.push(Edit::Remove("default_transport".into()));
