@@ -494,6 +494,13 @@ pub fn report_planned(outcomes: &[HostOutcome], monitor: &dyn Monitor, settled: 
     }
 }
 
+/// How a run goes through the hosts: how many at once, and who hears of it.
+#[derive(Clone, Copy)]
+pub struct Progress<'a> {
+    pub parallel: usize,
+    pub monitor: &'a dyn Monitor,
+}
+
 /// The end of every changing run: read every host again (with the
 /// backups' verification checks), plan again to prove convergence, and,
 /// when `verify`, check the pinned routes live.
@@ -503,10 +510,10 @@ pub async fn settle(
     externals: &[ExternalState],
     intended: &[HostOutcome],
     templates: &Templates,
-    parallel: usize,
-    monitor: &dyn Monitor,
+    run: Progress<'_>,
     verify: bool,
 ) -> (Vec<HostOutcome>, Vec<Check>) {
+    let Progress { parallel, monitor } = run;
     let after = converged(
         inv, states, externals, intended, templates, parallel, monitor,
     )

@@ -419,8 +419,10 @@ async fn run_verify(common: &Common) -> Result<u8, String> {
         &externals,
         &fleet.outcomes,
         &templates,
-        parallel,
-        &*progress,
+        engine::Progress {
+            parallel,
+            monitor: &*progress,
+        },
         true,
     )
     .await;
@@ -512,8 +514,10 @@ async fn run_change(common: &Common, change: Change) -> Result<u8, String> {
         &externals,
         &fleet.outcomes,
         &templates,
-        parallel,
-        &*progress,
+        engine::Progress {
+            parallel,
+            monitor: &*progress,
+        },
         change.verify,
     )
     .await;
