@@ -83,6 +83,8 @@ pub struct Route {
     pub primary: HostName,
     pub next_hop: String,
     pub pins: Vec<Fingerprint>,
+    /// The primary's current and next certificates (Exim pins these).
+    pub certs: Vec<Certificate>,
 }
 
 /// A domain this host accepts as a backup.
@@ -186,7 +188,7 @@ pub fn resolve_slot(
                 format!("certificate does not name {}", host.mx)
             } else if cert.not_after() > renew_at {
                 return kept(false);
-            } else if s.pin == tls::PinKind::Certificate && kind == SlotKind::Current {
+            } else if inv.certificate_pinned(&host.name) && kind == SlotKind::Current {
                 return kept(true);
             } else if cert.not_after() <= now.unix_timestamp() {
                 "certificate expired".to_string()
@@ -279,9 +281,17 @@ pub fn desired(
     inv: &Inventory,
     keys: Vec<Result<HostKeys, String>>,
 ) -> Vec<Result<HostDesired, String>> {
-    let pins: Vec<Option<Vec<Fingerprint>>> = keys
+    let pins: Vec<Option<(Vec<Fingerprint>, Vec<Certificate>)>> = keys
         .iter()
-        .map(|k| k.as_ref().ok().map(|k| k.pins(inv)))
+        .map(|k| {
+            k.as_ref().ok().map(|k| {
+                let certs = vec![
+                    k.current.identity.cert.clone(),
+                    k.next.identity.cert.clone(),
+                ];
+                (k.pins(inv), certs)
+            })
+        })
         .collect();
     let pins_of = |name: &HostName| {
         let i = inv
@@ -299,7 +309,7 @@ pub fn desired(
             let domains: Vec<_> = inv.backed_up_by(&host.name).collect();
             let mut routes = Vec::new();
             for d in &domains {
-                let pins = pins_of(&d.primary).ok_or_else(|| {
+                let (pins, certs) = pins_of(&d.primary).ok_or_else(|| {
                     format!(
                         "not planned: it backs up {} for {}, whose keys could not be read",
                         d.name, d.primary
@@ -310,6 +320,7 @@ pub fn desired(
                     primary: d.primary.clone(),
                     next_hop: inv.host(&d.primary).next_hop(),
                     pins,
+                    certs,
                 });
             }
             Ok(HostDesired {

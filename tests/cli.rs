@@ -72,7 +72,7 @@ fn invalid_toml() {
 fn unknown_key() {
     refused(
         &GOOD.replace("mx = \"home.example.net\"", "mx = \"home.example.net\"\nport = 26"),
-        "FILE:7:1: unknown field `port`, expected one of `ssh`, `mx`, `smtp_port`, `config_dir`, `sudo`, `relayhost`, `fetchmail`",
+        "FILE:7:1: unknown field `port`, expected one of `ssh`, `mx`, `smtp_port`, `config_dir`, `sudo`, `mta`, `relayhost`, `fetchmail`",
     );
 }
 

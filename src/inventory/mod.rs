@@ -56,10 +56,35 @@ pub struct Host {
     pub smtp_port: u16,
     pub config_dir: RemotePath,
     pub sudo: bool,
+    pub mta: Mta,
     /// External smarthost for all this host's outgoing mail.
     pub relayhost: Option<HostName>,
     /// Mailboxes this host polls with fetchmail.
     pub fetchmail: Vec<Poll>,
+}
+
+/// The MTA a host runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mta {
+    Postfix,
+    Exim,
+}
+
+impl Mta {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mta::Postfix => "postfix",
+            Mta::Exim => "exim",
+        }
+    }
+
+    fn default_config_dir(self) -> &'static str {
+        match self {
+            Mta::Postfix => "/etc/postfix",
+            Mta::Exim => "/etc/exim4",
+        }
+    }
 }
 
 /// What an external server speaks: SMTP (a smarthost) or a mailbox
@@ -216,6 +241,20 @@ impl Inventory {
             .expect("validated inventory names only existing externals")
     }
 
+    /// Whether peers of `host` pin its certificate rather than its public
+    /// key: when the inventory says so, or when an Exim host backs it up
+    /// (Exim can only pin certificates). A certificate near expiry is then
+    /// renewed by rotating to the next key, never re-issued in place.
+    pub fn certificate_pinned(&self, host: &HostName) -> bool {
+        self.settings.pin == PinKind::Certificate
+            || self
+                .domains
+                .iter()
+                .filter(|d| &d.primary == host)
+                .flat_map(|d| d.backups.iter())
+                .any(|b| self.host(b).mta == Mta::Exim)
+    }
+
     /// Domains `host` is a backup for.
     pub fn backed_up_by<'a>(&'a self, host: &'a HostName) -> impl Iterator<Item = &'a Domain> {
         self.domains
@@ -338,6 +377,7 @@ struct RawHost {
     config_dir: Option<Spanned<String>>,
     #[serde(default)]
     sudo: bool,
+    mta: Option<Spanned<String>>,
     relayhost: Option<Spanned<String>>,
     #[serde(default)]
     fetchmail: Vec<RawPoll>,
@@ -458,10 +498,28 @@ impl Context<'_> {
                         self.at(p, format!("host {name}: smtp_port must be 1 to 65535"))
                     })?,
             };
+            let mta = match h.mta.as_ref().map(|m| (m, m.get_ref().as_str())) {
+                None | Some((_, "postfix")) => Mta::Postfix,
+                Some((_, "exim")) => Mta::Exim,
+                Some((m, other)) => {
+                    return Err(self.at(
+                        m,
+                        format!("host {name}: unknown mta {other:?}: expected postfix or exim"),
+                    ))
+                }
+            };
             let config_dir = match &h.config_dir {
-                None => RemotePath::parse("/etc/postfix").expect("default is valid"),
+                None => RemotePath::parse(mta.default_config_dir()).expect("default is valid"),
                 Some(d) => self.value(d, RemotePath::parse)?,
             };
+            if mta == Mta::Exim {
+                if let Some(r) = &h.relayhost {
+                    return Err(self.at(r, format!("host {name}: relayhost is supported on Postfix hosts only")));
+                }
+                if let Some(p) = h.fetchmail.first() {
+                    return Err(self.at(&p.server, format!("host {name}: fetchmail is supported on Postfix hosts only")));
+                }
+            }
             let relayhost = match &h.relayhost {
                 None => None,
                 Some(r) => {
@@ -525,6 +583,7 @@ impl Context<'_> {
                 smtp_port,
                 config_dir,
                 sudo: h.sudo,
+                mta,
                 relayhost,
                 fetchmail,
             });

@@ -15,7 +15,7 @@ use zeroize::Zeroizing;
 use crate::desired::{HostDesired, StoredKeys};
 use crate::facts::Sections;
 use crate::inventory::{Host, Inventory};
-use crate::plan::HostPlan;
+use crate::plan::{Action, Content, FileChange, HostPlan};
 use crate::templates::Templates;
 
 /// What was read from one host.
@@ -129,6 +129,48 @@ pub fn route_checks(plan: &HostPlan, facts: &Facts) -> Vec<RouteCheck> {
     }
 }
 
+/// Shell shared by every apply script: strict environment, the `fail`,
+/// `rollback`, `swap` and `remove` helpers. The MTA script defines `C`,
+/// `cleanup_staged` and `reload_after_rollback` (the MTA's reload, run only
+/// when something was swapped in and rolled back).
+pub const SCRIPT_PRELUDE: &str = r#"LC_ALL=C; export LC_ALL
+PATH=/usr/sbin:/usr/bin:/sbin:/bin:/usr/local/sbin:/usr/local/bin:$PATH; export PATH
+umask 077
+NL='
+'
+step=prepare
+swapped=''
+trap '' PIPE
+trap 'fail "interrupted by a signal"' HUP INT TERM
+fail() {
+  printf '@@mxpin-failed %s: %s\n' "$step" "$(printf '%s' "$1" | tr '\n' ' ')"
+  rollback
+  exit 1
+}
+rollback() {
+  trap '' HUP INT TERM
+  for t in $swapped; do
+    if [ -e "$t.mxpin-old" ]; then mv -f "$t.mxpin-old" "$t"; else rm -f "$t"; fi
+  done
+  cleanup_staged
+  if [ -n "$swapped" ]; then
+    reload_after_rollback
+    printf '@@mxpin-rolled-back\n'
+  fi
+}
+swap() {
+  if [ -e "$2" ]; then ln -f "$2" "$2.mxpin-old" || fail "cannot keep a copy of $2"; fi
+  swapped="$2 $swapped"
+  mv -f "$1" "$2" || fail "cannot move $1 into place"
+}
+remove() {
+  [ -e "$1" ] || return 0
+  ln -f "$1" "$1.mxpin-old" || fail "cannot keep a copy of $1"
+  swapped="$1 $swapped"
+  rm -f "$1" || fail "cannot remove $1"
+}
+"#;
+
 /// Script text. It holds private keys, so it is never printed or logged.
 pub struct ApplyScript(Zeroizing<String>);
 
@@ -185,4 +227,68 @@ pub fn parse_result(stdout: &str) -> Option<ApplyResult> {
         }),
         other => other,
     }
+}
+
+/// A file mxpin owns, as found on a host.
+#[derive(Debug, Clone)]
+pub struct FoundFile {
+    pub content: Content,
+    /// `ls -ln` line: mode and numeric owner and group.
+    pub ls: String,
+}
+
+impl FoundFile {
+    /// Owned by root, group `gid`, with exactly `mode` (a regular file).
+    pub fn mode_is(&self, mode: u32, gid: u32) -> bool {
+        let bits = |m: u32, r: char, w: char| {
+            format!(
+                "{}{}",
+                if m & 4 != 0 { r } else { '-' },
+                if m & 2 != 0 { w } else { '-' }
+            )
+        };
+        let perms = format!(
+            "-{}-{}-{}-",
+            bits(mode >> 6, 'r', 'w'),
+            bits(mode >> 3, 'r', 'w'),
+            bits(mode, 'r', 'w')
+        );
+        let mut f = self.ls.split_whitespace();
+        let (p, _links, uid, g) = (f.next(), f.next(), f.next(), f.next());
+        let gid = gid.to_string();
+        p.is_some_and(|p| p.trim_end_matches(['.', '+', '@']) == perms)
+            && uid == Some("0")
+            && g == Some(gid.as_str())
+    }
+}
+
+/// The change that makes `path` hold `new` (`None`: absent) with `mode`,
+/// owned by root and group `gid`; `None` when it already does.
+pub fn change_for(
+    path: String,
+    found: Option<&FoundFile>,
+    new: Option<Content>,
+    mode: u32,
+    gid: u32,
+) -> Option<FileChange> {
+    let old = found.map(|f| f.content.clone());
+    let action = match (&old, &new) {
+        (None, None) => return None,
+        (None, Some(_)) => Action::Create,
+        (Some(_), None) => Action::Delete,
+        (Some(o), Some(n)) if o == n => {
+            if found.is_some_and(|f| f.mode_is(mode, gid)) {
+                return None;
+            }
+            Action::Chmod
+        }
+        (Some(_), Some(_)) => Action::Modify,
+    };
+    Some(FileChange {
+        path,
+        action,
+        old,
+        new,
+        mode,
+    })
 }

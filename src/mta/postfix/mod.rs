@@ -228,25 +228,7 @@ pub fn route_checks(host: &HostName, steps: &ApplySteps, f: &PostfixFacts) -> Ve
     checks
 }
 
-/// An owned file as found on the host.
-#[derive(Debug, Clone)]
-pub struct FoundFile {
-    pub content: Content,
-    /// `ls -ln` line: mode and numeric owner.
-    pub ls: String,
-}
-
-impl FoundFile {
-    fn mode_is(&self, mode: u32) -> bool {
-        let perms = match mode {
-            0o600 => "-rw-------",
-            _ => "-rw-r--r--",
-        };
-        let mut f = self.ls.split_whitespace();
-        let (p, _links, uid) = (f.next(), f.next(), f.next());
-        p.is_some_and(|p| p.trim_end_matches(['.', '+', '@']) == perms) && uid == Some("0")
-    }
-}
+pub use crate::mta::{change_for, FoundFile};
 
 #[derive(Debug, Clone)]
 pub struct PostfixFacts {
@@ -579,34 +561,6 @@ fn lookups_for(
     Ok(lookups)
 }
 
-fn change_for(
-    path: String,
-    found: Option<&FoundFile>,
-    new: Option<Content>,
-    mode: u32,
-) -> Option<FileChange> {
-    let old = found.map(|f| f.content.clone());
-    let action = match (&old, &new) {
-        (None, None) => return None,
-        (None, Some(_)) => Action::Create,
-        (Some(_), None) => Action::Delete,
-        (Some(o), Some(n)) if o == n => {
-            if found.is_some_and(|f| f.mode_is(mode)) {
-                return None;
-            }
-            Action::Chmod
-        }
-        (Some(_), Some(_)) => Action::Modify,
-    };
-    Some(FileChange {
-        path,
-        action,
-        old,
-        new,
-        mode,
-    })
-}
-
 /// main.cf edits for a host: its certificate, its backup role if any, its
 /// relayhost and the TLS policy table.
 fn main_cf_edits(
@@ -848,12 +802,14 @@ pub fn plan_host(
             f.files.get(key_file),
             Some(Content::Secret(id.key.clone())),
             0o600,
+            0,
         ));
         changes.extend(change_for(
             format!("{owned}/{cert_file}"),
             f.files.get(cert_file),
             Some(Content::Text(id.cert.pem().to_string())),
             0o644,
+            0,
         ));
     }
 
@@ -865,7 +821,7 @@ pub fn plan_host(
         let path = format!("{owned}/{table}");
         let used = uses_table(table, d, inv);
         let new = used.then(|| Content::Text(tables[table].clone()));
-        let change = change_for(path.clone(), f.files.get(table), new, 0o644);
+        let change = change_for(path.clone(), f.files.get(table), new, 0o644, 0);
         // A database is stale when missing or older than its source, or
         // when main.cf names the table with another type (hash and btree
         // share the .db suffix but not the format).
@@ -893,6 +849,7 @@ pub fn plan_host(
             f.files.get(name),
             Some(content),
             *mode,
+            0,
         ));
     }
     for (name, found) in &f.files {
@@ -902,6 +859,7 @@ pub fn plan_host(
                 Some(found),
                 None,
                 0o644,
+                0,
             ));
         }
     }

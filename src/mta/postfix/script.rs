@@ -16,43 +16,7 @@ pub use crate::mta::{parse_result, ApplyResult, ApplyScript};
 use crate::plan::{Action, HostPlan};
 use crate::shell::quote;
 
-const PRELUDE: &str = r#"LC_ALL=C; export LC_ALL
-PATH=/usr/sbin:/usr/bin:/sbin:/bin:/usr/local/sbin:/usr/local/bin:$PATH; export PATH
-umask 077
-NL='
-'
-step=prepare
-swapped=''
-trap '' PIPE
-trap 'fail "interrupted by a signal"' HUP INT TERM
-fail() {
-  printf '@@mxpin-failed %s: %s\n' "$step" "$(printf '%s' "$1" | tr '\n' ' ')"
-  rollback
-  exit 1
-}
-rollback() {
-  trap '' HUP INT TERM
-  for t in $swapped; do
-    if [ -e "$t.mxpin-old" ]; then mv -f "$t.mxpin-old" "$t"; else rm -f "$t"; fi
-  done
-  cleanup_staged
-  if [ -n "$swapped" ]; then
-    if postfix -c "$C" status >/dev/null 2>&1; then postfix -c "$C" reload >/dev/null 2>&1; fi
-    printf '@@mxpin-rolled-back\n'
-  fi
-}
-swap() {
-  if [ -e "$2" ]; then ln -f "$2" "$2.mxpin-old" || fail "cannot keep a copy of $2"; fi
-  swapped="$2 $swapped"
-  mv -f "$1" "$2" || fail "cannot move $1 into place"
-}
-remove() {
-  [ -e "$1" ] || return 0
-  ln -f "$1" "$1.mxpin-old" || fail "cannot keep a copy of $1"
-  swapped="$1 $swapped"
-  rm -f "$1" || fail "cannot remove $1"
-}
-"#;
+
 
 /// The admin's own files, edited in place: they keep their mode and owner
 /// and are swapped in last.
@@ -74,7 +38,11 @@ pub fn apply_script(plan: &HostPlan) -> ApplyScript {
     let mut s = String::with_capacity(16 * 1024);
     let _ = writeln!(s, "mxpin_apply() {{");
     let _ = writeln!(s, "C={}", quote(&steps.config_dir));
-    s.push_str(PRELUDE);
+    // Rollback reloads Postfix only when it runs.
+    s.push_str(
+        "reload_after_rollback() {\n  if postfix -c \"$C\" status >/dev/null 2>&1; then postfix -c \"$C\" reload >/dev/null 2>&1; fi\n}\n",
+    );
+    s.push_str(crate::mta::SCRIPT_PRELUDE);
 
     // Every path this run may create besides its targets.
     let mut staged_paths: Vec<String> = Vec::new();
