@@ -164,7 +164,7 @@ fn rotation_blocker(
             }
             Err(_) => {}
             Ok(f) => {
-                let pinned = f.pins_for(&host.next_hop());
+                let pinned = f.pins_for(&host.next_hop(), &inv.settings);
                 if !compromised && !pinned.iter().any(|p| p == next_pin.as_str()) {
                     return Some(format!(
                         "peer {peer} does not pin {}'s next key yet; run `mxpin apply` first",
@@ -274,7 +274,7 @@ pub fn peer_pins(
             let pins = state
                 .facts
                 .as_ref()
-                .map(|f| f.pins_for(&next_hop))
+                .map(|f| f.pins_for(&next_hop, &inv.settings))
                 .unwrap_or_default();
             (peer.clone(), pins)
         })

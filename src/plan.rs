@@ -50,6 +50,8 @@ pub struct FileChange {
     pub new: Option<Content>,
     /// Mode the file gets (octal), owner root.
     pub mode: u32,
+    /// Group owning the file (owner is always root).
+    pub group: u32,
 }
 
 impl FileChange {
@@ -278,6 +280,7 @@ mod tests {
             old,
             new,
             mode: 0o644,
+            group: 0,
         }
     }
 

@@ -22,6 +22,30 @@ const BUILTIN: &[(&str, &str)] = &[
         include_str!("../templates/postfix/relay_recipients.tera"),
     ),
     (
+        "exim/main.conf.tera",
+        include_str!("../templates/exim/main.conf.tera"),
+    ),
+    (
+        "exim/acl_rcpt.conf.tera",
+        include_str!("../templates/exim/acl_rcpt.conf.tera"),
+    ),
+    (
+        "exim/routers.conf.tera",
+        include_str!("../templates/exim/routers.conf.tera"),
+    ),
+    (
+        "exim/transports.conf.tera",
+        include_str!("../templates/exim/transports.conf.tera"),
+    ),
+    (
+        "exim/relay_recipients.tera",
+        include_str!("../templates/exim/relay_recipients.tera"),
+    ),
+    (
+        "exim/pins.tera",
+        include_str!("../templates/exim/pins.tera"),
+    ),
+    (
         "fetchmail/fetchmailrc.tera",
         include_str!("../templates/fetchmail/fetchmailrc.tera"),
     ),

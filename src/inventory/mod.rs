@@ -514,10 +514,16 @@ impl Context<'_> {
             };
             if mta == Mta::Exim {
                 if let Some(r) = &h.relayhost {
-                    return Err(self.at(r, format!("host {name}: relayhost is supported on Postfix hosts only")));
+                    return Err(self.at(
+                        r,
+                        format!("host {name}: relayhost is supported on Postfix hosts only"),
+                    ));
                 }
                 if let Some(p) = h.fetchmail.first() {
-                    return Err(self.at(&p.server, format!("host {name}: fetchmail is supported on Postfix hosts only")));
+                    return Err(self.at(
+                        &p.server,
+                        format!("host {name}: fetchmail is supported on Postfix hosts only"),
+                    ));
                 }
             }
             let relayhost = match &h.relayhost {

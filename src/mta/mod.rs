@@ -6,6 +6,7 @@
 //! that ends with the verdict protocol read by [`parse_result`], and the
 //! verification checks run with the facts after apply.
 
+pub mod exim;
 pub mod postfix;
 
 use std::fmt;
@@ -14,7 +15,7 @@ use zeroize::Zeroizing;
 
 use crate::desired::{HostDesired, StoredKeys};
 use crate::facts::Sections;
-use crate::inventory::{Host, Inventory};
+use crate::inventory::{Host, Inventory, Mta, Settings};
 use crate::plan::{Action, Content, FileChange, HostPlan};
 use crate::templates::Templates;
 
@@ -22,6 +23,7 @@ use crate::templates::Templates;
 #[derive(Debug, Clone)]
 pub enum Facts {
     Postfix(postfix::PostfixFacts),
+    Exim(exim::EximFacts),
 }
 
 impl Facts {
@@ -29,14 +31,17 @@ impl Facts {
     pub fn stored_keys(&self) -> StoredKeys {
         match self {
             Facts::Postfix(f) => f.stored_keys(),
+            Facts::Exim(f) => f.stored_keys(),
         }
     }
 
     /// The fingerprints the host pins for `next_hop`, as its MTA would see
     /// them now (a stale or missing table pins nothing).
-    pub fn pins_for(&self, next_hop: &str) -> Vec<String> {
+    /// In the inventory's digest and pin kind.
+    pub fn pins_for(&self, next_hop: &str, settings: &Settings) -> Vec<String> {
         match self {
             Facts::Postfix(f) => f.pins_for(next_hop),
+            Facts::Exim(f) => f.pins_for(next_hop, settings),
         }
     }
 }
@@ -45,6 +50,7 @@ impl Facts {
 #[derive(Debug, Clone)]
 pub enum Steps {
     Postfix(postfix::ApplySteps),
+    Exim(exim::ApplySteps),
 }
 
 impl Default for Steps {
@@ -58,6 +64,7 @@ impl Steps {
     pub fn has_work(&self) -> bool {
         match self {
             Steps::Postfix(s) => !s.postmap.is_empty(),
+            Steps::Exim(_) => false,
         }
     }
 
@@ -65,6 +72,7 @@ impl Steps {
     pub fn postfix(&self) -> &postfix::ApplySteps {
         match self {
             Steps::Postfix(s) => s,
+            Steps::Exim(_) => panic!("not a Postfix plan"),
         }
     }
 }
@@ -72,12 +80,18 @@ impl Steps {
 /// The one read-only remote command that reads a host's facts, with
 /// `extra` shell (verification checks) run before the closing frame.
 pub fn facts_script(host: &Host, extra: &str) -> String {
-    postfix::facts_script_with(host, extra)
+    match host.mta {
+        Mta::Postfix => postfix::facts_script_with(host, extra),
+        Mta::Exim => exim::facts_script(host, extra),
+    }
 }
 
 /// Parses the output of [`facts_script`].
-pub fn parse_facts(_host: &Host, sections: &Sections) -> Result<Facts, String> {
-    postfix::PostfixFacts::from_sections(sections).map(Facts::Postfix)
+pub fn parse_facts(host: &Host, sections: &Sections) -> Result<Facts, String> {
+    match host.mta {
+        Mta::Postfix => postfix::PostfixFacts::from_sections(sections).map(Facts::Postfix),
+        Mta::Exim => exim::EximFacts::from_sections(sections).map(Facts::Exim),
+    }
 }
 
 /// Plans one host: pure, from its desired state and facts.
@@ -89,6 +103,7 @@ pub fn plan_host(
 ) -> Result<HostPlan, String> {
     match facts {
         Facts::Postfix(f) => postfix::plan_host(d, f, inv, t),
+        Facts::Exim(f) => exim::plan_host(d, f, inv, t),
     }
 }
 
@@ -96,6 +111,7 @@ pub fn plan_host(
 pub fn apply_script(plan: &HostPlan) -> ApplyScript {
     match &plan.steps {
         Steps::Postfix(_) => postfix::script::apply_script(plan),
+        Steps::Exim(_) => exim::script::apply_script(plan),
     }
 }
 
@@ -110,6 +126,8 @@ pub fn verify_snippet(plan: &HostPlan, facts: &Facts, inv: &Inventory) -> String
                 .map_or("dns", String::as_str);
             postfix::verify_snippet(steps, inv.settings.digest.as_str(), lookup)
         }
+        (Steps::Exim(steps), Facts::Exim(_)) => exim::verify_snippet(steps),
+        _ => String::new(),
     }
 }
 
@@ -126,6 +144,8 @@ pub struct RouteCheck {
 pub fn route_checks(plan: &HostPlan, facts: &Facts) -> Vec<RouteCheck> {
     match (&plan.steps, facts) {
         (Steps::Postfix(steps), Facts::Postfix(f)) => postfix::route_checks(&plan.host, steps, f),
+        (Steps::Exim(steps), Facts::Exim(f)) => exim::route_checks(steps, f),
+        _ => Vec::new(),
     }
 }
 
@@ -290,5 +310,6 @@ pub fn change_for(
         old,
         new,
         mode,
+        group: gid,
     })
 }

@@ -63,6 +63,11 @@ impl Lab {
     /// machine cannot run one. With MXPIN_LAB_REQUIRED=1 (set by .ci/run) a
     /// lab that cannot start fails the test instead.
     pub fn up() -> Option<Lab> {
+        Self::up_with(&[])
+    }
+
+    /// Starts a lab with extra `lab.sh up` arguments (`--exim relay`).
+    pub fn up_with(extra: &[&str]) -> Option<Lab> {
         let required = std::env::var("MXPIN_LAB_REQUIRED").is_ok_and(|v| v == "1");
         if !is_root() {
             assert!(!required, "MXPIN_LAB_REQUIRED=1 but not running as root");
@@ -80,6 +85,7 @@ impl Lab {
             .arg("up")
             .arg(&dir)
             .arg(&netns)
+            .args(extra)
             .output()
             .expect("run lab.sh");
         if !out.status.success() {

@@ -885,6 +885,7 @@ pub fn plan_host(
                 old: Some(Content::Text(old.clone())),
                 new: Some(Content::Text(new.clone())),
                 mode: 0o644,
+                group: 0,
             });
         }
     }
@@ -897,6 +898,7 @@ pub fn plan_host(
             old: Some(Content::Text(f.main_cf.clone())),
             new: Some(Content::Text(new_main.clone())),
             mode: 0o644,
+            group: 0,
         });
     }
 

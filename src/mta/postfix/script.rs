@@ -16,8 +16,6 @@ pub use crate::mta::{parse_result, ApplyResult, ApplyScript};
 use crate::plan::{Action, HostPlan};
 use crate::shell::quote;
 
-
-
 /// The admin's own files, edited in place: they keep their mode and owner
 /// and are swapped in last.
 fn is_admin_file(path: &str) -> bool {
@@ -32,7 +30,9 @@ fn staged(path: &str) -> String {
 /// Builds the script for a plan. Paths come from validated inventory values
 /// and fixed names, but are still quoted everywhere.
 pub fn apply_script(plan: &HostPlan) -> ApplyScript {
-    let Steps::Postfix(steps): &Steps = &plan.steps;
+    let Steps::Postfix(steps) = &plan.steps else {
+        unreachable!("mta::apply_script dispatches on the plan's MTA")
+    };
     let steps: &ApplySteps = steps;
     let suffix = db_suffix(&steps.db_type).expect("plan checked the database type");
     let mut s = String::with_capacity(16 * 1024);

@@ -1925,7 +1925,9 @@ fn live_failed_lookup_rolls_back_every_byte() {
     require_root_and_postfix!();
     assert_failed_apply_restores_everything(
         |plan| {
-            let crate::mta::Steps::Postfix(steps) = &mut plan.steps;
+            let crate::mta::Steps::Postfix(steps) = &mut plan.steps else {
+                unreachable!()
+            };
             let l = steps
                 .lookups
                 .iter_mut()

@@ -1,0 +1,257 @@
+//! Exim facts parsing and planning, from outputs of the real facts script
+//! captured in the lab (`lab.sh up --exim relay`: relay runs Exim 4.96,
+//! home Postfix) before and after `mxpin apply`.
+
+use std::path::{Path, PathBuf};
+
+use time::OffsetDateTime;
+
+use super::{plan_host, EximFacts, RouteTest};
+use crate::desired::{self, StoredKeys};
+use crate::facts;
+use crate::inventory::{self, Inventory};
+use crate::mta::postfix::PostfixFacts;
+use crate::plan::{Action, Content, HostPlan};
+use crate::templates::Templates;
+use crate::tls::{Certificate, Digest, PinKind};
+
+const LAB: &str = r#"
+[hosts.home]
+ssh = "home"
+mx = "home.example.net"
+
+[hosts.relay]
+mta = "exim"
+ssh = "mxpinlab@relay"
+mx = "relay.example.org"
+sudo = true
+
+[domains."example.net"]
+primary = "home"
+backups = ["relay"]
+recipients = ["first.last@example.net"]
+"#;
+
+fn fixture(name: &str) -> Vec<u8> {
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/exim")
+        .join(name);
+    std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+}
+
+fn exim(name: &str) -> Result<EximFacts, String> {
+    let sections = facts::parse(&fixture(name)).map_err(|e| e.to_string())?;
+    EximFacts::from_sections(&sections)
+}
+
+fn home_keys() -> StoredKeys {
+    let sections = facts::parse(&fixture("facts-home-postfix-applied.out")).unwrap();
+    PostfixFacts::from_sections(&sections)
+        .unwrap()
+        .stored_keys()
+}
+
+fn lab() -> Inventory {
+    inventory::parse(Path::new("mxpin.toml"), LAB).unwrap()
+}
+
+fn now() -> OffsetDateTime {
+    // Within the validity of the captured certificates (made 2026-11-22).
+    OffsetDateTime::from_unix_timestamp(1_795_400_000).unwrap()
+}
+
+fn plan_relay(inv: &Inventory, f: &EximFacts) -> Result<HostPlan, String> {
+    let keys = inv
+        .hosts
+        .iter()
+        .map(|h| {
+            let stored = if h.name.as_str() == "relay" {
+                f.stored_keys()
+            } else {
+                home_keys()
+            };
+            desired::resolve_keys(inv, h, &stored, now()).map_err(|e| e.to_string())
+        })
+        .collect();
+    let d = desired::desired(inv, keys).swap_remove(1)?;
+    plan_host(&d, f, inv, &Templates::load(None).unwrap())
+}
+
+#[test]
+fn fresh_facts_read_as_debian_exim_without_mxpin() {
+    let f = exim("facts-relay-fresh.out").unwrap();
+    assert_eq!(f.version, "4.96");
+    assert_eq!(f.tls_library, "GnuTLS");
+    assert_eq!(f.config_file, "/etc/exim4/exim4.conf");
+    assert!(f.config.as_deref().unwrap().contains("begin routers"));
+    assert_eq!(f.pid_file, "/run/exim4/exim.pid");
+    assert_eq!(f.rcpt_acl, "acl_check_rcpt");
+    assert!(f.running);
+    assert!(f.gid > 0);
+    assert!(f.files.is_empty());
+    let keys = f.stored_keys();
+    assert!(keys.current.key.is_none() && keys.next.cert.is_none());
+}
+
+#[test]
+fn applied_facts_hold_secret_keys_and_the_pins_of_the_primary() {
+    let f = exim("facts-relay-applied.out").unwrap();
+    assert!(matches!(f.files["current.key"].content, Content::Secret(_)));
+    assert!(f.files["current.key"].mode_is(0o640, f.gid));
+    assert!(f.files["next.key"].mode_is(0o600, 0));
+    let inv = lab();
+    // What relay pins for home, in the inventory's form, is what home has.
+    let home = home_keys();
+    let want: Vec<String> = [&home.current, &home.next]
+        .iter()
+        .map(|p| {
+            Certificate::from_pem(p.cert.as_deref().unwrap())
+                .unwrap()
+                .fingerprint(Digest::Sha256, PinKind::PublicKey)
+                .to_string()
+        })
+        .collect();
+    assert_eq!(f.pins_for("[home.example.net]:25", &inv.settings), want);
+    assert!(f
+        .pins_for("[home.example.net]:26", &inv.settings)
+        .is_empty());
+    assert!(f.pins_for("[other.example]:25", &inv.settings).is_empty());
+}
+
+#[test]
+fn truncated_or_failing_facts_are_refused() {
+    let out = fixture("facts-relay-applied.out");
+    let cut = out.len() - 20;
+    assert!(facts::parse(&out[..cut]).is_err() || exim_from(&out[..cut]).is_err());
+    let s =
+        facts::parse(b"@@mxpin error 24\nexim4 not found: is Exim\n@@mxpin end 2\nok\n").unwrap();
+    assert_eq!(
+        EximFacts::from_sections(&s).unwrap_err(),
+        "exim4 not found: is Exim"
+    );
+}
+
+fn exim_from(out: &[u8]) -> Result<EximFacts, String> {
+    let s = facts::parse(out).map_err(|e| e.to_string())?;
+    EximFacts::from_sections(&s)
+}
+
+#[test]
+fn fresh_exim_backup_gets_fragments_includes_and_a_group_readable_key() {
+    let inv = lab();
+    let f = exim("facts-relay-fresh.out").unwrap();
+    let plan = plan_relay(&inv, &f).unwrap();
+    let find = |name: &str| {
+        plan.changes
+            .iter()
+            .find(|c| c.path == format!("/etc/exim4/mxpin/{name}"))
+            .unwrap_or_else(|| panic!("no change for {name}"))
+    };
+    let key = find("current.key");
+    assert_eq!(
+        (key.action, key.mode, key.group),
+        (Action::Create, 0o640, f.gid)
+    );
+    assert_eq!(find("next.key").mode, 0o600);
+    let home = home_keys();
+    let peer = find("peer-home.example.net.pem")
+        .new
+        .as_ref()
+        .unwrap()
+        .raw()
+        .to_string();
+    assert_eq!(
+        peer,
+        format!(
+            "{}{}",
+            home.current.cert.as_deref().unwrap(),
+            home.next.cert.as_deref().unwrap()
+        ),
+        "the trust file holds exactly home's current and next certificates"
+    );
+    let pins = find("pins").new.as_ref().unwrap().raw().to_string();
+    let sha = Certificate::from_pem(home.current.cert.as_deref().unwrap())
+        .unwrap()
+        .fingerprint(Digest::Sha256, PinKind::Certificate)
+        .as_str()
+        .replace(':', "");
+    assert!(
+        pins.contains(&format!("home.example.net: {sha} : ")),
+        "{pins}"
+    );
+    let config = plan
+        .changes
+        .iter()
+        .find(|c| c.path == "/etc/exim4/exim4.conf")
+        .unwrap();
+    let new = config.new.as_ref().unwrap().raw();
+    for include in [
+        "main.conf",
+        "acl_rcpt.conf",
+        "routers.conf",
+        "transports.conf",
+    ] {
+        assert!(
+            new.contains(&format!(".include /etc/exim4/mxpin/{include}\n")),
+            "{new}"
+        );
+    }
+    assert!(plan.switches_key, "the host starts serving mxpin's key");
+    assert_eq!(plan.pinned.len(), 1);
+    let super::Steps::Exim(steps) = &plan.steps else {
+        panic!("not an Exim plan")
+    };
+    assert_eq!(
+        steps.route_tests,
+        [RouteTest {
+            address: "first.last@example.net".into(),
+            mx: "home.example.net".into(),
+            port: 25
+        }]
+    );
+    assert!(plan.commands.iter().any(|c| c.starts_with("kill -HUP")));
+}
+
+#[test]
+fn applied_exim_backup_plans_nothing() {
+    let inv = lab();
+    let f = exim("facts-relay-applied.out").unwrap();
+    let plan = plan_relay(&inv, &f).unwrap();
+    assert!(
+        plan.is_empty(),
+        "{:#?}",
+        plan.changes
+            .iter()
+            .map(|c| (&c.path, c.action))
+            .collect::<Vec<_>>()
+    );
+    assert!(plan.commands.is_empty() && plan.notes.is_empty());
+}
+
+#[test]
+fn debian_generated_configuration_is_refused_by_name() {
+    let inv = lab();
+    let mut f = exim("facts-relay-fresh.out").unwrap();
+    f.config_file = "/var/lib/exim4/config.autogenerated".into();
+    let e = plan_relay(&inv, &f).unwrap_err();
+    assert!(
+        e.starts_with("Exim reads /var/lib/exim4/config.autogenerated: mxpin supports a single /etc/exim4/exim4.conf"),
+        "{e}"
+    );
+}
+
+#[test]
+fn route_test_reads_exim_bt_output() {
+    let t = RouteTest {
+        address: "first.last@example.net".into(),
+        mx: "home.example.net".into(),
+        port: 25,
+    };
+    let good = "first.last@example.net\n  router = mxpin_backup, transport = mxpin_smtp\n  host home.example.net [127.0.0.2] \n";
+    assert!(t.passes(good));
+    assert!(!t.passes(&good.replace("mxpin_backup", "dnslookup")));
+    assert!(!t.passes(&good.replace("home.example.net [", "other.example [")));
+    let t2525 = RouteTest { port: 2525, ..t };
+    assert!(!t2525.passes(good));
+    assert!(t2525.passes(&good.replace("] \n", "] port=2525\n")));
+}

@@ -1,0 +1,214 @@
+//! Mixed Postfix/Exim pairs on the real lab (Debian's exim4 4.96, GnuTLS):
+//! an Exim backup relays to a Postfix primary with `CV=yes`, a Postfix
+//! backup relays to an Exim primary `Verified`, an impostor key makes the
+//! Exim backup defer (never bounce), and rotation across either pair defers
+//! nothing.
+
+mod common;
+
+use std::os::unix::fs::MetadataExt as _;
+use std::time::Duration;
+
+use common::{wait_for, Lab};
+
+fn inv(lab: &Lab) -> String {
+    lab.inventory().to_str().unwrap().to_string()
+}
+
+fn delivered(lab: &Lab, body: &str) -> bool {
+    lab.delivered().iter().any(|m| m.contains(body))
+}
+
+/// Exim's group id (the owner group of the served key).
+fn exim_gid() -> u32 {
+    let out = std::process::Command::new("getent")
+        .args(["group", "Debian-exim"])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .split(':')
+        .nth(2)
+        .and_then(|g| g.trim().parse().ok())
+        .expect("group Debian-exim (lab/install-deps.sh creates it)")
+}
+
+/// Sends `n` messages through the relay while `during` runs, then checks
+/// they were all delivered.
+fn send_during(lab: &Lab, tag: &str, n: usize, during: impl FnOnce() + Send) {
+    std::thread::scope(|scope| {
+        let sender = scope.spawn(|| {
+            for i in 0..n {
+                let sent = lab.send_to_relay("first.last@example.net", &format!("{tag} {i:02}"));
+                assert_eq!(sent.code, 0, "{tag} {i}: {sent:?}");
+                std::thread::sleep(Duration::from_millis(400));
+            }
+        });
+        std::thread::sleep(Duration::from_secs(1));
+        during();
+        sender.join().unwrap();
+    });
+    assert!(
+        wait_for(Duration::from_secs(90), || (0..n)
+            .all(|i| delivered(lab, &format!("{tag} {i:02}")))),
+        "all {tag} messages delivered; relay log:\n{}",
+        lab.maillog("relay")
+    );
+}
+
+#[test]
+fn exim_backup_pins_a_postfix_primary() {
+    let Some(lab) = Lab::up_with(&["--exim", "relay"]) else {
+        return;
+    };
+    let inv = inv(&lab);
+    let config = lab.dir.join("relay/etc/exim4/exim4.conf");
+    let before = std::fs::read_to_string(&config).unwrap();
+
+    let plan = lab.mxpin(&["plan", "-i", &inv]);
+    assert_eq!(plan.code, 2, "{plan:?}");
+    assert!(
+        plan.stdout
+            .contains("+.include /etc/exim4/mxpin/routers.conf"),
+        "{plan:?}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(&config).unwrap(),
+        before,
+        "plan changes nothing"
+    );
+
+    let apply = lab.mxpin(&["apply", "--yes", "-i", &inv]);
+    assert_eq!(apply.code, 0, "{apply:?}");
+    let verify = lab.mxpin(&["verify", "-i", &inv]);
+    assert_eq!(verify.code, 0, "{verify:?}");
+    assert!(
+        verify.stdout.contains(
+            "exim -bt first.last@example.net: mxpin_backup to home.example.net port 25 over mxpin_smtp"
+        ),
+        "{verify:?}"
+    );
+    let key = std::fs::metadata(lab.dir.join("relay/etc/exim4/mxpin/current.key")).unwrap();
+    assert_eq!(key.mode() & 0o777, 0o640);
+    assert_eq!((key.uid(), key.gid()), (0, exim_gid()));
+    assert_eq!(lab.mxpin(&["plan", "-i", &inv]).code, 0, "converged");
+
+    // Pinned delivery, and only listed recipients.
+    let sent = lab.send_to_relay("first.last@example.net", "exim pinned 1");
+    assert_eq!(sent.code, 0, "{sent:?}");
+    assert!(
+        wait_for(Duration::from_secs(30), || delivered(&lab, "exim pinned 1")),
+        "{}",
+        lab.maillog("relay")
+    );
+    let log = lab.maillog("relay");
+    let line = log
+        .lines()
+        .find(|l| l.contains("=> first.last@example.net R=mxpin_backup T=mxpin_smtp"))
+        .unwrap_or_else(|| panic!("{log}"));
+    assert!(line.contains("CV=yes"), "{line}");
+    let refused = lab.send_to_relay("other@example.net", "not listed");
+    assert_ne!(refused.code, 0, "{refused:?}");
+    assert!(refused.stdout.contains("550"), "{refused:?}");
+
+    // An impostor key on the primary: the backup defers, bounces nothing,
+    // and delivers once apply has put the pinned key back.
+    let impostor = lab.ssh(
+        "home",
+        "cd /etc/postfix && openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes \
+         -days 30 -subj /CN=home.example.net -keyout impostor.key -out impostor.crt 2>/dev/null && \
+         chmod 600 impostor.key && \
+         postconf -e 'smtpd_tls_chain_files = /etc/postfix/impostor.key, /etc/postfix/impostor.crt' && \
+         postfix reload",
+    );
+    assert_eq!(impostor.code, 0, "{impostor:?}");
+    std::thread::sleep(Duration::from_millis(1500));
+    let sent = lab.send_to_relay("first.last@example.net", "exim impostor 1");
+    assert_eq!(sent.code, 0, "{sent:?}");
+    assert!(
+        wait_for(Duration::from_secs(30), || lab
+            .maillog("relay")
+            .contains("T=mxpin_smtp defer (-37)")),
+        "{}",
+        lab.maillog("relay")
+    );
+    let queue = lab.ssh("relay", "sudo -n exim4 -bpc");
+    assert_eq!(queue.stdout.trim(), "1", "{queue:?}");
+    assert!(!delivered(&lab, "exim impostor 1"));
+    let verify = lab.mxpin(&["verify", "-i", &inv]);
+    assert_eq!(verify.code, 1, "{verify:?}");
+    assert!(
+        verify.stdout.contains("which relay does not pin"),
+        "{verify:?}"
+    );
+    let fix = lab.mxpin(&["apply", "--yes", "-i", &inv]);
+    assert_eq!(fix.code, 0, "{fix:?}");
+    let flush = lab.ssh("relay", "sudo -n exim4 -qff");
+    assert_eq!(flush.code, 0, "{flush:?}");
+    assert!(
+        wait_for(Duration::from_secs(30), || delivered(
+            &lab,
+            "exim impostor 1"
+        )),
+        "{}",
+        lab.maillog("relay")
+    );
+    let log = lab.maillog("relay");
+    assert!(!log.contains("**"), "nothing bounced: {log}");
+
+    // Rotation of both hosts while mail flows: nothing deferred.
+    let defers = log.matches(" defer (").count();
+    send_during(&lab, "exim rotation", 12, || {
+        let rotate = lab.mxpin(&["rotate", "--yes", "-i", &inv]);
+        assert_eq!(rotate.code, 0, "{rotate:?}");
+    });
+    let log = lab.maillog("relay");
+    assert_eq!(log.matches(" defer (").count(), defers, "{log}");
+    let last = log
+        .lines()
+        .rfind(|l| l.contains("R=mxpin_backup T=mxpin_smtp") && l.contains("=>"))
+        .unwrap();
+    assert!(last.contains("CV=yes"), "{last}");
+    assert_eq!(lab.mxpin(&["plan", "-i", &inv]).code, 0);
+}
+
+#[test]
+fn postfix_backup_pins_an_exim_primary() {
+    let Some(lab) = Lab::up_with(&["--exim", "home"]) else {
+        return;
+    };
+    let inv = inv(&lab);
+    let apply = lab.mxpin(&["apply", "--yes", "-i", &inv]);
+    assert_eq!(apply.code, 0, "{apply:?}");
+    assert_eq!(lab.mxpin(&["plan", "-i", &inv]).code, 0, "converged");
+    let key = std::fs::metadata(lab.dir.join("home/etc/exim4/mxpin/current.key")).unwrap();
+    assert_eq!((key.mode() & 0o777, key.gid()), (0o640, exim_gid()));
+
+    let sent = lab.send_to_relay("first.last@example.net", "postfix to exim 1");
+    assert_eq!(sent.code, 0, "{sent:?}");
+    assert!(
+        wait_for(Duration::from_secs(30), || delivered(
+            &lab,
+            "postfix to exim 1"
+        )),
+        "{}",
+        lab.maillog("relay")
+    );
+    let log = lab.maillog("relay");
+    assert!(
+        log.contains("Verified TLS connection established to home.example.net[127.0.0.2]:25"),
+        "{log}"
+    );
+
+    send_during(&lab, "exim primary rotation", 12, || {
+        let rotate = lab.mxpin(&["rotate", "--yes", "-i", &inv]);
+        assert_eq!(rotate.code, 0, "{rotate:?}");
+    });
+    let log = lab.maillog("relay");
+    assert_eq!(log.matches("status=deferred").count(), 0, "{log}");
+    let last = log
+        .lines()
+        .rfind(|l| l.contains("TLS connection established to home.example.net"))
+        .unwrap();
+    assert!(last.contains("Verified TLS connection"), "{last}");
+    assert_eq!(lab.mxpin(&["plan", "-i", &inv]).code, 0);
+}
