@@ -212,3 +212,70 @@ fn postfix_backup_pins_an_exim_primary() {
     assert!(last.contains("Verified TLS connection"), "{last}");
     assert_eq!(lab.mxpin(&["plan", "-i", &inv]).code, 0);
 }
+
+#[test]
+fn debian_split_configuration_is_fitted_through_conf_d() {
+    let Some(lab) = Lab::up_with(&["--exim-debian", "relay"]) else {
+        return;
+    };
+    let inv = inv(&lab);
+    let etc = lab.dir.join("relay/etc/exim4");
+    let update_conf = std::fs::read_to_string(etc.join("update-exim4.conf.conf")).unwrap();
+    assert!(update_conf.contains("dc_relay_domains=''"), "{update_conf}");
+
+    let apply = lab.mxpin(&["apply", "--yes", "-i", &inv]);
+    assert_eq!(apply.code, 0, "{apply:?}");
+    assert!(
+        apply.stdout.contains("Verified: 1 pinned route(s)"),
+        "{apply:?}"
+    );
+    let update_conf = std::fs::read_to_string(etc.join("update-exim4.conf.conf")).unwrap();
+    assert!(
+        update_conf.contains("dc_relay_domains='example.net'"),
+        "{update_conf}"
+    );
+    assert!(
+        !etc.join("exim4.conf").exists(),
+        "no single-file configuration appears"
+    );
+    let macros = std::fs::read_to_string(etc.join("conf.d/main/00_mxpin_macros")).unwrap();
+    assert!(
+        macros.contains(".include /etc/exim4/mxpin/main.conf"),
+        "{macros}"
+    );
+    let routers = lab.ssh("relay", "sudo -n exim4 -bP router_list");
+    assert!(
+        routers.stdout.trim_start().starts_with("mxpin_backup"),
+        "mxpin's router first: {routers:?}"
+    );
+    assert_eq!(lab.mxpin(&["plan", "-i", &inv]).code, 0, "converged");
+
+    let sent = lab.send_to_relay("first.last@example.net", "debian pinned 1");
+    assert_eq!(sent.code, 0, "{sent:?}");
+    assert!(
+        wait_for(Duration::from_secs(30), || delivered(
+            &lab,
+            "debian pinned 1"
+        )),
+        "{}",
+        lab.maillog("relay")
+    );
+    let log = lab.maillog("relay");
+    let line = log
+        .lines()
+        .find(|l| l.contains("=> first.last@example.net R=mxpin_backup T=mxpin_smtp"))
+        .unwrap_or_else(|| panic!("{log}"));
+    assert!(line.contains("CV=yes"), "{line}");
+    // An outside client (not in Debian's relay_from_hosts) may only send to
+    // listed recipients.
+    let bh = lab.ssh(
+        "relay",
+        "printf 'HELO x\\r\\nMAIL FROM:<a@b.example>\\r\\nRCPT TO:<other@example.net>\\r\\nRCPT TO:<first.last@example.net>\\r\\nQUIT\\r\\n' \
+         | sudo -n exim4 -bh 192.0.2.9 2>/dev/null",
+    );
+    assert!(
+        bh.stdout.contains("550-5.1.1 <other@example.net>"),
+        "{bh:?}"
+    );
+    assert!(bh.stdout.contains("250 Accepted"), "{bh:?}");
+}

@@ -217,6 +217,19 @@ pub fn render(
     })
 }
 
+/// main.conf for Debian's generated configuration: the same domain list,
+/// and Debian's macros (MAIN_TLS_*, CHECK_RCPT_LOCAL_ACL_FILE) instead of
+/// options, which Debian's conf.d sets from them.
+pub fn render_debian_main(dir: &str, relays: &[Relay], t: &Templates) -> Result<String, String> {
+    check(dir, &[], &[], &[])?;
+    let relay_domains: Vec<&str> = relays.iter().map(|r| r.domain.as_str()).collect();
+    let mut ctx = tera::Context::new();
+    ctx.insert("dir", dir);
+    ctx.insert("relay_domains", &relay_domains);
+    t.render("exim/debian-main.conf.tera", &ctx)
+        .map_err(|e| e.to_string())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
