@@ -1183,4 +1183,36 @@ tls = "implicit"
             .iter()
             .any(|w| w.contains("policy for x.org")));
     }
+
+    #[test]
+    fn exim_hosts_default_to_etc_exim4_and_pin_their_primaries_certificates() {
+        let inv = parse_str(&GOOD.replace("sudo = true", "sudo = true\nmta = \"exim\"")).unwrap();
+        let relay = inv
+            .hosts
+            .iter()
+            .find(|h| h.name.as_str() == "relay")
+            .unwrap();
+        assert_eq!(relay.mta, Mta::Exim);
+        assert_eq!(relay.config_dir.as_str(), "/etc/exim4");
+        let home = HostName::parse("home").unwrap();
+        assert!(
+            inv.certificate_pinned(&home),
+            "an Exim backup pins certificates"
+        );
+        assert!(!inv.certificate_pinned(&relay.name));
+        assert!(!parse_str(GOOD).unwrap().certificate_pinned(&home));
+        let e = err(&GOOD.replace("sudo = true", "sudo = true\nmta = \"sendmail\""));
+        assert!(
+            e.contains("host relay: unknown mta \"sendmail\": expected postfix or exim"),
+            "{e}"
+        );
+        let e = err(&with(
+            "[hosts.vps]\nssh = \"vps\"\nmx = \"vps.example.org\"\nmta = \"exim\"\nrelayhost = \"isp\"\n\
+             [external.isp]\naddress = \"a.b:465\"\ntls = \"implicit\"\n",
+        ));
+        assert!(
+            e.contains("host vps: relayhost is supported on Postfix hosts only"),
+            "{e}"
+        );
+    }
 }
