@@ -140,6 +140,45 @@ fn exim_backup_pins_a_postfix_primary() {
         verify.stdout.contains("which relay does not pin"),
         "{verify:?}"
     );
+    // An OpenSSL build trusts the system CAs besides the trust file; stand
+    // in for that by trusting the impostor's certificate in the file: the
+    // event_action pin alone must still refuse it.
+    let peer = lab
+        .dir
+        .join("relay/etc/exim4/mxpin/peer-home.example.net.pem");
+    let mut trusted = std::fs::read_to_string(&peer).unwrap();
+    trusted
+        .push_str(&std::fs::read_to_string(lab.postfix_dir("home").join("impostor.crt")).unwrap());
+    std::fs::write(&peer, trusted).unwrap();
+    let flush = lab.ssh("relay", "sudo -n exim4 -qff");
+    assert_eq!(flush.code, 0, "{flush:?}");
+    assert!(
+        wait_for(Duration::from_secs(30), || lab.maillog("relay").contains(
+            "SSL verify denied by event-action: depth=0: certificate not pinned"
+        )),
+        "{}",
+        lab.maillog("relay")
+    );
+    assert!(!delivered(&lab, "exim impostor 1"));
+
+    // A failing apply names the host and the step and changes nothing: an
+    // obstacle where apply stages the trust file it must rewrite.
+    let before = std::fs::read(&peer).unwrap();
+    let obstacle = lab
+        .dir
+        .join("relay/etc/exim4/mxpin/.peer-home.example.net.pem.mxpin-new");
+    std::fs::create_dir(&obstacle).unwrap();
+    let failed = lab.mxpin(&["apply", "--yes", "--no-verify", "-i", &inv]);
+    assert_eq!(failed.code, 1, "{failed:?}");
+    assert!(
+        failed
+            .stderr
+            .contains("relay: at step 'stage /etc/exim4/mxpin/peer-home.example.net.pem'"),
+        "{failed:?}"
+    );
+    assert_eq!(std::fs::read(&peer).unwrap(), before, "nothing changed");
+    std::fs::remove_dir(&obstacle).unwrap();
+
     let fix = lab.mxpin(&["apply", "--yes", "-i", &inv]);
     assert_eq!(fix.code, 0, "{fix:?}");
     let flush = lab.ssh("relay", "sudo -n exim4 -qff");
