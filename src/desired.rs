@@ -277,9 +277,12 @@ pub fn rotate(
 /// Routes and relays of every host, given every host's keys (in inventory
 /// host order; `Err` for hosts whose keys could not be read). A backup whose
 /// primary's keys are unknown cannot be planned: it must never pin a guess.
+/// `external_certs`: the pinned certificate each external server presented
+/// to the controller this run (or why not), for the hosts' fetchmail polls.
 pub fn desired(
     inv: &Inventory,
     keys: Vec<Result<HostKeys, String>>,
+    external_certs: &std::collections::BTreeMap<HostName, Result<Certificate, String>>,
 ) -> Vec<Result<HostDesired, String>> {
     let pins: Vec<Option<(Vec<Fingerprint>, Vec<Certificate>)>> = keys
         .iter()
@@ -334,7 +337,16 @@ pub fn desired(
                     })
                     .collect(),
                 keys,
-                external_certs: Default::default(),
+                external_certs: host
+                    .fetchmail
+                    .iter()
+                    .map(|p| {
+                        let cert = external_certs.get(&p.server).cloned().unwrap_or_else(|| {
+                            Err(format!("external {} was not probed", p.server))
+                        });
+                        (p.server.clone(), cert)
+                    })
+                    .collect(),
             })
         })
         .collect()
@@ -528,7 +540,7 @@ backups = ["relay"]
             .map(|h| Ok(resolve_keys(&inv, h, &StoredKeys::default(), now()).unwrap()))
             .collect();
         let home_pins = keys[0].as_ref().unwrap().pins(&inv);
-        let d: Vec<HostDesired> = desired(&inv, keys)
+        let d: Vec<HostDesired> = desired(&inv, keys, &Default::default())
             .into_iter()
             .map(Result::unwrap)
             .collect();
@@ -543,7 +555,11 @@ backups = ["relay"]
     fn backup_of_an_unreadable_primary_is_not_planned() {
         let inv = inv();
         let relay_keys = resolve_keys(&inv, &inv.hosts[1], &StoredKeys::default(), now()).unwrap();
-        let d = desired(&inv, vec![Err("home: unreachable".into()), Ok(relay_keys)]);
+        let d = desired(
+            &inv,
+            vec![Err("home: unreachable".into()), Ok(relay_keys)],
+            &Default::default(),
+        );
         assert_eq!(d[0].as_ref().unwrap_err(), "home: unreachable");
         let e = d[1].as_ref().unwrap_err();
         assert!(e.contains("whose keys could not be read"), "{e}");

@@ -229,19 +229,17 @@ pub fn plan_all(
             Err(e) => *k = Err(e.message),
         }
     }
-    let outcomes = desired::desired(inv, keys)
+    let served: std::collections::BTreeMap<HostName, Result<crate::tls::Certificate, String>> =
+        externals
+            .iter()
+            .map(|e| (e.name.clone(), e.pinned_leaf(inv).cloned()))
+            .collect();
+    let outcomes = desired::desired(inv, keys, &served)
         .into_iter()
         .zip(states)
         .map(|(d, s)| {
-            let planned = d.and_then(|mut d| {
+            let planned = d.and_then(|d| {
                 let f = s.facts.as_ref().map_err(Clone::clone)?;
-                for p in &s.host.fetchmail {
-                    let cert = match externals.iter().find(|e| e.name == p.server) {
-                        Some(e) => e.pinned_leaf(inv).cloned(),
-                        None => Err(format!("external {} was not probed", p.server)),
-                    };
-                    d.external_certs.insert(p.server.clone(), cert);
-                }
                 mta::plan_host(&d, f, inv, templates)
             });
             match planned {

@@ -32,6 +32,18 @@ fn exim_gid() -> u32 {
         .expect("group Debian-exim (lab/install-deps.sh creates it)")
 }
 
+/// Sends one message for first.last@example.net through the relay and
+/// waits until it is delivered.
+fn send_and_deliver(lab: &Lab, body: &str) {
+    let sent = lab.send_to_relay("first.last@example.net", body);
+    assert_eq!(sent.code, 0, "{sent:?}");
+    assert!(
+        wait_for(Duration::from_secs(30), || delivered(lab, body)),
+        "{}",
+        lab.maillog("relay")
+    );
+}
+
 /// Sends `n` messages through the relay while `during` runs, then checks
 /// they were all delivered.
 fn send_during(lab: &Lab, tag: &str, n: usize, during: impl FnOnce() + Send) {
@@ -93,13 +105,7 @@ fn exim_backup_pins_a_postfix_primary() {
     assert_eq!(lab.mxpin(&["plan", "-i", &inv]).code, 0, "converged");
 
     // Pinned delivery, and only listed recipients.
-    let sent = lab.send_to_relay("first.last@example.net", "exim pinned 1");
-    assert_eq!(sent.code, 0, "{sent:?}");
-    assert!(
-        wait_for(Duration::from_secs(30), || delivered(&lab, "exim pinned 1")),
-        "{}",
-        lab.maillog("relay")
-    );
+    send_and_deliver(&lab, "exim pinned 1");
     let log = lab.maillog("relay");
     let line = log
         .lines()
@@ -222,16 +228,7 @@ fn postfix_backup_pins_an_exim_primary() {
     let key = std::fs::metadata(lab.dir.join("home/etc/exim4/mxpin/current.key")).unwrap();
     assert_eq!((key.mode() & 0o777, key.gid()), (0o640, exim_gid()));
 
-    let sent = lab.send_to_relay("first.last@example.net", "postfix to exim 1");
-    assert_eq!(sent.code, 0, "{sent:?}");
-    assert!(
-        wait_for(Duration::from_secs(30), || delivered(
-            &lab,
-            "postfix to exim 1"
-        )),
-        "{}",
-        lab.maillog("relay")
-    );
+    send_and_deliver(&lab, "postfix to exim 1");
     let log = lab.maillog("relay");
     assert!(
         log.contains("Verified TLS connection established to home.example.net[127.0.0.2]:25"),
@@ -289,16 +286,7 @@ fn debian_split_configuration_is_fitted_through_conf_d() {
     );
     assert_eq!(lab.mxpin(&["plan", "-i", &inv]).code, 0, "converged");
 
-    let sent = lab.send_to_relay("first.last@example.net", "debian pinned 1");
-    assert_eq!(sent.code, 0, "{sent:?}");
-    assert!(
-        wait_for(Duration::from_secs(30), || delivered(
-            &lab,
-            "debian pinned 1"
-        )),
-        "{}",
-        lab.maillog("relay")
-    );
+    send_and_deliver(&lab, "debian pinned 1");
     let log = lab.maillog("relay");
     let line = log
         .lines()

@@ -8,15 +8,13 @@
 //! live configuration, and inside the lab host: exim4 run on this machine
 //! would create /var/spool/exim4 and may write /var/log/exim4/paniclog.
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+mod common;
 
+use std::path::Path;
+
+use common::{repo, Lab};
 use mxpin::mta::exim::{conf, render};
 use mxpin::templates::Templates;
-
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
 
 struct Run {
     code: i32,
@@ -29,84 +27,26 @@ impl std::fmt::Debug for Run {
     }
 }
 
-/// A two-host lab whose relay runs Exim (`lab.sh up DIR NAME --exim relay`),
-/// brought down on drop.
-struct EximLab {
-    _tmp: tempfile::TempDir,
-    dir: PathBuf,
-}
+/// A two-host lab whose relay runs Exim (`lab.sh up DIR NAME --exim relay`).
+struct EximLab(Lab);
 
 impl EximLab {
-    /// None (with a message) when this machine cannot run a lab; with
-    /// MXPIN_LAB_REQUIRED=1 that fails the test instead.
     fn up() -> Option<Self> {
-        let required = std::env::var("MXPIN_LAB_REQUIRED").is_ok_and(|v| v == "1");
-        let root = Command::new("id")
-            .arg("-u")
-            .output()
-            .is_ok_and(|o| o.stdout == b"0\n");
-        if !root {
-            assert!(!required, "MXPIN_LAB_REQUIRED=1 but not running as root");
-            eprintln!("SKIPPED: lab tests need root (network and mount namespaces)");
-            return None;
-        }
-        let tmp = tempfile::Builder::new()
-            .prefix("mxexc")
-            .tempdir_in("/tmp")
-            .expect("temp dir");
-        let dir = tmp.path().to_path_buf();
-        let out = Command::new(repo().join("lab/lab.sh"))
-            .arg("up")
-            .arg(&dir)
-            .arg(format!("mxe{}", std::process::id()))
-            .args(["--exim", "relay"])
-            .output()
-            .expect("run lab.sh");
-        if !out.status.success() {
-            let msg = format!(
-                "Exim lab did not start:\n{}{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            );
-            // Drop brings down whatever did start.
-            let lab = EximLab { _tmp: tmp, dir };
-            drop(lab);
-            assert!(!required, "{msg}");
-            eprintln!("SKIPPED: {msg}");
-            return None;
-        }
-        Some(EximLab { _tmp: tmp, dir })
+        Lab::up_with(&["--exim", "relay"]).map(EximLab)
     }
 
-    /// A shell command as root on the Exim host, stdout and stderr together.
+    /// A shell command on the Exim host, stdout and stderr together.
     fn relay(&self, cmd: &str) -> Run {
-        let out = Command::new(repo().join("lab/lab.sh"))
-            .arg("exec")
-            .arg(&self.dir)
-            .args(["ssh", "-F"])
-            .arg(self.dir.join("ssh_config"))
-            .args(["relay", &format!("{cmd} 2>&1")])
-            .output()
-            .expect("run ssh in the lab");
+        let run = self.0.ssh("relay", &format!("{cmd} 2>&1"));
         Run {
-            code: out.status.code().unwrap_or(-1),
-            out: String::from_utf8_lossy(&out.stdout).into_owned()
-                + &String::from_utf8_lossy(&out.stderr),
+            code: run.code,
+            out: run.stdout + &run.stderr,
         }
     }
 
     /// The relay's /etc/exim4, seen from here.
-    fn etc(&self) -> PathBuf {
-        self.dir.join("relay/etc/exim4")
-    }
-}
-
-impl Drop for EximLab {
-    fn drop(&mut self) {
-        let _ = Command::new(repo().join("lab/lab.sh"))
-            .arg("down")
-            .arg(&self.dir)
-            .output();
+    fn etc(&self) -> std::path::PathBuf {
+        self.0.dir.join("relay/etc/exim4")
     }
 }
 

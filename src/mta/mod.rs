@@ -13,7 +13,9 @@ use std::fmt;
 
 use zeroize::Zeroizing;
 
-use crate::desired::{HostDesired, StoredKeys};
+use std::collections::BTreeMap;
+
+use crate::desired::{HostDesired, Origin, StoredKeys, StoredPair};
 use crate::facts::Sections;
 use crate::inventory::{Host, Inventory, Mta, Settings};
 use crate::plan::{Action, Content, FileChange, HostPlan};
@@ -312,4 +314,161 @@ pub fn change_for(
         mode,
         group: gid,
     })
+}
+
+/// Key slots every MTA keeps in its owned directory: (slot, key file,
+/// certificate file).
+pub const KEY_SLOTS: [(&str, &str, &str); 2] = [
+    ("current", "current.key", "current.crt"),
+    ("next", "next.key", "next.crt"),
+];
+
+/// The checks every facts answer passes first: no error section, the
+/// closing frame (without it the answer was cut short, even if it happened
+/// to end between two frames), and root.
+pub fn check_header(s: &Sections) -> Result<(), String> {
+    if let Some(e) = s.get("error") {
+        return Err(e.to_string());
+    }
+    if s.get("end") != Some("ok") {
+        return Err("facts are incomplete: the connection ended early".into());
+    }
+    match s.get("uid") {
+        Some("0") => Ok(()),
+        Some(uid) => Err(format!(
+            "remote commands run as uid {uid}, not root: log in as root or set sudo = true"
+        )),
+        None => Err("no uid in facts".into()),
+    }
+}
+
+/// The line of an `ls -ln` listing for the file `name` (empty if absent).
+pub fn ls_line(listing: &str, name: &str) -> String {
+    listing
+        .lines()
+        .find(|l| l.split_whitespace().last() == Some(name))
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// The keys found in the key slots among a host's owned files.
+pub fn stored_keys(files: &BTreeMap<String, FoundFile>) -> StoredKeys {
+    let pair = |key: &str, cert: &str| StoredPair {
+        key: match files.get(key).map(|f| &f.content) {
+            Some(Content::Secret(s)) => Some(s.clone()),
+            _ => None,
+        },
+        cert: files.get(cert).map(|f| f.content.raw().to_string()),
+    };
+    StoredKeys {
+        current: pair(KEY_SLOTS[0].1, KEY_SLOTS[0].2),
+        next: pair(KEY_SLOTS[1].1, KEY_SLOTS[1].2),
+    }
+}
+
+/// Changes and notes for the key slots in `owned`. `current_key` is the
+/// mode and group of the served key (Exim's reception processes read it
+/// as Exim's group); the staged next key is always 0600 root.
+pub fn key_changes(
+    d: &HostDesired,
+    owned: &str,
+    files: &BTreeMap<String, FoundFile>,
+    current_key: (u32, u32),
+) -> (Vec<FileChange>, Vec<String>) {
+    let mut changes = Vec::new();
+    let mut notes = Vec::new();
+    let slots = [(&d.keys.current, current_key), (&d.keys.next, (0o600, 0))];
+    for ((slot, (mode, gid)), (name, key_file, cert_file)) in slots.into_iter().zip(KEY_SLOTS) {
+        match &slot.origin {
+            Origin::Kept => {}
+            Origin::Generated => notes.push(format!("new {name} key")),
+            Origin::Promoted => notes.push(format!("rotation: the staged next key becomes {name}")),
+            Origin::Reissued(why) => notes.push(format!(
+                "{name} certificate re-issued for the same key: {why}"
+            )),
+        }
+        let id = &slot.identity;
+        changes.extend(change_for(
+            format!("{owned}/{key_file}"),
+            files.get(key_file),
+            Some(Content::Secret(id.key.clone())),
+            mode,
+            gid,
+        ));
+        changes.extend(change_for(
+            format!("{owned}/{cert_file}"),
+            files.get(cert_file),
+            Some(Content::Text(id.cert.pem().to_string())),
+            0o644,
+            0,
+        ));
+    }
+    (changes, notes)
+}
+
+/// Where an apply script stages the new version of `path`: beside it,
+/// hidden, so a rename swaps it in atomically.
+pub fn staged(path: &str) -> String {
+    let (dir, name) = path.rsplit_once('/').expect("absolute path");
+    format!("{dir}/.{name}.mxpin-new")
+}
+
+/// Shell that fixes mode and owner of the files `changes` only chmods (in
+/// place: rewriting a table source would make it newer than its database).
+pub fn script_chmods(s: &mut String, changes: &[FileChange]) {
+    use crate::shell::quote;
+    use std::fmt::Write as _;
+    for c in changes.iter().filter(|c| c.action == Action::Chmod) {
+        let _ = writeln!(
+            s,
+            "step={}\nchown 0:{} {p} && chmod {:o} {p} || fail \"cannot set mode\"",
+            quote(&format!("set mode of {}", c.path)),
+            c.group,
+            c.mode,
+            p = quote(&c.path)
+        );
+    }
+}
+
+/// Shell that writes each new file beside its target ([`staged`]). The
+/// admin's own files (`admin`: main.cf, exim4.conf...) keep their mode and
+/// owner (`cp -p`); mxpin's get root and the change's group and mode.
+pub fn script_stage(s: &mut String, writes: &[&FileChange], admin: impl Fn(&str) -> bool) {
+    use crate::shell::quote;
+    use std::fmt::Write as _;
+    for c in writes {
+        let new = c.new.as_ref().expect("writes have content");
+        let st = quote(&staged(&c.path));
+        let _ = writeln!(s, "step={}", quote(&format!("stage {}", c.path)));
+        if admin(&c.path) {
+            let _ = writeln!(
+                s,
+                "cp -p {} {st} || fail \"cannot copy {}\"",
+                quote(&c.path),
+                c.path
+            );
+        }
+        let _ = writeln!(
+            s,
+            "printf '%s' {} > {st} || fail \"cannot write {}\"",
+            quote(new.raw()),
+            c.path
+        );
+        if !admin(&c.path) {
+            let _ = writeln!(
+                s,
+                "chown 0:{} {st} && chmod {:o} {st} || fail \"cannot set mode of {}\"",
+                c.group, c.mode, c.path
+            );
+        }
+    }
+}
+
+/// Whether `changes` change the key this host serves (its current key or
+/// certificate; a mode fix does not).
+pub fn changes_served_key(changes: &[FileChange]) -> bool {
+    changes
+        .iter()
+        .filter(|c| c.action != Action::Chmod)
+        .any(|c| c.path.ends_with("/current.key") || c.path.ends_with("/current.crt"))
 }

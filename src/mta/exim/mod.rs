@@ -15,7 +15,7 @@ pub mod script;
 
 use std::collections::BTreeMap;
 
-use crate::desired::{HostDesired, Origin, StoredKeys, StoredPair};
+use crate::desired::{HostDesired, StoredKeys};
 use crate::facts::{Sections, SHELL_HELPERS};
 use crate::inventory::{Host, Inventory, Settings};
 use crate::mta::{change_for, FoundFile, RouteCheck, Steps};
@@ -37,11 +37,7 @@ const FRAGMENTS: [&str; 6] = [
     "pins",
 ];
 
-/// Key slots: (slot, key file, certificate file).
-const SLOTS: [(&str, &str, &str); 2] = [
-    ("current", "current.key", "current.crt"),
-    ("next", "next.key", "next.crt"),
-];
+use crate::mta::KEY_SLOTS as SLOTS;
 
 /// Debian's generated configuration: the files mxpin adds to conf.d (each
 /// one `.include` of a fragment). Names sort mxpin's parts where Debian's
@@ -104,9 +100,12 @@ if [ -f "$C/update-exim4.conf.conf" ]; then putfile update-exim4.conf.conf "$C/u
 for f in {confd}; do
   if [ -f "$C/conf.d/$f" ]; then putfile "confd:$f" "$C/conf.d/$f"; put "confd-ls:$f" "$(ls -ln "$C/conf.d/$f")"; fi
 done
-for m in {macros}; do
-  if v=$("$X" -bP macro "$m" 2>/dev/null); then put "macro:$m" "$v"; fi
-done
+# Debian's layout only: the macros mxpin would define there.
+if [ -f "$C/update-exim4.conf.conf" ]; then
+  for m in {macros}; do
+    if v=$("$X" -bP macro "$m" 2>/dev/null); then put "macro:$m" "$v"; fi
+  done
+fi
 if [ -d "$M" ]; then put ls "$(ls -ln "$M")"; fi
 for f in {files}; do
   if [ -f "$M/$f" ]; then putfile "file:$f" "$M/$f"; fi
@@ -153,21 +152,7 @@ pub struct EximFacts {
 
 impl EximFacts {
     pub fn from_sections(s: &Sections) -> Result<Self, String> {
-        if let Some(e) = s.get("error") {
-            return Err(e.to_string());
-        }
-        if s.get("end") != Some("ok") {
-            return Err("facts are incomplete: the connection ended early".into());
-        }
-        match s.get("uid") {
-            Some("0") => {}
-            Some(uid) => {
-                return Err(format!(
-                    "remote commands run as uid {uid}, not root: log in as root or set sudo = true"
-                ))
-            }
-            None => return Err("no uid in facts".into()),
-        }
+        crate::mta::check_header(s)?;
         let need = |name: &str| {
             s.get(name)
                 .map(str::to_string)
@@ -204,13 +189,7 @@ impl EximFacts {
             .parse()
             .map_err(|_| format!("cannot read the group id of Exim's group ({gid:?})"))?;
         let listing = s.get("ls").unwrap_or_default();
-        let ls_of = |name: &str| {
-            listing
-                .lines()
-                .find(|l| l.split_whitespace().last() == Some(name))
-                .unwrap_or_default()
-                .to_string()
-        };
+        let ls_of = |name: &str| crate::mta::ls_line(listing, name);
         let mut files = BTreeMap::new();
         for (name, text) in s.iter() {
             let Some(name) = name.strip_prefix("file:") else {
@@ -297,17 +276,7 @@ impl EximFacts {
 
     /// The keys mxpin finds in its slots.
     pub fn stored_keys(&self) -> StoredKeys {
-        let pair = |key: &str, cert: &str| StoredPair {
-            key: match self.files.get(key).map(|f| &f.content) {
-                Some(Content::Secret(s)) => Some(s.clone()),
-                _ => None,
-            },
-            cert: self.files.get(cert).map(|f| f.content.raw().to_string()),
-        };
-        StoredKeys {
-            current: pair(SLOTS[0].1, SLOTS[0].2),
-            next: pair(SLOTS[1].1, SLOTS[1].2),
-        }
+        crate::mta::stored_keys(&self.files)
     }
 }
 
@@ -447,7 +416,6 @@ pub struct ApplySteps {
     /// The configuration as read by facts: apply refuses if it changed.
     pub config_before: String,
     pub pid_file: String,
-    pub running: bool,
     pub route_tests: Vec<RouteTest>,
 }
 
@@ -523,42 +491,9 @@ pub fn plan_host(
         ),
     };
     let single = checked.clone();
-    let mut changes = Vec::new();
-    let mut notes = Vec::new();
-
     // Keys: Exim's reception processes run as its group and read the served
     // key themselves, so current.key is 0640 root:GROUP.
-    let slots = [("current", &d.keys.current), ("next", &d.keys.next)];
-    for ((name, slot), (_, key_file, cert_file)) in slots.iter().zip(SLOTS) {
-        match &slot.origin {
-            Origin::Kept => {}
-            Origin::Generated => notes.push(format!("new {name} key")),
-            Origin::Promoted => notes.push(format!("rotation: the staged next key becomes {name}")),
-            Origin::Reissued(why) => notes.push(format!(
-                "{name} certificate re-issued for the same key: {why}"
-            )),
-        }
-        let id = &slot.identity;
-        let (mode, gid) = if *name == "current" {
-            (0o640, f.gid)
-        } else {
-            (0o600, 0)
-        };
-        changes.extend(change_for(
-            format!("{owned}/{key_file}"),
-            f.files.get(key_file),
-            Some(Content::Secret(id.key.clone())),
-            mode,
-            gid,
-        ));
-        changes.extend(change_for(
-            format!("{owned}/{cert_file}"),
-            f.files.get(cert_file),
-            Some(Content::Text(id.cert.pem().to_string())),
-            0o644,
-            0,
-        ));
-    }
+    let (mut changes, mut notes) = crate::mta::key_changes(d, &owned, &f.files, (0o640, f.gid));
 
     // Routes, one trust file and pin line per primary.
     let routes: Vec<render::Route> = d
@@ -720,10 +655,7 @@ pub fn plan_host(
     } else {
         notes.clear();
     }
-    let switches_key = changes
-        .iter()
-        .filter(|c| c.action != Action::Chmod)
-        .any(|c| c.path.ends_with("/current.key") || c.path.ends_with("/current.crt"))
+    let switches_key = crate::mta::changes_served_key(&changes)
         || match layout {
             Layout::Single => {
                 edited.text != config && !config.contains(&format!("{owned}/main.conf"))
@@ -766,7 +698,6 @@ pub fn plan_host(
             config_file: single,
             config_before: config,
             pid_file: f.pid_file.clone(),
-            running: f.running,
             route_tests,
         }),
     })

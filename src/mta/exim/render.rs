@@ -55,18 +55,9 @@ pub struct Fragments {
 }
 
 fn dns_name(what: &str, s: &str) -> Result<(), String> {
-    let label_ok = |l: &str| {
-        !l.is_empty()
-            && l.len() <= 63
-            && !l.starts_with('-')
-            && !l.ends_with('-')
-            && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
-    };
-    if !s.is_empty() && s.len() <= 253 && s.split('.').all(label_ok) {
-        Ok(())
-    } else {
-        Err(format!("{what} {s:?} is not a DNS name"))
-    }
+    crate::inventory::DnsName::parse(s)
+        .map(|_| ())
+        .map_err(|_| format!("{what} {s:?} is not a DNS name"))
 }
 
 /// DIR is used in `lsearch*@;DIR/...` inside an address list (no `:`), in

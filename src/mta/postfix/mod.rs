@@ -12,7 +12,7 @@ pub mod script;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
-use crate::desired::{HostDesired, Origin, StoredKeys, StoredPair};
+use crate::desired::{HostDesired, StoredKeys};
 use crate::facts::{Sections, SHELL_HELPERS};
 use crate::inventory::{External, ExternalTls, Host, HostName, Inventory, PolicyLevel};
 use crate::mta::{RouteCheck, Steps};
@@ -25,11 +25,7 @@ use maincf::{split_list, Edit, MainCf};
 /// Directory under the config dir holding every file mxpin writes.
 pub const OWNED_DIR: &str = "mxpin";
 
-/// Key slots: (slot, key file, certificate file).
-const SLOTS: [(&str, &str, &str); 2] = [
-    ("current", "current.key", "current.crt"),
-    ("next", "next.key", "next.crt"),
-];
+use crate::mta::KEY_SLOTS as SLOTS;
 
 /// Lookup tables mxpin owns and the main.cf list parameter each joins.
 const TABLES: [(&str, &str); 4] = [
@@ -255,23 +251,7 @@ fn parse_version(v: &str) -> Option<(u32, u32)> {
 
 impl PostfixFacts {
     pub fn from_sections(s: &Sections) -> Result<Self, String> {
-        if let Some(e) = s.get("error") {
-            return Err(e.to_string());
-        }
-        // Without the closing frame the answer was cut short, even if it
-        // happened to end between two frames.
-        if s.get("end") != Some("ok") {
-            return Err("facts are incomplete: the connection ended early".into());
-        }
-        match s.get("uid") {
-            Some("0") => {}
-            Some(uid) => {
-                return Err(format!(
-                    "remote commands run as uid {uid}, not root: log in as root or set sudo = true"
-                ))
-            }
-            None => return Err("no uid in facts".into()),
-        }
+        crate::mta::check_header(s)?;
         let need = |name: &str| {
             s.get(name)
                 .map(str::to_string)
@@ -296,13 +276,7 @@ impl PostfixFacts {
             .ok_or_else(|| format!("cannot read Postfix version {version_text:?}"))?;
         // `ls -ln` of the owned directory: mode and owner by file name.
         let listing = s.get("ls").unwrap_or_default();
-        let ls_of = |name: &str| {
-            listing
-                .lines()
-                .find(|l| l.split_whitespace().last() == Some(name))
-                .unwrap_or_default()
-                .to_string()
-        };
+        let ls_of = |name: &str| crate::mta::ls_line(listing, name);
         let mut files = BTreeMap::new();
         let fetchmail: Vec<String> = s
             .iter()
@@ -365,17 +339,7 @@ impl PostfixFacts {
 
     /// The keys mxpin finds in its slots.
     pub fn stored_keys(&self) -> StoredKeys {
-        let pair = |key: &str, cert: &str| StoredPair {
-            key: match self.files.get(key).map(|f| &f.content) {
-                Some(Content::Secret(s)) => Some(s.clone()),
-                _ => None,
-            },
-            cert: self.files.get(cert).map(|f| f.content.raw().to_string()),
-        };
-        StoredKeys {
-            current: pair(SLOTS[0].1, SLOTS[0].2),
-            next: pair(SLOTS[1].1, SLOTS[1].2),
-        }
+        crate::mta::stored_keys(&self.files)
     }
 }
 
@@ -783,35 +747,7 @@ pub fn plan_host(
     })?;
     let dir = d.host.config_dir.as_str();
     let owned = format!("{dir}/{OWNED_DIR}");
-    let mut changes = Vec::new();
-    let mut notes = Vec::new();
-
-    let slots = [("current", &d.keys.current), ("next", &d.keys.next)];
-    for ((name, slot), (_, key_file, cert_file)) in slots.iter().zip(SLOTS) {
-        match &slot.origin {
-            Origin::Kept => {}
-            Origin::Generated => notes.push(format!("new {name} key")),
-            Origin::Promoted => notes.push(format!("rotation: the staged next key becomes {name}")),
-            Origin::Reissued(why) => notes.push(format!(
-                "{name} certificate re-issued for the same key: {why}"
-            )),
-        }
-        let id = &slot.identity;
-        changes.extend(change_for(
-            format!("{owned}/{key_file}"),
-            f.files.get(key_file),
-            Some(Content::Secret(id.key.clone())),
-            0o600,
-            0,
-        ));
-        changes.extend(change_for(
-            format!("{owned}/{cert_file}"),
-            f.files.get(cert_file),
-            Some(Content::Text(id.cert.pem().to_string())),
-            0o644,
-            0,
-        ));
-    }
+    let (mut changes, mut notes) = crate::mta::key_changes(d, &owned, &f.files, (0o600, 0));
 
     let tables = render_tables(d, inv, t)?;
     let lookups = lookups_for(d, inv, &tables)?;
@@ -926,10 +862,7 @@ pub fn plan_host(
     } else {
         "smtpd_tls_cert_file"
     };
-    let switches_key = changes
-        .iter()
-        .filter(|c| c.action != Action::Chmod)
-        .any(|c| c.path.ends_with("/current.key") || c.path.ends_with("/current.crt"))
+    let switches_key = crate::mta::changes_served_key(&changes)
         || main_cf.get(chain_param) != MainCf::parse(&new_main).get(chain_param);
     Ok(HostPlan {
         host: d.host.name.clone(),

@@ -11,6 +11,7 @@ use std::fmt::Write as _;
 use zeroize::Zeroizing;
 
 use super::{db_suffix, ApplySteps};
+use crate::mta::staged;
 use crate::mta::Steps;
 pub use crate::mta::{parse_result, ApplyResult, ApplyScript};
 use crate::plan::{Action, HostPlan};
@@ -20,11 +21,6 @@ use crate::shell::quote;
 /// and are swapped in last.
 fn is_admin_file(path: &str) -> bool {
     path.ends_with("/main.cf") || path.ends_with("/master.cf")
-}
-
-fn staged(path: &str) -> String {
-    let (dir, name) = path.rsplit_once('/').expect("absolute path");
-    format!("{dir}/.{name}.mxpin-new")
 }
 
 /// Builds the script for a plan. Paths come from validated inventory values
@@ -105,44 +101,10 @@ pub fn apply_script(plan: &HostPlan) -> ApplyScript {
     }
     let _ = writeln!(s, "before=$(postconf -c \"$C\" 2>&1 >/dev/null)");
 
-    for c in plan.changes.iter().filter(|c| c.action == Action::Chmod) {
-        let _ = writeln!(
-            s,
-            "step={}\nchown 0:0 {p} && chmod {:o} {p} || fail \"cannot set mode\"",
-            quote(&format!("set mode of {}", c.path)),
-            c.mode,
-            p = quote(&c.path)
-        );
-    }
+    crate::mta::script_chmods(&mut s, &plan.changes);
 
     // Stage: write every new file beside its target.
-    for c in &writes {
-        let new = c.new.as_ref().expect("writes have content");
-        let st = quote(&staged(&c.path));
-        let _ = writeln!(s, "step={}", quote(&format!("stage {}", c.path)));
-        if is_admin_file(&c.path) {
-            // cp -p keeps the admin's mode and owner for main.cf/master.cf.
-            let _ = writeln!(
-                s,
-                "cp -p {} {st} || fail \"cannot copy {}\"",
-                quote(&c.path),
-                c.path
-            );
-        }
-        let _ = writeln!(
-            s,
-            "printf '%s' {} > {st} || fail \"cannot write {}\"",
-            quote(new.raw()),
-            c.path
-        );
-        if !is_admin_file(&c.path) {
-            let _ = writeln!(
-                s,
-                "chown 0:0 {st} && chmod {:o} {st} || fail \"cannot set mode of {}\"",
-                c.mode, c.path
-            );
-        }
-    }
+    crate::mta::script_stage(&mut s, &writes, is_admin_file);
     for p in &table_sources {
         let st = staged(p);
         if !writes.iter().any(|c| &c.path == p) {

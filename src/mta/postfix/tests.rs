@@ -212,7 +212,7 @@ fn try_plan(
         .iter()
         .position(|h| h.name.as_str() == target)
         .unwrap();
-    let d = desired::desired(inv, keys).swap_remove(i)?;
+    let d = desired::desired(inv, keys, &Default::default()).swap_remove(i)?;
     plan_host(&d, facts, inv, &Templates::load(None).unwrap())
 }
 
