@@ -1,11 +1,13 @@
 //! Desired state, MTA-neutral: which keys each host serves and stages, and
-//! which routes (with pins) each backup needs. A pure function of the
-//! inventory, the keys found on the hosts and a key generator.
+//! which pins each host keeps: one per trust edge on which it is the
+//! pinner (see [`crate::trust`]). A pure function of the inventory and the
+//! keys found on the hosts (new keys come from [`tls::generate`]).
 
 use time::OffsetDateTime;
 
 use crate::inventory::{DnsName, Host, HostName, Inventory, Recipient};
 use crate::tls::{self, Certificate, Fingerprint, Identity, SecretPem};
+use crate::trust::{self, Edge, Purpose};
 
 /// A key slot as found on a host: either part may be missing.
 #[derive(Debug, Clone, Default)]
@@ -48,9 +50,20 @@ pub struct HostKeys {
     /// be re-issued in place (its fingerprint would change under the
     /// peers): the host must rotate to its pinned next key instead.
     pub renewal_due: bool,
+    /// The certificate of the current key as found on the host before
+    /// this plan (`None` on a host without one): what it serves until the
+    /// plan is applied.
+    pub before: Option<Certificate>,
 }
 
 impl HostKeys {
+    /// Whether this plan changes the key the host serves (as pinned).
+    pub fn switches(&self, inv: &Inventory) -> bool {
+        let s = &inv.settings;
+        self.before.as_ref().map(|c| c.fingerprint(s.digest, s.pin))
+            != Some(self.current.identity.cert.fingerprint(s.digest, s.pin))
+    }
+
     /// What peers pin for this host: current first, then next.
     pub fn pins(&self, inv: &Inventory) -> Vec<Fingerprint> {
         let s = &inv.settings;
@@ -95,15 +108,48 @@ pub struct Relay {
     pub recipients: Option<Vec<Recipient>>,
 }
 
+/// One trust edge on which this host is the pinner, with what it pins.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pinned {
+    pub edge: Edge,
+    /// Fingerprints in the inventory's digest and pin kind: the pinned
+    /// host's current and next keys, and, while both ends of a cycle of
+    /// edges switch keys in the same run, the key it served before.
+    pub pins: Vec<Fingerprint>,
+    /// The certificates behind the pins (Exim pins these).
+    pub certs: Vec<Certificate>,
+}
+
 #[derive(Debug, Clone)]
 pub struct HostDesired {
     pub host: Host,
     pub keys: HostKeys,
+    /// Every edge on which this host is the pinner.
+    pub pinned: Vec<Pinned>,
+    /// Some pin is kept only for the run in which its key is replaced:
+    /// the next apply drops it.
+    pub transitional: bool,
     pub routes: Vec<Route>,
     pub relays: Vec<Relay>,
     /// The pinned certificate of each external server this host polls with
     /// fetchmail, as the controller read it this run (or why it could not).
     pub external_certs: std::collections::BTreeMap<HostName, Result<Certificate, String>>,
+}
+
+impl HostDesired {
+    /// The managed relayhost this host sends its outgoing mail through.
+    pub fn smarthost(&self) -> Option<&Pinned> {
+        self.pinned
+            .iter()
+            .find(|p| p.edge.purpose == Purpose::Smarthost)
+    }
+
+    /// The hosts that relay through this one, with their client keys.
+    pub fn clients(&self) -> impl Iterator<Item = &Pinned> {
+        self.pinned
+            .iter()
+            .filter(|p| p.edge.purpose == Purpose::ClientCertificate)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -188,7 +234,9 @@ pub fn resolve_slot(
                 format!("certificate does not name {}", host.mx)
             } else if cert.not_after() > renew_at {
                 return kept(false);
-            } else if inv.certificate_pinned(&host.name) && kind == SlotKind::Current {
+            } else if kind == SlotKind::Current
+                && trust::certificate_pinned(inv, &trust::edges(inv), &host.name)
+            {
                 return kept(true);
             } else if cert.not_after() <= now.unix_timestamp() {
                 "certificate expired".to_string()
@@ -233,6 +281,11 @@ pub fn resolve_keys(
         current,
         next,
         renewal_due,
+        before: stored
+            .current
+            .cert
+            .as_deref()
+            .and_then(|c| Certificate::from_pem(c).ok()),
     })
 }
 
@@ -271,63 +324,124 @@ pub fn rotate(
             origin: Origin::Generated,
         },
         renewal_due: false,
+        before: keys.before.clone(),
     })
 }
 
-/// Routes and relays of every host, given every host's keys (in inventory
-/// host order; `Err` for hosts whose keys could not be read). A backup whose
-/// primary's keys are unknown cannot be planned: it must never pin a guess.
-/// `external_certs`: the pinned certificate each external server presented
-/// to the controller this run (or why not), for the hosts' fetchmail polls.
+/// Hosts that sit on one cycle of edges with `from`, among the hosts that
+/// switch keys in this run: apply can order such hosts only by breaking
+/// the cycle, so their pins keep the key served before for one run.
+fn on_cycle(edges: &[Edge], switching: &dyn Fn(&HostName) -> bool) -> Vec<(HostName, HostName)> {
+    let live: Vec<&Edge> = edges
+        .iter()
+        .filter(|e| switching(&e.pinner) && switching(&e.pinned))
+        .collect();
+    // Bounded: each host is visited once per search.
+    let reaches = |from: &HostName, to: &HostName| {
+        let mut seen: Vec<&HostName> = vec![from];
+        let mut todo = vec![from];
+        while let Some(h) = todo.pop() {
+            for e in live.iter().filter(|e| &e.pinner == h) {
+                if &e.pinned == to {
+                    return true;
+                }
+                if !seen.contains(&&e.pinned) {
+                    seen.push(&e.pinned);
+                    todo.push(&e.pinned);
+                }
+            }
+        }
+        false
+    };
+    live.iter()
+        .filter(|e| reaches(&e.pinned, &e.pinner))
+        .map(|e| (e.pinner.clone(), e.pinned.clone()))
+        .collect()
+}
+
+/// Desired state of every host, given every host's keys (in inventory
+/// host order; `Err` for hosts whose keys could not be read). A host that
+/// pins a host whose keys are unknown cannot be planned: it must never pin
+/// a guess. `external_certs`: the pinned certificate each external server
+/// presented to the controller this run (or why not), for the hosts'
+/// fetchmail polls.
 pub fn desired(
     inv: &Inventory,
     keys: Vec<Result<HostKeys, String>>,
     external_certs: &std::collections::BTreeMap<HostName, Result<Certificate, String>>,
 ) -> Vec<Result<HostDesired, String>> {
-    let pins: Vec<Option<(Vec<Fingerprint>, Vec<Certificate>)>> = keys
-        .iter()
-        .map(|k| {
-            k.as_ref().ok().map(|k| {
-                let certs = vec![
-                    k.current.identity.cert.clone(),
-                    k.next.identity.cert.clone(),
-                ];
-                (k.pins(inv), certs)
-            })
-        })
-        .collect();
-    let pins_of = |name: &HostName| {
-        let i = inv
-            .hosts
+    let s = &inv.settings;
+    let index = |name: &HostName| {
+        inv.hosts
             .iter()
             .position(|h| &h.name == name)
-            .expect("validated");
-        pins[i].clone()
+            .expect("validated")
+    };
+    let edges = trust::edges(inv);
+    let switching = |h: &HostName| keys[index(h)].as_ref().is_ok_and(|k| k.switches(inv));
+    let cycles = on_cycle(&edges, &switching);
+    let pinned_for = |e: &Edge| -> Result<Pinned, String> {
+        let k = keys[index(&e.pinned)].as_ref().map_err(|_| {
+            format!(
+                "not planned: it pins {} ({}), whose keys could not be read",
+                e.pinned,
+                e.purpose.as_str()
+            )
+        })?;
+        let mut certs = vec![
+            k.current.identity.cert.clone(),
+            k.next.identity.cert.clone(),
+        ];
+        let mut pins = k.pins(inv);
+        if cycles.contains(&(e.pinner.clone(), e.pinned.clone())) {
+            if let Some(before) = &k.before {
+                let old = before.fingerprint(s.digest, s.pin);
+                if !pins.contains(&old) {
+                    pins.push(old);
+                    certs.push(before.clone());
+                }
+            }
+        }
+        Ok(Pinned {
+            edge: e.clone(),
+            pins,
+            certs,
+        })
     };
     inv.hosts
         .iter()
-        .zip(keys)
-        .map(|(host, keys)| {
-            let keys = keys?;
+        .enumerate()
+        .map(|(i, host)| {
+            let keys = keys[i].clone()?;
+            let pinned = edges
+                .iter()
+                .filter(|e| e.pinner == host.name)
+                .map(pinned_for)
+                .collect::<Result<Vec<Pinned>, String>>()?;
+            let transitional = pinned.iter().any(|p| p.pins.len() > 2);
             let domains: Vec<_> = inv.backed_up_by(&host.name).collect();
-            let mut routes = Vec::new();
-            for d in &domains {
-                let (pins, certs) = pins_of(&d.primary).ok_or_else(|| {
-                    format!(
-                        "not planned: it backs up {} for {}, whose keys could not be read",
-                        d.name, d.primary
-                    )
-                })?;
-                routes.push(Route {
-                    domain: d.name.clone(),
-                    primary: d.primary.clone(),
-                    next_hop: inv.host(&d.primary).next_hop(),
-                    pins,
-                    certs,
-                });
-            }
+            let routes = domains
+                .iter()
+                .map(|d| {
+                    let p = pinned
+                        .iter()
+                        .find(|p| {
+                            p.edge.purpose == Purpose::BackupRoute && p.edge.pinned == d.primary
+                        })
+                        .expect("every backed-up domain is an edge");
+                    Route {
+                        domain: d.name.clone(),
+                        primary: d.primary.clone(),
+                        next_hop: inv.host(&d.primary).next_hop(),
+                        pins: p.pins.clone(),
+                        certs: p.certs.clone(),
+                    }
+                })
+                .collect();
             Ok(HostDesired {
                 host: host.clone(),
+                pinned,
+                transitional,
                 routes,
                 relays: domains
                     .iter()
@@ -563,5 +677,6 @@ backups = ["relay"]
         assert_eq!(d[0].as_ref().unwrap_err(), "home: unreachable");
         let e = d[1].as_ref().unwrap_err();
         assert!(e.contains("whose keys could not be read"), "{e}");
+        assert!(e.contains("pins home (backup route)"), "{e}");
     }
 }

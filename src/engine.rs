@@ -17,6 +17,7 @@ use crate::progress::{Monitor, Phase};
 use crate::ssh::{SshHost, Transport as _};
 use crate::templates::Templates;
 use crate::tls::Fingerprint;
+use crate::trust::{self, Edge, Purpose};
 
 /// A host as seen this run: its open connection (if any) and its facts.
 pub struct HostState {
@@ -131,29 +132,20 @@ pub struct FleetPlan {
     pub refused: Vec<(HostName, String)>,
 }
 
-/// Peers that pin `host`: the backups of every domain it is primary for.
-fn peers_of<'a>(inv: &'a Inventory, host: &'a HostName) -> Vec<&'a HostName> {
-    let mut peers: Vec<&HostName> = inv
-        .domains
-        .iter()
-        .filter(|d| &d.primary == host)
-        .flat_map(|d| d.backups.iter())
-        .collect();
-    peers.sort();
-    peers.dedup();
-    peers
-}
-
-/// The safety rule of rotation, checked on what the peers really have:
-/// never switch a host to a key that some peer does not already pin.
+/// The safety rule of rotation, checked on what the pinners really have:
+/// never switch a host to a key that some pinner does not already accept,
+/// on any edge (a backup's route, a client's smarthost, a relay's table of
+/// client keys).
 fn rotation_blocker(
     inv: &Inventory,
+    edges: &[Edge],
     states: &[HostState],
     host: &Host,
     next_pin: &Fingerprint,
     compromised: bool,
 ) -> Option<String> {
-    for peer in peers_of(inv, &host.name) {
+    for edge in trust::pinners_of(edges, &host.name) {
+        let peer = &edge.pinner;
         let state = states
             .iter()
             .find(|s| &s.host.name == peer)
@@ -164,11 +156,15 @@ fn rotation_blocker(
             }
             Err(_) => {}
             Ok(f) => {
-                let pinned = f.pins_for(&host.next_hop(), &inv.settings);
+                let pinned = f.pins_for(&edge.site(inv), &inv.settings);
                 if !compromised && !pinned.iter().any(|p| p == next_pin.as_str()) {
+                    let why = match edge.purpose {
+                        Purpose::BackupRoute => String::new(),
+                        other => format!(" as its {}", other.as_str()),
+                    };
                     return Some(format!(
-                        "peer {peer} does not pin {}'s next key yet; run `mxpin apply` first",
-                        host.name
+                        "peer {peer} does not pin {}'s next key yet{why}; run `mxpin apply` first",
+                        host.name,
                     ));
                 }
             }
@@ -197,6 +193,7 @@ pub fn plan_all(
         .collect();
     let mut rotated = Vec::new();
     let mut refused = Vec::new();
+    let edges = trust::edges(inv);
     for (state, k) in states.iter().zip(keys.iter_mut()) {
         let host = &state.host;
         let Ok(current) = k else { continue };
@@ -209,7 +206,9 @@ pub fn plan_all(
         };
         let s = &inv.settings;
         let next_pin = current.next.identity.cert.fingerprint(s.digest, s.pin);
-        if let Some(why) = rotation_blocker(inv, states, host, &next_pin, rotation.compromised) {
+        if let Some(why) =
+            rotation_blocker(inv, &edges, states, host, &next_pin, rotation.compromised)
+        {
             refused.push((host.name.clone(), format!("{reason} refused: {why}")));
             continue;
         }
@@ -258,23 +257,26 @@ pub fn plan_all(
     }
 }
 
-/// What each peer of `host` pins for it, as read from the peers.
+/// What each pinner of `host` pins for it, edge by edge, as read from
+/// the pinners.
 pub fn peer_pins(
     inv: &Inventory,
     states: &[HostState],
     host: &HostName,
-) -> Vec<(HostName, Vec<String>)> {
-    let next_hop = inv.host(host).next_hop();
-    peers_of(inv, host)
-        .into_iter()
-        .map(|peer| {
-            let state = states.iter().find(|s| &s.host.name == peer).expect("state");
+) -> Vec<(HostName, Purpose, Vec<String>)> {
+    let edges = trust::edges(inv);
+    trust::pinners_of(&edges, host)
+        .map(|edge| {
+            let state = states
+                .iter()
+                .find(|s| s.host.name == edge.pinner)
+                .expect("state");
             let pins = state
                 .facts
                 .as_ref()
-                .map(|f| f.pins_for(&next_hop, &inv.settings))
+                .map(|f| f.pins_for(&edge.site(inv), &inv.settings))
                 .unwrap_or_default();
-            (peer.clone(), pins)
+            (edge.pinner.clone(), edge.purpose, pins)
         })
         .collect()
 }
@@ -441,6 +443,60 @@ pub async fn apply_all(
     result
 }
 
+/// The second round of a run that kept transitional pins (hosts on a cycle
+/// of edges that all switched keys): every switch is done now, so read the
+/// hosts again, plan (rotating nothing) and apply what is left, which drops
+/// the keys no longer served. `None` when the first round needs none.
+/// Results of both rounds are merged per host.
+pub async fn finish_transition(
+    inv: &Inventory,
+    states: &mut [HostState],
+    externals: &[ExternalState],
+    templates: &Templates,
+    run: Progress<'_>,
+    first: &[HostOutcome],
+    results: Vec<(HostName, ApplyStatus)>,
+) -> Vec<(HostName, ApplyStatus)> {
+    let applied_transitional = first.iter().any(|o| match o {
+        HostOutcome::Planned(p) => {
+            p.transitional
+                && results
+                    .iter()
+                    .any(|(h, s)| h == &p.host && matches!(s, ApplyStatus::Applied { .. }))
+        }
+        HostOutcome::Failed { .. } => false,
+    });
+    if !applied_transitional {
+        return results;
+    }
+    refresh(states, &[], run.parallel, run.monitor).await;
+    let second = plan_all(
+        inv,
+        states,
+        externals,
+        templates,
+        OffsetDateTime::now_utc(),
+        &Rotation::default(),
+    );
+    let again = apply_all(states, &second.outcomes, run.parallel, run.monitor).await;
+    results
+        .into_iter()
+        .zip(again)
+        .map(|((host, a), (_, b))| {
+            let merged = match (a, b) {
+                (a @ (ApplyStatus::Failed(_) | ApplyStatus::Skipped(_)), _) => a,
+                (_, b @ (ApplyStatus::Failed(_) | ApplyStatus::Skipped(_))) => b,
+                (ApplyStatus::Applied { changes: x }, ApplyStatus::Applied { changes: y }) => {
+                    ApplyStatus::Applied { changes: x + y }
+                }
+                (a @ ApplyStatus::Applied { .. }, ApplyStatus::Unchanged) => a,
+                (ApplyStatus::Unchanged, b) => b,
+            };
+            (host, merged)
+        })
+        .collect()
+}
+
 /// After apply (or for `verify`): read every host again, running on each
 /// backup the verification checks of the routes `intended` planned, and
 /// plan again (rotating nothing); hosts that still have changes did not
@@ -549,25 +605,29 @@ pub async fn verify_report(
 ) -> Vec<Check> {
     let s = &inv.settings;
     let mut checks = Vec::new();
-    // Probe each primary once.
-    let mut served: std::collections::BTreeMap<HostName, Result<Fingerprint, String>> =
-        Default::default();
-    for d in &inv.domains {
-        if served.contains_key(&d.primary) {
-            continue;
-        }
-        let h = inv.host(&d.primary);
-        let addr = format!("{}:{}", h.mx, h.smtp_port);
+    // Probe every SMTP server some edge pins, once each, all at once.
+    let mut addresses: Vec<String> = trust::edges(inv)
+        .iter()
+        .filter_map(|e| e.probe_address(inv))
+        .collect();
+    addresses.sort();
+    addresses.dedup();
+    let probes = addresses.iter().map(|addr| async move {
         let got = crate::probe::probe(
-            &addr,
+            addr,
             crate::probe::StartTls::Smtp,
             std::time::Duration::from_secs(10),
         )
         .await
         .map_err(|e| e.to_string())
         .map(|chain| chain[0].fingerprint(s.digest, s.pin));
-        served.insert(d.primary.clone(), got);
-    }
+        (addr.clone(), got)
+    });
+    let served: std::collections::BTreeMap<String, Result<Fingerprint, String>> =
+        futures::future::join_all(probes)
+            .await
+            .into_iter()
+            .collect();
     for (state, outcome) in states.iter().zip(intended) {
         let host = &state.host.name;
         let f = match &state.facts {
@@ -635,6 +695,7 @@ pub async fn verify_report(
             .host
             .relayhost
             .iter()
+            .filter_map(crate::inventory::Relayhost::external)
             .chain(state.host.fetchmail.iter().map(|p| &p.server));
         let mut seen_ext = Vec::new();
         for name in used {
@@ -666,26 +727,29 @@ pub async fn verify_report(
         }
         // What the controller sees served, against what this host pins.
         for p in &plan.pinned {
-            let primary = &p.primary;
-            let (ok, what) = match served.get(primary) {
+            let (Some(addr), Some(hop)) = (&p.probe, &p.next_hop) else {
+                continue;
+            };
+            let pinned = &p.pinned;
+            let (ok, what) = match served.get(addr) {
                 Some(Ok(fp)) if p.pins.first() == Some(&fp.to_string()) => (
                     true,
-                    format!("{primary} serves its current key {fp} (seen from the controller)"),
+                    format!("{pinned} serves its current key {fp} on {addr} (seen from the controller)"),
                 ),
                 Some(Ok(fp)) if p.pins.contains(&fp.to_string()) => (
                     true,
-                    format!("{primary} serves its staged next key {fp} (seen from the controller)"),
+                    format!("{pinned} serves its staged next key {fp} on {addr} (seen from the controller)"),
                 ),
                 Some(Ok(fp)) => (
                     false,
-                    format!("{primary} serves {fp}, which {host} does not pin (seen from the controller)"),
+                    format!("{pinned} serves {fp} on {addr}, which {host} does not pin (seen from the controller)"),
                 ),
-                Some(Err(e)) => (false, format!("controller cannot probe {primary}: {e}")),
-                None => (false, format!("{primary} was not probed")),
+                Some(Err(e)) => (false, format!("controller cannot probe {pinned} at {addr}: {e}")),
+                None => (false, format!("{pinned} was not probed")),
             };
             checks.push(Check {
                 host: host.clone(),
-                route: Some(p.next_hop.clone()),
+                route: Some(hop.clone()),
                 ok,
                 warning: false,
                 what,
@@ -717,12 +781,15 @@ mod tests {
             switches_key: switches,
             pinned: pins_for
                 .iter()
-                .map(|h| crate::plan::PinnedRoute {
-                    primary: HostName::parse(h).unwrap(),
-                    next_hop: format!("[{h}]:25"),
+                .map(|h| crate::plan::PinnedEdge {
+                    pinned: HostName::parse(h).unwrap(),
+                    purpose: Purpose::BackupRoute,
+                    next_hop: Some(format!("[{h}]:25")),
+                    probe: Some(format!("{h}:25")),
                     pins: vec![],
                 })
                 .collect(),
+            transitional: false,
             steps: Default::default(),
         }
     }

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use futures::stream::{self, StreamExt as _};
 
-use crate::inventory::{External, ExternalTls, HostName, Inventory, Protocol};
+use crate::inventory::{External, ExternalTls, HostName, Inventory, Protocol, Relayhost};
 use crate::probe::{self, StartTls};
 use crate::tls::{Certificate, Fingerprint};
 
@@ -59,7 +59,7 @@ pub async fn gather(inv: &Inventory, timeout: Duration) -> Vec<ExternalState> {
         .iter()
         .filter(|e| {
             inv.hosts.iter().any(|h| {
-                h.relayhost.as_ref() == Some(&e.name)
+                h.relayhost.as_ref().and_then(Relayhost::external) == Some(&e.name)
                     || h.fetchmail.iter().any(|p| p.server == e.name)
             })
         })

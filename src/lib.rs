@@ -18,3 +18,4 @@ pub mod shell;
 pub mod ssh;
 pub mod templates;
 pub mod tls;
+pub mod trust;

@@ -17,6 +17,7 @@ use mxpin::probe::{self, StartTls};
 use mxpin::progress::{Lines, Live, Monitor, Phase, Silent};
 use mxpin::templates::Templates;
 use mxpin::tls::{Certificate, Digest, PinKind};
+use mxpin::trust::Purpose;
 
 /// Pin self-signed TLS keys between your own mail hosts.
 #[derive(Parser)]
@@ -508,6 +509,20 @@ async fn run_change(common: &Common, change: Change) -> Result<u8, String> {
     }
     let progress = monitor(common, &inv);
     let results = engine::apply_all(&states, &fleet.outcomes, parallel, &*progress).await;
+    let run = engine::Progress {
+        parallel,
+        monitor: &*progress,
+    };
+    let results = engine::finish_transition(
+        &inv,
+        &mut states,
+        &externals,
+        &templates,
+        run,
+        &fleet.outcomes,
+        results,
+    )
+    .await;
     let (after, checks) = engine::settle(
         &inv,
         &mut states,
@@ -569,12 +584,17 @@ async fn run_change(common: &Common, change: Change) -> Result<u8, String> {
                 "{}: serves public key {} (was {}); next {}",
                 r.host, r.new_current, r.old_current, r.new_next
             );
-            for (peer, pins) in &peers {
-                let _ = writeln!(out, "  {peer} pins {}: {}", r.host, pins.join("|"));
+            for (peer, purpose, pins) in &peers {
+                let why = match purpose {
+                    Purpose::BackupRoute => String::new(),
+                    other => format!(" ({})", other.as_str()),
+                };
+                let _ = writeln!(out, "  {peer} pins {}{why}: {}", r.host, pins.join("|"));
             }
         }
         rotated.push(serde_json::json!({"host": r.host, "peers": peers.iter()
-            .map(|(p, pins)| serde_json::json!({"peer": p, "pins": pins})).collect::<Vec<_>>()}));
+            .map(|(p, purpose, pins)| serde_json::json!({"peer": p, "purpose": purpose, "pins": pins}))
+            .collect::<Vec<_>>()}));
     }
     let applied: Vec<_> = results
         .iter()

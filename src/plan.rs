@@ -96,35 +96,47 @@ pub struct HostPlan {
     pub notes: Vec<String>,
     /// The key this host serves changes in this plan.
     pub switches_key: bool,
-    /// The routes this plan pins, with the pins it writes.
-    pub pinned: Vec<PinnedRoute>,
+    /// The trust edges this plan pins (this host the pinner), with the
+    /// pins it writes.
+    pub pinned: Vec<PinnedEdge>,
+    /// Some pin is kept only while its key is being replaced in this run:
+    /// a second apply drops it (see [`crate::desired::Pinned`]).
+    pub transitional: bool,
     /// What the MTA module needs to apply the plan.
     pub steps: crate::mta::Steps,
 }
 
-/// A route as a plan pins it: the managed host at the other end, the
-/// next-hop, and the fingerprints accepted there (current first).
+/// A trust edge as a plan pins it: the managed host at the other end, why,
+/// where the controller can see the key it presents, and the fingerprints
+/// accepted (current first).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PinnedRoute {
-    pub primary: HostName,
-    pub next_hop: String,
+pub struct PinnedEdge {
+    pub pinned: HostName,
+    pub purpose: crate::trust::Purpose,
+    /// The next-hop the pinner connects to (`None` for a client key).
+    pub next_hop: Option<String>,
+    /// `host:port` where the pinned host serves this key over SMTP.
+    pub probe: Option<String>,
     pub pins: Vec<String>,
 }
 
-impl PinnedRoute {
-    /// One entry per next-hop (several domains may share a primary).
-    pub fn of(routes: &[crate::desired::Route]) -> Vec<PinnedRoute> {
-        let mut out: Vec<PinnedRoute> = Vec::new();
-        for r in routes {
-            if !out.iter().any(|p| p.next_hop == r.next_hop) {
-                out.push(PinnedRoute {
-                    primary: r.primary.clone(),
-                    next_hop: r.next_hop.clone(),
-                    pins: r.pins.iter().map(|p| p.to_string()).collect(),
-                });
-            }
-        }
-        out
+impl PinnedEdge {
+    /// The edges a host's desired state pins.
+    pub fn of(d: &crate::desired::HostDesired, inv: &crate::inventory::Inventory) -> Vec<Self> {
+        use crate::trust::PinSite;
+        d.pinned
+            .iter()
+            .map(|p| PinnedEdge {
+                pinned: p.edge.pinned.clone(),
+                purpose: p.edge.purpose,
+                next_hop: match p.edge.site(inv) {
+                    PinSite::Policy(hop) => Some(hop),
+                    PinSite::ClientCerts => None,
+                },
+                probe: p.edge.probe_address(inv),
+                pins: p.pins.iter().map(|f| f.to_string()).collect(),
+            })
+            .collect()
     }
 }
 
@@ -136,7 +148,7 @@ impl HostPlan {
 
     /// Hosts whose pins this plan writes.
     pub fn pins_for(&self) -> impl Iterator<Item = &HostName> {
-        self.pinned.iter().map(|p| &p.primary)
+        self.pinned.iter().map(|p| &p.pinned)
     }
 }
 
@@ -324,6 +336,7 @@ mod tests {
             notes: vec![],
             switches_key: true,
             pinned: vec![],
+            transitional: false,
             steps: Default::default(),
         };
         let text = render_host(&plan);

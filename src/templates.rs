@@ -22,6 +22,10 @@ const BUILTIN: &[(&str, &str)] = &[
         include_str!("../templates/postfix/relay_recipients.tera"),
     ),
     (
+        "postfix/relay_clientcerts.tera",
+        include_str!("../templates/postfix/relay_clientcerts.tera"),
+    ),
+    (
         "exim/debian-main.conf.tera",
         include_str!("../templates/exim/debian-main.conf.tera"),
     ),

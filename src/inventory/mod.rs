@@ -57,11 +57,52 @@ pub struct Host {
     pub config_dir: RemotePath,
     pub sudo: bool,
     pub mta: Mta,
-    /// External smarthost for all this host's outgoing mail.
-    pub relayhost: Option<HostName>,
+    /// Smarthost for all this host's outgoing mail.
+    pub relayhost: Option<Relayhost>,
+    /// Where this host relays mail for the hosts that name it as their
+    /// relayhost (a dedicated listener; default 2525).
+    pub relay_port: u16,
     /// Mailboxes this host polls with fetchmail.
     pub fetchmail: Vec<Poll>,
 }
+
+/// Where a host sends all its outgoing mail.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(tag = "kind", content = "name", rename_all = "lowercase")]
+pub enum Relayhost {
+    /// An `[external.NAME]`, pinned like ssh's known hosts.
+    External(HostName),
+    /// A host of this inventory: pinned both ways (it pins this host's
+    /// client certificate, this host pins its key).
+    Host(HostName),
+}
+
+impl Relayhost {
+    pub fn name(&self) -> &HostName {
+        match self {
+            Relayhost::External(n) | Relayhost::Host(n) => n,
+        }
+    }
+
+    /// The external this names, if it is one.
+    pub fn external(&self) -> Option<&HostName> {
+        match self {
+            Relayhost::External(n) => Some(n),
+            Relayhost::Host(_) => None,
+        }
+    }
+
+    /// The managed host this names, if it is one.
+    pub fn host(&self) -> Option<&HostName> {
+        match self {
+            Relayhost::Host(n) => Some(n),
+            Relayhost::External(_) => None,
+        }
+    }
+}
+
+/// Ports a relay listener may not take: the admin's own SMTP services.
+pub const RESERVED_RELAY_PORTS: [u16; 3] = [25, 465, 587];
 
 /// The MTA a host runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -201,6 +242,12 @@ impl Host {
     pub fn next_hop(&self) -> String {
         format!("[{}]:{}", self.mx, self.smtp_port)
     }
+
+    /// The next-hop of this host's relay listener, `[mx]:relay_port`, for
+    /// the hosts that relay through it.
+    pub fn relay_next_hop(&self) -> String {
+        format!("[{}]:{}", self.mx, self.relay_port)
+    }
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -241,18 +288,11 @@ impl Inventory {
             .expect("validated inventory names only existing externals")
     }
 
-    /// Whether peers of `host` pin its certificate rather than its public
-    /// key: when the inventory says so, or when an Exim host backs it up
-    /// (Exim can only pin certificates). A certificate near expiry is then
-    /// renewed by rotating to the next key, never re-issued in place.
-    pub fn certificate_pinned(&self, host: &HostName) -> bool {
-        self.settings.pin == PinKind::Certificate
-            || self
-                .domains
-                .iter()
-                .filter(|d| &d.primary == host)
-                .flat_map(|d| d.backups.iter())
-                .any(|b| self.host(b).mta == Mta::Exim)
+    /// Hosts that send all their outgoing mail through `host`.
+    pub fn relay_clients<'a>(&'a self, host: &'a HostName) -> impl Iterator<Item = &'a Host> {
+        self.hosts
+            .iter()
+            .filter(move |h| h.relayhost.as_ref().and_then(Relayhost::host) == Some(host))
     }
 
     /// Domains `host` is a backup for.
@@ -379,6 +419,7 @@ struct RawHost {
     sudo: bool,
     mta: Option<Spanned<String>>,
     relayhost: Option<Spanned<String>>,
+    relay_port: Option<Spanned<i64>>,
     #[serde(default)]
     fetchmail: Vec<RawPoll>,
 }
@@ -479,6 +520,8 @@ impl Context<'_> {
         let mut externals = self.check_externals(&raw, &settings)?;
 
         let mut hosts = Vec::new();
+        // (client, relay, where it was named): checked once every host is.
+        let mut managed_relays: Vec<(HostName, HostName, &Spanned<String>)> = Vec::new();
         let mut mx_seen: BTreeMap<DnsName, HostName> = BTreeMap::new();
         for (key, h) in &raw.hosts {
             let name = self.value(key, HostName::parse)?;
@@ -528,6 +571,11 @@ impl Context<'_> {
             }
             let relayhost = match &h.relayhost {
                 None => None,
+                Some(r) if raw.hosts.keys().any(|k| k.get_ref() == r.get_ref()) => {
+                    let target = self.value(r, HostName::parse)?;
+                    managed_relays.push((name.clone(), target.clone(), r));
+                    Some(Relayhost::Host(target))
+                }
                 Some(r) => {
                     let e = self.external_ref(&externals, r, &format!("host {name}: relayhost"))?;
                     let ext = &mut externals[e];
@@ -543,9 +591,21 @@ impl Context<'_> {
                     }
                     // Fixed now: a later fetchmail use cannot make it pop3.
                     ext.protocol_set = true;
-                    Some(ext.checked.name.clone())
+                    Some(Relayhost::External(ext.checked.name.clone()))
                 }
             };
+            let relay_port = match &h.relay_port {
+                None => 2525,
+                Some(p) => u16::try_from(*p.get_ref())
+                    .ok()
+                    .filter(|p| *p > 0)
+                    .ok_or_else(|| {
+                        self.at(p, format!("host {name}: relay_port must be 1 to 65535"))
+                    })?,
+            };
+            if let Some(p) = &h.relay_port {
+                self.check_relay_port(&name, relay_port, smtp_port, p.span().start)?;
+            }
             let mut fetchmail = Vec::new();
             for p in &h.fetchmail {
                 let what = format!("host {name}: fetchmail");
@@ -591,9 +651,11 @@ impl Context<'_> {
                 sudo: h.sudo,
                 mta,
                 relayhost,
+                relay_port,
                 fetchmail,
             });
         }
+        self.check_relays(&hosts, &managed_relays)?;
         let known: BTreeSet<&str> = raw.hosts.keys().map(|k| k.get_ref().as_str()).collect();
 
         let mut domains = Vec::new();
@@ -684,6 +746,79 @@ impl Context<'_> {
             externals: externals.into_iter().map(|e| e.checked).collect(),
             policies,
         })
+    }
+
+    /// A relay listener may not take a port SMTP itself uses.
+    fn check_relay_port(
+        &self,
+        name: &HostName,
+        relay_port: u16,
+        smtp_port: u16,
+        at: usize,
+    ) -> Result<(), InventoryError> {
+        if relay_port == smtp_port || RESERVED_RELAY_PORTS.contains(&relay_port) {
+            return Err(self.error_at(
+                at,
+                format!(
+                    "host {name}: relay_port {relay_port} is taken by SMTP itself \
+                     (25, 465, 587 and smtp_port); set relay_port to another, such as 2525"
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Relaying through a managed host: never through itself, never in a
+    /// cycle (mail would loop), and only between Postfix hosts (the Exim
+    /// side of a client-certificate relay is not built yet).
+    fn check_relays(
+        &self,
+        hosts: &[Host],
+        relays: &[(HostName, HostName, &Spanned<String>)],
+    ) -> Result<(), InventoryError> {
+        let host = |n: &HostName| hosts.iter().find(|h| &h.name == n).expect("checked");
+        for (client, relay, at) in relays {
+            if client == relay {
+                return Err(self.at(
+                    at,
+                    format!("host {client}: relayhost is the host itself; mail would loop"),
+                ));
+            }
+            let r = host(relay);
+            // An explicit relay_port was checked where it stands.
+            self.check_relay_port(relay, r.relay_port, r.smtp_port, at.span().start)?;
+            if r.mta != Mta::Postfix {
+                return Err(self.at(
+                    at,
+                    format!(
+                        "host {client}: relayhost {relay} runs Exim; relaying through a managed \
+                         host with pinned client certificates is supported between Postfix hosts only"
+                    ),
+                ));
+            }
+            // Follow the chain: each host has at most one relayhost, so a
+            // walk longer than the host count has met a cycle.
+            let mut path = vec![client.clone()];
+            let mut at_host = relay.clone();
+            for _ in 0..=hosts.len() {
+                path.push(at_host.clone());
+                if &at_host == client {
+                    let names: Vec<&str> = path.iter().map(HostName::as_str).collect();
+                    return Err(self.at(
+                        at,
+                        format!(
+                            "host {client}: relayhost makes a cycle ({}); mail would loop",
+                            names.join(" -> ")
+                        ),
+                    ));
+                }
+                match host(&at_host).relayhost.as_ref().and_then(Relayhost::host) {
+                    Some(next) => at_host = next.clone(),
+                    None => break,
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Index of the external `r` names, or an error naming `what`.
@@ -1088,8 +1223,12 @@ tls = "implicit"
         ));
         let inv = parse_str(&text).unwrap();
         let vps = inv.hosts.iter().find(|h| h.name.as_str() == "vps").unwrap();
-        assert_eq!(vps.relayhost.as_ref().unwrap().as_str(), "isp");
-        let isp = inv.external(vps.relayhost.as_ref().unwrap());
+        let relayhost = vps.relayhost.as_ref().unwrap();
+        assert_eq!(
+            relayhost,
+            &Relayhost::External(HostName::parse("isp").unwrap())
+        );
+        let isp = inv.external(relayhost.name());
         assert_eq!(isp.next_hop(), "[mail.isp.net]:465");
         assert_eq!(isp.address(), "mail.isp.net:465");
         assert_eq!(isp.tls, ExternalTls::Implicit);
@@ -1196,11 +1335,20 @@ tls = "implicit"
         assert_eq!(relay.config_dir.as_str(), "/etc/exim4");
         let home = HostName::parse("home").unwrap();
         assert!(
-            inv.certificate_pinned(&home),
+            crate::trust::certificate_pinned(&inv, &crate::trust::edges(&inv), &home),
             "an Exim backup pins certificates"
         );
-        assert!(!inv.certificate_pinned(&relay.name));
-        assert!(!parse_str(GOOD).unwrap().certificate_pinned(&home));
+        assert!(!crate::trust::certificate_pinned(
+            &inv,
+            &crate::trust::edges(&inv),
+            &relay.name
+        ));
+        let good = parse_str(GOOD).unwrap();
+        assert!(!crate::trust::certificate_pinned(
+            &good,
+            &crate::trust::edges(&good),
+            &home
+        ));
         let e = err(&GOOD.replace("sudo = true", "sudo = true\nmta = \"sendmail\""));
         assert!(
             e.contains("host relay: unknown mta \"sendmail\": expected postfix or exim"),

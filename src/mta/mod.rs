@@ -20,6 +20,7 @@ use crate::facts::Sections;
 use crate::inventory::{Host, Inventory, Mta, Settings};
 use crate::plan::{Action, Content, FileChange, HostPlan};
 use crate::templates::Templates;
+use crate::trust::PinSite;
 
 /// What was read from one host.
 #[derive(Debug, Clone)]
@@ -37,13 +38,15 @@ impl Facts {
         }
     }
 
-    /// The fingerprints the host pins for `next_hop`, as its MTA would see
-    /// them now (a stale or missing table pins nothing).
-    /// In the inventory's digest and pin kind.
-    pub fn pins_for(&self, next_hop: &str, settings: &Settings) -> Vec<String> {
-        match self {
-            Facts::Postfix(f) => f.pins_for(next_hop),
-            Facts::Exim(f) => f.pins_for(next_hop, settings),
+    /// The fingerprints the host pins at `site`, as its MTA would see
+    /// them now (a stale or missing table pins nothing), in the
+    /// inventory's digest and pin kind.
+    pub fn pins_for(&self, site: &PinSite, settings: &Settings) -> Vec<String> {
+        match (self, site) {
+            (Facts::Postfix(f), _) => f.pins_for(site),
+            (Facts::Exim(f), PinSite::Policy(next_hop)) => f.pins_for(next_hop, settings),
+            // The inventory refuses an Exim relay for managed clients.
+            (Facts::Exim(_), PinSite::ClientCerts) => Vec::new(),
         }
     }
 }

@@ -19,7 +19,7 @@ use crate::desired::{HostDesired, StoredKeys};
 use crate::facts::{Sections, SHELL_HELPERS};
 use crate::inventory::{Host, Inventory, Settings};
 use crate::mta::{change_for, FoundFile, RouteCheck, Steps};
-use crate::plan::{Action, Content, FileChange, HostPlan, PinnedRoute};
+use crate::plan::{Action, Content, FileChange, HostPlan, PinnedEdge};
 use crate::shell::quote;
 use crate::templates::Templates;
 use crate::tls::{Certificate, Digest, PinKind, SecretPem};
@@ -690,7 +690,8 @@ pub fn plan_host(
         commands,
         notes,
         switches_key,
-        pinned: PinnedRoute::of(&d.routes),
+        pinned: PinnedEdge::of(d, inv),
+        transitional: d.transitional,
         steps: Steps::Exim(ApplySteps {
             config_dir: dir.to_string(),
             bin: f.bin.clone(),

@@ -1,16 +1,95 @@
-//! The one master.cf service mxpin owns: `mxpin-smtps`, an smtp client with
-//! `smtp_tls_wrappermode=yes`, used as `default_transport` when a host's
-//! relayhost speaks implicit TLS (port 465). Postfix's wrappermode is a
-//! client-wide setting, so it cannot go in main.cf without breaking every
-//! other delivery.
+//! The master.cf services mxpin owns, each written with a comment line
+//! above it:
+//! - `mxpin-smtps`: an smtp client with `smtp_tls_wrappermode=yes`, the
+//!   `default_transport` when a host's external relayhost speaks implicit
+//!   TLS (port 465). Wrappermode is client-wide, so it cannot go in main.cf
+//!   without breaking every other delivery.
+//! - `mxpin-relay`: an smtp client that presents the host's own key as a
+//!   client certificate, the `default_transport` of a host that relays
+//!   through a managed host. Only this path hands out the certificate.
+//! - the relay listener `PORT inet ... smtpd` (marked by its syslog name
+//!   `postfix/mxpin-relay`) on a host others relay through: TLS required, a
+//!   client certificate asked for, relaying only for pinned client keys and
+//!   a temporary refusal for everyone else, so that a client whose key is
+//!   not pinned yet queues its mail instead of bouncing it.
 //!
-//! Like main.cf, the file is edited in place: only the service's own lines
-//! (and mxpin's comment right above it) change.
+//! Like main.cf, the file is edited in place: only these services' lines
+//! (and mxpin's comment right above each) change.
 
-/// The service name, also the `default_transport` value that selects it.
-pub const SERVICE: &str = "mxpin-smtps";
+/// The implicit-TLS client, also the `default_transport` value selecting it.
+pub const SMTPS: &str = "mxpin-smtps";
+/// The client-certificate client, likewise.
+pub const RELAY_CLIENT: &str = "mxpin-relay";
+/// The relay listener's syslog name: how mxpin knows its own listener
+/// (its service name is just the port).
+const LISTENER_MARK: &str = "-o syslog_name=postfix/mxpin-relay";
 
-const COMMENT: &str = "# Managed by mxpin: SMTP over implicit TLS (port 465) to the relayhost.\n";
+/// A service block mxpin wants in master.cf.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Service {
+    name: String,
+    kind: &'static str,
+    /// Comment line, entry line and continuation lines.
+    block: String,
+}
+
+impl Service {
+    /// The implicit-TLS smtp client for an external relayhost on 465.
+    pub fn smtps(chroot: &str) -> Service {
+        Service {
+            name: SMTPS.into(),
+            kind: "unix",
+            block: format!(
+                "# Managed by mxpin: SMTP over implicit TLS (port 465) to the relayhost.\n\
+                 {SMTPS} unix  -       -       {chroot}       -       -       smtp\n  \
+                 -o smtp_tls_wrappermode=yes\n"
+            ),
+        }
+    }
+
+    /// The smtp client that presents `key` and `cert` (this host's current
+    /// pair) to the managed relayhost. `chain_files`: Postfix 3.4 and later.
+    pub fn relay_client(chroot: &str, key: &str, cert: &str, chain_files: bool) -> Service {
+        let tls = if chain_files {
+            format!("  -o smtp_tls_chain_files={key},{cert}\n")
+        } else {
+            format!("  -o smtp_tls_cert_file={cert}\n  -o smtp_tls_key_file={key}\n")
+        };
+        Service {
+            name: RELAY_CLIENT.into(),
+            kind: "unix",
+            block: format!(
+                "# Managed by mxpin: SMTP to the relayhost, presenting this host's pinned key.\n\
+                 {RELAY_CLIENT} unix  -       -       {chroot}       -       -       smtp\n{tls}"
+            ),
+        }
+    }
+
+    /// The relay listener on `port`: relays only for clients whose
+    /// certificate fingerprint (in `digest`) is in `table`.
+    pub fn relay_listener(chroot: &str, port: u16, digest: &str, table: &str) -> Service {
+        Service {
+            name: port.to_string(),
+            kind: "inet",
+            block: format!(
+                "# Managed by mxpin: relay for the hosts that send their mail through this one \
+                 (pinned client certificates).\n\
+                 {port}      inet  n       -       {chroot}       -       -       smtpd\n  \
+                 {LISTENER_MARK}\n  \
+                 -o smtpd_tls_security_level=encrypt\n  \
+                 -o smtpd_tls_ask_ccert=yes\n  \
+                 -o smtpd_tls_fingerprint_digest={digest}\n  \
+                 -o relay_clientcerts={table}\n  \
+                 -o smtpd_client_restrictions=\n  \
+                 -o smtpd_helo_restrictions=\n  \
+                 -o smtpd_sender_restrictions=\n  \
+                 -o smtpd_relay_restrictions=permit_tls_clientcerts,defer\n  \
+                 -o smtpd_recipient_restrictions=\n  \
+                 -o smtpd_sasl_auth_enable=no\n"
+            ),
+        }
+    }
+}
 
 /// Service name and type of a master.cf entry line, if it starts one.
 fn entry(line: &str) -> Option<(&str, &str)> {
@@ -21,75 +100,118 @@ fn entry(line: &str) -> Option<(&str, &str)> {
     Some((f.next()?, f.next()?))
 }
 
-/// Line range of the `name`/`kind` entry: its line and its continuation
-/// lines (starting with white space), comments in between included.
-fn find(lines: &[&str], name: &str, kind: &str) -> Option<std::ops::Range<usize>> {
-    let start = lines.iter().position(|l| entry(l) == Some((name, kind)))?;
-    let mut end = start + 1;
-    let mut k = end;
-    while k < lines.len() {
-        let l = lines[k];
-        if l.starts_with([' ', '\t']) && !l.trim().is_empty() {
-            end = k + 1;
-        } else if !(l.trim().is_empty() || l.trim_start().starts_with('#')) {
-            break;
+/// The entries of master.cf: each entry line with its continuation lines
+/// (starting with white space), comments in between included.
+fn entries(lines: &[&str]) -> Vec<std::ops::Range<usize>> {
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < lines.len() {
+        if entry(lines[i]).is_none() {
+            i += 1;
+            continue;
         }
-        k += 1;
+        let start = i;
+        let mut end = i + 1;
+        let mut k = end;
+        while k < lines.len() {
+            let l = lines[k];
+            if l.starts_with([' ', '\t']) && !l.trim().is_empty() {
+                end = k + 1;
+            } else if !(l.trim().is_empty() || l.trim_start().starts_with('#')) {
+                break;
+            }
+            k += 1;
+        }
+        out.push(start..end);
+        i = end;
     }
-    Some(start..end)
+    out
 }
 
-/// The chroot column (5th) of the admin's `smtp unix` service, so mxpin's
-/// client runs like the admin's own; `-` (Postfix's default) otherwise.
-pub fn smtp_chroot(text: &str) -> String {
+/// Whether an entry is one of mxpin's services.
+fn is_ours(lines: &[&str], range: &std::ops::Range<usize>) -> bool {
+    match entry(lines[range.start]) {
+        Some((SMTPS | RELAY_CLIENT, "unix")) => true,
+        Some((_, "inet")) => lines[range.clone()]
+            .iter()
+            .any(|l| l.trim() == LISTENER_MARK),
+        _ => false,
+    }
+}
+
+/// The chroot column (5th) of the admin's `NAME KIND` service, so mxpin's
+/// services run like the admin's own; `-` (Postfix's default) otherwise.
+pub fn chroot_of(text: &str, name: &str, kind: &str) -> String {
     text.lines()
-        .find(|l| entry(l) == Some(("smtp", "unix")))
+        .find(|l| entry(l) == Some((name, kind)))
         .and_then(|l| l.split_whitespace().nth(4))
         .filter(|c| ["y", "n", "-"].contains(c))
         .unwrap_or("-")
         .to_string()
 }
 
-/// The service block mxpin writes.
-fn block(chroot: &str) -> String {
-    format!("{COMMENT}{SERVICE} unix  -       -       {chroot}       -       -       smtp\n  -o smtp_tls_wrappermode=yes\n")
+/// The port an inet service listens on: its name (`[host:]port`), where a
+/// name is a port number or one of the SMTP service names.
+fn inet_port(name: &str) -> Option<u16> {
+    let port = name.rsplit_once(':').map_or(name, |(_, p)| p);
+    match port {
+        "smtp" => Some(25),
+        "smtps" | "submissions" => Some(465),
+        "submission" => Some(587),
+        p => p.parse().ok(),
+    }
 }
 
-/// master.cf with mxpin's service present (`want`) or absent. Returns the
-/// text unchanged when it already is as wanted.
-pub fn edited(text: &str, want: bool) -> String {
+/// An admin's service already listening on `port`, as its line.
+pub fn port_taken(text: &str, port: u16) -> Option<String> {
     let lines: Vec<&str> = text.split_inclusive('\n').collect();
-    let found = find(&lines, SERVICE, "unix");
-    let wanted = block(&smtp_chroot(text));
-    match (found, want) {
-        (None, false) => text.to_string(),
-        (None, true) => {
-            let mut out = text.to_string();
-            if !out.is_empty() && !out.ends_with('\n') {
-                out.push('\n');
-            }
-            out.push_str(&wanted);
-            out
+    entries(&lines)
+        .into_iter()
+        .filter(|r| !is_ours(&lines, r))
+        .find(|r| {
+            entry(lines[r.start]).is_some_and(|(n, k)| k == "inet" && inet_port(n) == Some(port))
+        })
+        .map(|r| lines[r.start].trim_end().to_string())
+}
+
+/// master.cf with exactly mxpin's `wanted` services: each kept in place
+/// (rewritten if it differs), appended when missing; mxpin's services not
+/// wanted are removed with their comment. Returns the text unchanged when
+/// it already is as wanted.
+pub fn edited(text: &str, wanted: &[Service]) -> String {
+    let lines: Vec<&str> = text.split_inclusive('\n').collect();
+    let mut out = String::with_capacity(text.len() + 1024);
+    let mut placed: Vec<&Service> = Vec::new();
+    let mut at = 0;
+    for r in entries(&lines) {
+        if !is_ours(&lines, &r) {
+            continue;
         }
-        (Some(range), _) => {
-            // Include mxpin's comment line just above, if there.
-            let start = if range.start > 0 && lines[range.start - 1] == COMMENT {
-                range.start - 1
-            } else {
-                range.start
-            };
-            let current: String = lines[start..range.end].concat();
-            if want && current == wanted {
-                return text.to_string();
-            }
-            let mut out: String = lines[..start].concat();
-            if want {
-                out.push_str(&wanted);
-            }
-            out.push_str(&lines[range.end..].concat());
-            out
+        let (name, kind) = entry(lines[r.start]).expect("an entry");
+        // mxpin's comment line just above belongs to the block.
+        let start = if r.start > at && lines[r.start - 1].starts_with("# Managed by mxpin") {
+            r.start - 1
+        } else {
+            r.start
+        };
+        out.push_str(&lines[at..start].concat());
+        let want = wanted
+            .iter()
+            .find(|s| s.kind == kind && s.name == name && !placed.contains(s));
+        if let Some(s) = want {
+            out.push_str(&s.block);
+            placed.push(s);
         }
+        at = r.end;
     }
+    out.push_str(&lines[at..].concat());
+    for s in wanted.iter().filter(|s| !placed.contains(s)) {
+        if !out.is_empty() && !out.ends_with('\n') {
+            out.push('\n');
+        }
+        out.push_str(&s.block);
+    }
+    out
 }
 
 #[cfg(test)]
@@ -99,6 +221,7 @@ mod tests {
     const DEBIAN: &str = "\
 # Postfix master process configuration file.
 smtp      inet  n       -       y       -       -       smtpd
+#submission inet n       -       y       -       -       smtpd
 pickup    unix  n       -       y       60      1       pickup
 smtp      unix  -       -       y       -       -       smtp
 relay     unix  -       -       y       -       -       smtp
@@ -107,17 +230,21 @@ relay     unix  -       -       y       -       -       smtp
 showq     unix  n       -       y       -       -       showq
 ";
 
+    fn smtps(text: &str) -> Vec<Service> {
+        vec![Service::smtps(&chroot_of(text, "smtp", "unix"))]
+    }
+
     #[test]
     fn adds_once_with_the_admins_chroot_and_removes_cleanly() {
-        let added = edited(DEBIAN, true);
+        let added = edited(DEBIAN, &smtps(DEBIAN));
         assert!(added.starts_with(DEBIAN), "nothing else changes");
         assert!(added.ends_with(
             "# Managed by mxpin: SMTP over implicit TLS (port 465) to the relayhost.\n\
              mxpin-smtps unix  -       -       y       -       -       smtp\n  -o smtp_tls_wrappermode=yes\n"
         ));
-        assert_eq!(edited(&added, true), added, "idempotent");
-        assert_eq!(edited(&added, false), DEBIAN);
-        assert_eq!(edited(DEBIAN, false), DEBIAN);
+        assert_eq!(edited(&added, &smtps(DEBIAN)), added, "idempotent");
+        assert_eq!(edited(&added, &[]), DEBIAN);
+        assert_eq!(edited(DEBIAN, &[]), DEBIAN);
     }
 
     #[test]
@@ -126,9 +253,9 @@ showq     unix  n       -       y       -       -       showq
             "smtp      unix  -       -       y",
             "smtp      unix  -       -       n",
         );
-        assert_eq!(smtp_chroot(&no_chroot), "n");
-        assert_eq!(smtp_chroot("x unix - - y - - x\n"), "-");
-        let added = edited(&no_chroot, true);
+        assert_eq!(chroot_of(&no_chroot, "smtp", "unix"), "n");
+        assert_eq!(chroot_of("x unix - - y - - x\n", "smtp", "unix"), "-");
+        let added = edited(&no_chroot, &smtps(&no_chroot));
         assert!(added.contains("mxpin-smtps unix  -       -       n "));
         // An admin edit inside the block (or a block in the middle) is
         // replaced in place, and what follows stays.
@@ -137,18 +264,63 @@ showq     unix  n       -       y       -       -       showq
             "mxpin-smtps unix - - y - - smtp\n  -o smtp_tls_wrappermode=no\nshowq",
             1,
         );
-        let fixed = edited(&middle, true);
+        let fixed = edited(&middle, &smtps(DEBIAN));
         assert!(
             fixed.contains("  -o smtp_tls_wrappermode=yes\nshowq"),
             "{fixed}"
         );
         assert!(!fixed.contains("wrappermode=no"));
-        assert_eq!(edited(&middle, false), DEBIAN);
+        assert_eq!(edited(&middle, &[]), DEBIAN);
     }
 
     #[test]
     fn missing_final_newline() {
-        let out = edited("smtp unix - - n - - smtp", true);
+        let out = edited("smtp unix - - n - - smtp", &smtps(""));
         assert!(out.starts_with("smtp unix - - n - - smtp\n# Managed by mxpin"));
+    }
+
+    #[test]
+    fn the_relay_pair_services_come_and_go_and_a_port_change_moves_the_listener() {
+        let client =
+            Service::relay_client("y", "/e/mxpin/current.key", "/e/mxpin/current.crt", true);
+        let listener =
+            Service::relay_listener("y", 2525, "sha256", "hash:/e/mxpin/relay_clientcerts");
+        let both = edited(DEBIAN, &[client.clone(), listener.clone()]);
+        assert!(both.starts_with(DEBIAN));
+        assert!(both.contains(
+            "mxpin-relay unix  -       -       y       -       -       smtp\n  \
+             -o smtp_tls_chain_files=/e/mxpin/current.key,/e/mxpin/current.crt\n"
+        ));
+        assert!(both.contains("2525      inet  n       -       y       -       -       smtpd\n"));
+        assert!(both.contains("-o smtpd_relay_restrictions=permit_tls_clientcerts,defer\n"));
+        assert_eq!(edited(&both, &[client.clone(), listener.clone()]), both);
+        // Its own listener is not "another service" on the port.
+        assert_eq!(port_taken(&both, 2525), None);
+        let moved = Service::relay_listener("y", 2626, "sha256", "hash:/e/mxpin/relay_clientcerts");
+        let after = edited(&both, &[client.clone(), moved]);
+        assert!(!after.contains("2525      inet"));
+        assert!(after.contains("2626      inet"));
+        assert_eq!(after.matches("# Managed by mxpin").count(), 2);
+        assert_eq!(edited(&after, &[]), DEBIAN, "the admin's bytes back");
+        let old = Service::relay_client("y", "/k", "/c", false);
+        assert!(old
+            .block
+            .contains("-o smtp_tls_cert_file=/c\n  -o smtp_tls_key_file=/k\n"));
+    }
+
+    #[test]
+    fn ports_the_admin_already_uses_are_found() {
+        assert!(port_taken(DEBIAN, 25)
+            .unwrap()
+            .starts_with("smtp      inet"));
+        assert_eq!(port_taken(DEBIAN, 587), None, "commented out");
+        let text = format!(
+            "{DEBIAN}127.0.0.1:2525 inet n - n - - smtpd\nsubmission inet n - y - - smtpd\n"
+        );
+        assert!(port_taken(&text, 2525)
+            .unwrap()
+            .starts_with("127.0.0.1:2525"));
+        assert!(port_taken(&text, 587).unwrap().starts_with("submission"));
+        assert_eq!(port_taken(&text, 2626), None);
     }
 }

@@ -12,14 +12,15 @@ pub mod script;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
-use crate::desired::{HostDesired, StoredKeys};
+use crate::desired::{HostDesired, Pinned, StoredKeys};
 use crate::facts::{Sections, SHELL_HELPERS};
-use crate::inventory::{External, ExternalTls, Host, HostName, Inventory, PolicyLevel};
+use crate::inventory::{External, ExternalTls, Host, HostName, Inventory, PolicyLevel, Relayhost};
 use crate::mta::{RouteCheck, Steps};
-use crate::plan::{Action, Content, FileChange, HostPlan, PinnedRoute};
+use crate::plan::{Action, Content, FileChange, HostPlan, PinnedEdge};
 use crate::shell::quote;
 use crate::templates::Templates;
 use crate::tls::SecretPem;
+use crate::trust::PinSite;
 use maincf::{split_list, Edit, MainCf};
 
 /// Directory under the config dir holding every file mxpin writes.
@@ -27,13 +28,19 @@ pub const OWNED_DIR: &str = "mxpin";
 
 use crate::mta::KEY_SLOTS as SLOTS;
 
-/// Lookup tables mxpin owns and the main.cf list parameter each joins.
-const TABLES: [(&str, &str); 4] = [
-    ("transport", "transport_maps"),
-    ("tls_policy", "smtp_tls_policy_maps"),
-    ("relay_domains", "relay_domains"),
-    ("relay_recipients", "relay_recipient_maps"),
+/// Lookup tables mxpin owns and the main.cf list parameter each joins
+/// (the client certificates are named by mxpin's relay listener in
+/// master.cf instead).
+const TABLES: [(&str, Option<&str>); 5] = [
+    ("transport", Some("transport_maps")),
+    ("tls_policy", Some("smtp_tls_policy_maps")),
+    ("relay_domains", Some("relay_domains")),
+    ("relay_recipients", Some("relay_recipient_maps")),
+    (CLIENT_CERTS, None),
 ];
+
+/// The table of client keys a relay accepts.
+const CLIENT_CERTS: &str = "relay_clientcerts";
 
 /// Scalar parameters whose effective value decides an edit.
 const SCALARS: [&str; 6] = [
@@ -78,7 +85,11 @@ pub fn facts_script(host: &Host) -> String {
 /// same remote command, before the closing frame.
 pub fn facts_script_with(host: &Host, extra: &str) -> String {
     let files: Vec<&str> = owned_files().collect();
-    let params: Vec<&str> = TABLES.iter().map(|(_, p)| *p).chain(SCALARS).collect();
+    let params: Vec<&str> = TABLES
+        .iter()
+        .filter_map(|(_, p)| *p)
+        .chain(SCALARS)
+        .collect();
     format!(
         r#"mxpin_facts() {{
 LC_ALL=C; export LC_ALL
@@ -320,21 +331,31 @@ impl PostfixFacts {
         })
     }
 
-    /// The fingerprints this host's tls_policy pins for `next_hop`, as
-    /// Postfix sees them: empty when the table or its database is missing
+    /// The fingerprints this host pins at `site`, as Postfix sees them:
+    /// the tls_policy entry of a next-hop, or the keys of the client
+    /// certificate table. Empty when the table or its database is missing
     /// or stale.
-    pub fn pins_for(&self, next_hop: &str) -> Vec<String> {
-        let Some(table) = self.files.get("tls_policy") else {
+    pub fn pins_for(&self, site: &PinSite) -> Vec<String> {
+        let table = match site {
+            PinSite::Policy(_) => "tls_policy",
+            PinSite::ClientCerts => CLIENT_CERTS,
+        };
+        let Some(found) = self.files.get(table) else {
             return vec![];
         };
-        let fresh = db_suffix(&self.db_type)
-            .is_some_and(|sfx| self.fresh["tls_policy"].iter().any(|s| s == sfx));
+        let fresh =
+            db_suffix(&self.db_type).is_some_and(|sfx| self.fresh[table].iter().any(|s| s == sfx));
         if !fresh {
             return vec![];
         }
-        table_value(table.content.raw(), next_hop)
-            .map(policy_pins)
-            .unwrap_or_default()
+        match site {
+            PinSite::Policy(next_hop) => table_value(found.content.raw(), next_hop)
+                .map(policy_pins)
+                .unwrap_or_default(),
+            PinSite::ClientCerts => table_keys(found.content.raw())
+                .map(str::to_ascii_uppercase)
+                .collect(),
+        }
     }
 
     /// The keys mxpin finds in its slots.
@@ -369,21 +390,78 @@ pub struct ApplySteps {
     pub running: bool,
 }
 
-/// First value for `key` in a Postfix table text (as postmap would read it).
-fn table_value<'a>(table: &'a str, key: &str) -> Option<&'a str> {
+/// The entries of a Postfix table text, as postmap reads them: key and
+/// value of every line that is not a comment or continuation.
+fn table_entries(table: &str) -> impl Iterator<Item = (&str, &str)> {
     table
         .lines()
         .filter(|l| !l.trim_start().starts_with('#') && !l.starts_with([' ', '\t']))
-        .find_map(|l| {
-            let (k, v) = l.split_once([' ', '\t'])?;
-            (k.eq_ignore_ascii_case(key)).then(|| v.trim())
-        })
+        .filter_map(|l| l.split_once([' ', '\t']).map(|(k, v)| (k, v.trim())))
 }
 
-/// The host's relayhost, when it has one; refused while it has no pins
-/// (mail would go there unauthenticated).
-fn smarthost<'a>(d: &HostDesired, inv: &'a Inventory) -> Result<Option<&'a External>, String> {
-    let Some(name) = &d.host.relayhost else {
+/// First value for `key` in a Postfix table text (as postmap would read it).
+fn table_value<'a>(table: &'a str, key: &str) -> Option<&'a str> {
+    table_entries(table).find_map(|(k, v)| k.eq_ignore_ascii_case(key).then_some(v))
+}
+
+/// The keys of a Postfix table text.
+fn table_keys(table: &str) -> impl Iterator<Item = &str> {
+    table_entries(table).map(|(k, _)| k)
+}
+
+/// Where a host sends its outgoing mail.
+enum Smarthost<'a> {
+    External(&'a External),
+    /// A managed host, pinned both ways.
+    Host(&'a Pinned),
+}
+
+impl Smarthost<'_> {
+    /// The relayhost value: `[mx]:port`, also its tls_policy key.
+    fn next_hop(&self, inv: &Inventory) -> String {
+        match self {
+            Smarthost::External(e) => e.next_hop(),
+            Smarthost::Host(p) => inv.host(&p.edge.pinned).relay_next_hop(),
+        }
+    }
+
+    fn pins(&self) -> &[crate::tls::Fingerprint] {
+        match self {
+            Smarthost::External(e) => &e.pins,
+            Smarthost::Host(p) => &p.pins,
+        }
+    }
+
+    fn name(&self) -> &HostName {
+        match self {
+            Smarthost::External(e) => &e.name,
+            Smarthost::Host(p) => &p.edge.pinned,
+        }
+    }
+
+    /// The master.cf client service outgoing mail must take, if not
+    /// Postfix's own `smtp`.
+    fn service(&self) -> Option<&'static str> {
+        match self {
+            Smarthost::External(e) if e.tls == ExternalTls::Implicit => Some(mastercf::SMTPS),
+            Smarthost::External(_) => None,
+            Smarthost::Host(_) => Some(mastercf::RELAY_CLIENT),
+        }
+    }
+
+    /// Whether the next-hop speaks TLS from the first byte.
+    fn implicit(&self) -> bool {
+        matches!(self, Smarthost::External(e) if e.tls == ExternalTls::Implicit)
+    }
+}
+
+/// The host's relayhost, when it has one; an external one is refused
+/// while it has no pins (mail would go there unauthenticated).
+fn smarthost<'a>(d: &'a HostDesired, inv: &'a Inventory) -> Result<Option<Smarthost<'a>>, String> {
+    if let Some(p) = d.smarthost() {
+        return Ok(Some(Smarthost::Host(p)));
+    }
+    let Some(name) = d.host.relayhost.as_ref().and_then(Relayhost::external) else {
         return Ok(None);
     };
     let e = inv.external(name);
@@ -392,7 +470,7 @@ fn smarthost<'a>(d: &HostDesired, inv: &'a Inventory) -> Result<Option<&'a Exter
             "relayhost {name} has no pins yet: run `mxpin pin {name}` first"
         ));
     }
-    Ok(Some(e))
+    Ok(Some(Smarthost::External(e)))
 }
 
 /// Which of mxpin's tables this host uses: the routing tables as a backup,
@@ -401,6 +479,7 @@ fn uses_table(table: &str, d: &HostDesired, inv: &Inventory) -> bool {
     let backup = !d.routes.is_empty();
     match table {
         "tls_policy" => backup || d.host.relayhost.is_some() || !inv.policies.is_empty(),
+        CLIENT_CERTS => d.clients().next().is_some(),
         _ => backup,
     }
 }
@@ -426,8 +505,13 @@ fn render_tables(
         }
     }
     if let Some(e) = smarthost(d, inv)? {
-        policies.push(serde_json::json!({"next_hop": e.next_hop(), "pins": e.pins}));
+        policies.push(serde_json::json!({"next_hop": e.next_hop(inv), "pins": e.pins()}));
     }
+    let clients: Vec<_> = d
+        .clients()
+        .map(|c| serde_json::json!({"host": c.edge.pinned, "pins": c.pins}))
+        .collect();
+    ctx.insert("clients", &clients);
     let domain_policies: Vec<serde_json::Value> = inv
         .policies
         .iter()
@@ -506,10 +590,11 @@ fn lookups_for(
         }
     }
     if let Some(e) = smarthost(d, inv)? {
-        let hop = e.next_hop();
+        let hop = e.next_hop(inv);
         let policy = table_value(&tables["tls_policy"], &hop)
             .ok_or_else(|| format!("tls_policy template has no entry for relayhost {hop}"))?;
-        if !policy.starts_with("fingerprint") || !e.pins.iter().all(|p| policy.contains(p.as_str()))
+        if !policy.starts_with("fingerprint")
+            || !e.pins().iter().all(|p| policy.contains(p.as_str()))
         {
             return Err(format!(
                 "tls_policy template entry for relayhost {hop} does not pin it"
@@ -519,7 +604,25 @@ fn lookups_for(
             table: "tls_policy".into(),
             key: hop,
             expected: policy.to_string(),
-            wrapper: e.tls == ExternalTls::Implicit,
+            wrapper: e.implicit(),
+        });
+    }
+    // Every pinned client key must be in the table, naming its host.
+    for c in d.clients() {
+        for pin in &c.pins {
+            let got = table_value(&tables[CLIENT_CERTS], pin.as_str());
+            if got != Some(c.edge.pinned.as_str()) {
+                return Err(format!(
+                    "{CLIENT_CERTS} template maps {pin} to {got:?}, expected {:?}",
+                    c.edge.pinned.as_str()
+                ));
+            }
+        }
+        lookups.push(Lookup {
+            table: CLIENT_CERTS.into(),
+            key: c.pins[0].to_string(),
+            expected: c.edge.pinned.to_string(),
+            wrapper: false,
         });
     }
     Ok(lookups)
@@ -556,6 +659,7 @@ fn main_cf_edits(
     }
     let backup = !d.routes.is_empty();
     for (table, param) in TABLES {
+        let Some(param) = param else { continue };
         let path = format!("{owned}/{table}");
         let current = split_list(&effective(param));
         let mut wanted: Vec<String> = current
@@ -577,6 +681,7 @@ fn main_cf_edits(
     }
     let pins_something = backup
         || d.host.relayhost.is_some()
+        || d.clients().next().is_some()
         || inv
             .policies
             .iter()
@@ -595,23 +700,33 @@ fn main_cf_edits(
     // one, or when its own policy table pins the value there (mxpin wrote
     // it): only then does it remove it.
     let transport = effective("default_transport");
-    let ours = |t: &str| t == mastercf::SERVICE;
+    let ours = |t: &str| [mastercf::SMTPS, mastercf::RELAY_CLIENT].contains(&t);
     match smarthost(d, inv)? {
         Some(e) => {
-            edits.push(set("relayhost", e.next_hop()));
-            let implicit = e.tls == ExternalTls::Implicit;
-            if implicit && !ours(&transport) {
-                if !matches!(transport.as_str(), "" | "smtp") {
-                    return Err(format!(
-                        "relayhost {} needs implicit TLS through mxpin's {} transport, but \
-                         default_transport is {transport:?}; set it back to smtp or use tls = \"starttls\"",
-                        e.name,
-                        mastercf::SERVICE
-                    ));
+            edits.push(set("relayhost", e.next_hop(inv)));
+            match e.service() {
+                Some(service) if transport != service => {
+                    if !ours(&transport) && !matches!(transport.as_str(), "" | "smtp") {
+                        let why = match e {
+                            Smarthost::External(_) => "implicit TLS",
+                            Smarthost::Host(_) => "its client certificate",
+                        };
+                        return Err(format!(
+                            "relayhost {} needs {why} through mxpin's {service} transport, but \
+                             default_transport is {transport:?}; set it back to smtp{}",
+                            e.name(),
+                            if matches!(e, Smarthost::External(_)) {
+                                " or use tls = \"starttls\""
+                            } else {
+                                ""
+                            }
+                        ));
+                    }
+                    edits.push(set("default_transport", service.into()));
                 }
-                edits.push(set("default_transport", mastercf::SERVICE.into()));
-            } else if !implicit && ours(&transport) {
-                edits.push(Edit::Remove("default_transport".into()));
+                Some(_) => {}
+                None if ours(&transport) => edits.push(Edit::Remove("default_transport".into())),
+                None => {}
             }
         }
         None => {
@@ -630,6 +745,46 @@ fn main_cf_edits(
         }
     }
     Ok(edits)
+}
+
+/// The master.cf services mxpin wants on this host.
+fn master_services(
+    d: &HostDesired,
+    f: &PostfixFacts,
+    inv: &Inventory,
+    owned: &str,
+) -> Result<Vec<mastercf::Service>, String> {
+    let text = f.master_cf.as_deref().unwrap_or_default();
+    let client_chroot = mastercf::chroot_of(text, "smtp", "unix");
+    let mut services = Vec::new();
+    match smarthost(d, inv)? {
+        Some(Smarthost::External(e)) if e.tls == ExternalTls::Implicit => {
+            services.push(mastercf::Service::smtps(&client_chroot));
+        }
+        Some(Smarthost::Host(_)) => services.push(mastercf::Service::relay_client(
+            &client_chroot,
+            &format!("{owned}/current.key"),
+            &format!("{owned}/current.crt"),
+            f.version >= (3, 4),
+        )),
+        _ => {}
+    }
+    if d.clients().next().is_some() {
+        let port = d.host.relay_port;
+        if let Some(line) = mastercf::port_taken(text, port) {
+            return Err(format!(
+                "relay_port {port} is already used by master.cf's `{line}`; \
+                 set relay_port to a free port"
+            ));
+        }
+        services.push(mastercf::Service::relay_listener(
+            &mastercf::chroot_of(text, "smtp", "inet"),
+            port,
+            inv.settings.digest.as_str(),
+            &format!("{}:{owned}/{CLIENT_CERTS}", f.db_type),
+        ));
+    }
+    Ok(services)
 }
 
 /// Notes about [policies] weaker than what this host asks of every
@@ -761,7 +916,8 @@ pub fn plan_host(
         // A database is stale when missing or older than its source, or
         // when main.cf names the table with another type (hash and btree
         // share the .db suffix but not the format).
-        let listed_types: Vec<String> = split_list(&main_cf.get(param).unwrap_or_default())
+        let listed = param.and_then(|p| main_cf.get(p)).unwrap_or_default();
+        let listed_types: Vec<String> = split_list(&listed)
             .iter()
             .filter_map(|e| e.split_once(':'))
             .filter(|(_, p)| *p == path)
@@ -806,11 +962,12 @@ pub fn plan_host(
     }
     notes.extend(downgrade_notes(f, inv));
 
-    // master.cf: mxpin's implicit-TLS client, only for such a relayhost.
-    let want_smtps = smarthost(d, inv)?.is_some_and(|e| e.tls == ExternalTls::Implicit);
+    // master.cf: mxpin's client services for a relayhost that needs one,
+    // and the relay listener on a host others relay through.
+    let services = master_services(d, f, inv, &owned)?;
     let new_master = match &f.master_cf {
-        Some(text) => Some(mastercf::edited(text, want_smtps)),
-        None if want_smtps => return Err(format!("{dir}/master.cf not found")),
+        Some(text) => Some(mastercf::edited(text, &services)),
+        None if !services.is_empty() => return Err(format!("{dir}/master.cf not found")),
         None => None,
     };
     if let (Some(old), Some(new)) = (&f.master_cf, &new_master) {
@@ -870,7 +1027,8 @@ pub fn plan_host(
         commands,
         notes,
         switches_key,
-        pinned: PinnedRoute::of(&d.routes),
+        pinned: PinnedEdge::of(d, inv),
+        transitional: d.transitional,
         steps: Steps::Postfix(ApplySteps {
             config_dir: dir.to_string(),
             db_type: f.db_type.clone(),

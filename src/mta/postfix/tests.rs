@@ -390,7 +390,13 @@ fn fresh_fixture_reads_as_a_stock_debian_12_postfix() {
     assert!(f.files.is_empty());
     assert_eq!(
         f.fresh.keys().map(String::as_str).collect::<Vec<_>>(),
-        sorted(&TABLE_NAMES)
+        sorted(&[
+            "relay_clientcerts",
+            TABLE_NAMES[0],
+            TABLE_NAMES[1],
+            TABLE_NAMES[2],
+            TABLE_NAMES[3]
+        ])
     );
     assert!(f.fresh.values().all(Vec::is_empty));
     let effective: BTreeMap<&str, &str> = f
@@ -744,7 +750,7 @@ fn backup_host_gets_tables_pins_and_list_parameters() {
         assert!(plan.commands.contains(&cmd), "{cmd} in {:?}", plan.commands);
     }
     assert_eq!(plan.pinned.len(), 1);
-    assert_eq!(plan.pinned[0].primary.as_str(), "home");
+    assert_eq!(plan.pinned[0].pinned.as_str(), "home");
     assert!(plan.switches_key);
 }
 
@@ -2320,5 +2326,163 @@ fn implicit_tls_relayhost_gets_the_wrappermode_service() {
     assert_eq!(
         e,
         "relayhost isp has no pins yet: run `mxpin pin isp` first"
+    );
+}
+
+/// home relays through vps, which backs up home's domain.
+fn pair_inventory(extra_vps: &str) -> Inventory {
+    let text = format!(
+        r#"
+[hosts.home]
+ssh = "home"
+mx = "home.example.net"
+config_dir = "{DIR}"
+relayhost = "vps"
+
+[hosts.vps]
+ssh = "vps"
+mx = "vps.example.org"
+config_dir = "{DIR}"
+{extra_vps}
+
+[domains."example.net"]
+primary = "home"
+backups = ["vps"]
+recipients = ["first.last@example.net"]
+"#
+    );
+    inventory::parse(Path::new("mxpin.toml"), &text).unwrap()
+}
+
+#[test]
+fn the_client_pins_the_relay_and_presents_its_own_key_only_on_that_path() {
+    let inv = pair_inventory("");
+    let f = fixture_facts(FRESH);
+    let vps_keys = new_keys("vps.example.org");
+    let plan = plan_for(&inv, "home", &f, &vps_keys);
+    let [cur, next] = pins(&vps_keys);
+    assert_eq!(
+        table_of(&plan, DIR, "tls_policy"),
+        pairs(&[(
+            "[vps.example.org]:2525",
+            &format!("fingerprint match={cur}|{next}")
+        )])
+    );
+    let (removed, added) = main_cf_diff(&plan);
+    assert_eq!(removed, ["relayhost = "]);
+    for line in [
+        "relayhost = [vps.example.org]:2525",
+        "default_transport = mxpin-relay",
+        "smtp_tls_fingerprint_digest = sha256",
+    ] {
+        assert!(added.iter().any(|l| l == line), "{line} in {added:?}");
+    }
+    let master = change(&plan, &format!("{DIR}/master.cf"));
+    let new = master.new.as_ref().unwrap().raw();
+    assert!(new.starts_with(master.old.as_ref().unwrap().raw()));
+    assert!(
+        new.ends_with(&format!(
+            "mxpin-relay unix  -       -       y       -       -       smtp\n  \
+             -o smtp_tls_chain_files={DIR}/mxpin/current.key,{DIR}/mxpin/current.crt\n"
+        )),
+        "{new}"
+    );
+    assert!(
+        !added.iter().any(|l| l.starts_with("smtp_tls_chain_files")),
+        "the client key is not handed to every server that asks"
+    );
+    let lookups = &plan.steps.postfix().lookups;
+    assert_eq!(lookups.len(), 1);
+    assert_eq!(lookups[0].key, "[vps.example.org]:2525");
+    assert!(!lookups[0].wrapper, "STARTTLS on the relay port");
+    let edge = &plan.pinned[0];
+    assert_eq!(
+        (edge.pinned.as_str(), edge.purpose),
+        ("vps", crate::trust::Purpose::Smarthost)
+    );
+    assert_eq!(edge.probe.as_deref(), Some("vps.example.org:2525"));
+    let after = simulate_apply(&f, &plan);
+    assert_converged(&plan_for(&inv, "home", &after, &vps_keys));
+
+    // Dropping the relayhost gives the admin's files back.
+    let plain = inventory::parse(
+        Path::new("mxpin.toml"),
+        &format!("[hosts.home]\nssh = \"h\"\nmx = \"home.example.net\"\nconfig_dir = \"{DIR}\"\n"),
+    )
+    .unwrap();
+    let undone = simulate_apply(&after, &plan_for(&plain, "home", &after, &vps_keys));
+    assert_eq!(undone.master_cf, f.master_cf);
+    assert!(undone.main_cf.contains("\nrelayhost = \n"));
+    assert!(!undone.main_cf.contains("default_transport"));
+
+    // An admin's own default_transport is refused, with the fix.
+    let mut own = fixture_facts(FRESH);
+    own.main_cf.push_str("default_transport = uucp\n");
+    let e = try_plan(&inv, "home", &own, &vps_keys).unwrap_err();
+    assert_eq!(
+        e,
+        "relayhost vps needs its client certificate through mxpin's mxpin-relay transport, \
+         but default_transport is \"uucp\"; set it back to smtp"
+    );
+}
+
+#[test]
+fn the_relay_listens_on_relay_port_and_relays_only_for_pinned_client_keys() {
+    let inv = pair_inventory("relay_port = 2626");
+    let f = fixture_facts(FRESH);
+    let home_keys = new_keys("home.example.net");
+    let plan = plan_for(&inv, "vps", &f, &home_keys);
+    let [cur, next] = pins(&home_keys);
+    assert_eq!(
+        table_of(&plan, DIR, "relay_clientcerts"),
+        pairs(&[(&cur, "home"), (&next, "home")])
+    );
+    assert!(
+        cur.contains(':'),
+        "Postfix matches client keys with colons only"
+    );
+    let master = change(&plan, &format!("{DIR}/master.cf"));
+    let new = master.new.as_ref().unwrap().raw();
+    let old = master.old.as_ref().unwrap().raw();
+    assert!(
+        new.starts_with(old),
+        "the admin's services stay as they are"
+    );
+    let block = &new[old.len()..];
+    for line in [
+        "2626      inet  n       -       y       -       -       smtpd",
+        "  -o smtpd_tls_security_level=encrypt",
+        "  -o smtpd_tls_ask_ccert=yes",
+        "  -o smtpd_tls_fingerprint_digest=sha256",
+        &format!("  -o relay_clientcerts=hash:{DIR}/mxpin/relay_clientcerts"),
+        "  -o smtpd_relay_restrictions=permit_tls_clientcerts,defer",
+    ] {
+        assert!(block.lines().any(|l| l == line), "{line} in\n{block}");
+    }
+    let lookups = &plan.steps.postfix().lookups;
+    assert!(lookups
+        .iter()
+        .any(|l| l.table == "relay_clientcerts" && l.key == cur && l.expected == "home"));
+    assert!(plan
+        .steps
+        .postfix()
+        .postmap
+        .contains(&owned(DIR, "relay_clientcerts")));
+    let after = simulate_apply(&f, &plan);
+    assert_converged(&plan_for(&inv, "vps", &after, &home_keys));
+    assert_eq!(
+        after.pins_for(&crate::trust::PinSite::ClientCerts),
+        [cur.clone(), next.clone()]
+    );
+
+    // A port another service already has is refused, naming it.
+    let mut taken = fixture_facts(FRESH);
+    let text = taken.master_cf.as_mut().unwrap();
+    text.push_str("2626 inet n - y - - smtpd\n");
+    let e = try_plan(&inv, "vps", &taken, &home_keys).unwrap_err();
+    assert_eq!(
+        e,
+        "relay_port 2626 is already used by master.cf's `2626 inet n - y - - smtpd`; \
+         set relay_port to a free port"
     );
 }

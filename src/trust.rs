@@ -1,0 +1,200 @@
+//! Trust edges: who pins whose key, and why. Every pin mxpin writes is one
+//! edge (pinner, pinned, purpose); the peers of a host, the rotation rule,
+//! the apply ordering and the verify checks are all read from these edges,
+//! so a new kind of pin is one new purpose, not a new special case.
+
+use crate::inventory::{HostName, Inventory, Mta, Relayhost};
+use crate::tls::PinKind;
+
+/// Why a host pins another.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Purpose {
+    /// A backup MX delivers a domain to its primary: it pins the key the
+    /// primary serves on `smtp_port`.
+    BackupRoute,
+    /// A host sends all its outgoing mail through a managed relayhost: it
+    /// pins the key the relay serves on `relay_port`.
+    Smarthost,
+    /// The relay accepts mail to relay only from clients presenting a
+    /// pinned certificate: it pins the key each client presents.
+    ClientCertificate,
+}
+
+impl Purpose {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Purpose::BackupRoute => "backup route",
+            Purpose::Smarthost => "smarthost",
+            Purpose::ClientCertificate => "client certificate",
+        }
+    }
+}
+
+/// Where on the pinner a pin is kept, so that it can be read back.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub enum PinSite {
+    /// The TLS policy entry for this next-hop (`[mx]:port`).
+    Policy(String),
+    /// The table of accepted client certificates.
+    ClientCerts,
+}
+
+/// One pin relation.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Edge {
+    pub pinner: HostName,
+    pub pinned: HostName,
+    pub purpose: Purpose,
+}
+
+impl Edge {
+    /// Where the pinner keeps this pin.
+    pub fn site(&self, inv: &Inventory) -> PinSite {
+        match self.purpose {
+            Purpose::BackupRoute => PinSite::Policy(inv.host(&self.pinned).next_hop()),
+            Purpose::Smarthost => PinSite::Policy(inv.host(&self.pinned).relay_next_hop()),
+            Purpose::ClientCertificate => PinSite::ClientCerts,
+        }
+    }
+
+    /// The SMTP server (`host:port`, STARTTLS) where anyone can see the key
+    /// the pinned host presents on this edge; `None` for a client key,
+    /// which only the pinner sees.
+    pub fn probe_address(&self, inv: &Inventory) -> Option<String> {
+        let h = inv.host(&self.pinned);
+        match self.purpose {
+            Purpose::BackupRoute => Some(format!("{}:{}", h.mx, h.smtp_port)),
+            Purpose::Smarthost => Some(format!("{}:{}", h.mx, h.relay_port)),
+            Purpose::ClientCertificate => None,
+        }
+    }
+}
+
+/// Every edge of the inventory, sorted, each once.
+pub fn edges(inv: &Inventory) -> Vec<Edge> {
+    let mut out = Vec::new();
+    for d in &inv.domains {
+        for b in &d.backups {
+            out.push(Edge {
+                pinner: b.clone(),
+                pinned: d.primary.clone(),
+                purpose: Purpose::BackupRoute,
+            });
+        }
+    }
+    for h in &inv.hosts {
+        if let Some(Relayhost::Host(relay)) = &h.relayhost {
+            out.push(Edge {
+                pinner: h.name.clone(),
+                pinned: relay.clone(),
+                purpose: Purpose::Smarthost,
+            });
+            out.push(Edge {
+                pinner: relay.clone(),
+                pinned: h.name.clone(),
+                purpose: Purpose::ClientCertificate,
+            });
+        }
+    }
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// The edges on which `host` is pinned: whom to ask before it may switch
+/// to its next key.
+pub fn pinners_of<'a>(edges: &'a [Edge], host: &'a HostName) -> impl Iterator<Item = &'a Edge> {
+    edges.iter().filter(move |e| &e.pinned == host)
+}
+
+/// Whether the peers of `host` pin its certificate rather than its public
+/// key: when the inventory says so, or when an Exim host pins it (Exim can
+/// only pin certificates). A certificate near expiry is then renewed by
+/// rotating to the next key, never re-issued in place.
+pub fn certificate_pinned(inv: &Inventory, edges: &[Edge], host: &HostName) -> bool {
+    inv.settings.pin == PinKind::Certificate
+        || pinners_of(edges, host).any(|e| inv.host(&e.pinner).mta == Mta::Exim)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::inventory;
+    use std::path::Path;
+
+    fn inv(text: &str) -> Inventory {
+        inventory::parse(Path::new("t.toml"), text).unwrap()
+    }
+
+    const PAIR: &str = r#"
+[hosts.home]
+ssh = "home"
+mx = "home.example.net"
+relayhost = "vps"
+[hosts.vps]
+ssh = "vps"
+mx = "vps.example.org"
+relay_port = 2626
+[domains."example.net"]
+primary = "home"
+backups = ["vps"]
+[domains."example.com"]
+primary = "home"
+backups = ["vps"]
+"#;
+
+    #[test]
+    fn the_pair_pins_both_ways() {
+        let inv = inv(PAIR);
+        let e = edges(&inv);
+        let names: Vec<(String, String, Purpose)> = e
+            .iter()
+            .map(|e| (e.pinner.to_string(), e.pinned.to_string(), e.purpose))
+            .collect();
+        assert_eq!(
+            names,
+            [
+                ("home".into(), "vps".into(), Purpose::Smarthost),
+                ("vps".into(), "home".into(), Purpose::BackupRoute),
+                ("vps".into(), "home".into(), Purpose::ClientCertificate),
+            ],
+            "two domains, one backup route"
+        );
+        let home = HostName::parse("home").unwrap();
+        let sites: Vec<PinSite> = pinners_of(&e, &home).map(|x| x.site(&inv)).collect();
+        assert_eq!(
+            sites,
+            [
+                PinSite::Policy("[home.example.net]:25".into()),
+                PinSite::ClientCerts
+            ]
+        );
+        assert_eq!(
+            e[0].site(&inv),
+            PinSite::Policy("[vps.example.org]:2626".into())
+        );
+        assert_eq!(
+            e[0].probe_address(&inv).as_deref(),
+            Some("vps.example.org:2626")
+        );
+        assert_eq!(e[2].probe_address(&inv), None);
+    }
+
+    #[test]
+    fn exim_pinners_make_certificate_pins() {
+        let inv = inv(&format!(
+            "{}\n[hosts.mx2]\nssh = \"m\"\nmx = \"mx2.example.org\"\nmta = \"exim\"\n\
+             [domains.\"example.org\"]\nprimary = \"vps\"\nbackups = [\"mx2\"]\n",
+            PAIR.replace(
+                "[domains.\"example.com\"]\nprimary = \"home\"\nbackups = [\"vps\"]\n",
+                ""
+            )
+        ));
+        let e = edges(&inv);
+        let name = |n: &str| HostName::parse(n).unwrap();
+        assert!(certificate_pinned(&inv, &e, &name("vps")));
+        assert!(!certificate_pinned(&inv, &e, &name("home")));
+        assert!(!certificate_pinned(&inv, &e, &name("mx2")));
+    }
+}
