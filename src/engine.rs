@@ -446,8 +446,9 @@ pub async fn apply_all(
 /// The second round of a run that kept transitional pins (hosts on a cycle
 /// of edges that all switched keys): every switch is done now, so read the
 /// hosts again, plan (rotating nothing) and apply what is left, which drops
-/// the keys no longer served. `None` when the first round needs none.
-/// Results of both rounds are merged per host.
+/// the keys no longer served. Returns the results of both rounds merged
+/// per host, and the plans of the second round (what the run now intends,
+/// for the checks that follow); `None` when the first round needs no second.
 pub async fn finish_transition(
     inv: &Inventory,
     states: &mut [HostState],
@@ -456,7 +457,7 @@ pub async fn finish_transition(
     run: Progress<'_>,
     first: &[HostOutcome],
     results: Vec<(HostName, ApplyStatus)>,
-) -> Vec<(HostName, ApplyStatus)> {
+) -> (Vec<(HostName, ApplyStatus)>, Option<Vec<HostOutcome>>) {
     let applied_transitional = first.iter().any(|o| match o {
         HostOutcome::Planned(p) => {
             p.transitional
@@ -467,7 +468,7 @@ pub async fn finish_transition(
         HostOutcome::Failed { .. } => false,
     });
     if !applied_transitional {
-        return results;
+        return (results, None);
     }
     refresh(states, &[], run.parallel, run.monitor).await;
     let second = plan_all(
@@ -479,7 +480,7 @@ pub async fn finish_transition(
         &Rotation::default(),
     );
     let again = apply_all(states, &second.outcomes, run.parallel, run.monitor).await;
-    results
+    let statuses = results
         .into_iter()
         .zip(again)
         .map(|((host, a), (_, b))| {
@@ -494,7 +495,8 @@ pub async fn finish_transition(
             };
             (host, merged)
         })
-        .collect()
+        .collect();
+    (statuses, Some(second.outcomes))
 }
 
 /// After apply (or for `verify`): read every host again, running on each

@@ -513,7 +513,7 @@ async fn run_change(common: &Common, change: Change) -> Result<u8, String> {
         parallel,
         monitor: &*progress,
     };
-    let results = engine::finish_transition(
+    let (results, second) = engine::finish_transition(
         &inv,
         &mut states,
         &externals,
@@ -523,11 +523,12 @@ async fn run_change(common: &Common, change: Change) -> Result<u8, String> {
         results,
     )
     .await;
+    let intended = second.as_deref().unwrap_or(&fleet.outcomes);
     let (after, checks) = engine::settle(
         &inv,
         &mut states,
         &externals,
-        &fleet.outcomes,
+        intended,
         &templates,
         engine::Progress {
             parallel,

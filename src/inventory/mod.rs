@@ -1363,4 +1363,76 @@ tls = "implicit"
             "{e}"
         );
     }
+
+    #[test]
+    fn relaying_through_a_managed_host_is_checked_before_anything_is_contacted() {
+        let pair = |home: &str, vps: &str| {
+            format!(
+                "[hosts.home]\nssh = \"h\"\nmx = \"home.example.net\"\n{home}\n\
+                 [hosts.vps]\nssh = \"v\"\nmx = \"vps.example.org\"\n{vps}\n"
+            )
+        };
+        let inv = parse_str(&pair("relayhost = \"vps\"", "")).unwrap();
+        let home = &inv.hosts[0];
+        assert_eq!(
+            home.relayhost,
+            Some(Relayhost::Host(HostName::parse("vps").unwrap()))
+        );
+        assert_eq!(inv.hosts[1].relay_port, 2525, "the default");
+        assert_eq!(inv.hosts[1].relay_next_hop(), "[vps.example.org]:2525");
+        let vps = HostName::parse("vps").unwrap();
+        assert_eq!(inv.relay_clients(&vps).count(), 1);
+
+        let cases = [
+            (
+                pair("relayhost = \"home\"", ""),
+                "mxpin.toml:4:13: host home: relayhost is the host itself; mail would loop",
+            ),
+            (
+                pair("relayhost = \"vps\"", "relayhost = \"home\""),
+                "mxpin.toml:4:13: host home: relayhost makes a cycle (home -> vps -> home); mail would loop",
+            ),
+            (
+                pair("relayhost = \"vps\"", "mta = \"exim\""),
+                "mxpin.toml:4:13: host home: relayhost vps runs Exim; relaying through a managed host \
+                 with pinned client certificates is supported between Postfix hosts only",
+            ),
+            (
+                pair("relayhost = \"vps\"", "relay_port = 587"),
+                "mxpin.toml:8:14: host vps: relay_port 587 is taken by SMTP itself (25, 465, 587 and \
+                 smtp_port); set relay_port to another, such as 2525",
+            ),
+            (
+                pair("relayhost = \"vps\"", "smtp_port = 2525"),
+                "mxpin.toml:4:13: host vps: relay_port 2525 is taken by SMTP itself (25, 465, 587 and \
+                 smtp_port); set relay_port to another, such as 2525",
+            ),
+            (
+                pair("", "relay_port = 0"),
+                "mxpin.toml:8:14: host vps: relay_port must be 1 to 65535",
+            ),
+            (
+                pair("relayhost = \"nowhere\"", ""),
+                "mxpin.toml:4:13: host home: relayhost: \"nowhere\" is not an [external.NAME] of this inventory",
+            ),
+        ];
+        for (text, want) in cases {
+            assert_eq!(err(&text), want, "{text}");
+        }
+        // A longer cycle is found too, and a chain is fine.
+        let three = format!(
+            "{}[hosts.c]\nssh = \"c\"\nmx = \"c.example.org\"\nrelayhost = \"home\"\n",
+            pair("relayhost = \"vps\"", "relayhost = \"c\"")
+        );
+        assert!(
+            err(&three).contains("cycle (c -> home -> vps -> c)"),
+            "{}",
+            err(&three)
+        );
+        let chain = format!(
+            "{}[hosts.c]\nssh = \"c\"\nmx = \"c.example.org\"\n",
+            pair("relayhost = \"vps\"", "relayhost = \"c\"")
+        );
+        assert!(parse_str(&chain).is_ok());
+    }
 }

@@ -66,7 +66,9 @@ impl Service {
     }
 
     /// The relay listener on `port`: relays only for clients whose
-    /// certificate fingerprint (in `digest`) is in `table`.
+    /// certificate fingerprint (in `digest`) is in `table`. The same table,
+    /// through `check_ccert_access`, logs each accepted key with its host
+    /// (its values are `INFO` actions, which log and go on).
     pub fn relay_listener(chroot: &str, port: u16, digest: &str, table: &str) -> Service {
         Service {
             name: port.to_string(),
@@ -83,7 +85,7 @@ impl Service {
                  -o smtpd_client_restrictions=\n  \
                  -o smtpd_helo_restrictions=\n  \
                  -o smtpd_sender_restrictions=\n  \
-                 -o smtpd_relay_restrictions=permit_tls_clientcerts,defer\n  \
+                 -o smtpd_relay_restrictions=check_ccert_access,{table},permit_tls_clientcerts,defer\n  \
                  -o smtpd_recipient_restrictions=\n  \
                  -o smtpd_sasl_auth_enable=no\n"
             ),
@@ -292,7 +294,10 @@ showq     unix  n       -       y       -       -       showq
              -o smtp_tls_chain_files=/e/mxpin/current.key,/e/mxpin/current.crt\n"
         ));
         assert!(both.contains("2525      inet  n       -       y       -       -       smtpd\n"));
-        assert!(both.contains("-o smtpd_relay_restrictions=permit_tls_clientcerts,defer\n"));
+        assert!(both.contains(
+            "-o smtpd_relay_restrictions=check_ccert_access,hash:/e/mxpin/relay_clientcerts,\
+             permit_tls_clientcerts,defer\n"
+        ));
         assert_eq!(edited(&both, &[client.clone(), listener.clone()]), both);
         // Its own listener is not "another service" on the port.
         assert_eq!(port_taken(&both, 2525), None);

@@ -42,6 +42,13 @@ const TABLES: [(&str, Option<&str>); 5] = [
 /// The table of client keys a relay accepts.
 const CLIENT_CERTS: &str = "relay_clientcerts";
 
+/// The value of a client key in [`CLIENT_CERTS`]: `relay_clientcerts`
+/// reads only the key; `check_ccert_access` runs the value, an `INFO`
+/// action that logs the accepted key's host and goes on.
+pub fn client_cert_value(host: &HostName) -> String {
+    format!("INFO pinned client key of {host} (mxpin)")
+}
+
 /// Scalar parameters whose effective value decides an edit.
 const SCALARS: [&str; 6] = [
     "smtpd_tls_security_level",
@@ -189,7 +196,11 @@ pub fn route_checks(host: &HostName, steps: &ApplySteps, f: &PostfixFacts) -> Ve
             .map(|v| v.trim().to_string());
         let ok = got.as_deref() == Some(l.expected.as_str());
         checks.push(RouteCheck {
-            route: l.key.clone(),
+            route: if l.table == CLIENT_CERTS {
+                "client certificates".into()
+            } else {
+                l.key.clone()
+            },
             ok,
             what: if ok {
                 format!("{} lookup of {} is {}", l.table, l.key, l.expected)
@@ -607,21 +618,21 @@ fn lookups_for(
             wrapper: e.implicit(),
         });
     }
-    // Every pinned client key must be in the table, naming its host.
+    // Every pinned client key must be in the table, logged with its host.
     for c in d.clients() {
+        let expected = client_cert_value(&c.edge.pinned);
         for pin in &c.pins {
             let got = table_value(&tables[CLIENT_CERTS], pin.as_str());
-            if got != Some(c.edge.pinned.as_str()) {
+            if got != Some(expected.as_str()) {
                 return Err(format!(
-                    "{CLIENT_CERTS} template maps {pin} to {got:?}, expected {:?}",
-                    c.edge.pinned.as_str()
+                    "{CLIENT_CERTS} template maps {pin} to {got:?}, expected {expected:?}"
                 ));
             }
         }
         lookups.push(Lookup {
             table: CLIENT_CERTS.into(),
             key: c.pins[0].to_string(),
-            expected: c.edge.pinned.to_string(),
+            expected,
             wrapper: false,
         });
     }

@@ -2435,7 +2435,10 @@ fn the_relay_listens_on_relay_port_and_relays_only_for_pinned_client_keys() {
     let [cur, next] = pins(&home_keys);
     assert_eq!(
         table_of(&plan, DIR, "relay_clientcerts"),
-        pairs(&[(&cur, "home"), (&next, "home")])
+        pairs(&[
+            (&cur, "INFO pinned client key of home (mxpin)"),
+            (&next, "INFO pinned client key of home (mxpin)")
+        ])
     );
     assert!(
         cur.contains(':'),
@@ -2455,14 +2458,17 @@ fn the_relay_listens_on_relay_port_and_relays_only_for_pinned_client_keys() {
         "  -o smtpd_tls_ask_ccert=yes",
         "  -o smtpd_tls_fingerprint_digest=sha256",
         &format!("  -o relay_clientcerts=hash:{DIR}/mxpin/relay_clientcerts"),
-        "  -o smtpd_relay_restrictions=permit_tls_clientcerts,defer",
+        &format!(
+            "  -o smtpd_relay_restrictions=check_ccert_access,hash:{DIR}/mxpin/relay_clientcerts,\
+             permit_tls_clientcerts,defer"
+        ),
     ] {
         assert!(block.lines().any(|l| l == line), "{line} in\n{block}");
     }
     let lookups = &plan.steps.postfix().lookups;
-    assert!(lookups
-        .iter()
-        .any(|l| l.table == "relay_clientcerts" && l.key == cur && l.expected == "home"));
+    assert!(lookups.iter().any(|l| l.table == "relay_clientcerts"
+        && l.key == cur
+        && l.expected == "INFO pinned client key of home (mxpin)"));
     assert!(plan
         .steps
         .postfix()
@@ -2484,5 +2490,135 @@ fn the_relay_listens_on_relay_port_and_relays_only_for_pinned_client_keys() {
         e,
         "relay_port 2626 is already used by master.cf's `2626 inet n - y - - smtpd`; \
          set relay_port to a free port"
+    );
+}
+
+/// The pair's fleet state after `facts` per host (home, vps).
+fn pair_states(inv: &Inventory, facts: &[PostfixFacts; 2]) -> Vec<engine::HostState> {
+    inv.hosts
+        .iter()
+        .zip(facts)
+        .map(|(h, f)| engine::HostState {
+            host: h.clone(),
+            conn: None,
+            facts: Ok(crate::mta::Facts::Postfix(f.clone())),
+        })
+        .collect()
+}
+
+/// Applies every plan of a fleet plan to the facts it was made from.
+fn apply_fleet(fleet: &engine::FleetPlan, facts: &[PostfixFacts; 2]) -> [PostfixFacts; 2] {
+    let plan = |i: usize| match &fleet.outcomes[i] {
+        HostOutcome::Planned(p) => simulate_apply(&facts[i], p),
+        HostOutcome::Failed { error, .. } => panic!("{error}"),
+    };
+    [plan(0), plan(1)]
+}
+
+#[test]
+fn the_pair_rotates_both_ways_through_a_transitional_pin_and_the_rule_reads_every_edge() {
+    let inv = pair_inventory("");
+    let t = Templates::load(None).unwrap();
+    let idle = engine::Rotation::default();
+    let fresh = [fixture_facts(FRESH), fixture_facts(FRESH)];
+    let boot = engine::plan_all(&inv, &pair_states(&inv, &fresh), &[], &t, now(), &idle);
+    let applied = apply_fleet(&boot, &fresh);
+    let again = engine::plan_all(&inv, &pair_states(&inv, &applied), &[], &t, now(), &idle);
+    for o in &again.outcomes {
+        assert!(
+            matches!(o, HostOutcome::Planned(p) if p.is_empty()),
+            "{o:?}"
+        );
+    }
+
+    // Both rotate: each pins the other, a cycle, so each keeps the key the
+    // other served before for this one run.
+    let both = engine::Rotation {
+        hosts: ["home", "vps"]
+            .iter()
+            .map(|h| inventory::HostName::parse(h).unwrap())
+            .collect(),
+        compromised: false,
+    };
+    let states = pair_states(&inv, &applied);
+    let f = engine::plan_all(&inv, &states, &[], &t, now(), &both);
+    assert!(f.refused.is_empty(), "{:?}", f.refused);
+    assert_eq!(f.rotated.len(), 2);
+    let (home, vps) = (planned(&f, "home"), planned(&f, "vps"));
+    assert!(home.transitional && vps.transitional);
+    let old_vps = &f.rotated[1].old_current;
+    let home_policy = table_of(home, DIR, "tls_policy");
+    assert!(
+        home_policy[0].1.ends_with(&format!("|{old_vps}")),
+        "home still accepts vps's old key: {home_policy:?}"
+    );
+    let old_home = &f.rotated[0].old_current;
+    let clients = table_of(vps, DIR, "relay_clientcerts");
+    assert_eq!(clients.len(), 3);
+    assert!(clients.iter().any(|(k, _)| k == old_home.as_str()));
+
+    // The second round drops the old keys, and then nothing is left.
+    let rotated = apply_fleet(&f, &applied);
+    let second = engine::plan_all(&inv, &pair_states(&inv, &rotated), &[], &t, now(), &idle);
+    for host in ["home", "vps"] {
+        let p = planned(&second, host);
+        assert!(!p.transitional && !p.switches_key, "{host}");
+        let mut changed = changed_paths(p);
+        changed.retain(|c| c != "tls_policy" && c != "relay_clientcerts");
+        assert!(changed.is_empty(), "{host}: only pins change: {changed:?}");
+    }
+    let done = apply_fleet(&second, &rotated);
+    let last = engine::plan_all(&inv, &pair_states(&inv, &done), &[], &t, now(), &idle);
+    for o in &last.outcomes {
+        assert!(
+            matches!(o, HostOutcome::Planned(p) if p.is_empty()),
+            "{o:?}"
+        );
+    }
+
+    // A relay whose client table lags refuses home's rotation, naming why;
+    // home alone needs no transitional pin.
+    let mut lagging = done.clone();
+    let found = lagging[1].files.get_mut("relay_clientcerts").unwrap();
+    let first_line_only: String = found
+        .content
+        .raw()
+        .lines()
+        .filter(|l| !l.starts_with(|c: char| c.is_ascii_hexdigit()))
+        .chain(
+            found
+                .content
+                .raw()
+                .lines()
+                .find(|l| l.starts_with(|c: char| c.is_ascii_hexdigit())),
+        )
+        .map(|l| format!("{l}\n"))
+        .collect();
+    found.content = Content::Text(first_line_only);
+    let home_only = engine::Rotation {
+        hosts: [inventory::HostName::parse("home").unwrap()].into(),
+        compromised: false,
+    };
+    let f = engine::plan_all(
+        &inv,
+        &pair_states(&inv, &lagging),
+        &[],
+        &t,
+        now(),
+        &home_only,
+    );
+    assert_eq!(
+        f.refused[0].1,
+        "rotation refused: peer vps does not pin home's next key yet as its client certificate; \
+         run `mxpin apply` first"
+    );
+    let f = engine::plan_all(&inv, &pair_states(&inv, &done), &[], &t, now(), &home_only);
+    assert!(f.refused.is_empty());
+    let (home, vps) = (planned(&f, "home"), planned(&f, "vps"));
+    assert!(!home.transitional && !vps.transitional);
+    assert_eq!(
+        engine::waves(&[home, vps]),
+        [0, 1],
+        "vps re-pins after the switch"
     );
 }
