@@ -7,5 +7,6 @@ lab/install-deps.sh
 cargo build --release --locked -q
 dir=$(mktemp -d /tmp/mxpin-demo.XXXXXX)
 trap 'lab/lab.sh down "$dir" >/dev/null' EXIT
-lab/lab.sh up "$dir" "mxdemo$$" >/dev/null
+# shellcheck disable=SC2086 # LAB_ARGS: extra words for lab.sh up (--pair)
+lab/lab.sh up "$dir" "mxdemo$$" ${LAB_ARGS:-} >/dev/null
 mxpin() { lab/lab.sh exec "$dir" "$PWD/target/release/mxpin" "$@"; }

@@ -10,7 +10,7 @@
 # (installed below; libidn12 is the one a postfix machine lacks) and the
 # system user/group Debian-exim (created as exim4-base's postinst would).
 set -euo pipefail
-packages=(openssh-server openssh-client postfix swaks sudo openssl iproute2 util-linux fetchmail)
+packages=(openssh-server openssh-client postfix swaks libnet-ssleay-perl sudo openssl iproute2 util-linux fetchmail)
 # Runtime libraries of exim4-daemon-light 4.96 (its Depends, minus debconf and
 # exim4-base). Most are there already with postfix installed.
 packages+=(libidn12 libidn2-0 libgnutls30 libgnutls-dane0 libpcre2-8-0 libdb5.3 libnsl2 libcrypt1)

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # mxpin test lab: two Postfix + sshd "hosts" (home, relay) on one machine,
-# or, with --fleet N, N hosts h01..hNN serving N/2 domains (for benchmarks).
+# or, with --fleet N, N hosts h01..hNN serving N/2 domains (for benchmarks),
+# or, with --pair, four hosts: home, vps (its relay), world, stranger.
 #
 #   lab/lab.sh up DIR NAME      build and start a lab under DIR using netns NAME
 #   lab/lab.sh up DIR NAME --fleet N   the same with a fleet of N hosts (N even, 2..60)
@@ -8,6 +9,8 @@
 #                                      Postfix on HOST (home or relay; repeatable)
 #   lab/lab.sh up DIR NAME --exim-debian HOST  the same, with Debian's generated
 #                                      split config (conf.d) instead of exim4.conf
+#   lab/lab.sh up DIR NAME --pair      home relays its outgoing mail through
+#                                      vps: home, vps, world, stranger (Postfix)
 #   lab/lab.sh down DIR         stop everything the lab started, delete its netns
 #   lab/lab.sh exec DIR CMD...  run CMD inside the lab's network namespace
 #
@@ -19,11 +22,21 @@
 set -euo pipefail
 
 # Lab topology (fixed: the tests and mxpin.toml rely on it). A fleet lab
-# (--fleet N) replaces it, see use_fleet.
+# (--fleet N) or a pair lab (--pair) replaces it, see use_fleet, use_pair.
 HOSTS=(home relay)
 declare -A ADDR=([home]=127.0.0.2 [relay]=127.0.0.3)
 declare -A MAILNAME=([home]=home.example.net [relay]=relay.example.org)
 declare -A MYDOMAIN=([home]=example.net [relay]=example.org)
+# Postfix hosts with a virtual Maildir domain: VMAIL_DOMAIN[host] is the
+# domain, VMAIL_USER[host] its one user (DIR/HOST/mail/USER/{new,cur,tmp}).
+declare -A VMAIL_DOMAIN=([home]=example.net)
+declare -A VMAIL_USER=([home]=first.last)
+# mynetworks of a host (default 127.0.0.0/8: the controller may relay).
+declare -A MYNETWORKS=()
+# The backup host reached as mxpinlab + sudo -n (self-checked).
+SUDO_HOST=relay
+# 1: the pair lab (--pair).
+PAIR=0
 # 0: the two-host lab; N: a fleet of N hosts.
 FLEET=0
 FLEET_MAX=60
@@ -52,6 +65,7 @@ usage: lab/lab.sh up DIR NAME       # build and start a lab under DIR (absolute)
        lab/lab.sh up DIR NAME --fleet N   # N hosts h01..hNN (N even, 2..60), N/2 domains
        lab/lab.sh up DIR NAME --exim HOST # HOST (home|relay) runs Exim, not Postfix; repeatable
        lab/lab.sh up DIR NAME --exim-debian HOST # the same with Debian's split config (conf.d)
+       lab/lab.sh up DIR NAME --pair      # home, vps (home's relay), world, stranger
        lab/lab.sh down DIR          # stop it and delete its netns (idempotent)
        lab/lab.sh exec DIR CMD...   # run CMD in the lab's netns (lab hosts file as /etc/hosts)
 EOF
@@ -107,12 +121,38 @@ use_fleet() {
     fi
 }
 
-# The topology of an existing lab: a fleet lab records N in DIR/fleet.
+# Pair topology (--pair): home relays its outgoing mail through vps, each
+# side pinning the other (mxpin's job; the lab configures none of it).
+#   home     127.0.0.2  home.example.net      final destination of example.net
+#   vps      127.0.0.3  vps.example.org       plain Postfix, mynetworks = itself
+#   world    127.0.0.4  world.test            accepts mail for world.test only
+#   stranger 127.0.0.5  stranger.example.com  relays everything through
+#            [vps.example.org]:2525 with its own client certificate
+# world and stranger are not in mxpin.toml.
+use_pair() {
+    PAIR=1
+    HOSTS=(home vps world stranger)
+    ADDR=([home]=127.0.0.2 [vps]=127.0.0.3 [world]=127.0.0.4 [stranger]=127.0.0.5)
+    MAILNAME=([home]=home.example.net [vps]=vps.example.org [world]=world.test
+        [stranger]=stranger.example.com)
+    MYDOMAIN=([home]=example.net [vps]=example.org [world]=world.test
+        [stranger]=example.com)
+    VMAIL_DOMAIN=([home]=example.net [world]=world.test)
+    VMAIL_USER=([home]=first.last [world]=bob)
+    MYNETWORKS=([vps]=127.0.0.3/32 [world]=127.0.0.4/32)
+    SUDO_HOST=vps
+}
+
+# The topology of an existing lab: a fleet lab records N in DIR/fleet, a
+# pair lab its hosts in DIR/pair.
 load_topology() {
     local dir=$1 n
     if [[ -f $dir/fleet ]]; then
         n=$(cat "$dir/fleet")
         use_fleet "$n"
+    fi
+    if [[ -f $dir/pair ]]; then
+        use_pair
     fi
     if [[ -f $dir/exim ]]; then
         local h
@@ -166,17 +206,27 @@ in_netns() {
 }
 
 # ---------------------------------------------------------------- global setup
-# The only global changes: the apt package sudo and the system user mxpinlab.
+# The only global changes: the apt package sudo (--pair: also
+# libnet-ssleay-perl, for swaks -tls) and the system user mxpinlab.
 # Serialized with a lock on this script file itself (no global lock file is
 # created): parallel "up"s would otherwise race on dpkg and /etc/passwd.
+apt_install() {
+    export DEBIAN_FRONTEND=noninteractive
+    quiet apt-get install -y -o DPkg::Lock::Timeout=300 "$@" ||
+        { quiet apt-get update && quiet apt-get install -y -o DPkg::Lock::Timeout=300 "$@"; } ||
+        die "could not install $* (see $LOG)"
+}
+
 global_setup() {
     exec 9<"${BASH_SOURCE[0]}"
     flock -w 300 9 || die "timed out waiting for the global setup lock"
     if ! command -v sudo >/dev/null 2>&1; then
-        export DEBIAN_FRONTEND=noninteractive
-        quiet apt-get install -y -o DPkg::Lock::Timeout=300 sudo ||
-            { quiet apt-get update && quiet apt-get install -y -o DPkg::Lock::Timeout=300 sudo; } ||
-            die "could not install sudo (see $LOG)"
+        apt_install sudo
+    fi
+    # The pair lab's tests talk TLS with swaks (-tls, --tls-cert), which
+    # needs Net::SSLeay ("*** TLS not available: requires Net::SSLeay").
+    if ((PAIR)) && ! perl -MNet::SSLeay -e 1 >/dev/null 2>&1; then
+        apt_install libnet-ssleay-perl
     fi
     if ! id -u "$SUDO_USER_NAME" >/dev/null 2>&1; then
         quiet useradd --system --create-home --shell /bin/bash "$SUDO_USER_NAME" ||
@@ -257,6 +307,8 @@ EOF
 
     if ((FLEET)); then
         write_fleet_inventory "$dir"
+    elif ((PAIR)); then
+        write_pair_inventory "$dir"
     else
         # One source for the lab inventory: inventories/lab.toml.
         cp "$REPO/inventories/lab.toml" "$dir/mxpin.toml"
@@ -294,6 +346,35 @@ write_fleet_inventory() {
             echo "recipients = [\"postmaster@$d\", \"alice@$d\", \"bob@$d\"]"
         done
     } >"$dir/mxpin.toml"
+}
+
+# The pair lab's inventory: today's lab inventory with vps as the backup
+# (reached as mxpinlab + sudo, like relay). No relayhost: the tests add
+# `relayhost = "vps"` to [hosts.home]. world and stranger are not managed.
+write_pair_inventory() {
+    local dir=$1
+    cat >"$dir/mxpin.toml" <<'EOF'
+# Pair lab inventory written by lab/lab.sh up --pair.
+# home: the primary MX for example.net, reached as root.
+# vps: the backup MX (and, once home says relayhost = "vps", home's relay),
+# reached as an unprivileged user with sudo.
+[settings]
+ssh_config = "ssh_config"
+
+[hosts.home]
+ssh = "home"
+mx = "home.example.net"
+
+[hosts.vps]
+ssh = "mxpinlab@vps"
+mx = "vps.example.org"
+sudo = true
+
+[domains."example.net"]
+primary = "home"
+backups = ["vps"]
+recipients = ["first.last@example.net"]
+EOF
 }
 
 setup_sshd() {
@@ -380,7 +461,7 @@ setup_postfix() {
         "myorigin = \$myhostname"
         # The pristine file lists the machine's hostname here.
         "mydestination = \$myhostname, localhost.\$mydomain, localhost"
-        "mynetworks = 127.0.0.0/8"
+        "mynetworks = ${MYNETWORKS[$host]:-127.0.0.0/8}"
         # Never query DNS: names come from the lab hosts file via libc.
         "smtp_host_lookup = native"
         "smtp_dns_support_level = disabled"
@@ -389,21 +470,33 @@ setup_postfix() {
         "smtpd_tls_loglevel = 1"
         "compatibility_level = 3.6"
     )
-    if [[ $host == home ]]; then
-        local uid gid
+    if [[ -n ${VMAIL_DOMAIN[$host]:-} ]]; then
+        local uid gid vdom=${VMAIL_DOMAIN[$host]} vuser=${VMAIL_USER[$host]}
         uid=$(id -u nobody)
         gid=$(id -g nobody)
         mkdir -p "$hd/mail"
         chown nobody:"$gid" "$hd/mail"
         chmod 0755 "$hd/mail"
-        echo "first.last@example.net first.last/" >"$cf/vmailbox"
+        echo "$vuser@$vdom $vuser/" >"$cf/vmailbox"
+        if [[ $vdom == "${MAILNAME[$host]}" ]]; then
+            # world: its mail name is its virtual domain, which must not be
+            # in mydestination as well.
+            params+=("mydestination = localhost")
+        fi
         params+=(
-            "virtual_mailbox_domains = example.net"
+            "virtual_mailbox_domains = $vdom"
             "virtual_mailbox_base = $hd/mail"
             # texthash: needs no postmap (but a reload to see changes).
             "virtual_mailbox_maps = texthash:/etc/postfix/vmailbox"
             "virtual_uid_maps = static:$uid"
             "virtual_gid_maps = static:$gid"
+        )
+    fi
+    if ((PAIR)) && [[ $host == stranger ]]; then
+        setup_stranger "$dir" "$host"
+        params+=(
+            "relayhost = [vps.example.org]:2525"
+            "default_transport = vpsrelay"
         )
     fi
     quiet postconf -c "$cf" -e "${params[@]}"
@@ -416,6 +509,34 @@ setup_postfix() {
     if [[ -f $cf/vmailbox ]]; then
         touch -d "@$((EPOCHSECONDS - 10))" "$cf/vmailbox"
     fi
+}
+
+# The pair lab's stranger: configured by hand, as recipe 1 configures home,
+# to relay all its outgoing mail through [vps.example.org]:2525 presenting
+# its own self-signed client certificate (ECDSA P-256, made here), TLS
+# required on that path. vps does not pin it: vps must refuse its mail (450
+# at RCPT once mxpin set up the 2525 listener; connection refused before).
+# main.cf gets relayhost and default_transport = vpsrelay (setup_postfix).
+setup_stranger() {
+    local dir=$1 host=$2
+    local cf=$dir/$host/etc/postfix name=${MAILNAME[$host]}
+    quiet openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
+        -days 3650 -subj "/CN=$name" -addext "subjectAltName=DNS:$name" \
+        -keyout "$cf/$host.key" -out "$cf/$host.crt" ||
+        die "$host: openssl could not make the client certificate (see $LOG)"
+    # Key then certificate, as smtp_tls_chain_files wants them.
+    cat "$cf/$host.key" "$cf/$host.crt" >"$cf/$host.pem"
+    chmod 0600 "$cf/$host.key" "$cf/$host.pem"
+    chmod 0644 "$cf/$host.crt"
+    cat >>"$cf/master.cf" <<EOF
+# lab/lab.sh --pair: all outgoing mail (default_transport) through the
+# relay [vps.example.org]:2525 (relayhost), TLS required, presenting
+# $host's own client certificate (vps asks for one).
+vpsrelay  unix  -       -       n       -       -       smtp
+  -o syslog_name=postfix/vpsrelay
+  -o smtp_tls_security_level=encrypt
+  -o smtp_tls_chain_files=/etc/postfix/$host.pem
+EOF
 }
 
 # An Exim host (--exim HOST). Its own directories, seen in its mount
@@ -905,31 +1026,46 @@ self_checks() {
         check_line ok "ssh $host: postconf -h myhostname = $out"
     done
 
-    out=$(in_netns "$dir" "$name" ssh -F "$dir/ssh_config" "$SUDO_USER_NAME@relay" sudo -n id -u 2>>"$LOG") || true
+    out=$(in_netns "$dir" "$name" ssh -F "$dir/ssh_config" "$SUDO_USER_NAME@$SUDO_HOST" sudo -n id -u 2>>"$LOG") || true
     if [[ $out != 0 ]]; then
-        check_line FAIL "ssh $SUDO_USER_NAME@relay sudo -n id -u: got '$out', want 0"
-        show_host_logs "$dir" relay
+        check_line FAIL "ssh $SUDO_USER_NAME@$SUDO_HOST sudo -n id -u: got '$out', want 0"
+        show_host_logs "$dir" "$SUDO_HOST"
         return 1
     fi
-    check_line ok "ssh $SUDO_USER_NAME@relay: sudo -n id -u = 0"
+    check_line ok "ssh $SUDO_USER_NAME@$SUDO_HOST: sudo -n id -u = 0"
     if [[ -n ${EXIM[relay]:-} ]]; then
-        out=$(in_netns "$dir" "$name" ssh -F "$dir/ssh_config" "$SUDO_USER_NAME@relay" sudo -n exim4 -bV 2>>"$LOG" | head -n 1) || true
+        out=$(in_netns "$dir" "$name" ssh -F "$dir/ssh_config" "$SUDO_USER_NAME@$SUDO_HOST" sudo -n exim4 -bV 2>>"$LOG" | head -n 1) || true
         if [[ $out != "Exim version "* ]]; then
-            check_line FAIL "ssh $SUDO_USER_NAME@relay sudo -n exim4 -bV: got '$out'"
-            show_host_logs "$dir" relay
+            check_line FAIL "ssh $SUDO_USER_NAME@$SUDO_HOST sudo -n exim4 -bV: got '$out'"
+            show_host_logs "$dir" "$SUDO_HOST"
             return 1
         fi
-        check_line ok "ssh $SUDO_USER_NAME@relay: sudo -n exim4 -bV: $out"
+        check_line ok "ssh $SUDO_USER_NAME@$SUDO_HOST: sudo -n exim4 -bV: $out"
     fi
 
-    local newdir=$dir/home/mail/first.last/new
-    if ! in_netns "$dir" "$name" swaks --server 127.0.0.2 --to first.last@example.net \
-        --from test@relay.example.org --header "Subject: mxpin lab self-check" >>"$LOG" 2>&1; then
-        check_line FAIL "swaks to first.last@example.net via 127.0.0.2 was not accepted (see $LOG)"
-        show_host_logs "$dir" home
+    if ((PAIR)); then
+        pair_self_checks "$dir" "$name" || return 1
+    fi
+    delivery_check "$dir" "$name" home selfcheck-message.eml
+    if ((PAIR)); then
+        delivery_check "$dir" "$name" world selfcheck-world.eml
+    fi
+}
+
+# The virtual Maildir user of HOST accepts a message submitted by swaks from
+# the controller straight to HOST:25, which lands in DIR/HOST/mail/USER/new;
+# it is moved to DIR/SAVE so that tests start with an empty maildir.
+delivery_check() {
+    local dir=$1 name=$2 host=$3 save=$4
+    local rcpt=${VMAIL_USER[$host]}@${VMAIL_DOMAIN[$host]} a=${ADDR[$host]}
+    local newdir=$dir/$host/mail/${VMAIL_USER[$host]}/new
+    if ! in_netns "$dir" "$name" swaks --server "$a" --to "$rcpt" \
+        --from "test@${MAILNAME[$SUDO_HOST]}" --header "Subject: mxpin lab self-check" >>"$LOG" 2>&1; then
+        check_line FAIL "swaks to $rcpt via $a was not accepted (see $LOG)"
+        show_host_logs "$dir" "$host"
         return 1
     fi
-    check_line ok "swaks: first.last@example.net accepted by home (127.0.0.2:25)"
+    check_line ok "swaks: $rcpt accepted by $host ($a:25)"
     local i f=
     for ((i = 0; i < WAIT_STEPS; i++)); do
         f=$(find "$newdir" -maxdepth 1 -type f 2>/dev/null | head -n 1 || true)
@@ -938,18 +1074,49 @@ self_checks() {
     done
     if [[ -z $f ]]; then
         check_line FAIL "no message in $newdir after $((WAIT_STEPS / 10)) s"
-        show_host_logs "$dir" home
+        show_host_logs "$dir" "$host"
         return 1
     fi
     # Move the self-check message out so tests start with an empty maildir.
-    mv "$f" "$dir/selfcheck-message.eml"
-    check_line ok "delivered to $newdir (moved to $dir/selfcheck-message.eml)"
+    mv "$f" "$dir/$save"
+    check_line ok "delivered to $newdir (moved to $dir/$save)"
+}
+
+# --pair: what tests rely on beyond ssh + Postfix running: vps relays for
+# itself only, world refuses to relay, stranger's hand-made relay setup.
+pair_self_checks() {
+    local dir=$1 name=$2 out want
+    out=$(in_netns "$dir" "$name" ssh -F "$dir/ssh_config" vps postconf -h mynetworks relayhost 2>>"$LOG" | tr '\n' ' ') || true
+    want="127.0.0.3/32  "
+    if [[ $out != "$want" ]]; then
+        check_line FAIL "ssh vps postconf -h mynetworks relayhost: got '$out', want '127.0.0.3/32' and none"
+        show_host_logs "$dir" vps
+        return 1
+    fi
+    check_line ok "ssh vps: mynetworks = 127.0.0.3/32, no relayhost"
+    out=$(in_netns "$dir" "$name" ssh -F "$dir/ssh_config" stranger \
+        'postconf -h relayhost default_transport; postconf -P vpsrelay/unix/smtp_tls_chain_files' 2>>"$LOG" | tr '\n' ' ') || true
+    want="[vps.example.org]:2525 vpsrelay vpsrelay/unix/smtp_tls_chain_files = /etc/postfix/stranger.pem "
+    if [[ $out != "$want" ]]; then
+        check_line FAIL "ssh stranger postconf: got '$out', want '$want'"
+        show_host_logs "$dir" stranger
+        return 1
+    fi
+    check_line ok "ssh stranger: relayhost = [vps.example.org]:2525 via vpsrelay with /etc/postfix/stranger.pem"
+    # world is nobody's relay: the controller may not relay through it.
+    if in_netns "$dir" "$name" swaks --server 127.0.0.4 --to someone@example.com \
+        --from test@vps.example.org --quit-after RCPT >>"$LOG" 2>&1; then
+        check_line FAIL "world (127.0.0.4) accepted someone@example.com: it must relay for nobody (see $LOG)"
+        show_host_logs "$dir" world
+        return 1
+    fi
+    check_line ok "swaks: world (127.0.0.4:25) refuses to relay for someone@example.com"
 }
 
 setup_host() {
     local dir=$1 host=$2
     mkdir -p "$dir/$host"
-    if ((FLEET)); then
+    if ((FLEET || PAIR)); then
         setup_root_home "$dir" "$host"
     fi
     setup_sshd "$dir" "$host"
@@ -963,7 +1130,8 @@ setup_host() {
 # Fleet hosts get their own /root (bind-mounted in start_host) with Debian's
 # pristine dot files, as on a fresh machine: otherwise every SSH command pays
 # for whatever the controller's own ~/.bashrc does (bash sources it for
-# commands run by sshd), which would distort benchmarks.
+# commands run by sshd), which would distort benchmarks. Pair hosts too (the
+# pair lab makes many SSH round trips; a pyenv init cost ~0.6 s each).
 setup_root_home() {
     local dir=$1 host=$2 f
     local rh=$dir/$host/root
@@ -983,13 +1151,22 @@ cmd_up() {
     local dir=$1 name=$2 host
     shift 2
     while (($#)); do
+        if [[ $1 == --pair ]]; then
+            ((FLEET == 0 && ${#EXIM[@]} == 0 && PAIR == 0)) ||
+                die "--pair goes alone (no --fleet, no --exim, no --exim-debian)"
+            use_pair
+            shift
+            continue
+        fi
         (($# >= 2)) || usage
         case $1 in
         --fleet)
+            ((PAIR == 0)) || die "--pair goes alone (no --fleet, no --exim, no --exim-debian)"
             ((FLEET == 0 && ${#EXIM[@]} == 0)) || die "--fleet goes alone (no second --fleet, no --exim)"
             use_fleet "$2"
             ;;
         --exim | --exim-debian)
+            ((PAIR == 0)) || die "--pair goes alone (no --fleet, no --exim, no --exim-debian)"
             ((FLEET == 0)) || die "$1 is for the two-host lab, not with --fleet"
             [[ $2 == home || $2 == relay ]] || die "$1 HOST: HOST is home or relay: $2"
             EXIM[$2]=1
@@ -1005,6 +1182,10 @@ cmd_up() {
     # Postfix clients reach postlogd by the absolute socket path
     # DIR/relay/queue/public/postlog, and a unix socket path has at most 107
     # bytes: longer DIRs fail with "unix-domain name too long".
+    # (--pair: DIR/stranger/queue/public/postlog, 3 bytes more.)
+    if ((PAIR)); then
+        ((${#dir} <= 77)) || die "--pair: DIR is longer than 77 characters (Postfix socket path limit): $dir"
+    fi
     ((${#dir} <= 80)) || die "DIR is longer than 80 characters (Postfix socket path limit): $dir"
     [[ $name =~ ^[A-Za-z0-9_.-]{1,64}$ ]] || die "NAME may contain only A-Za-z0-9_.- : $name"
     [[ $(id -u) == 0 ]] || die "must run as root"
@@ -1013,6 +1194,9 @@ cmd_up() {
         command -v "$cmd" >/dev/null 2>&1 || [[ -x /usr/sbin/$cmd ]] ||
             die "missing command $cmd (apt-get install -y openssh-server postfix swaks)"
     done
+    if ((PAIR)); then
+        command -v openssl >/dev/null 2>&1 || die "--pair: missing command openssl (apt-get install -y openssl)"
+    fi
     if [[ -e $dir ]]; then
         [[ -d $dir ]] || die "$dir exists and is not a directory"
         [[ -z $(ls -A "$dir") ]] || die "$dir is not empty (a previous lab? run down and remove it)"
@@ -1031,6 +1215,9 @@ cmd_up() {
     echo "$name" >"$dir/netns"
     if ((FLEET)); then
         echo "$FLEET" >"$dir/fleet"
+    fi
+    if ((PAIR)); then
+        printf '%s\n' "${HOSTS[@]}" >"$dir/pair"
     fi
     if ((${#EXIM[@]})); then
         printf '%s\n' "${!EXIM[@]}" | sort >"$dir/exim"

@@ -126,9 +126,13 @@ pub struct HostDesired {
     pub keys: HostKeys,
     /// Every edge on which this host is the pinner.
     pub pinned: Vec<Pinned>,
-    /// Some pin is kept only for the run in which its key is replaced:
-    /// the next apply drops it.
+    /// Some pin is kept only for the run in which its key is replaced, or
+    /// the host waits for its relay: a second round of the same apply
+    /// finishes what this one starts.
     pub transitional: bool,
+    /// The managed relayhost this host does not send through yet, because
+    /// the relay does not accept the key it will present (see `held`).
+    pub waits_for_relay: Option<HostName>,
     pub routes: Vec<Route>,
     pub relays: Vec<Relay>,
     /// The pinned certificate of each external server this host polls with
@@ -364,11 +368,15 @@ fn on_cycle(edges: &[Edge], switching: &dyn Fn(&HostName) -> bool) -> Vec<(HostN
 /// pins a host whose keys are unknown cannot be planned: it must never pin
 /// a guess. `external_certs`: the pinned certificate each external server
 /// presented to the controller this run (or why not), for the hosts'
-/// fetchmail polls.
+/// fetchmail polls. `held`: smarthost edges (client, relay) the client
+/// must not take yet, because the relay, as read, does not accept the key
+/// the client will present: the client keeps its outgoing mail where it
+/// goes now for this run, and a second round takes the edge.
 pub fn desired(
     inv: &Inventory,
     keys: Vec<Result<HostKeys, String>>,
     external_certs: &std::collections::BTreeMap<HostName, Result<Certificate, String>>,
+    held: &[(HostName, HostName)],
 ) -> Vec<Result<HostDesired, String>> {
     let s = &inv.settings;
     let index = |name: &HostName| {
@@ -413,12 +421,17 @@ pub fn desired(
         .enumerate()
         .map(|(i, host)| {
             let keys = keys[i].clone()?;
-            let pinned = edges
+            let is_held = |e: &&Edge| {
+                e.purpose == Purpose::Smarthost
+                    && held.contains(&(e.pinner.clone(), e.pinned.clone()))
+            };
+            let mine: Vec<&Edge> = edges.iter().filter(|e| e.pinner == host.name).collect();
+            let pinned = mine
                 .iter()
-                .filter(|e| e.pinner == host.name)
-                .map(pinned_for)
+                .filter(|e| !is_held(e))
+                .map(|e| pinned_for(e))
                 .collect::<Result<Vec<Pinned>, String>>()?;
-            let transitional = pinned.iter().any(|p| p.pins.len() > 2);
+            let transitional = pinned.iter().any(|p| p.pins.len() > 2) || mine.iter().any(is_held);
             let domains: Vec<_> = inv.backed_up_by(&host.name).collect();
             let routes = domains
                 .iter()
@@ -440,6 +453,7 @@ pub fn desired(
                 .collect();
             Ok(HostDesired {
                 host: host.clone(),
+                waits_for_relay: mine.iter().find(|e| is_held(e)).map(|e| e.pinned.clone()),
                 pinned,
                 transitional,
                 routes,
@@ -654,7 +668,7 @@ backups = ["relay"]
             .map(|h| Ok(resolve_keys(&inv, h, &StoredKeys::default(), now()).unwrap()))
             .collect();
         let home_pins = keys[0].as_ref().unwrap().pins(&inv);
-        let d: Vec<HostDesired> = desired(&inv, keys, &Default::default())
+        let d: Vec<HostDesired> = desired(&inv, keys, &Default::default(), &[])
             .into_iter()
             .map(Result::unwrap)
             .collect();
@@ -673,6 +687,7 @@ backups = ["relay"]
             &inv,
             vec![Err("home: unreachable".into()), Ok(relay_keys)],
             &Default::default(),
+            &[],
         );
         assert_eq!(d[0].as_ref().unwrap_err(), "home: unreachable");
         let e = d[1].as_ref().unwrap_err();

@@ -233,7 +233,41 @@ pub fn plan_all(
             .iter()
             .map(|e| (e.name.clone(), e.pinned_leaf(inv).cloned()))
             .collect();
-    let outcomes = desired::desired(inv, keys, &served)
+    // A client takes its managed relayhost only once the relay accepts the
+    // key it will present (or it relays there already).
+    let key_of = |h: &HostName| {
+        let i = inv.hosts.iter().position(|x| &x.name == h).expect("host");
+        (&keys[i], &states[i].facts)
+    };
+    let held: Vec<(HostName, HostName)> = edges
+        .iter()
+        .filter(|e| e.purpose == Purpose::Smarthost)
+        .filter(|e| {
+            let (client_keys, client_facts) = key_of(&e.pinner);
+            let (_, relay_facts) = key_of(&e.pinned);
+            let relay = inv.host(&e.pinned);
+            let using = client_facts
+                .as_ref()
+                .is_ok_and(|f| f.relayhost() == Some(relay.relay_next_hop().as_str()));
+            let ready = match (client_keys, relay_facts) {
+                (Ok(k), Ok(f)) => {
+                    let pin = k
+                        .current
+                        .identity
+                        .cert
+                        .fingerprint(inv.settings.digest, inv.settings.pin);
+                    f.relays_on(relay.relay_port)
+                        && f.pins_for(&trust::PinSite::ClientCerts, &inv.settings)
+                            .iter()
+                            .any(|p| p == pin.as_str())
+                }
+                _ => false,
+            };
+            !using && !ready
+        })
+        .map(|e| (e.pinner.clone(), e.pinned.clone()))
+        .collect();
+    let outcomes = desired::desired(inv, keys, &served, &held)
         .into_iter()
         .zip(states)
         .map(|(d, s)| {
@@ -443,10 +477,11 @@ pub async fn apply_all(
     result
 }
 
-/// The second round of a run that kept transitional pins (hosts on a cycle
-/// of edges that all switched keys): every switch is done now, so read the
-/// hosts again, plan (rotating nothing) and apply what is left, which drops
-/// the keys no longer served. Returns the results of both rounds merged
+/// The second round of a run whose plans were transitional (hosts on a
+/// cycle of edges that all switched keys kept the old pins; a client did
+/// not take a relay that did not accept its key yet): the first round is
+/// done, so read the hosts again, plan (rotating nothing) and apply what
+/// is left: the old pins go, the client takes its relay. Returns the results of both rounds merged
 /// per host, and the plans of the second round (what the run now intends,
 /// for the checks that follow); `None` when the first round needs no second.
 pub async fn finish_transition(
@@ -458,16 +493,13 @@ pub async fn finish_transition(
     first: &[HostOutcome],
     results: Vec<(HostName, ApplyStatus)>,
 ) -> (Vec<(HostName, ApplyStatus)>, Option<Vec<HostOutcome>>) {
-    let applied_transitional = first.iter().any(|o| match o {
-        HostOutcome::Planned(p) => {
-            p.transitional
-                && results
-                    .iter()
-                    .any(|(h, s)| h == &p.host && matches!(s, ApplyStatus::Applied { .. }))
-        }
-        HostOutcome::Failed { .. } => false,
-    });
-    if !applied_transitional {
+    let transitional = first
+        .iter()
+        .any(|o| matches!(o, HostOutcome::Planned(p) if p.transitional));
+    let applied = results
+        .iter()
+        .any(|(_, s)| matches!(s, ApplyStatus::Applied { .. }));
+    if !(transitional && applied) {
         return (results, None);
     }
     refresh(states, &[], run.parallel, run.monitor).await;

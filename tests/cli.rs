@@ -72,7 +72,7 @@ fn invalid_toml() {
 fn unknown_key() {
     refused(
         &GOOD.replace("mx = \"home.example.net\"", "mx = \"home.example.net\"\nport = 26"),
-        "FILE:7:1: unknown field `port`, expected one of `ssh`, `mx`, `smtp_port`, `config_dir`, `sudo`, `mta`, `relayhost`, `fetchmail`",
+        "FILE:7:1: unknown field `port`, expected one of `ssh`, `mx`, `smtp_port`, `config_dir`, `sudo`, `mta`, `relayhost`, `relay_port`, `fetchmail`",
     );
 }
 
@@ -141,5 +141,38 @@ fn missing_recipients_warn_about_backscatter_but_unreachable_hosts_fail() {
     assert!(
         stderr.contains("error: relay: ssh relay.invalid:"),
         "{stderr}"
+    );
+}
+
+/// Relaying through a managed host: a loop, a cycle and an Exim relay are
+/// refused before any host is contacted (the `.invalid` hosts would fail).
+#[test]
+fn relay_loops_and_exim_relays_are_refused_before_connecting() {
+    let with_relay = |home: &str, relay: &str| {
+        GOOD.replace(
+            "mx = \"home.example.net\"\n",
+            &format!("mx = \"home.example.net\"\n{home}"),
+        )
+        .replace(
+            "mx = \"relay.example.org\"\n",
+            &format!("mx = \"relay.example.org\"\n{relay}"),
+        )
+    };
+    refused(
+        &with_relay("relayhost = \"home\"\n", ""),
+        "FILE:7:13: host home: relayhost is the host itself; mail would loop",
+    );
+    refused(
+        &with_relay("relayhost = \"relay\"\n", "relayhost = \"home\"\n"),
+        "FILE:7:13: host home: relayhost makes a cycle (home -> relay -> home); mail would loop",
+    );
+    refused(
+        &with_relay("relayhost = \"relay\"\n", "mta = \"exim\"\n"),
+        "FILE:7:13: host home: relayhost relay runs Exim; relaying through a managed host with \
+         pinned client certificates is supported between Postfix hosts only",
+    );
+    refused(
+        &with_relay("", "mta = \"exim\"\nrelayhost = \"home\"\n"),
+        "FILE:12:13: host relay: relayhost is supported on Postfix hosts only",
     );
 }

@@ -38,6 +38,29 @@ impl Facts {
         }
     }
 
+    /// The relayhost the host's outgoing mail goes to now (`[host]:port`).
+    pub fn relayhost(&self) -> Option<&str> {
+        match self {
+            Facts::Postfix(f) => f
+                .effective
+                .get("relayhost")
+                .map(String::as_str)
+                .filter(|r| !r.is_empty()),
+            Facts::Exim(_) => None,
+        }
+    }
+
+    /// Whether mxpin's relay listener is configured on `port`.
+    pub fn relays_on(&self, port: u16) -> bool {
+        match self {
+            Facts::Postfix(f) => f
+                .master_cf
+                .as_deref()
+                .is_some_and(|m| postfix::mastercf::listener_on(m, port)),
+            Facts::Exim(_) => false,
+        }
+    }
+
     /// The fingerprints the host pins at `site`, as its MTA would see
     /// them now (a stale or missing table pins nothing), in the
     /// inventory's digest and pin kind.

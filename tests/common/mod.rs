@@ -1,5 +1,7 @@
 //! A real two-host lab (lab/lab.sh: sshd + Postfix per host, one network
 //! namespace, loopback addresses only) and helpers to drive the real binary.
+//! `Lab::up_with(&["--pair"])` starts the pair lab instead (home, vps,
+//! world, stranger; see lab/README.md, "Pair").
 
 #![allow(dead_code)]
 
@@ -159,6 +161,100 @@ impl Lab {
         out
     }
 
+    /// The hosts of this lab: the pair lab's (`--pair`, listed in
+    /// DIR/pair: home, vps, world, stranger), otherwise home and relay.
+    pub fn hosts(&self) -> Vec<String> {
+        match std::fs::read_to_string(self.dir.join("pair")) {
+            Ok(list) => list.lines().map(str::to_string).collect(),
+            Err(_) => vec!["home".into(), "relay".into()],
+        }
+    }
+
+    /// Every file of the Postfix configuration of the given hosts, by path
+    /// (`snapshot()` is this for home and relay).
+    pub fn snapshot_hosts(&self, hosts: &[&str]) -> BTreeMap<PathBuf, Vec<u8>> {
+        let mut files = BTreeMap::new();
+        for host in hosts {
+            collect(&self.postfix_dir(host), &mut files);
+        }
+        files
+    }
+
+    /// `snapshot_hosts` of every host of this lab (see `hosts()`).
+    pub fn snapshot_all(&self) -> BTreeMap<PathBuf, Vec<u8>> {
+        let hosts = self.hosts();
+        let hosts: Vec<&str> = hosts.iter().map(String::as_str).collect();
+        self.snapshot_hosts(&hosts)
+    }
+
+    /// The messages in a virtual Maildir: DIR/HOST/mail/USER/new (home's
+    /// first.last, the pair lab's world bob).
+    pub fn delivered_to(&self, host: &str, user: &str) -> Vec<String> {
+        let dir = self.dir.join(host).join("mail").join(user).join("new");
+        let mut out = Vec::new();
+        if let Ok(rd) = std::fs::read_dir(dir) {
+            for e in rd.flatten() {
+                out.push(std::fs::read_to_string(e.path()).unwrap_or_default());
+            }
+        }
+        out
+    }
+
+    /// Submits a message with swaks to SERVER (an address, port 25) from
+    /// the controller (127.0.0.1).
+    pub fn send(&self, server: &str, rcpt: &str, from: &str, body: &str) -> Run {
+        self.exec(&[
+            "swaks",
+            "--server",
+            server,
+            "--to",
+            rcpt,
+            "--from",
+            from,
+            "--body",
+            body,
+            "--timeout",
+            "20",
+        ])
+    }
+
+    /// `postqueue -p` on a lab host (as root, over ssh).
+    pub fn queue(&self, host: &str) -> String {
+        self.ssh(host, "postqueue -p").stdout
+    }
+
+    /// The number of messages in a host's Postfix queue (0 when empty or
+    /// unreadable).
+    pub fn queue_count(&self, host: &str) -> usize {
+        queue_count(&self.queue(host))
+    }
+
+    /// `postqueue -f` on a lab host: retry every queued message now.
+    pub fn flush(&self, host: &str) -> Run {
+        self.ssh(host, "postqueue -f")
+    }
+
+    /// Inserts LINE into the inventory right after the header `[TABLE]`
+    /// (e.g. `hosts.home`), as a user editing mxpin.toml would.
+    pub fn inventory_add(&self, table: &str, line: &str) {
+        let path = self.inventory();
+        let text = std::fs::read_to_string(&path).expect("read mxpin.toml");
+        let header = format!("[{table}]");
+        let mut out = String::new();
+        let mut found = false;
+        for l in text.lines() {
+            out.push_str(l);
+            out.push('\n');
+            if l.trim() == header {
+                out.push_str(line);
+                out.push('\n');
+                found = true;
+            }
+        }
+        assert!(found, "no {header} in {}:\n{text}", path.display());
+        std::fs::write(&path, out).expect("write mxpin.toml");
+    }
+
     /// Submits a message to the relay (the backup MX) with swaks.
     pub fn send_to_relay(&self, rcpt: &str, body: &str) -> Run {
         self.exec(&[
@@ -198,6 +294,32 @@ fn collect(dir: &Path, files: &mut BTreeMap<PathBuf, Vec<u8>>) {
             files.insert(p, bytes);
         }
     }
+}
+
+/// The number of messages in `postqueue -p` output ("-- 2 Kbytes in 3
+/// Requests."; "Mail queue is empty" is 0).
+pub fn queue_count(postqueue: &str) -> usize {
+    postqueue
+        .lines()
+        .rfind(|l| l.starts_with("-- "))
+        .and_then(|l| {
+            let words: Vec<&str> = l.split_whitespace().collect();
+            let i = words.iter().position(|w| w.starts_with("Request"))?;
+            words.get(i.checked_sub(1)?)?.parse().ok()
+        })
+        .unwrap_or(0)
+}
+
+/// How many times NEEDLE occurs in a log.
+pub fn log_count(log: &str, needle: &str) -> usize {
+    log.matches(needle).count()
+}
+
+/// The lines of a log containing every one of NEEDLES.
+pub fn log_lines<'a>(log: &'a str, needles: &[&str]) -> Vec<&'a str> {
+    log.lines()
+        .filter(|l| needles.iter().all(|n| l.contains(n)))
+        .collect()
 }
 
 /// Polls `check` every 200 ms until it holds or `limit` passes.

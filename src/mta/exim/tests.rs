@@ -73,7 +73,7 @@ fn plan_relay(inv: &Inventory, f: &EximFacts) -> Result<HostPlan, String> {
             desired::resolve_keys(inv, h, &stored, now()).map_err(|e| e.to_string())
         })
         .collect();
-    let d = desired::desired(inv, keys, &Default::default()).swap_remove(1)?;
+    let d = desired::desired(inv, keys, &Default::default(), &[]).swap_remove(1)?;
     plan_host(&d, f, inv, &Templates::load(None).unwrap())
 }
 

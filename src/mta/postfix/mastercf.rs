@@ -164,6 +164,15 @@ fn inet_port(name: &str) -> Option<u16> {
     }
 }
 
+/// Whether mxpin's relay listener is in master.cf on `port`.
+pub fn listener_on(text: &str, port: u16) -> bool {
+    let lines: Vec<&str> = text.split_inclusive('\n').collect();
+    entries(&lines).into_iter().any(|r| {
+        is_ours(&lines, &r)
+            && entry(lines[r.start]).is_some_and(|(n, k)| k == "inet" && inet_port(n) == Some(port))
+    })
+}
+
 /// An admin's service already listening on `port`, as its line.
 pub fn port_taken(text: &str, port: u16) -> Option<String> {
     let lines: Vec<&str> = text.split_inclusive('\n').collect();
@@ -301,6 +310,8 @@ showq     unix  n       -       y       -       -       showq
         assert_eq!(edited(&both, &[client.clone(), listener.clone()]), both);
         // Its own listener is not "another service" on the port.
         assert_eq!(port_taken(&both, 2525), None);
+        assert!(listener_on(&both, 2525) && !listener_on(&both, 2626));
+        assert!(!listener_on(DEBIAN, 25), "the admin's smtpd is not mxpin's");
         let moved = Service::relay_listener("y", 2626, "sha256", "hash:/e/mxpin/relay_clientcerts");
         let after = edited(&both, &[client.clone(), moved]);
         assert!(!after.contains("2525      inet"));

@@ -1023,6 +1023,13 @@ pub fn plan_host(
     if !needs_work {
         notes.clear();
     }
+    if let Some(relay) = &d.waits_for_relay {
+        notes.push(format!(
+            "relayhost {relay}: outgoing mail moves to {} in a second round of apply, once {relay} \
+             accepts this host's client key",
+            inv.host(relay).relay_next_hop()
+        ));
+    }
     // The served key changes when its files change or when main.cf starts
     // pointing smtpd at them (the first apply replaces the admin's own).
     let chain_param = if f.version >= (3, 4) {

@@ -212,7 +212,7 @@ fn try_plan(
         .iter()
         .position(|h| h.name.as_str() == target)
         .unwrap();
-    let d = desired::desired(inv, keys, &Default::default()).swap_remove(i)?;
+    let d = desired::desired(inv, keys, &Default::default(), &[]).swap_remove(i)?;
     plan_host(&d, facts, inv, &Templates::load(None).unwrap())
 }
 
@@ -2522,7 +2522,23 @@ fn the_pair_rotates_both_ways_through_a_transitional_pin_and_the_rule_reads_ever
     let idle = engine::Rotation::default();
     let fresh = [fixture_facts(FRESH), fixture_facts(FRESH)];
     let boot = engine::plan_all(&inv, &pair_states(&inv, &fresh), &[], &t, now(), &idle);
-    let applied = apply_fleet(&boot, &fresh);
+    // home does not send through vps before vps accepts its key.
+    let home = planned(&boot, "home");
+    assert!(home.transitional);
+    assert!(home.pinned.is_empty(), "{:?}", home.pinned);
+    assert!(!main_cf_diff(home)
+        .1
+        .iter()
+        .any(|l| l.starts_with("relayhost")));
+    let booted = apply_fleet(&boot, &fresh);
+    let second = engine::plan_all(&inv, &pair_states(&inv, &booted), &[], &t, now(), &idle);
+    let home = planned(&second, "home");
+    assert!(!home.transitional);
+    assert!(main_cf_diff(home)
+        .1
+        .contains(&"relayhost = [vps.example.org]:2525".to_string()));
+    assert!(planned(&second, "vps").is_empty());
+    let applied = apply_fleet(&second, &booted);
     let again = engine::plan_all(&inv, &pair_states(&inv, &applied), &[], &t, now(), &idle);
     for o in &again.outcomes {
         assert!(
