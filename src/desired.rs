@@ -390,11 +390,13 @@ pub fn desired(
     let cycles = on_cycle(&edges, &switching);
     let pinned_for = |e: &Edge| -> Result<Pinned, String> {
         let k = keys[index(&e.pinned)].as_ref().map_err(|_| {
-            format!(
-                "not planned: it pins {} ({}), whose keys could not be read",
-                e.pinned,
-                e.purpose.as_str()
-            )
+            let what = match inv.backed_up_by(&e.pinner).find(|d| d.primary == e.pinned) {
+                Some(d) if e.purpose == Purpose::BackupRoute => {
+                    format!("backs up {} for {}", d.name, e.pinned)
+                }
+                _ => format!("pins {} ({})", e.pinned, e.purpose.as_str()),
+            };
+            format!("not planned: it {what}, whose keys could not be read")
         })?;
         let mut certs = vec![
             k.current.identity.cert.clone(),
@@ -692,6 +694,6 @@ backups = ["relay"]
         assert_eq!(d[0].as_ref().unwrap_err(), "home: unreachable");
         let e = d[1].as_ref().unwrap_err();
         assert!(e.contains("whose keys could not be read"), "{e}");
-        assert!(e.contains("pins home (backup route)"), "{e}");
+        assert!(e.contains("it backs up example.net for home"), "{e}");
     }
 }

@@ -640,17 +640,18 @@ pub async fn verify_report(
     let s = &inv.settings;
     let mut checks = Vec::new();
     // Probe every SMTP server some edge pins, once each, all at once.
-    let mut addresses: Vec<String> = trust::edges(inv)
+    let mut addresses: Vec<(String, Option<&str>)> = trust::edges(inv)
         .iter()
-        .filter_map(|e| e.probe_address(inv))
+        .filter_map(|e| Some((e.probe_address(inv)?, e.server_name())))
         .collect();
     addresses.sort();
     addresses.dedup();
-    let probes = addresses.iter().map(|addr| async move {
-        let got = crate::probe::probe(
+    let probes = addresses.iter().map(|(addr, name)| async move {
+        let got = crate::probe::probe_named(
             addr,
             crate::probe::StartTls::Smtp,
             std::time::Duration::from_secs(10),
+            *name,
         )
         .await
         .map_err(|e| e.to_string())
@@ -820,6 +821,7 @@ mod tests {
                     purpose: Purpose::BackupRoute,
                     next_hop: Some(format!("[{h}]:25")),
                     probe: Some(format!("{h}:25")),
+                    server_name: None,
                     pins: vec![],
                 })
                 .collect(),

@@ -117,6 +117,8 @@ pub struct PinnedEdge {
     pub next_hop: Option<String>,
     /// `host:port` where the pinned host serves this key over SMTP.
     pub probe: Option<String>,
+    /// The SNI name to ask for there.
+    pub server_name: Option<&'static str>,
     pub pins: Vec<String>,
 }
 
@@ -134,6 +136,7 @@ impl PinnedEdge {
                     PinSite::ClientCerts => None,
                 },
                 probe: p.edge.probe_address(inv),
+                server_name: p.edge.server_name(),
                 pins: p.pins.iter().map(|f| f.to_string()).collect(),
             })
             .collect()

@@ -222,6 +222,17 @@ pub async fn probe(
     proto: StartTls,
     timeout: Duration,
 ) -> Result<Vec<Certificate>, ProbeError> {
+    probe_named(addr, proto, timeout, None).await
+}
+
+/// [`probe`], asking for `server_name` by SNI (default: the host of
+/// `addr`, as any client would).
+pub async fn probe_named(
+    addr: &str,
+    proto: StartTls,
+    timeout: Duration,
+    server_name: Option<&str>,
+) -> Result<Vec<Certificate>, ProbeError> {
     let (host, _port) = addr
         .rsplit_once(':')
         .filter(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok())
@@ -262,7 +273,7 @@ pub async fn probe(
         .dangerous()
         .with_custom_certificate_verifier(recorder.clone())
         .with_no_client_auth();
-    let name = ServerName::try_from(host.clone())
+    let name = ServerName::try_from(server_name.map_or(host.clone(), str::to_string))
         .or_else(|_| ServerName::try_from("invalid.invalid".to_string()))
         .expect("a valid fallback name");
     let connector = tokio_rustls::TlsConnector::from(Arc::new(config));

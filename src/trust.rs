@@ -6,6 +6,12 @@
 use crate::inventory::{HostName, Inventory, Mta, Relayhost};
 use crate::tls::PinKind;
 
+/// The name a pinning peer asks for by SNI, so that a host can serve its
+/// pinned key to its peers and keep the admin's own (CA-signed)
+/// certificate for everyone else. Reserved (RFC 2606): no real client
+/// ever asks for it.
+pub const PIN_SERVER_NAME: &str = "mxpin.invalid";
+
 /// Why a host pins another.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -49,6 +55,16 @@ pub struct Edge {
 }
 
 impl Edge {
+    /// The SNI name the pinner sends to get the pinned key: backup routes
+    /// ask for [`PIN_SERVER_NAME`]; the relay listener serves only its
+    /// pinned key, whatever the name.
+    pub fn server_name(&self) -> Option<&'static str> {
+        match self.purpose {
+            Purpose::BackupRoute => Some(PIN_SERVER_NAME),
+            Purpose::Smarthost | Purpose::ClientCertificate => None,
+        }
+    }
+
     /// Where the pinner keeps this pin.
     pub fn site(&self, inv: &Inventory) -> PinSite {
         match self.purpose {

@@ -133,7 +133,9 @@ fn unpinned_key_defers_and_apply_recovers() {
          openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
            -subj /CN=home.example.net -keyout impostor.key -out impostor.crt 2>/dev/null; \
          chmod 600 impostor.key; \
-         postconf -e 'smtpd_tls_chain_files = /etc/postfix/impostor.key, /etc/postfix/impostor.crt'; \
+         printf 'mxpin.invalid /etc/postfix/impostor.key, /etc/postfix/impostor.crt\\n' > impostor-sni; \
+         postconf -e 'smtpd_tls_chain_files = /etc/postfix/impostor.key, /etc/postfix/impostor.crt' \
+           'tls_server_sni_maps = texthash:/etc/postfix/impostor-sni'; \
          postfix reload 2>/dev/null",
     );
     assert_eq!(swap.code, 0, "{swap:?}");
@@ -179,9 +181,13 @@ fn unpinned_key_defers_and_apply_recovers() {
 
     let plan = lab.mxpin(&["plan", "-i", &inv]);
     assert_eq!(plan.code, 2, "plan sees home's main.cf drift: {plan:?}");
+    // The impostor's certificate in smtpd_tls_chain_files is kept as the
+    // one everyone gets (mxpin cannot tell it from an admin's own); the
+    // map that claims mxpin's SNI name is put behind mxpin's own.
     assert!(
-        plan.stdout
-            .contains("+smtpd_tls_chain_files = /etc/postfix/mxpin/current.key, /etc/postfix/mxpin/current.crt"),
+        plan.stdout.contains(
+            "+tls_server_sni_maps = texthash:/etc/postfix/mxpin/sni, texthash:/etc/postfix/impostor-sni"
+        ),
         "{plan:?}"
     );
     let fix = lab.mxpin(&["apply", "--yes", "-i", &inv]);

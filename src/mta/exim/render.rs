@@ -329,6 +329,7 @@ mod tests {
   tls_verify_hosts = *
   tls_verify_certificates = /etc/exim4/mxpin/peer-$host.pem
   tls_verify_cert_hostnames =
+  tls_sni = mxpin.invalid
   event_action = ${if and{{eq{$event_name}{tls:cert}}{eq{$event_data}{0}}} \
     {${if inlist{${sha256:$tls_out_peercert}}{${lookup{$host}lsearch{/etc/exim4/mxpin/pins}}} \
       {}{certificate not pinned}}} \

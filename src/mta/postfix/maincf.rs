@@ -23,6 +23,10 @@ pub enum Edit {
     Set(String, String),
     /// Remove every definition of the parameter.
     Remove(String),
+    /// Put the admin's own text of the parameter back (`None`: it had
+    /// none): replaces the effective definition in place, comments and
+    /// continuation lines included.
+    Restore(String, Option<String>),
 }
 
 #[derive(Debug, Clone)]
@@ -109,6 +113,13 @@ impl MainCf {
         )
     }
 
+    /// The exact text of the effective definition: its line, its
+    /// continuation lines and the comments between them.
+    pub fn def_text(&self, name: &str) -> Option<String> {
+        let def = self.last_def(name)?;
+        Some(self.lines[def.lines.clone()].concat())
+    }
+
     /// The text after `edits`. A `Set` whose value already is the effective
     /// value leaves its lines untouched; new parameters go at the end.
     pub fn edited(&self, edits: &[Edit]) -> String {
@@ -132,13 +143,22 @@ impl MainCf {
                         None => appended.push_str(&new_line),
                     }
                 }
-                Edit::Remove(name) => {
+                Edit::Remove(name) | Edit::Restore(name, None) => {
                     for def in self.defs.iter().filter(|d| &d.name == name) {
                         for i in def.lines.clone() {
                             replace[i] = Some(String::new());
                         }
                     }
                 }
+                Edit::Restore(name, Some(text)) => match self.last_def(name) {
+                    Some(def) => {
+                        for i in def.lines.clone() {
+                            replace[i] = Some(String::new());
+                        }
+                        replace[def.lines.start] = Some(text.clone());
+                    }
+                    None => appended.push_str(text),
+                },
             }
         }
         let mut out = String::new();
@@ -151,6 +171,9 @@ impl MainCf {
                         out.push_str(text.trim_end_matches('\n'));
                     } else {
                         out.push_str(text);
+                        if !text.is_empty() && !text.ends_with('\n') {
+                            out.push('\n');
+                        }
                     }
                 }
             }

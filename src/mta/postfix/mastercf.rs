@@ -69,7 +69,15 @@ impl Service {
     /// certificate fingerprint (in `digest`) is in `table`. The same table,
     /// through `check_ccert_access`, logs each accepted key with its host
     /// (its values are `INFO` actions, which log and go on).
-    pub fn relay_listener(chroot: &str, port: u16, digest: &str, table: &str) -> Service {
+    /// `key_options`: the `-o` lines that make it serve mxpin's key
+    /// ([`server_key`]), whatever main.cf serves to everyone else.
+    pub fn relay_listener(
+        chroot: &str,
+        port: u16,
+        digest: &str,
+        table: &str,
+        key_options: &str,
+    ) -> Service {
         Service {
             name: port.to_string(),
             kind: "inet",
@@ -77,7 +85,8 @@ impl Service {
                 "# Managed by mxpin: relay for the hosts that send their mail through this one \
                  (pinned client certificates).\n\
                  {port}      inet  n       -       {chroot}       -       -       smtpd\n  \
-                 {LISTENER_MARK}\n  \
+                 {LISTENER_MARK}\n\
+                 {key_options}  \
                  -o smtpd_tls_security_level=encrypt\n  \
                  -o smtpd_tls_ask_ccert=yes\n  \
                  -o smtpd_tls_fingerprint_digest={digest}\n  \
@@ -90,6 +99,16 @@ impl Service {
                  -o smtpd_sasl_auth_enable=no\n"
             ),
         }
+    }
+}
+
+/// The `-o` lines that make an smtpd service serve `key` and `cert`
+/// (`chain_files`: Postfix 3.4 and later).
+pub fn server_key(key: &str, cert: &str, chain_files: bool) -> String {
+    if chain_files {
+        format!("  -o smtpd_tls_chain_files={key},{cert}\n")
+    } else {
+        format!("  -o smtpd_tls_cert_file={cert}\n  -o smtpd_tls_key_file={key}\n")
     }
 }
 
@@ -294,15 +313,20 @@ showq     unix  n       -       y       -       -       showq
     fn the_relay_pair_services_come_and_go_and_a_port_change_moves_the_listener() {
         let client =
             Service::relay_client("y", "/e/mxpin/current.key", "/e/mxpin/current.crt", true);
+        let key = server_key("/e/mxpin/current.key", "/e/mxpin/current.crt", true);
         let listener =
-            Service::relay_listener("y", 2525, "sha256", "hash:/e/mxpin/relay_clientcerts");
+            Service::relay_listener("y", 2525, "sha256", "hash:/e/mxpin/relay_clientcerts", &key);
         let both = edited(DEBIAN, &[client.clone(), listener.clone()]);
         assert!(both.starts_with(DEBIAN));
         assert!(both.contains(
             "mxpin-relay unix  -       -       y       -       -       smtp\n  \
              -o smtp_tls_chain_files=/e/mxpin/current.key,/e/mxpin/current.crt\n"
         ));
-        assert!(both.contains("2525      inet  n       -       y       -       -       smtpd\n"));
+        assert!(both.contains(
+            "2525      inet  n       -       y       -       -       smtpd\n  \
+             -o syslog_name=postfix/mxpin-relay\n  \
+             -o smtpd_tls_chain_files=/e/mxpin/current.key,/e/mxpin/current.crt\n"
+        ));
         assert!(both.contains(
             "-o smtpd_relay_restrictions=check_ccert_access,hash:/e/mxpin/relay_clientcerts,\
              permit_tls_clientcerts,defer\n"
@@ -312,7 +336,8 @@ showq     unix  n       -       y       -       -       showq
         assert_eq!(port_taken(&both, 2525), None);
         assert!(listener_on(&both, 2525) && !listener_on(&both, 2626));
         assert!(!listener_on(DEBIAN, 25), "the admin's smtpd is not mxpin's");
-        let moved = Service::relay_listener("y", 2626, "sha256", "hash:/e/mxpin/relay_clientcerts");
+        let moved =
+            Service::relay_listener("y", 2626, "sha256", "hash:/e/mxpin/relay_clientcerts", &key);
         let after = edited(&both, &[client.clone(), moved]);
         assert!(!after.contains("2525      inet"));
         assert!(after.contains("2626      inet"));

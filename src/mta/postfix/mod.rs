@@ -8,6 +8,7 @@
 pub mod maincf;
 pub mod mastercf;
 pub mod script;
+pub mod taken;
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -39,6 +40,14 @@ const TABLES: [(&str, Option<&str>); 5] = [
     (CLIENT_CERTS, None),
 ];
 
+/// The SNI table that serves mxpin's key to its peers beside the admin's
+/// own certificate (a texthash: the files are read when smtpd starts, so
+/// no database holds a copy of the key, and a reload picks up a rotation).
+const SNI: &str = "sni";
+
+/// Debian's self-signed placeholder: no certificate of the admin's own.
+const SNAKEOIL: &str = "/etc/ssl/certs/ssl-cert-snakeoil.pem";
+
 /// The table of client keys a relay accepts.
 const CLIENT_CERTS: &str = "relay_clientcerts";
 
@@ -50,7 +59,10 @@ pub fn client_cert_value(host: &HostName) -> String {
 }
 
 /// Scalar parameters whose effective value decides an edit.
-const SCALARS: [&str; 6] = [
+const SCALARS: [&str; 9] = [
+    "smtpd_tls_chain_files",
+    "smtpd_tls_cert_file",
+    "tls_server_sni_maps",
     "smtpd_tls_security_level",
     "smtp_tls_loglevel",
     "smtp_host_lookup",
@@ -70,6 +82,7 @@ fn owned_files() -> impl Iterator<Item = &'static str> {
         .iter()
         .flat_map(|(_, k, c)| [*k, *c])
         .chain(TABLES.iter().map(|(t, _)| *t))
+        .chain([SNI])
 }
 
 /// The file `postmap` builds from a table source, by database type.
@@ -115,6 +128,20 @@ q=${{v#*"${{NL}}queue_directory = "}}; q=${{q%%"$NL"*}}
 pid=''
 if [ -r "$q/pid/master.pid" ]; then read -r pid < "$q/pid/master.pid" || :; fi
 if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then put running yes; else put running no; fi
+# The certificates the admin's smtpd serves, certificates only (no private
+# key leaves the host): complete PEM blocks of the files named.
+certs_of() {{
+  for x in $1; do
+    case "$x" in "$M"/*) ;; *)
+      if [ -r "$x" ]; then awk '/-----BEGIN /{{b=""; i=0}} /-----BEGIN CERTIFICATE-----/{{i=1}} i{{b=b $0 "\n"}} i&&/-----END CERTIFICATE-----/{{printf "%s", b; i=0}}' "$x"
+      else printf 'unreadable: %s\n' "$x"; fi ;;
+    esac
+  done
+}}
+set -f
+put certs:smtpd_tls_chain_files "$(certs_of "$(printf '%s\n' "$v" | sed -n 's/^smtpd_tls_chain_files = //p' | tr ',' ' ')")"
+put certs:smtpd_tls_cert_file "$(certs_of "$(printf '%s\n' "$v" | sed -n 's/^smtpd_tls_cert_file = //p')")"
+set +f
 putfile main.cf "$C/main.cf"
 if [ -f "$C/master.cf" ]; then putfile master.cf "$C/master.cf"; fi
 if [ -d "$M" ]; then put ls "$(ls -ln "$M")"; fi
@@ -168,9 +195,16 @@ pub fn verify_snippet(steps: &ApplySteps, digest: &str, lookup: &str) -> String 
             continue;
         }
         let pins: Vec<String> = policy_pins(&l.expected).iter().map(|p| quote(p)).collect();
+        // The SNI name the policy asks for, as deliveries do.
+        let sni = l
+            .expected
+            .split_whitespace()
+            .find_map(|a| a.strip_prefix("servername="))
+            .map(|n| format!("-s {} ", quote(n)))
+            .unwrap_or_default();
         let _ = writeln!(
             s,
-            "if [ $ptf = yes ]; then put {} \"$(posttls-finger -c {}-l fingerprint -d {} -h {} {} {} 2>&1)\"; \
+            "if [ $ptf = yes ]; then put {} \"$(posttls-finger -c {}{sni}-l fingerprint -d {} -h {} {} {} 2>&1)\"; \
              else put {} 'posttls-finger not found'; fi",
             quote(&format!("ptf:{}", l.key)),
             if l.wrapper { "-w " } else { "" },
@@ -264,6 +298,21 @@ pub struct PostfixFacts {
     pub fresh: BTreeMap<String, Vec<String>>,
     /// Output of verification checks run with the facts, by check name.
     pub checks: BTreeMap<String, String>,
+    /// The certificates the admin's smtpd parameters name, by parameter
+    /// (`smtpd_tls_chain_files`, `smtpd_tls_cert_file`), files in mxpin's
+    /// directory left out.
+    pub served_certs: BTreeMap<String, String>,
+}
+
+/// A certificate of the admin's own that smtpd serves: mxpin keeps it as
+/// the one everyone gets, and serves its pinned key to its peers by SNI.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdminCert {
+    /// The parameter naming it and its value.
+    pub param: &'static str,
+    pub files: String,
+    /// Its leaf, or why it could not be read.
+    pub leaf: Result<crate::tls::Certificate, String>,
 }
 
 fn parse_version(v: &str) -> Option<(u32, u32)> {
@@ -328,8 +377,16 @@ impl PostfixFacts {
                 checks.insert(name.to_string(), value.to_string());
             }
         }
+        let served_certs = ["smtpd_tls_chain_files", "smtpd_tls_cert_file"]
+            .iter()
+            .map(|p| {
+                let text = s.get(&format!("certs:{p}")).unwrap_or_default();
+                (p.to_string(), text.to_string())
+            })
+            .collect();
         Ok(PostfixFacts {
             checks,
+            served_certs,
             version,
             version_text,
             db_type: param("default_database_type")?,
@@ -367,6 +424,34 @@ impl PostfixFacts {
                 .map(str::to_ascii_uppercase)
                 .collect(),
         }
+    }
+
+    /// The admin's own certificate, if smtpd serves one: named by
+    /// `smtpd_tls_chain_files` (unless that is mxpin's), else by
+    /// `smtpd_tls_cert_file` (unless that is Debian's snakeoil).
+    pub fn admin_cert(&self, owned: &str) -> Option<AdminCert> {
+        let value = |p: &str| self.effective.get(p).cloned().unwrap_or_default();
+        let ours = |v: &str| {
+            split_list(v)
+                .iter()
+                .all(|f| f.starts_with(&format!("{owned}/")))
+        };
+        let chain = value("smtpd_tls_chain_files");
+        let cert = value("smtpd_tls_cert_file");
+        let (param, files) = if !chain.is_empty() && !ours(&chain) {
+            ("smtpd_tls_chain_files", chain)
+        } else if !cert.is_empty() && cert != SNAKEOIL && !ours(&cert) {
+            ("smtpd_tls_cert_file", cert)
+        } else {
+            return None;
+        };
+        let text = self.served_certs.get(param).cloned().unwrap_or_default();
+        let leaf = match text.lines().find(|l| l.starts_with("unreadable: ")) {
+            Some(l) => Err(format!("cannot read {}", &l["unreadable: ".len()..])),
+            None => crate::tls::Certificate::from_pem(&text)
+                .map_err(|e| format!("no certificate in {files}: {e}")),
+        };
+        Some(AdminCert { param, files, leaf })
     }
 
     /// The keys mxpin finds in its slots.
@@ -512,7 +597,11 @@ fn render_tables(
     for r in &d.routes {
         if !seen.contains(&&r.next_hop) {
             seen.push(&r.next_hop);
-            policies.push(serde_json::json!({"next_hop": r.next_hop, "pins": r.pins}));
+            policies.push(serde_json::json!({
+                "next_hop": r.next_hop,
+                "pins": r.pins,
+                "servername": crate::trust::PIN_SERVER_NAME,
+            }));
         }
     }
     if let Some(e) = smarthost(d, inv)? {
@@ -654,16 +743,44 @@ fn main_cf_edits(
         format!("{owned}/current.key"),
         format!("{owned}/current.crt"),
     );
-    if f.version >= (3, 4) {
-        edits.push(set("smtpd_tls_chain_files", format!("{key}, {cert}")));
-    } else {
-        edits.push(set("smtpd_tls_cert_file", cert));
-        edits.push(set("smtpd_tls_key_file", key));
-    }
     let effective = |p: &str| {
         m.get(p)
             .unwrap_or_else(|| f.effective.get(p).cloned().unwrap_or_default())
     };
+    // The served certificate: the admin's own stays the one everyone gets,
+    // mxpin's key goes to its peers by SNI; without one, mxpin's key is
+    // served to all.
+    let admin = f.admin_cert(owned);
+    match &admin {
+        None if f.version >= (3, 4) => {
+            edits.push(set("smtpd_tls_chain_files", format!("{key}, {cert}")));
+        }
+        None => {
+            edits.push(set("smtpd_tls_cert_file", cert));
+            edits.push(set("smtpd_tls_key_file", key));
+        }
+        Some(a) if f.version < (3, 4) => {
+            return Err(format!(
+                "smtpd serves the admin's own certificate ({} = {}); mxpin keeps it beside its \
+                 pinned key only with Postfix 3.4 or later (tls_server_sni_maps), and this is {}",
+                a.param, a.files, f.version_text
+            ));
+        }
+        Some(_) => {
+            // An earlier mxpin pointed smtpd_tls_chain_files at its own key.
+            let chain = m.get("smtpd_tls_chain_files").unwrap_or_default();
+            if !chain.is_empty() && split_list(&chain).iter().all(|x| x.starts_with(owned)) {
+                edits.push(Edit::Remove("smtpd_tls_chain_files".into()));
+            }
+        }
+    }
+    let sni = format!("texthash:{owned}/{SNI}");
+    edits.extend(list_edit(
+        "tls_server_sni_maps",
+        &effective("tls_server_sni_maps"),
+        &format!("{owned}/{SNI}"),
+        admin.is_some().then_some(sni),
+    ));
     // Offer STARTTLS; never lower a level the admin chose.
     if matches!(effective("smtpd_tls_security_level").as_str(), "" | "none") {
         edits.push(set("smtpd_tls_security_level", "may".into()));
@@ -672,23 +789,8 @@ fn main_cf_edits(
     for (table, param) in TABLES {
         let Some(param) = param else { continue };
         let path = format!("{owned}/{table}");
-        let current = split_list(&effective(param));
-        let mut wanted: Vec<String> = current
-            .iter()
-            .filter(|e| e.split_once(':').map(|(_, p)| p) != Some(path.as_str()))
-            .cloned()
-            .collect();
-        if uses_table(table, d, inv) {
-            wanted.insert(0, format!("{}:{path}", f.db_type));
-        }
-        if wanted == current {
-            continue;
-        }
-        if wanted.is_empty() {
-            edits.push(Edit::Remove(param.to_string()));
-        } else {
-            edits.push(set(param, wanted.join(", ")));
-        }
+        let entry = uses_table(table, d, inv).then(|| format!("{}:{path}", f.db_type));
+        edits.extend(list_edit(param, &effective(param), &path, entry));
     }
     let pins_something = backup
         || d.host.relayhost.is_some()
@@ -758,6 +860,29 @@ fn main_cf_edits(
     Ok(edits)
 }
 
+/// The edit of a list parameter (`value` as in effect) that makes mxpin's
+/// table at `path` its first entry (`entry`, as `type:path`) or takes it
+/// out (`None`), keeping the admin's entries; `None` when it already is so.
+/// A list left empty loses its line.
+fn list_edit(param: &str, value: &str, path: &str, entry: Option<String>) -> Option<Edit> {
+    let current = split_list(value);
+    let mut wanted: Vec<String> = current
+        .iter()
+        .filter(|e| e.split_once(':').map(|(_, p)| p) != Some(path))
+        .cloned()
+        .collect();
+    if let Some(e) = entry {
+        wanted.insert(0, e);
+    }
+    if wanted == current {
+        None
+    } else if wanted.is_empty() {
+        Some(Edit::Remove(param.to_string()))
+    } else {
+        Some(Edit::Set(param.to_string(), wanted.join(", ")))
+    }
+}
+
 /// The master.cf services mxpin wants on this host.
 fn master_services(
     d: &HostDesired,
@@ -793,6 +918,11 @@ fn master_services(
             port,
             inv.settings.digest.as_str(),
             &format!("{}:{owned}/{CLIENT_CERTS}", f.db_type),
+            &mastercf::server_key(
+                &format!("{owned}/current.key"),
+                &format!("{owned}/current.crt"),
+                f.version >= (3, 4),
+            ),
         ));
     }
     Ok(services)
@@ -942,6 +1072,49 @@ pub fn plan_host(
         changes.extend(change);
     }
 
+    // The SNI table, beside an admin's own certificate only.
+    let admin = f.admin_cert(&owned);
+    let sni = admin.as_ref().map(|_| {
+        Content::Text(format!(
+            "# Managed by mxpin: its pinned key for its peers, which ask for {name} by SNI;\n\
+             # every other client gets the admin's own certificate. Changes here are\n\
+             # overwritten by `mxpin apply`.\n\
+             {name}\t{owned}/current.key, {owned}/current.crt\n",
+            name = crate::trust::PIN_SERVER_NAME
+        ))
+    });
+    changes.extend(change_for(
+        format!("{owned}/{SNI}"),
+        f.files.get(SNI),
+        sni,
+        0o644,
+        0,
+    ));
+    if let Some(a) = &admin {
+        notes.push(match &a.leaf {
+            Ok(leaf) => {
+                let d = leaf.details();
+                format!(
+                    "keeps the admin's certificate ({} = {}): {}, issued by {}, until {}; every \
+                     client gets it, and mxpin's peers get mxpin's pinned key by SNI ({})",
+                    a.param,
+                    a.files,
+                    d.subject,
+                    d.issuer,
+                    crate::tls::format_time(d.not_after),
+                    crate::trust::PIN_SERVER_NAME
+                )
+            }
+            Err(why) => format!(
+                "keeps the admin's certificate ({} = {}, {why}); mxpin's peers get mxpin's \
+                 pinned key by SNI ({})",
+                a.param,
+                a.files,
+                crate::trust::PIN_SERVER_NAME
+            ),
+        });
+    }
+
     // fetchmail: the control file and certificates, and the removal of
     // those no poll needs any more.
     let wanted = fetchmail_files(d, f, inv, t, &owned)?;
@@ -1037,8 +1210,10 @@ pub fn plan_host(
     } else {
         "smtpd_tls_cert_file"
     };
+    let after = MainCf::parse(&new_main);
     let switches_key = crate::mta::changes_served_key(&changes)
-        || main_cf.get(chain_param) != MainCf::parse(&new_main).get(chain_param);
+        || main_cf.get(chain_param) != after.get(chain_param)
+        || main_cf.get("tls_server_sni_maps") != after.get("tls_server_sni_maps");
     Ok(HostPlan {
         host: d.host.name.clone(),
         changes,

@@ -420,7 +420,23 @@ fn fresh_fixture_reads_as_a_stock_debian_12_postfix() {
             ("relayhost", ""),
             ("default_transport", "smtp"),
             ("smtp_tls_security_level", "may"),
+            ("smtpd_tls_chain_files", ""),
+            (
+                "smtpd_tls_cert_file",
+                "/etc/ssl/certs/ssl-cert-snakeoil.pem"
+            ),
+            ("tls_server_sni_maps", ""),
         ])
+    );
+    assert!(
+        f.served_certs["smtpd_tls_cert_file"].starts_with("-----BEGIN CERTIFICATE-----\n"),
+        "the snakeoil certificate, and no key"
+    );
+    assert!(!f.served_certs.values().any(|c| c.contains("PRIVATE")));
+    assert_eq!(
+        f.admin_cert("/etc/postfix/mxpin"),
+        None,
+        "snakeoil is nobody's own"
     );
     let keys = f.stored_keys();
     assert!(keys.current.key.is_none() && keys.current.cert.is_none());
@@ -487,7 +503,7 @@ fn applied_fixture_reads_keys_as_secrets_and_tables_as_fresh() {
         table_entries(f.files["tls_policy"].content.raw()),
         pairs(&[(
             "[home.example.net]:25",
-            &format!("fingerprint match={current}|{next}")
+            &format!("fingerprint servername=mxpin.invalid match={current}|{next}")
         )])
     );
 }
@@ -536,6 +552,9 @@ fn facts_missing_or_unreadable_sections_are_refused() {
         match name.as_str() {
             "warnings" => assert!(result.is_ok(), "warnings are informational"),
             "master.cf" => assert!(result.unwrap().master_cf.is_none(), "optional"),
+            n if n.starts_with("certs:") => {
+                assert!(result.unwrap().served_certs[&n[6..]].is_empty(), "optional")
+            }
             "uid" => assert_eq!(result.unwrap_err(), "no uid in facts"),
             "end" => {
                 let e = result.unwrap_err();
@@ -688,7 +707,7 @@ fn backup_host_gets_tables_pins_and_list_parameters() {
         ])
     );
     let policy = table_of(&plan, DIR, "tls_policy");
-    let want_policy = format!("fingerprint match={current}|{next}");
+    let want_policy = format!("fingerprint servername=mxpin.invalid match={current}|{next}");
     assert_eq!(
         policy,
         pairs(&[(hop, &want_policy)]),
@@ -1700,7 +1719,13 @@ fn live_apply_makes_a_backup_and_converges() {
         .collect();
     assert_eq!(
         lab.lookup("tls_policy", "[home.example.net]:25").as_deref(),
-        Some(format!("fingerprint match={}", expected_pins.join("|")).as_str())
+        Some(
+            format!(
+                "fingerprint servername=mxpin.invalid match={}",
+                expected_pins.join("|")
+            )
+            .as_str()
+        )
     );
     assert_eq!(
         lab.lookup("transport", "example.net").as_deref(),
@@ -2110,7 +2135,10 @@ fn fleet_rotation_switches_home_first_then_repins_relay() {
     let policy = table_of(relay, &fixture_dir("relay"), "tls_policy");
     assert_eq!(
         policy[0].1,
-        format!("fingerprint match={}|{}", r.new_current, r.new_next),
+        format!(
+            "fingerprint servername=mxpin.invalid match={}|{}",
+            r.new_current, r.new_next
+        ),
         "new current first, then the fresh next"
     );
     assert_eq!(
@@ -2636,5 +2664,91 @@ fn the_pair_rotates_both_ways_through_a_transitional_pin_and_the_rule_reads_ever
         engine::waves(&[home, vps]),
         [0, 1],
         "vps re-pins after the switch"
+    );
+}
+
+#[test]
+fn an_admins_own_certificate_stays_and_peers_get_the_pin_by_sni() {
+    let inv = inventory(DIR, false);
+    let mut f = fixture_facts(FRESH);
+    // certbot's way: a full chain and a key of the admin's.
+    let admin = tls::generate(KeyAlgorithm::EcdsaP256, "home.example.net", 90, now()).unwrap();
+    let live = "/etc/letsencrypt/live/home.example.net";
+    f.main_cf = f.main_cf.replace(
+        "smtpd_tls_cert_file=/etc/ssl/certs/ssl-cert-snakeoil.pem\nsmtpd_tls_key_file=/etc/ssl/private/ssl-cert-snakeoil.key\n",
+        &format!("smtpd_tls_cert_file={live}/fullchain.pem\nsmtpd_tls_key_file={live}/privkey.pem\n"),
+    );
+    f.effective.insert(
+        "smtpd_tls_cert_file".into(),
+        format!("{live}/fullchain.pem"),
+    );
+    f.served_certs
+        .insert("smtpd_tls_cert_file".into(), admin.cert.pem().to_string());
+    let plan = plan_for(&inv, "home", &f, &new_keys("relay.example.org"));
+    let (removed, added) = main_cf_diff(&plan);
+    assert!(removed.is_empty(), "the admin's lines stay: {removed:?}");
+    assert_eq!(
+        added,
+        [format!("tls_server_sni_maps = texthash:{DIR}/mxpin/sni")],
+        "no smtpd_tls_chain_files over the admin's certificate"
+    );
+    let sni = change(&plan, &format!("{DIR}/mxpin/sni"));
+    assert!(sni.new.as_ref().unwrap().raw().ends_with(&format!(
+        "\nmxpin.invalid\t{DIR}/mxpin/current.key, {DIR}/mxpin/current.crt\n"
+    )));
+    assert!(plan.switches_key, "its peers wait for the SNI map");
+    let note = plan
+        .notes
+        .iter()
+        .find(|n| n.starts_with("keeps the admin's certificate"))
+        .expect("plan names the certificate");
+    assert!(
+        note.contains(&format!("smtpd_tls_cert_file = {live}/fullchain.pem"))
+            && note.contains("CN=home.example.net")
+            && note.contains("mxpin.invalid"),
+        "{note}"
+    );
+    let after = simulate_apply(&f, &plan);
+    assert_converged(&plan_for(&inv, "home", &after, &new_keys("x.example")));
+
+    // An earlier mxpin's smtpd_tls_chain_files over the admin's
+    // certificate is given back.
+    let mut old = after.clone();
+    old.main_cf.push_str(&format!(
+        "smtpd_tls_chain_files = {DIR}/mxpin/current.key, {DIR}/mxpin/current.crt\n"
+    ));
+    old.effective.insert(
+        "smtpd_tls_chain_files".into(),
+        format!("{DIR}/mxpin/current.key, {DIR}/mxpin/current.crt"),
+    );
+    let plan = plan_for(&inv, "home", &old, &new_keys("x.example"));
+    assert_eq!(main_cf_diff(&plan).0.len(), 1, "{:?}", main_cf_diff(&plan));
+    assert!(main_cf_diff(&plan).0[0].starts_with("smtpd_tls_chain_files"));
+
+    // When the admin's certificate goes, mxpin's key is served to all and
+    // the SNI table goes.
+    let gone = plan_for(&inv, "home", &fixture_facts(FRESH), &new_keys("x.example"));
+    assert!(main_cf_diff(&gone)
+        .1
+        .iter()
+        .any(|l| l.starts_with("smtpd_tls_chain_files")));
+    assert!(!gone.changes.iter().any(|c| c.path.ends_with("/sni")));
+
+    // Backups ask for the pin by name, and posttls-finger does too.
+    let relay = plan_for(
+        &inventory(DIR, true),
+        "relay",
+        &fixture_facts(FRESH),
+        &new_keys("home.example.net"),
+    );
+    let policy = &table_of(&relay, DIR, "tls_policy")[0].1;
+    assert!(
+        policy.starts_with("fingerprint servername=mxpin.invalid match="),
+        "{policy}"
+    );
+    let snippet = super::verify_snippet(relay.steps.postfix(), "sha256", "dns");
+    assert!(
+        snippet.contains("posttls-finger -c -s 'mxpin.invalid' -l fingerprint"),
+        "{snippet}"
     );
 }
