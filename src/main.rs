@@ -68,6 +68,24 @@ enum Command {
         #[arg(long)]
         no_verify: bool,
     },
+    /// Give a host back as it was before mxpin: every line mxpin edited in
+    /// main.cf and master.cf gets the admin's own text back, and mxpin's
+    /// files go. Refused while a peer still pins the host or the host pins
+    /// one (take it out of every domain and relayhost first, and apply).
+    /// Then remove [hosts.HOST] from the inventory, or the next apply takes
+    /// the host again.
+    Release {
+        #[command(flatten)]
+        common: Common,
+        /// The host to give back.
+        host: String,
+        /// Release without asking for confirmation.
+        #[arg(long)]
+        yes: bool,
+        /// Show the diff; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// Fingerprints of a certificate file, or of what a server presents.
     Fingerprint {
         /// A PEM file holding a certificate or a chain.
@@ -341,6 +359,8 @@ struct Change {
     dry_run: bool,
     rotation: Rotation,
     verify: bool,
+    /// Give this host back (`mxpin release`).
+    release: Option<HostName>,
 }
 
 /// Prints verification results: every check, or only failures and
@@ -486,6 +506,10 @@ async fn finish(
 
 async fn run_change(common: &Common, change: Change) -> Result<u8, String> {
     let (inv, templates) = load(common)?;
+    let inv = match &change.release {
+        Some(host) => inv.for_release(host)?,
+        None => inv,
+    };
     let parallel = common.parallel.into();
     let progress = monitor(common, &inv);
     let (mut states, externals) = gather(&inv, parallel, &*progress).await;
@@ -500,7 +524,13 @@ async fn run_change(common: &Common, change: Change) -> Result<u8, String> {
     }
     let failed_code = if plan_errors { EXIT_ERROR } else { 0 };
     if change.dry_run || !pending {
-        return finish(states, common, &fleet, failed_code, serde_json::json!({})).await;
+        // A dry run says what plan says: 2 when changes are pending.
+        let code = if change.dry_run && pending && !plan_errors {
+            EXIT_PENDING
+        } else {
+            failed_code
+        };
+        return finish(states, common, &fleet, code, serde_json::json!({})).await;
     }
     let hosts = pending_plans(&fleet.outcomes).len();
     if !change.yes && !confirm(hosts)? {
@@ -610,7 +640,7 @@ async fn run_change(common: &Common, change: Change) -> Result<u8, String> {
                                "converged": !drift.contains(h)})
         })
         .collect();
-    let verified = common.json || show_checks(&checks, true) || checks.is_empty();
+    let verified = checks.is_empty() || common.json || show_checks(&checks, true);
     let failed =
         failed || (!common.json && !verified) || (common.json && checks.iter().any(|c| !c.ok));
     let code = if failed || !drift.is_empty() {
@@ -624,6 +654,13 @@ async fn run_change(common: &Common, change: Change) -> Result<u8, String> {
     }
     if !checks.is_empty() {
         applied["checks"] = serde_json::to_value(&checks).unwrap_or_default();
+    }
+    if let (Some(host), 0, false) = (&change.release, code, common.json) {
+        let _ = writeln!(
+            out,
+            "{host} is released: remove [hosts.{host}] from {}, or the next apply takes it again.",
+            inv.file.display()
+        );
     }
     finish(states, common, &fleet, code, applied).await
 }
@@ -872,6 +909,22 @@ fn main() -> ExitCode {
                     dry_run: false,
                     verify: !no_verify,
                     rotation: Rotation::default(),
+                    release: None,
+                };
+                run_change(common, change).await
+            }
+            Command::Release {
+                common,
+                host,
+                yes,
+                dry_run,
+            } => {
+                let change = Change {
+                    yes: *yes,
+                    dry_run: *dry_run,
+                    verify: false,
+                    rotation: Rotation::default(),
+                    release: Some(HostName::parse(host).map_err(|e| format!("release: {e}"))?),
                 };
                 run_change(common, change).await
             }
@@ -890,6 +943,7 @@ fn main() -> ExitCode {
                         dry_run: *dry_run,
                         verify: !no_verify,
                         rotation,
+                        release: None,
                     };
                     run_change(common, change).await
                 }

@@ -64,6 +64,10 @@ pub struct Host {
     pub relay_port: u16,
     /// Mailboxes this host polls with fetchmail.
     pub fetchmail: Vec<Poll>,
+    /// Set by `mxpin release` (never by the inventory file): plan to give
+    /// the host back as it was before mxpin.
+    #[serde(skip)]
+    pub release: bool,
 }
 
 /// Where a host sends all its outgoing mail.
@@ -300,6 +304,42 @@ impl Inventory {
         self.domains
             .iter()
             .filter(move |d| d.backups.contains(host))
+    }
+
+    /// The inventory reduced to `name`, marked for release: no domains, no
+    /// policies, no relayhost or fetchmail, so that its plan takes back
+    /// everything mxpin wrote there. Refused while a trust edge touches the
+    /// host: a peer would lose its route, or the host its pins.
+    pub fn for_release(&self, name: &HostName) -> Result<Inventory, String> {
+        let edges = crate::trust::edges(self);
+        let touching: Vec<String> = edges
+            .iter()
+            .filter(|e| &e.pinner == name || &e.pinned == name)
+            .map(|e| format!("{} pins {} ({})", e.pinner, e.pinned, e.purpose.as_str()))
+            .collect();
+        if !touching.is_empty() {
+            return Err(format!(
+                "release {name}: {}; take {name} out of every domain and relayhost first, and apply",
+                touching.join(", ")
+            ));
+        }
+        let mut host = self
+            .hosts
+            .iter()
+            .find(|h| &h.name == name)
+            .cloned()
+            .ok_or_else(|| format!("release {name}: no such host in {}", self.file.display()))?;
+        host.release = true;
+        host.relayhost = None;
+        host.fetchmail.clear();
+        Ok(Inventory {
+            file: self.file.clone(),
+            settings: self.settings.clone(),
+            hosts: vec![host],
+            domains: Vec::new(),
+            externals: Vec::new(),
+            policies: Vec::new(),
+        })
     }
 
     /// Things that are allowed but that an admin should hear about.
@@ -653,6 +693,7 @@ impl Context<'_> {
                 relayhost,
                 relay_port,
                 fetchmail,
+                release: false,
             });
         }
         self.check_relays(&hosts, &managed_relays)?;

@@ -82,7 +82,7 @@ fn owned_files() -> impl Iterator<Item = &'static str> {
         .iter()
         .flat_map(|(_, k, c)| [*k, *c])
         .chain(TABLES.iter().map(|(t, _)| *t))
-        .chain([SNI])
+        .chain([SNI, taken::FILE])
 }
 
 /// The file `postmap` builds from a table source, by database type.
@@ -484,6 +484,8 @@ pub struct ApplySteps {
     pub postmap: Vec<String>,
     pub lookups: Vec<Lookup>,
     pub running: bool,
+    /// Remove mxpin's directory once empty (release).
+    pub remove_owned_dir: bool,
 }
 
 /// The entries of a Postfix table text, as postmap reads them: key and
@@ -730,12 +732,27 @@ fn lookups_for(
 
 /// main.cf edits for a host: its certificate, its backup role if any, its
 /// relayhost and the TLS policy table.
+/// A parameter's value in effect: main.cf's definition, else Postfix's.
+fn current_value(f: &PostfixFacts, m: &MainCf, p: &str) -> String {
+    m.get(p)
+        .unwrap_or_else(|| f.effective.get(p).cloned().unwrap_or_default())
+}
+
+/// What mxpin took from this host's main.cf (see [`taken`]).
+fn taken_of(f: &PostfixFacts) -> taken::Taken {
+    f.files
+        .get(taken::FILE)
+        .map(|x| taken::Taken::parse(x.content.raw()))
+        .unwrap_or_default()
+}
+
 fn main_cf_edits(
     d: &HostDesired,
     f: &PostfixFacts,
     inv: &Inventory,
     m: &MainCf,
     owned: &str,
+    taken: &taken::Taken,
 ) -> Result<Vec<Edit>, String> {
     let set = |k: &str, v: String| Edit::Set(k.to_string(), v);
     let mut edits = Vec::new();
@@ -743,15 +760,23 @@ fn main_cf_edits(
         format!("{owned}/current.key"),
         format!("{owned}/current.crt"),
     );
+    // Decisions are made on the admin's own values: for a parameter mxpin
+    // changed (and the admin did not change since), the value it had.
     let effective = |p: &str| {
-        m.get(p)
-            .unwrap_or_else(|| f.effective.get(p).cloned().unwrap_or_default())
+        let now = current_value(f, m, p);
+        taken.valid(p, &now).map_or(now, |e| e.base.clone())
     };
     // The served certificate: the admin's own stays the one everyone gets,
     // mxpin's key goes to its peers by SNI; without one, mxpin's key is
-    // served to all.
+    // served to all. A released host serves what the admin had.
     let admin = f.admin_cert(owned);
     match &admin {
+        _ if d.host.release => {
+            let chain = m.get("smtpd_tls_chain_files").unwrap_or_default();
+            if !chain.is_empty() && split_list(&chain).iter().all(|x| x.starts_with(owned)) {
+                edits.push(Edit::Remove("smtpd_tls_chain_files".into()));
+            }
+        }
         None if f.version >= (3, 4) => {
             edits.push(set("smtpd_tls_chain_files", format!("{key}, {cert}")));
         }
@@ -779,10 +804,10 @@ fn main_cf_edits(
         "tls_server_sni_maps",
         &effective("tls_server_sni_maps"),
         &format!("{owned}/{SNI}"),
-        admin.is_some().then_some(sni),
+        (admin.is_some() && !d.host.release).then_some(sni),
     ));
     // Offer STARTTLS; never lower a level the admin chose.
-    if matches!(effective("smtpd_tls_security_level").as_str(), "" | "none") {
+    if !d.host.release && matches!(effective("smtpd_tls_security_level").as_str(), "" | "none") {
         edits.push(set("smtpd_tls_security_level", "may".into()));
     }
     let backup = !d.routes.is_empty();
@@ -1043,7 +1068,22 @@ pub fn plan_host(
     })?;
     let dir = d.host.config_dir.as_str();
     let owned = format!("{dir}/{OWNED_DIR}");
-    let (mut changes, mut notes) = crate::mta::key_changes(d, &owned, &f.files, (0o600, 0));
+    let (mut changes, mut notes) = if d.host.release {
+        let keys = SLOTS.iter().flat_map(|(_, k, c)| [*k, *c]);
+        let gone = keys
+            .filter_map(|name| {
+                change_for(format!("{owned}/{name}"), f.files.get(name), None, 0o600, 0)
+            })
+            .collect();
+        (
+            gone,
+            vec![format!(
+                "release: every file in {owned} goes, and main.cf and master.cf get the admin's own lines back"
+            )],
+        )
+    } else {
+        crate::mta::key_changes(d, &owned, &f.files, (0o600, 0))
+    };
 
     let tables = render_tables(d, inv, t)?;
     let lookups = lookups_for(d, inv, &tables)?;
@@ -1167,7 +1207,20 @@ pub fn plan_host(
         }
     }
 
-    let new_main = main_cf.edited(&main_cf_edits(d, f, inv, &main_cf, &owned)?);
+    // main.cf: mxpin's edits, each parameter's first change recorded so
+    // that a later give-back restores the admin's text byte for byte.
+    let taken = taken_of(f);
+    let wanted = main_cf_edits(d, f, inv, &main_cf, &owned, &taken)?;
+    let current = |p: &str| current_value(f, &main_cf, p);
+    let (edits, taken_after) = taken::reconcile(&main_cf, &taken, wanted, &current);
+    let new_main = main_cf.edited(&edits);
+    changes.extend(change_for(
+        format!("{owned}/{}", taken::FILE),
+        f.files.get(taken::FILE),
+        taken_after.render().map(Content::Text),
+        0o644,
+        0,
+    ));
     if new_main != f.main_cf {
         changes.push(FileChange {
             path: format!("{dir}/main.cf"),
@@ -1230,6 +1283,7 @@ pub fn plan_host(
             postmap,
             lookups,
             running: f.running,
+            remove_owned_dir: d.host.release,
         }),
     })
 }

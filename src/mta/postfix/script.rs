@@ -202,7 +202,13 @@ if postfix -c "$C" status >/dev/null 2>&1; then
 fi
 trap '' HUP INT TERM
 for t in $swapped; do rm -f "$t.mxpin-old"; done
-printf '@@mxpin-ok\n'
+"#,
+    );
+    if steps.remove_owned_dir {
+        let _ = writeln!(s, "rmdir \"$C/{}\" 2>/dev/null || :", super::OWNED_DIR);
+    }
+    s.push_str(
+        r#"printf '@@mxpin-ok\n'
 }
 mxpin_apply
 "#,

@@ -453,6 +453,7 @@ fn applied_fixture_reads_keys_as_secrets_and_tables_as_fresh() {
         sorted(&[
             "current.crt",
             "current.key",
+            "main.cf.taken",
             "next.crt",
             "next.key",
             "relay_domains",
@@ -632,8 +633,17 @@ fn fresh_host_gets_keys_and_exactly_one_main_cf_line() {
             (owned(DIR, "next.key"), Action::Create, 0o600, true),
             (owned(DIR, "next.crt"), Action::Create, 0o644, false),
             (format!("{DIR}/main.cf"), Action::Modify, 0o644, false),
+            (owned(DIR, "main.cf.taken"), Action::Create, 0o644, false),
         ],
     );
+    // What mxpin took from main.cf is recorded, to be given back.
+    let record = change(&plan, &owned(DIR, "main.cf.taken"));
+    assert!(record
+        .new
+        .as_ref()
+        .unwrap()
+        .raw()
+        .contains("@@ smtpd_tls_chain_files\n@base \n@wrote /etc/postfix/mxpin/current.key, /etc/postfix/mxpin/current.crt\n"));
     // Each slot holds a fresh key and a certificate for it naming the mx.
     let mut spkis = Vec::new();
     for slot in ["current", "next"] {
@@ -691,6 +701,7 @@ fn backup_host_gets_tables_pins_and_list_parameters() {
         (owned(DIR, "next.key"), Action::Create, 0o600, true),
         (owned(DIR, "next.crt"), Action::Create, 0o644, false),
         (format!("{DIR}/main.cf"), Action::Modify, 0o644, false),
+        (owned(DIR, "main.cf.taken"), Action::Create, 0o644, false),
     ];
     for t in TABLE_NAMES {
         expected.push((owned(DIR, t), Action::Create, 0o644, false));
@@ -907,6 +918,7 @@ fn host_that_stops_being_a_backup_loses_tables_and_list_entries() {
         .map(|t| (owned(&dir, t), Action::Delete, 0o644, false))
         .collect();
     expected.push((format!("{dir}/main.cf"), Action::Modify, 0o644, false));
+    expected.push((owned(&dir, "main.cf.taken"), Action::Modify, 0o644, false));
     expect_changes(&plan, &expected);
     for t in TABLE_NAMES {
         let c = change(&plan, &owned(&dir, t));
@@ -921,9 +933,13 @@ fn host_that_stops_being_a_backup_loses_tables_and_list_entries() {
                 &format!("smtp_tls_policy_maps = hash:{dir}/mxpin/tls_policy"),
                 &format!("relay_domains = hash:{dir}/mxpin/relay_domains"),
                 &format!("relay_recipient_maps = hash:{dir}/mxpin/relay_recipients"),
+                // Given back too: it pins nothing any more.
+                "smtp_tls_fingerprint_digest = sha256",
+                "smtp_tls_loglevel = 1",
             ]),
             vec![]
-        )
+        ),
+        "the lines mxpin added go"
     );
     assert!(plan.steps.postfix().postmap.is_empty() && plan.steps.postfix().lookups.is_empty());
     assert!(!plan.switches_key && plan.pinned.is_empty());
@@ -1675,7 +1691,7 @@ fn live_apply_makes_a_backup_and_converges() {
     let facts = capture(&dir);
     assert_eq!(facts.main_cf, lab.read("main.cf"));
     let plan = plan_for(&inv, "relay", &facts, &home);
-    assert_eq!(plan.changes.len(), 9);
+    assert_eq!(plan.changes.len(), 10);
 
     let (result, out) = run_apply(&plan);
     assert_eq!(result, ApplyResult::Applied, "{out}");
@@ -1918,6 +1934,7 @@ fn assert_failed_apply_restores_everything(
         ("current.crt", Action::Modify),
         ("next.crt", Action::Modify),
         ("main.cf", Action::Modify),
+        ("main.cf.taken", Action::Modify),
     ]
     .into_iter()
     .map(|(n, a)| (n.to_string(), a))
