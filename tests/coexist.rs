@@ -885,3 +885,88 @@ fn renewing_the_admins_certificate_changes_nothing_mxpin_owns() {
     let verify = lab.mxpin(&["verify", "-i", &inv]);
     assert_eq!(verify.code, 0, "{verify:?}{}", logs(&lab));
 }
+
+/// An Exim primary with the admin's own certificate in exim4.conf: it
+/// stays the one every client gets (tls_certificate is an expansion on
+/// $tls_in_sni), and the Postfix backup, which asks for mxpin.invalid,
+/// gets mxpin's key and delivers Verified.
+#[test]
+fn an_exim_primary_keeps_the_admins_certificate_too() {
+    let Some(lab) = Lab::up_with(&["--exim", "home"]) else {
+        return;
+    };
+    let ca = TestCa::new(&lab);
+    let leaf = ca.issue("exim");
+    let etc = lab.dir.join("home/etc/exim4");
+    std::fs::create_dir_all(etc.join("le")).unwrap();
+    std::fs::copy(&leaf.fullchain, etc.join("le/fullchain.pem")).unwrap();
+    std::fs::copy(&leaf.key, etc.join("le/privkey.pem")).unwrap();
+    let conf = etc.join("exim4.conf");
+    let text = std::fs::read_to_string(&conf).unwrap();
+    let admin = "tls_advertise_hosts = *\n\
+                 tls_certificate = /etc/exim4/le/fullchain.pem\n\
+                 tls_privatekey = /etc/exim4/le/privkey.pem\n";
+    assert!(
+        text.contains("\ntls_advertise_hosts =\n"),
+        "the lab's base config"
+    );
+    std::fs::write(
+        &conf,
+        text.replace("\ntls_advertise_hosts =\n", &format!("\n{admin}")),
+    )
+    .unwrap();
+    let setup = lab.ssh(
+        "home",
+        "chown root:Debian-exim /etc/exim4/le/privkey.pem && chmod 640 /etc/exim4/le/privkey.pem \
+         && kill -HUP $(cat /run/exim4/exim.pid)",
+    );
+    assert_eq!(setup.code, 0, "{setup:?}");
+    let before = wait_served(&lab, &ca, &["-noservername"], &leaf.fp());
+    assert_verified(&before, "the admin's setup before mxpin");
+
+    let inv = inv(&lab);
+    let plan = lab.mxpin(&["plan", "-i", &inv]);
+    assert_eq!(plan.code, 2, "{plan:?}");
+    let apply = lab.mxpin(&["apply", "--yes", "-i", &inv]);
+    assert_eq!(apply.code, 0, "{apply:?}");
+
+    let no_sni = wait_served(&lab, &ca, &["-noservername"], &leaf.fp());
+    assert_verified(&no_sni, "no SNI, after apply");
+    let public = s_client(
+        &lab,
+        &ca,
+        &[
+            "-servername",
+            "home.example.net",
+            "-verify_hostname",
+            "home.example.net",
+        ],
+    );
+    assert_eq!(public.fp(), leaf.fp(), "{public:?}");
+    assert_verified(&public, "SNI home.example.net, after apply");
+    let pinned = s_client(&lab, &ca, &["-servername", MXPIN_SNI]);
+    assert_ne!(pinned.fp(), leaf.fp(), "{pinned:?}");
+    let pins = relay_pins_for_home(&lab);
+    assert!(
+        pins.contains(&pinned.spki()),
+        "the relay pins what home serves for {MXPIN_SNI}: {pins:?}"
+    );
+
+    let sent = lab.send_to_relay("first.last@example.net", "to an exim home 6061");
+    assert_eq!(sent.code, 0, "{sent:?}");
+    assert!(
+        wait_for(Duration::from_secs(30), || lab
+            .delivered()
+            .iter()
+            .any(|m| m.contains("to an exim home 6061"))),
+        "{}",
+        logs(&lab)
+    );
+    assert!(
+        lab.maillog("relay").contains(VERIFIED_TO_HOME),
+        "{}",
+        logs(&lab)
+    );
+    let plan = lab.mxpin(&["plan", "-i", &inv]);
+    assert_eq!(plan.code, 0, "{plan:?}");
+}

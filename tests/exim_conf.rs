@@ -155,15 +155,18 @@ fn real_exim_accepts_the_edited_config_and_fragments() {
             edited,
             "{what}: idempotent"
         );
-        let f = render::render(
-            &dir,
-            &routes,
-            &peers,
-            &relays,
-            edited.define_relay_to_domains,
-            &t,
-        )
-        .unwrap();
+        let f = render::render(&dir, &routes, &peers, &relays, &edited, &t).unwrap();
+        // The admin's own certificate stays for clients that do not ask
+        // for mxpin's name: Exim's own expansion says so.
+        if let Some((cert, _)) = &edited.admin_cert {
+            let line = f
+                .main
+                .lines()
+                .find_map(|l| l.strip_prefix("tls_certificate = "))
+                .expect("main.conf sets tls_certificate");
+            let be = lab.relay(&format!("exim4 -be '{line}'"));
+            assert_eq!(be.out.trim(), cert.as_str(), "{what}: {be:?}");
+        }
         let host_dir = lab.etc().join(format!("mxpin{n}"));
         write_fragments(&host_dir, &f, "");
         std::fs::write(lab.etc().join(format!("staged{n}.conf")), &edited.text).unwrap();
@@ -196,19 +199,26 @@ fn real_exim_accepts_the_edited_config_and_fragments() {
             "{bt:?}"
         );
         assert!(bt.out.contains("port=2525"), "{bt:?}");
-        // The options main.conf sets are Exim's now, the admin's are gone.
+        // The options main.conf sets are Exim's now; an admin's own
+        // certificate stays for everyone but mxpin's peers (SNI).
         let p = lab.relay(&format!(
             "exim4 -C {conf_file} -bP tls_certificate tls_privatekey tls_advertise_hosts +relay_to_domains +mxpin_relay_domains"
         ));
         assert_eq!(p.code, 0, "{p:?}");
+        let (cert, key) = match &edited.admin_cert {
+            Some((c, k)) => (
+                format!("${{if eq{{$tls_in_sni}}{{mxpin.invalid}}{{{dir}/current.crt}}{{{c}}}}}"),
+                format!("${{if eq{{$tls_in_sni}}{{mxpin.invalid}}{{{dir}/current.key}}{{{k}}}}}"),
+            ),
+            None => (format!("{dir}/current.crt"), format!("{dir}/current.key")),
+        };
+        assert_eq!(n == 1, edited.admin_cert.is_some(), "{what}");
         assert!(
-            p.out
-                .contains(&format!("tls_certificate = {dir}/current.crt\n")),
+            p.out.contains(&format!("tls_certificate = {cert}\n")),
             "{p:?}"
         );
         assert!(
-            p.out
-                .contains(&format!("tls_privatekey = {dir}/current.key\n")),
+            p.out.contains(&format!("tls_privatekey = {key}\n")),
             "{p:?}"
         );
         assert!(p.out.contains("tls_advertise_hosts = *\n"), "{p:?}");
@@ -263,7 +273,7 @@ fn real_exim_accepts_the_edited_config_and_fragments() {
     let edited = conf::edited(&lab_conf, dir, "acl_check_rcpt").unwrap();
     let (routes1, peers1, mut relays1) = backup();
     relays1[0].recipients = Some(vec!["new.one@example.net".into()]);
-    let f = render::render(dir, &routes1, &peers1, &relays1, false, &t).unwrap();
+    let f = render::render(dir, &routes1, &peers1, &relays1, &edited, &t).unwrap();
     write_fragments(&lab.etc().join("mxpin0"), &f, ".new");
     let staged: Vec<(String, String)> = [
         "main.conf",

@@ -34,6 +34,10 @@ pub struct Edited {
     /// main.conf must define relay_to_domains itself (the admin's config has
     /// none).
     pub define_relay_to_domains: bool,
+    /// The admin's own `tls_certificate` and `tls_privatekey` (as written,
+    /// or as mxpin commented them out): main.conf keeps serving them to
+    /// everyone and serves mxpin's key to its peers by SNI.
+    pub admin_cert: Option<(String, String)>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -267,7 +271,45 @@ pub fn edited(text: &str, dir: &str, rcpt_acl: &str) -> Result<Edited, String> {
             .push(format!(".include {main_conf}\n"));
     }
     let mut define_relay_to_domains = true;
+    let mut admin: std::collections::BTreeMap<&str, String> = Default::default();
+    // Lines an earlier run commented out, continuation lines joined as
+    // Exim joins them (comments between them skipped).
+    let main_lines = &lines[..logical.get(main_end).map_or(lines.len(), |l| l.lines.start)];
+    let mut joined: Option<String> = None;
+    let mut commented: Vec<String> = Vec::new();
+    for line in main_lines {
+        let Some(orig) = line.strip_prefix(COMMENT_PREFIX) else {
+            if joined.is_some() && is_comment(line) {
+                continue;
+            }
+            commented.extend(joined.take());
+            continue;
+        };
+        let text = orig.trim_end();
+        let (part, more) = match text.strip_suffix('\\') {
+            Some(p) => (p, true),
+            None => (text, false),
+        };
+        let acc = joined.get_or_insert_with(String::new);
+        acc.push_str(if acc.is_empty() {
+            part
+        } else {
+            part.trim_start()
+        });
+        if !more {
+            commented.extend(joined.take());
+        }
+    }
+    commented.extend(joined.take());
+    for text in &commented {
+        if let Some((name @ ("tls_certificate" | "tls_privatekey"), value)) = option(text.trim()) {
+            admin.insert(name, value.to_string());
+        }
+    }
     for l in content(0..main_end) {
+        if let Some((name @ ("tls_certificate" | "tls_privatekey"), value)) = option(&l.text) {
+            admin.insert(name, value.to_string());
+        }
         if let Some(("relay_to_domains", value)) = domainlist(&l.text) {
             define_relay_to_domains = false;
             let (sep, items) = list_items(value);
@@ -344,9 +386,14 @@ pub fn edited(text: &str, dir: &str, rcpt_acl: &str) -> Result<Edited, String> {
         out.push_str(replace[i].as_deref().unwrap_or(line));
     }
     emit_inserts(&mut out, lines.len());
+    let admin_cert = match (admin.get("tls_certificate"), admin.get("tls_privatekey")) {
+        (Some(c), Some(k)) if !c.starts_with(dir) => Some((c.clone(), k.clone())),
+        _ => None,
+    };
     Ok(Edited {
         text: out,
         define_relay_to_domains,
+        admin_cert,
     })
 }
 

@@ -550,16 +550,10 @@ pub fn plan_host(
         Layout::DebianSplit => conf::Edited {
             text: debian_relay_domains(&config, &relays, f),
             define_relay_to_domains: false,
+            admin_cert: None,
         },
     };
-    let fragments = render::render(
-        &owned,
-        &routes,
-        &peers,
-        &relays,
-        edited.define_relay_to_domains,
-        t,
-    )?;
+    let fragments = render::render(&owned, &routes, &peers, &relays, &edited, t)?;
     let main = match layout {
         Layout::Single => fragments.main.clone(),
         Layout::DebianSplit => render::render_debian_main(&owned, &relays, t)?,

@@ -175,14 +175,16 @@ fn check(dir: &str, routes: &[Route], peers: &[Peer], relays: &[Relay]) -> Resul
 }
 
 /// Renders mxpin's fragments for an Exim host whose fragment directory is
-/// `dir`. `define_relay_to_domains` (from [`super::conf::edited`]): the
-/// admin's config has no relay_to_domains list, so main.conf defines it.
+/// `dir`. From the admin's config ([`super::conf::edited`]):
+/// `define_relay_to_domains` (it has no relay_to_domains list, so main.conf
+/// defines it) and the admin's own certificate, which main.conf keeps
+/// serving to everyone but mxpin's peers.
 pub fn render(
     dir: &str,
     routes: &[Route],
     peers: &[Peer],
     relays: &[Relay],
-    define_relay_to_domains: bool,
+    admin: &super::conf::Edited,
     t: &Templates,
 ) -> Result<Fragments, String> {
     check(dir, routes, peers, relays)?;
@@ -190,7 +192,22 @@ pub fn render(
     let mut ctx = tera::Context::new();
     ctx.insert("dir", dir);
     ctx.insert("relay_domains", &relay_domains);
-    ctx.insert("define_relay_to_domains", &define_relay_to_domains);
+    ctx.insert("define_relay_to_domains", &admin.define_relay_to_domains);
+    ctx.insert("pin_server_name", crate::trust::PIN_SERVER_NAME);
+    // Re-expanded by Exim once the client's SNI is known.
+    let by_sni = |mine: &str, admins: &str| {
+        format!(
+            "${{if eq{{$tls_in_sni}}{{{}}}{{{dir}/{mine}}}{{{admins}}}}}",
+            crate::trust::PIN_SERVER_NAME
+        )
+    };
+    let (cert, key) = match &admin.admin_cert {
+        Some((cert, key)) => (by_sni("current.crt", cert), by_sni("current.key", key)),
+        None => (format!("{dir}/current.crt"), format!("{dir}/current.key")),
+    };
+    ctx.insert("admin_certificate", &admin.admin_cert.is_some());
+    ctx.insert("tls_certificate", &cert);
+    ctx.insert("tls_privatekey", &key);
     ctx.insert("routes", routes);
     ctx.insert("peers", peers);
     ctx.insert("relays", relays);
@@ -224,6 +241,14 @@ pub fn render_debian_main(dir: &str, relays: &[Relay], t: &Templates) -> Result<
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn edited(define_relay_to_domains: bool) -> crate::mta::exim::conf::Edited {
+        crate::mta::exim::conf::Edited {
+            text: String::new(),
+            define_relay_to_domains,
+            admin_cert: None,
+        }
+    }
 
     const DIR: &str = "/etc/exim4/mxpin";
     const SHA1: &str = "B3EE0C5F39C8D51632622E23FEF005FCEC7CD8BFD81E2039314FD64EF0DB67AD";
@@ -285,7 +310,7 @@ mod tests {
     #[test]
     fn backup_fragments_say_what_exim_md_verified() {
         let (routes, peers, relays) = backup();
-        let f = render(DIR, &routes, &peers, &relays, false, &templates()).unwrap();
+        let f = render(DIR, &routes, &peers, &relays, &edited(false), &templates()).unwrap();
         for text in [
             &f.main,
             &f.acl_rcpt,
@@ -349,7 +374,7 @@ mod tests {
     #[test]
     fn relay_to_domains_is_defined_only_when_asked() {
         let (routes, peers, relays) = backup();
-        let f = render(DIR, &routes, &peers, &relays, true, &templates()).unwrap();
+        let f = render(DIR, &routes, &peers, &relays, &edited(true), &templates()).unwrap();
         assert!(body(&f.main).starts_with(
             "domainlist mxpin_relay_domains = example.net : example.com\n\
              domainlist relay_to_domains = +mxpin_relay_domains\ntls_advertise_hosts = *\n"
@@ -358,7 +383,7 @@ mod tests {
 
     #[test]
     fn no_backup_leaves_comments_and_an_empty_list() {
-        let f = render(DIR, &[], &[], &[], true, &templates()).unwrap();
+        let f = render(DIR, &[], &[], &[], &edited(true), &templates()).unwrap();
         assert_eq!(
             body(&f.main),
             "domainlist mxpin_relay_domains =\n\
@@ -384,7 +409,7 @@ mod tests {
         let t = templates();
         let (routes, peers, relays) = backup();
         let err = |dir: &str, routes: &[Route], peers: &[Peer], relays: &[Relay]| {
-            let e = render(dir, routes, peers, relays, false, &t).unwrap_err();
+            let e = render(dir, routes, peers, relays, &edited(false), &t).unwrap_err();
             assert!(!e.contains('\n'), "{e}");
             e
         };
