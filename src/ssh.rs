@@ -8,7 +8,7 @@ use std::time::Duration;
 use openssh::{KnownHosts, SessionBuilder, Stdio};
 use tokio::io::AsyncWriteExt as _;
 
-use crate::inventory::Host;
+use crate::inventory::{Host, SshDestination};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SshError {
@@ -55,12 +55,18 @@ fn chain(e: &dyn std::error::Error) -> String {
 /// passes `-o StrictHostKeyChecking`, which would override the config, so
 /// read the effective value with `ssh -G` (local, no connection) and pass it
 /// on. Unset means strict.
-async fn host_key_policy(dest: &str, config: Option<&Path>) -> KnownHosts {
+async fn host_key_policy(dest: &SshDestination, config: Option<&Path>) -> KnownHosts {
     let mut cmd = tokio::process::Command::new("ssh");
     if let Some(c) = config {
         cmd.arg("-F").arg(c);
     }
-    cmd.arg("-G").arg("--").arg(dest);
+    if let Some(p) = dest.port() {
+        cmd.arg("-p").arg(p.to_string());
+    }
+    if let Some(u) = dest.user() {
+        cmd.arg("-l").arg(u);
+    }
+    cmd.arg("-G").arg("--").arg(dest.host());
     let Ok(out) = cmd.output().await else {
         return KnownHosts::Strict;
     };
@@ -88,13 +94,24 @@ impl SshHost {
         if let Some(c) = config {
             b.config_file(PathBuf::from(c));
         }
-        b.known_hosts_check(host_key_policy(dest, config).await)
+        // User and port go to ssh as -l and -p: `user@host:port` as one
+        // destination is not a form ssh knows.
+        if let Some(u) = host.ssh.user() {
+            b.user(u.to_string());
+        }
+        if let Some(p) = host.ssh.port() {
+            b.port(p);
+        }
+        b.known_hosts_check(host_key_policy(&host.ssh, config).await)
             .connect_timeout(Duration::from_secs(15))
             .server_alive_interval(Duration::from_secs(15));
-        let session = b.connect(dest).await.map_err(|e| SshError::Connect {
-            dest: dest.to_string(),
-            message: chain(&e),
-        })?;
+        let session = b
+            .connect(host.ssh.host())
+            .await
+            .map_err(|e| SshError::Connect {
+                dest: dest.to_string(),
+                message: chain(&e),
+            })?;
         Ok(SshHost {
             session,
             sudo: host.sudo,

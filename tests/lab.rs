@@ -282,3 +282,25 @@ fn remote_failures_are_named_and_change_nothing() {
     );
     assert!(lab.snapshot() == before, "no host changed");
 }
+
+/// Every documented ssh destination form connects: `user@host:port` and
+/// `[v6]`-style brackets go to ssh as `-l` and `-p`, never whole.
+#[test]
+fn ssh_user_at_host_colon_port_connects() {
+    let Some(lab) = Lab::up() else { return };
+    let text = std::fs::read_to_string(lab.inventory())
+        .unwrap()
+        .replace("ssh = \"home\"", "ssh = \"root@home.example.net:22\"")
+        .replace(
+            "ssh = \"mxpinlab@relay\"",
+            "ssh = \"mxpinlab@relay.example.org:22\"",
+        );
+    assert!(
+        text.contains("root@home.example.net:22") && text.contains("mxpinlab@relay.example.org:22")
+    );
+    let path = lab.dir.join("ports.toml");
+    std::fs::write(&path, text).unwrap();
+    let plan = lab.mxpin(&["plan", "-i", path.to_str().unwrap()]);
+    assert_eq!(plan.code, 2, "both hosts read, changes pending: {plan:?}");
+    assert!(!plan.stderr.contains("error"), "{plan:?}");
+}

@@ -744,8 +744,22 @@ impl Context<'_> {
                     let mut out: Vec<Recipient> = Vec::new();
                     for r in list {
                         let rcpt = self.value(r, |s| Recipient::parse(s, &name))?;
-                        if !out.contains(&rcpt) {
-                            out.push(rcpt);
+                        // Postfix tables fold case: two spellings are one key.
+                        match out
+                            .iter()
+                            .find(|x| x.as_str().eq_ignore_ascii_case(rcpt.as_str()))
+                        {
+                            None => out.push(rcpt),
+                            Some(x) if x == &rcpt => {}
+                            Some(x) => {
+                                return Err(self.at(
+                                    r,
+                                    format!(
+                                        "domain {name}: recipient {rcpt} is listed already as {x} \
+                                         (Postfix tables ignore case)"
+                                    ),
+                                ))
+                            }
                         }
                     }
                     Some(out)
@@ -1403,6 +1417,29 @@ tls = "implicit"
             e.contains("host vps: relayhost is supported on Postfix hosts only"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn recipients_postfix_would_misread_are_refused() {
+        let with = |list: &str| {
+            format!(
+                "[hosts.home]\nssh = \"h\"\nmx = \"home.example.net\"\n\
+                 [hosts.relay]\nssh = \"r\"\nmx = \"relay.example.org\"\n\
+                 [domains.\"example.net\"]\nprimary = \"home\"\nbackups = [\"relay\"]\n\
+                 recipients = [{list}]\n"
+            )
+        };
+        assert_eq!(
+            err(&with("\"#x@example.net\"")),
+            "mxpin.toml:10:15: invalid recipient \"#x@example.net\": unsupported local part"
+        );
+        assert_eq!(
+            err(&with("\"Bob@example.net\", \"bob@example.net\"")),
+            "mxpin.toml:10:34: domain example.net: recipient bob@example.net is listed already as \
+             Bob@example.net (Postfix tables ignore case)"
+        );
+        let inv = parse_str(&with("\"a@example.net\", \"a@example.net\"")).unwrap();
+        assert_eq!(inv.domains[0].recipients.as_ref().unwrap().len(), 1);
     }
 
     #[test]

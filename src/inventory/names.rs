@@ -85,7 +85,56 @@ impl SshDestination {
         if s.matches('@').count() > 1 || s.ends_with('@') || s.starts_with('@') {
             return Err(format!("invalid ssh destination {s:?}: misplaced '@'"));
         }
-        Ok(SshDestination(s.to_string()))
+        let d = SshDestination(s.to_string());
+        let (_, host, port) = d.split();
+        let bad_host = host.is_empty()
+            || host.starts_with('-')
+            || host.contains(['[', ']', '@'])
+            || (host.contains(':') && !s.contains('['));
+        if bad_host || port.is_some_and(|p| p.parse::<u16>().map_or(true, |p| p == 0)) {
+            return Err(format!(
+                "invalid ssh destination {s:?}: expected alias, host, user@host, user@host:port \
+                 or [v6]:port (port 1 to 65535)"
+            ));
+        }
+        Ok(d)
+    }
+
+    /// `[user@]host[:port]`, split; an IPv6 address comes without its
+    /// brackets. ssh takes the port as `-p`, never inside the destination.
+    fn split(&self) -> (Option<&str>, &str, Option<&str>) {
+        let (user, rest) = match self.0.split_once('@') {
+            Some((u, r)) => (Some(u), r),
+            None => (None, self.0.as_str()),
+        };
+        if let Some(inner) = rest.strip_prefix('[') {
+            return match inner.split_once(']') {
+                Some((h, "")) => (user, h, None),
+                Some((h, p)) => (user, h, Some(p.strip_prefix(':').unwrap_or("x"))),
+                None => (user, "", None),
+            };
+        }
+        match rest.split_once(':') {
+            // More than one ':' without brackets: an IPv6 address, refused
+            // by parse (the port would be ambiguous).
+            Some((h, p)) => (user, h, Some(p)),
+            None => (user, rest, None),
+        }
+    }
+
+    /// The login user, if given.
+    pub fn user(&self) -> Option<&str> {
+        self.split().0
+    }
+
+    /// The host (alias, name or address).
+    pub fn host(&self) -> &str {
+        self.split().1
+    }
+
+    /// The port, if given.
+    pub fn port(&self) -> Option<u16> {
+        self.split().2.and_then(|p| p.parse().ok())
     }
 }
 
@@ -131,6 +180,8 @@ impl Recipient {
         let atom = |c: char| c.is_ascii_alphanumeric() || "!#$%&'*+/=?^_`{|}~-.".contains(c);
         if local.is_empty()
             || local.len() > 64
+            // A table line starting with '#' is a comment to Postfix.
+            || local.starts_with('#')
             || local.starts_with('.')
             || local.ends_with('.')
             || local.contains("..")
@@ -199,9 +250,27 @@ mod tests {
             "host;id",
             "$(id)",
             "a@",
+            "host:0",
+            "host:99999",
+            "host:",
+            "::1",
+            "[::1",
+            "[::1]x",
+            "u@-oProxyCommand",
         ] {
             assert!(SshDestination::parse(bad).is_err(), "{bad}");
         }
+        let parts = |s: &str| {
+            let d = SshDestination::parse(s).unwrap();
+            (d.user().map(str::to_string), d.host().to_string(), d.port())
+        };
+        assert_eq!(parts("home"), (None, "home".into(), None));
+        assert_eq!(
+            parts("root@10.0.0.1:2222"),
+            (Some("root".into()), "10.0.0.1".into(), Some(2222))
+        );
+        assert_eq!(parts("[::1]:22"), (None, "::1".into(), Some(22)));
+        assert_eq!(parts("u@[::1]"), (Some("u".into()), "::1".into(), None));
     }
 
     #[test]
