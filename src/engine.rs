@@ -477,6 +477,23 @@ pub async fn apply_all(
     result
 }
 
+/// Plans again from facts just read, rotating nothing: what is left to do.
+fn replan(
+    inv: &Inventory,
+    states: &[HostState],
+    externals: &[ExternalState],
+    templates: &Templates,
+) -> FleetPlan {
+    plan_all(
+        inv,
+        states,
+        externals,
+        templates,
+        OffsetDateTime::now_utc(),
+        &Rotation::default(),
+    )
+}
+
 /// The second round of a run whose plans were transitional (hosts on a
 /// cycle of edges that all switched keys kept the old pins; a client did
 /// not take a relay that did not accept its key yet): the first round is
@@ -503,14 +520,7 @@ pub async fn finish_transition(
         return (results, None);
     }
     refresh(states, &[], run.parallel, run.monitor).await;
-    let second = plan_all(
-        inv,
-        states,
-        externals,
-        templates,
-        OffsetDateTime::now_utc(),
-        &Rotation::default(),
-    );
+    let second = replan(inv, states, externals, templates);
     let again = apply_all(states, &second.outcomes, run.parallel, run.monitor).await;
     let statuses = results
         .into_iter()
@@ -553,15 +563,7 @@ async fn converged(
         })
         .collect();
     refresh(states, &extras, parallel, monitor).await;
-    let outcomes = plan_all(
-        inv,
-        states,
-        externals,
-        templates,
-        OffsetDateTime::now_utc(),
-        &Rotation::default(),
-    )
-    .outcomes;
+    let outcomes = replan(inv, states, externals, templates).outcomes;
     report_planned(&outcomes, monitor, Phase::Done);
     outcomes
 }

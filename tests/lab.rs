@@ -241,7 +241,7 @@ fn remote_failures_are_named_and_change_nothing() {
         "{plan:?}"
     );
     assert!(
-        plan.stdout.contains("home (5 changes)"),
+        plan.stdout.contains("home (6 changes)"),
         "the healthy host is still planned: {plan:?}"
     );
 
@@ -250,7 +250,7 @@ fn remote_failures_are_named_and_change_nothing() {
     let apply = lab.mxpin(&["apply", "--yes", "-i", path]);
     assert_eq!(apply.code, 1, "{apply:?}");
     assert!(
-        apply.stdout.contains("home: applied 5 change(s)"),
+        apply.stdout.contains("home: applied 6 change(s)"),
         "{apply:?}"
     );
     let after = lab.snapshot();

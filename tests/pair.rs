@@ -15,7 +15,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{log_count, log_lines, wait_for, Lab, Run};
+use common::{log_count, log_lines, served_key, wait_for, Lab, Run};
 
 const HOME: &str = "127.0.0.2";
 const VPS: &str = "127.0.0.3";
@@ -100,24 +100,6 @@ fn reply_to<'a>(swaks: &'a Run, command: &str) -> Option<&'a str> {
 /// The SMTP code of a swaks reply line ("<~* 450 4.3.2 ..." -> "450").
 fn code(reply: &str) -> &str {
     reply.split_whitespace().nth(1).unwrap_or_default()
-}
-
-/// SHA-256 of the public key ADDR:PORT presents after STARTTLS, read with
-/// an independent client (openssl s_client).
-fn served_key(lab: &Lab, addr: &str, port: u16) -> String {
-    let cmd = format!(
-        "echo QUIT | timeout 20 openssl s_client -starttls smtp -connect {addr}:{port} 2>/dev/null \
-         | openssl x509 -noout -pubkey | openssl pkey -pubin -outform DER | sha256sum"
-    );
-    let run = lab.exec(&["bash", "-c", &cmd]);
-    let fp = run
-        .stdout
-        .split_whitespace()
-        .next()
-        .unwrap_or_default()
-        .to_string();
-    assert_eq!(fp.len(), 64, "no certificate from {addr}:{port}: {run:?}");
-    fp
 }
 
 fn logs(lab: &Lab) -> String {

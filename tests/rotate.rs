@@ -4,28 +4,10 @@ mod common;
 
 use std::time::Duration;
 
-use common::{wait_for, Lab};
+use common::{served_key, wait_for, Lab};
 
 fn inv(lab: &Lab) -> String {
     lab.inventory().to_str().unwrap().to_string()
-}
-
-/// SHA-256 of the public key the host presents on port 25, read with an
-/// independent client (openssl s_client -starttls smtp).
-fn served_key(lab: &Lab, addr: &str) -> String {
-    let cmd = format!(
-        "echo QUIT | timeout 20 openssl s_client -starttls smtp -connect {addr}:25 2>/dev/null \
-         | openssl x509 -noout -pubkey | openssl pkey -pubin -outform DER | sha256sum"
-    );
-    let run = lab.exec(&["bash", "-c", &cmd]);
-    let fp = run
-        .stdout
-        .split_whitespace()
-        .next()
-        .unwrap_or_default()
-        .to_string();
-    assert_eq!(fp.len(), 64, "no certificate from {addr}: {run:?}");
-    fp
 }
 
 /// The fingerprints a host's tls_policy pins for home, as written on disk.
@@ -53,7 +35,10 @@ fn rotation_under_load_defers_nothing() {
     let inv = inv(&lab);
     let apply = lab.mxpin(&["apply", "--yes", "-i", &inv]);
     assert_eq!(apply.code, 0, "{apply:?}");
-    let before = (served_key(&lab, "127.0.0.2"), served_key(&lab, "127.0.0.3"));
+    let before = (
+        served_key(&lab, "127.0.0.2", 25),
+        served_key(&lab, "127.0.0.3", 25),
+    );
 
     std::thread::scope(|scope| {
         let sender = scope.spawn(|| {
@@ -93,7 +78,10 @@ fn rotation_under_load_defers_nothing() {
         .rfind(|l| l.contains("TLS connection established to home.example.net"))
         .unwrap();
     assert!(last_tls.contains("Verified TLS connection"), "{last_tls}");
-    let after = (served_key(&lab, "127.0.0.2"), served_key(&lab, "127.0.0.3"));
+    let after = (
+        served_key(&lab, "127.0.0.2", 25),
+        served_key(&lab, "127.0.0.3", 25),
+    );
     assert_ne!(before.0, after.0, "home serves a new key");
     assert_ne!(before.1, after.1, "relay serves a new key");
     let plan = lab.mxpin(&["plan", "-i", &inv]);

@@ -333,3 +333,21 @@ pub fn wait_for(limit: Duration, mut check: impl FnMut() -> bool) -> bool {
     }
     check()
 }
+
+/// SHA-256 (hex) of the public key `addr:port` presents after STARTTLS,
+/// read with an independent client (openssl s_client).
+pub fn served_key(lab: &Lab, addr: &str, port: u16) -> String {
+    let cmd = format!(
+        "echo QUIT | timeout 20 openssl s_client -starttls smtp -connect {addr}:{port} 2>/dev/null \
+         | openssl x509 -noout -pubkey | openssl pkey -pubin -outform DER | sha256sum"
+    );
+    let run = lab.exec(&["bash", "-c", &cmd]);
+    let fp = run
+        .stdout
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_string();
+    assert_eq!(fp.len(), 64, "no certificate from {addr}:{port}: {run:?}");
+    fp
+}
