@@ -5,6 +5,7 @@
 //! list parameters keep the admin's own entries, with mxpin's table first so
 //! that no older entry can override a pin.
 
+mod drain;
 pub mod maincf;
 pub mod mastercf;
 pub mod script;
@@ -486,6 +487,9 @@ pub struct ApplySteps {
     pub running: bool,
     /// Remove mxpin's directory once empty (release).
     pub remove_owned_dir: bool,
+    /// Backed-up domains whose route or pins change: their deferred mail
+    /// is retried right after the reload (`postqueue -s`).
+    pub flush: Vec<String>,
 }
 
 /// The entries of a Postfix table text, as postmap reads them: key and
@@ -1236,12 +1240,15 @@ pub fn plan_host(
         .iter()
         .map(|p| format!("postmap -c {dir} {}:{p}", f.db_type))
         .collect();
+    let mut flush = Vec::new();
     // A table whose database is merely stale is rebuilt in place.
     let needs_work = !changes.is_empty() || !postmap.is_empty();
     if needs_work {
         commands.push(format!("postfix -c {dir} check"));
         if f.running {
             commands.push(format!("postfix -c {dir} reload"));
+            flush = drain::domains(d, f, inv, &tables, &new_main, &owned);
+            commands.extend(flush.iter().map(|x| format!("postqueue -c {dir} -s {x}")));
         } else {
             notes.push("Postfix is not running: apply will not start or reload it".into());
         }
@@ -1284,6 +1291,7 @@ pub fn plan_host(
             lookups,
             running: f.running,
             remove_owned_dir: d.host.release,
+            flush,
         }),
     })
 }

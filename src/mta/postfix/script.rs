@@ -207,11 +207,50 @@ for t in $swapped; do rm -f "$t.mxpin-old"; done
     if steps.remove_owned_dir {
         let _ = writeln!(s, "rmdir \"$C/{}\" 2>/dev/null || :", super::OWNED_DIR);
     }
-    s.push_str(
-        r#"printf '@@mxpin-ok\n'
+    s.push_str("printf '@@mxpin-ok\\n'\n");
+    flush(&mut s, &steps.flush);
+    s.push_str("}\nmxpin_apply\n");
+    ApplyScript::new(Zeroizing::new(s))
 }
-mxpin_apply
+
+/// Shell that retries, right after a successful reload, the deferred mail
+/// of the domains whose route or pins changed, with `postqueue -s`: the
+/// fast flush service, which serves `$relay_domains` by default, and so
+/// mxpin's relay_domains table. It runs after the verdict, so nothing here
+/// can roll the configuration back, and its failure never fails the apply
+/// (the configuration is in place and valid); it is reported on a
+/// `@@mxpin-note` line, which the verdict protocol ignores.
+///
+/// Never `postqueue -f`: that retries every deferred message, also the
+/// mail queued for a primary that is down, which must keep its schedule.
+/// When `-s` is refused (`fast_flush_domains` without the domain, or a
+/// domain this host no longer backs up), the deferred messages with a
+/// recipient in the domain are retried by queue ID instead (`postqueue -j`,
+/// Postfix 3.1+, then `postqueue -i`).
+fn flush(s: &mut String, domains: &[String]) {
+    if domains.is_empty() {
+        return;
+    }
+    s.push_str(
+        r#"flush_domain() {
+  out=$(postqueue -c "$C" -s "$1" 2>&1) && return 0
+  ids=$(postqueue -c "$C" -j 2>/dev/null | grep -F '"queue_name": "deferred"' | grep -i -e "$2" \
+    | sed -n 's/^.*"queue_id": *"\([^"]*\)".*$/\1/p')
+  n=0
+  for id in $ids; do
+    if postqueue -c "$C" -i "$id" >/dev/null 2>&1; then n=$((n + 1)); fi
+  done
+  printf '@@mxpin-note flush %s: postqueue -s failed (%s); %s deferred message(s) retried by queue ID\n' \
+    "$1" "$(printf '%s' "$out" | tr '\n' ' ')" "$n"
+}
+if postfix -c "$C" status >/dev/null 2>&1; then
 "#,
     );
-    ApplyScript::new(Zeroizing::new(s))
+    for d in domains {
+        // A recipient of the domain in `postqueue -j` (a basic regular
+        // expression; the domain is a validated DNS name).
+        let recipient = format!(r#""address": *"[^"]*@{}""#, d.replace('.', r"\."));
+        let _ = writeln!(s, "  flush_domain {} {}", quote(d), quote(&recipient));
+    }
+    s.push_str("fi\n");
 }

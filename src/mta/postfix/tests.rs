@@ -2769,3 +2769,6 @@ fn an_admins_own_certificate_stays_and_peers_get_the_pin_by_sni() {
         "{snippet}"
     );
 }
+
+/// Deferred mail after a fix: which domains apply flushes, and how.
+mod drain;

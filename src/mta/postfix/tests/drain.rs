@@ -1,0 +1,315 @@
+//! The domains whose deferred mail apply retries right after the reload
+//! (`postqueue -s`): decided by the pure planner, run by the script only
+//! after a successful reload.
+
+use super::*;
+
+/// `f`, with Postfix running (only then is anything reloaded or flushed).
+fn running(mut f: PostfixFacts) -> PostfixFacts {
+    f.running = true;
+    f
+}
+
+fn flush_of(plan: &HostPlan) -> Vec<String> {
+    let mut v = plan.steps.postfix().flush.clone();
+    v.sort();
+    v
+}
+
+fn postqueue_commands(plan: &HostPlan) -> Vec<&str> {
+    plan.commands
+        .iter()
+        .map(String::as_str)
+        .filter(|c| c.starts_with("postqueue"))
+        .collect()
+}
+
+/// relay backs up example.net for home and example.com for `other`
+/// (another primary), each host with its own keys.
+fn two_primaries(recipients: &str) -> Inventory {
+    let text = format!(
+        r#"
+[hosts.home]
+ssh = "home"
+mx = "home.example.net"
+
+[hosts.other]
+ssh = "other"
+mx = "mx.example.com"
+
+[hosts.relay]
+ssh = "relay"
+mx = "relay.example.org"
+
+[domains."example.net"]
+primary = "home"
+backups = ["relay"]
+recipients = [{recipients}]
+
+[domains."example.com"]
+primary = "other"
+backups = ["relay"]
+"#
+    );
+    inventory::parse(Path::new("mxpin.toml"), &text).unwrap()
+}
+
+/// Plans `target` with `facts`, every other host with its own stored keys.
+fn plan_with(
+    inv: &Inventory,
+    target: &str,
+    facts: &PostfixFacts,
+    keys: &BTreeMap<&str, StoredKeys>,
+) -> HostPlan {
+    let resolved = inv
+        .hosts
+        .iter()
+        .map(|h| {
+            let stored = if h.name.as_str() == target {
+                facts.stored_keys()
+            } else {
+                keys[h.name.as_str()].clone()
+            };
+            desired::resolve_keys(inv, h, &stored, now()).map_err(|e| e.to_string())
+        })
+        .collect();
+    let i = inv
+        .hosts
+        .iter()
+        .position(|h| h.name.as_str() == target)
+        .unwrap();
+    let d = desired::desired(inv, resolved, &Default::default(), &[])
+        .swap_remove(i)
+        .unwrap();
+    plan_host(&d, facts, inv, &Templates::load(None).unwrap()).unwrap()
+}
+
+#[test]
+fn a_new_backup_role_flushes_its_domains_after_the_reload() {
+    let inv = inventory(DIR, true);
+    let f = running(fixture_facts(FRESH));
+    let plan = plan_for(&inv, "relay", &f, &new_keys("home.example.net"));
+    assert_eq!(flush_of(&plan), ["example.com", "example.net"]);
+    let reload = plan
+        .commands
+        .iter()
+        .position(|c| c == &format!("postfix -c {DIR} reload"))
+        .unwrap();
+    let first = plan
+        .commands
+        .iter()
+        .position(|c| c.starts_with("postqueue"))
+        .unwrap();
+    assert!(reload < first, "{:?}", plan.commands);
+    let mut shown = postqueue_commands(&plan);
+    shown.sort();
+    assert_eq!(
+        shown,
+        [
+            "postqueue -c /etc/postfix -s example.com",
+            "postqueue -c /etc/postfix -s example.net"
+        ]
+    );
+    assert!(render_host(&plan).contains("    postqueue -c /etc/postfix -s example.net\n"));
+
+    // Not running: neither reloaded nor flushed.
+    let plan = plan_for(
+        &inv,
+        "relay",
+        &fixture_facts(FRESH),
+        &new_keys("home.example.net"),
+    );
+    assert!(flush_of(&plan).is_empty());
+    assert!(postqueue_commands(&plan).is_empty(), "{:?}", plan.commands);
+    assert!(!apply_script(&plan).text().contains("postqueue"));
+}
+
+#[test]
+fn a_pin_change_flushes_the_domain_and_an_unrelated_change_does_not() {
+    let keys = BTreeMap::from([
+        ("home", new_keys("home.example.net")),
+        ("other", new_keys("mx.example.com")),
+    ]);
+    let inv = two_primaries(r#""first.last@example.net""#);
+    let f = running(fixture_facts(FRESH));
+    let first = plan_with(&inv, "relay", &f, &keys);
+    assert_eq!(flush_of(&first), ["example.com", "example.net"]);
+    let f = simulate_apply(&f, &first);
+    assert_converged(&plan_with(&inv, "relay", &f, &keys));
+
+    // home's key changes: only example.net is re-pinned, and flushed; the
+    // mail relay holds for example.com keeps its retry schedule.
+    let mut rekeyed = keys.clone();
+    rekeyed.insert("home", new_keys("home.example.net"));
+    let plan = plan_with(&inv, "relay", &f, &rekeyed);
+    expect_changes(
+        &plan,
+        &[(owned(DIR, "tls_policy"), Action::Modify, 0o644, false)],
+    );
+    assert_eq!(flush_of(&plan), ["example.net"]);
+    assert_eq!(
+        postqueue_commands(&plan),
+        ["postqueue -c /etc/postfix -s example.net"]
+    );
+
+    // A recipient added changes what relay accepts, not where it sends.
+    let more = two_primaries(r#""first.last@example.net", "second@example.net""#);
+    let plan = plan_with(&more, "relay", &f, &keys);
+    expect_changes(
+        &plan,
+        &[(owned(DIR, "relay_recipients"), Action::Modify, 0o644, false)],
+    );
+    assert!(flush_of(&plan).is_empty());
+    assert!(plan.commands.contains(&format!("postfix -c {DIR} reload")));
+    assert!(postqueue_commands(&plan).is_empty(), "{:?}", plan.commands);
+    assert!(!apply_script(&plan).text().contains("postqueue"));
+
+    // A domain moving to another primary is flushed (its route changes);
+    // the other keeps its route.
+    let mut m = two_primaries(r#""first.last@example.net""#);
+    let other = m
+        .hosts
+        .iter()
+        .position(|h| h.name.as_str() == "other")
+        .unwrap();
+    m.hosts[other].smtp_port = 2525;
+    let plan = plan_with(&m, "relay", &f, &keys);
+    assert_eq!(flush_of(&plan), ["example.com"]);
+}
+
+#[test]
+fn a_backup_role_that_ends_flushes_its_old_domains() {
+    let (home_dir, dir) = (fixture_dir("home"), fixture_dir("relay"));
+    let f = running(fixture_facts(RELAY_APPLIED));
+    let inv = inventory_with(&home_dir, &dir, 25, "relay.example.org", false);
+    let plan = plan_for(&inv, "relay", &f, &StoredKeys::default());
+    assert_eq!(flush_of(&plan), ["example.com", "example.net"]);
+}
+
+#[test]
+fn a_stale_policy_database_counts_as_a_pin_change() {
+    let inv = inventory_with(
+        &fixture_dir("home"),
+        &fixture_dir("relay"),
+        25,
+        "relay.example.org",
+        true,
+    );
+    let home = fixture_facts(HOME_APPLIED);
+    let relay = running(fixture_facts(RELAY_APPLIED));
+    assert_converged(&plan_for(&inv, "relay", &relay, &home.stored_keys()));
+    // Postfix reads an older database than the table says.
+    let mut stale = relay.clone();
+    stale.fresh.insert("tls_policy".into(), vec![]);
+    let plan = plan_for(&inv, "relay", &stale, &home.stored_keys());
+    assert!(plan.changes.is_empty());
+    assert_eq!(flush_of(&plan), ["example.com", "example.net"]);
+    // A stale recipient table does not.
+    let mut stale = relay.clone();
+    stale.fresh.insert("relay_recipients".into(), vec![]);
+    let plan = plan_for(&inv, "relay", &stale, &home.stored_keys());
+    assert!(!plan.steps.postfix().postmap.is_empty());
+    assert!(flush_of(&plan).is_empty());
+}
+
+#[test]
+fn the_script_flushes_only_after_the_reload_and_never_on_rollback() {
+    let inv = inventory(DIR, true);
+    let f = running(fixture_facts(FRESH));
+    let plan = plan_for(&inv, "relay", &f, &new_keys("home.example.net"));
+    let script = apply_script(&plan);
+    let text = script.text();
+    let at = |needle: &str| {
+        text.find(needle)
+            .unwrap_or_else(|| panic!("{needle:?} not in the script"))
+    };
+    let reload = at("out=$(postfix -c \"$C\" reload 2>&1) || fail \"$out\"");
+    let ok = at("printf '@@mxpin-ok\\n'");
+    let flush = at("flush_domain 'example.net' ");
+    assert!(
+        reload < ok && ok < flush,
+        "flush after the reload and the verdict"
+    );
+    assert_eq!(text.matches("postqueue -c \"$C\" -s \"$1\"").count(), 1);
+    assert!(!text.contains("postqueue -f") && !text.contains("postqueue -c \"$C\" -f"));
+    // Everything the flush runs sits after the verdict: no `fail` (which
+    // would roll back) there.
+    assert!(!text[ok..].contains("fail "), "{}", &text[ok..]);
+    let rollback = at("reload_after_rollback() {");
+    let rollback_end = rollback + text[rollback..].find("\n}\n").unwrap();
+    assert!(!text[rollback..rollback_end].contains("postqueue"));
+    assert!(text.contains(r#"flush_domain 'example.net' '"address": *"[^"]*@example\.net"'"#));
+    assert!(text.ends_with("fi\n}\nmxpin_apply\n"), "{}", &text[ok..]);
+    // The whole script parses.
+    let out = sh(&format!("printf '%s' {} | sh -n", quote(text)));
+    assert!(out.status.success(), "{out:?}");
+}
+
+/// The flush itself, with a fake `postqueue` and `postfix` on the PATH: `-s`
+/// when the fast flush service takes the domain; otherwise the deferred
+/// messages with a recipient in the domain, by queue ID, reported on a
+/// `@@mxpin-note` line; never anything else, and never a failed apply.
+#[test]
+fn the_flush_falls_back_to_queue_ids_of_the_domain_only() {
+    let inv = inventory(DIR, true);
+    let f = running(fixture_facts(FRESH));
+    let plan = plan_for(&inv, "relay", &f, &new_keys("home.example.net"));
+    let text = apply_script(&plan).text().to_string();
+    let ok = text.find("printf '@@mxpin-ok\\n'").unwrap();
+    let body = &text[ok..text.rfind("}\nmxpin_apply").unwrap()];
+
+    let bin = tempfile::tempdir().unwrap();
+    let log = bin.path().join("calls");
+    let fake = |name: &str, script: &str| {
+        let p = bin.path().join(name);
+        std::fs::write(&p, format!("#!/bin/sh\n{script}")).unwrap();
+        std::fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    };
+    fake("postfix", "exit 0\n");
+    let json = [
+        r#"{"queue_name": "deferred", "queue_id": "AAA1", "recipients": [{"address": "first.last@example.net", "delay_reason": "x"}]}"#,
+        r#"{"queue_name": "deferred", "queue_id": "BBB2", "recipients": [{"address": "someone@down.example", "delay_reason": "x"}]}"#,
+        r#"{"queue_name": "deferred", "queue_id": "CCC3", "recipients": [{"address": "a@example.network", "delay_reason": "x"}]}"#,
+        r#"{"queue_name": "hold", "queue_id": "DDD4", "recipients": [{"address": "b@example.net", "delay_reason": "x"}]}"#,
+        r#"{"queue_name": "deferred", "queue_id": "EEE5", "recipients": [{"address": "c@EXAMPLE.COM", "delay_reason": "x"}]}"#,
+    ]
+    .join("\n");
+    fake(
+        "postqueue",
+        &format!(
+            "echo \"$*\" >> {log}\ncase \"$3\" in\n\
+             -s) if [ \"$4\" = example.com ]; then exit 0; fi\n\
+                 echo 'postqueue: fatal: Flush service is not configured for destination \"'$4'\"' >&2; exit 69 ;;\n\
+             -j) cat <<'EOF'\n{json}\nEOF\n ;;\nesac\nexit 0\n",
+            log = quote(log.to_str().unwrap()),
+        ),
+    );
+    let out = sh(&format!(
+        "PATH={}:$PATH; C=/etc/postfix; {body}",
+        quote(bin.path().to_str().unwrap())
+    ));
+    assert!(out.status.success(), "{out:?}");
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let mut calls: Vec<String> = std::fs::read_to_string(&log)
+        .unwrap()
+        .lines()
+        .map(str::to_string)
+        .collect();
+    calls.sort();
+    assert_eq!(
+        calls,
+        [
+            "-c /etc/postfix -i AAA1",
+            "-c /etc/postfix -j",
+            "-c /etc/postfix -s example.com",
+            "-c /etc/postfix -s example.net",
+        ]
+    );
+    assert_eq!(
+        stdout,
+        "@@mxpin-ok\n@@mxpin-note flush example.net: postqueue -s failed (postqueue: fatal: \
+         Flush service is not configured for destination \"example.net\"); 1 deferred \
+         message(s) retried by queue ID\n"
+    );
+    assert_eq!(parse_result(&stdout), Some(ApplyResult::Applied));
+}
