@@ -10,6 +10,7 @@
 //! system CAs to that file; Debian's GnuTLS build does not).
 
 pub mod conf;
+mod drain;
 pub mod render;
 pub mod script;
 
@@ -417,6 +418,9 @@ pub struct ApplySteps {
     pub config_before: String,
     pub pid_file: String,
     pub route_tests: Vec<RouteTest>,
+    /// Backed-up domains whose route or pins change: their deferred mail
+    /// is retried right after the reload (`exim -Rrf`).
+    pub flush: Vec<String>,
 }
 
 /// Shell that checks, on an Exim backup, how each backed-up domain routes.
@@ -630,6 +634,8 @@ pub fn plan_host(
     }
 
     let mut commands = Vec::new();
+    let mut flush = Vec::new();
+    let confd = format!("{dir}/conf.d/");
     let needs_work = !changes.is_empty();
     if needs_work {
         if layout == Layout::DebianSplit {
@@ -643,6 +649,25 @@ pub fn plan_host(
         }
         if f.running {
             commands.push(format!("kill -HUP $(cat {})", f.pid_file));
+            let rehooked = match layout {
+                Layout::Single => edited.text != config,
+                Layout::DebianSplit => changes.iter().any(|c| c.path.starts_with(&confd)),
+            };
+            let new_file = |name: &str| match name {
+                "pins" => Some(fragments.pins.as_str()),
+                _ => peer_files
+                    .iter()
+                    .find(|(n, _)| n == name)
+                    .map(|(_, pem)| pem.as_str()),
+            };
+            flush = drain::domains(&f.files, &fragments, new_file, rehooked);
+            if !flush.is_empty() {
+                commands.push(format!(
+                    "{} -Rrf {} (in the background)",
+                    f.bin,
+                    quote(&drain::select_regex(&flush))
+                ));
+            }
         } else {
             notes.push("Exim is not running: apply will not start or reload it".into());
         }
@@ -694,6 +719,7 @@ pub fn plan_host(
             config_before: config,
             pid_file: f.pid_file.clone(),
             route_tests,
+            flush,
         }),
     })
 }

@@ -156,9 +156,40 @@ reload_exim || fail "cannot signal the Exim daemon"
 trap '' HUP INT TERM
 for t in $swapped; do rm -f "$t.mxpin-old"; done
 printf '@@mxpin-ok\n'
-}
-mxpin_apply
 "#,
     );
+    flush(&mut s, steps);
+    s.push_str("}\nmxpin_apply\n");
     ApplyScript::new(Zeroizing::new(s))
+}
+
+/// Shell that retries, right after a successful reload, the deferred mail
+/// of the domains whose route or pins changed: one queue run, `exim -Rrf
+/// REGEX`, over the messages with a recipient in one of them (`r`: a
+/// regular expression, anchored, where `-R DOMAIN` would match any address
+/// containing the text; `f`: retry times are overridden for every selected
+/// message, not only the first). Not `-Rff`: messages an admin froze stay
+/// frozen. Mail for every other domain, such as mail queued for a primary
+/// that is down, keeps its retry schedule.
+///
+/// It runs after the verdict, so nothing here can roll the configuration
+/// back, and only while the daemon runs (a stopped Exim is not made to
+/// deliver). The queue run is started in the background, detached, its
+/// exit status ignored: it delivers one message after the other, and a
+/// primary that does not answer would hold apply for Exim's connect timeout
+/// (5 minutes) per message. Its outcome is in Exim's mainlog (`Start queue
+/// run: ... -Rr ...`).
+fn flush(s: &mut String, steps: &ApplySteps) {
+    if steps.flush.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        s,
+        "pid=''\nif [ -r {p} ]; then read -r pid < {p} || :; fi\n\
+         if [ -n \"$pid\" ] && kill -0 \"$pid\" 2>/dev/null; then\n  \
+         if command -v setsid >/dev/null 2>&1; then S=setsid; else S=''; fi\n  \
+         $S \"$X\" -Rrf {} </dev/null >/dev/null 2>&1 &\nfi",
+        quote(&super::drain::select_regex(&steps.flush)),
+        p = quote(&steps.pid_file),
+    );
 }

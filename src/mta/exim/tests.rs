@@ -345,3 +345,6 @@ fn route_test_reads_exim_bt_output() {
     assert!(!t2525.passes(good));
     assert!(t2525.passes(&good.replace("] \n", "] port=2525\n")));
 }
+
+/// Deferred mail after a fix: which domains apply flushes, and how.
+mod drain;
