@@ -163,17 +163,7 @@ fn inventory(dir: &str, backup: bool) -> Inventory {
 
 /// Fresh key slots for `mx`, as they would be found on a host.
 fn new_keys(mx: &str) -> StoredKeys {
-    let pair = || {
-        let id = tls::generate(KeyAlgorithm::EcdsaP256, mx, 825, now()).unwrap();
-        StoredPair {
-            key: Some(id.key),
-            cert: Some(id.cert.pem().to_string()),
-        }
-    };
-    StoredKeys {
-        current: pair(),
-        next: pair(),
-    }
+    crate::mta::testing::new_keys(mx, now())
 }
 
 /// The public-key pins (sha256) of stored keys: current, then next.

@@ -5,9 +5,7 @@
 use std::collections::BTreeMap;
 
 use super::*;
-use crate::desired::StoredPair;
 use crate::mta::FoundFile;
-use crate::tls::{self, KeyAlgorithm};
 
 /// relay (Exim) backs up example.net for home and example.com for other.
 fn two_primaries(recipients: &str) -> Inventory {
@@ -40,17 +38,7 @@ backups = ["relay"]
 }
 
 fn new_keys(mx: &str) -> StoredKeys {
-    let pair = || {
-        let id = tls::generate(KeyAlgorithm::EcdsaP256, mx, 825, now()).unwrap();
-        StoredPair {
-            key: Some(id.key),
-            cert: Some(id.cert.pem().to_string()),
-        }
-    };
-    StoredKeys {
-        current: pair(),
-        next: pair(),
-    }
+    crate::mta::testing::new_keys(mx, now())
 }
 
 /// Plans relay with `f`, every other host with its own stored keys.
