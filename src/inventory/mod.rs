@@ -329,6 +329,13 @@ impl Inventory {
             .find(|h| &h.name == name)
             .cloned()
             .ok_or_else(|| format!("release {name}: no such host in {}", self.file.display()))?;
+        if host.mta != Mta::Postfix {
+            return Err(format!(
+                "release {name}: release is built for Postfix hosts only; on an Exim host, \
+                 take out mxpin's .include lines and {} by hand",
+                host.config_dir.join("mxpin")
+            ));
+        }
         host.release = true;
         host.relayhost = None;
         host.fetchmail.clear();
@@ -1417,6 +1424,34 @@ tls = "implicit"
             e.contains("host vps: relayhost is supported on Postfix hosts only"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn release_is_refused_while_an_edge_touches_the_host_and_on_exim() {
+        let inv = parse_str(GOOD).unwrap();
+        let home = HostName::parse("home").unwrap();
+        let e = inv.for_release(&home).unwrap_err();
+        assert!(
+            e.starts_with("release home: relay pins home (backup route)"),
+            "{e}"
+        );
+        let alone = parse_str(
+            "[hosts.home]\nssh = \"h\"\nmx = \"home.example.net\"\nrelayhost = \"isp\"\n\
+             [hosts.mx2]\nssh = \"m\"\nmx = \"mx2.example.net\"\nmta = \"exim\"\n\
+             [external.isp]\naddress = \"mail.isp.example:587\"\ntls = \"starttls\"\n",
+        )
+        .unwrap();
+        let released = alone.for_release(&home).unwrap();
+        assert_eq!(released.hosts.len(), 1);
+        assert!(released.hosts[0].release && released.hosts[0].relayhost.is_none());
+        let e = alone
+            .for_release(&HostName::parse("mx2").unwrap())
+            .unwrap_err();
+        assert!(e.contains("Postfix hosts only"), "{e}");
+        let e = alone
+            .for_release(&HostName::parse("nope").unwrap())
+            .unwrap_err();
+        assert!(e.contains("no such host"), "{e}");
     }
 
     #[test]
