@@ -283,8 +283,9 @@ fn remote_failures_are_named_and_change_nothing() {
     assert!(lab.snapshot() == before, "no host changed");
 }
 
-/// Every documented ssh destination form connects: `user@host:port` and
-/// `[v6]`-style brackets go to ssh as `-l` and `-p`, never whole.
+/// The `user@host:port` form connects: user and port go to ssh as `-l`
+/// and `-p`, never as one destination (the bracketed `[v6]:port` form is
+/// split the same way; its parsing has a unit test).
 #[test]
 fn ssh_user_at_host_colon_port_connects() {
     let Some(lab) = Lab::up() else { return };
