@@ -20,6 +20,9 @@ use mxpin::tls::{Certificate, Digest, PinKind};
 use mxpin::trust::Purpose;
 
 /// Pin self-signed TLS keys between your own mail hosts.
+///
+/// Exit status: 0 done (plan, dry runs: nothing to change), 2 changes pending
+/// (plan and dry runs only), 1 any error, a usage error included.
 #[derive(Parser)]
 #[command(version, about)]
 struct Cli {
@@ -856,7 +859,15 @@ async fn run_tlsa(common: &Common) -> Result<u8, String> {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    // A usage error exits 1, never clap's 2, which scripts read as
+    // "changes pending"; --help and --version exit 0.
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() { EXIT_ERROR } else { 0 });
+        }
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -176,3 +176,23 @@ fn relay_loops_and_exim_relays_are_refused_before_connecting() {
         "FILE:12:13: host relay: relayhost is supported on Postfix hosts only",
     );
 }
+
+/// A usage error is an error (1), not "changes pending" (2); help is 0.
+#[test]
+fn usage_errors_exit_1_and_help_exits_0() {
+    for args in [&["plan", "--jsn"][..], &["nonsense"], &[]] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_mxpin"))
+            .args(args)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {out:?}");
+        assert!(!out.stderr.is_empty(), "{args:?}");
+    }
+    for args in [&["--help"][..], &["plan", "--help"], &["--version"]] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_mxpin"))
+            .args(args)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {out:?}");
+    }
+}
