@@ -61,19 +61,32 @@ fn now() -> OffsetDateTime {
 }
 
 fn plan_relay(inv: &Inventory, f: &EximFacts) -> Result<HostPlan, String> {
+    plan_relay_keyed(inv, f, &|_| home_keys())
+}
+
+/// Plans relay with `f`, every other host with `peer_keys(name)`.
+fn plan_relay_keyed(
+    inv: &Inventory,
+    f: &EximFacts,
+    peer_keys: &dyn Fn(&str) -> StoredKeys,
+) -> Result<HostPlan, String> {
     let keys = inv
         .hosts
         .iter()
         .map(|h| {
-            let stored = if h.name.as_str() == "relay" {
-                f.stored_keys()
-            } else {
-                home_keys()
+            let stored = match h.name.as_str() {
+                "relay" => f.stored_keys(),
+                name => peer_keys(name),
             };
             desired::resolve_keys(inv, h, &stored, now()).map_err(|e| e.to_string())
         })
         .collect();
-    let d = desired::desired(inv, keys, &Default::default(), &[]).swap_remove(1)?;
+    let i = inv
+        .hosts
+        .iter()
+        .position(|h| h.name.as_str() == "relay")
+        .unwrap();
+    let d = desired::desired(inv, keys, &Default::default(), &[]).swap_remove(i)?;
     plan_host(&d, f, inv, &Templates::load(None).unwrap())
 }
 

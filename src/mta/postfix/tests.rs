@@ -185,6 +185,16 @@ fn try_plan(
     facts: &PostfixFacts,
     peers: &StoredKeys,
 ) -> Result<HostPlan, String> {
+    try_plan_keyed(inv, target, facts, &|_| peers.clone())
+}
+
+/// [`try_plan`] with each other host's keys from `peer_keys(name)`.
+fn try_plan_keyed(
+    inv: &Inventory,
+    target: &str,
+    facts: &PostfixFacts,
+    peer_keys: &dyn Fn(&str) -> StoredKeys,
+) -> Result<HostPlan, String> {
     let keys = inv
         .hosts
         .iter()
@@ -192,7 +202,7 @@ fn try_plan(
             let stored = if h.name.as_str() == target {
                 facts.stored_keys()
             } else {
-                peers.clone()
+                peer_keys(h.name.as_str())
             };
             desired::resolve_keys(inv, h, &stored, now()).map_err(|e| e.to_string())
         })

@@ -43,26 +43,7 @@ fn new_keys(mx: &str) -> StoredKeys {
 
 /// Plans relay with `f`, every other host with its own stored keys.
 fn plan_with(inv: &Inventory, f: &EximFacts, keys: &BTreeMap<&str, StoredKeys>) -> HostPlan {
-    let resolved = inv
-        .hosts
-        .iter()
-        .map(|h| {
-            let stored = match h.name.as_str() {
-                "relay" => f.stored_keys(),
-                name => keys[name].clone(),
-            };
-            desired::resolve_keys(inv, h, &stored, now()).map_err(|e| e.to_string())
-        })
-        .collect();
-    let i = inv
-        .hosts
-        .iter()
-        .position(|h| h.name.as_str() == "relay")
-        .unwrap();
-    let d = desired::desired(inv, resolved, &Default::default(), &[])
-        .swap_remove(i)
-        .unwrap();
-    plan_host(&d, f, inv, &Templates::load(None).unwrap()).unwrap()
+    plan_relay_keyed(inv, f, &|h| keys[h].clone()).unwrap()
 }
 
 /// An `ls -ln` line for a file of `mode`, root and group `gid`.

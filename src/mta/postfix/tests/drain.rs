@@ -61,27 +61,7 @@ fn plan_with(
     facts: &PostfixFacts,
     keys: &BTreeMap<&str, StoredKeys>,
 ) -> HostPlan {
-    let resolved = inv
-        .hosts
-        .iter()
-        .map(|h| {
-            let stored = if h.name.as_str() == target {
-                facts.stored_keys()
-            } else {
-                keys[h.name.as_str()].clone()
-            };
-            desired::resolve_keys(inv, h, &stored, now()).map_err(|e| e.to_string())
-        })
-        .collect();
-    let i = inv
-        .hosts
-        .iter()
-        .position(|h| h.name.as_str() == target)
-        .unwrap();
-    let d = desired::desired(inv, resolved, &Default::default(), &[])
-        .swap_remove(i)
-        .unwrap();
-    plan_host(&d, facts, inv, &Templates::load(None).unwrap()).unwrap()
+    try_plan_keyed(inv, target, facts, &|h| keys[h].clone()).unwrap()
 }
 
 #[test]
