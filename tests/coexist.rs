@@ -17,7 +17,7 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{log_count, wait_for, Lab};
+use common::{all_delivered, log_count, wait_for, Lab};
 
 /// Where the admin's certificate lives on home (as certbot users copy it).
 const FULLCHAIN: &str = "/etc/postfix/le/fullchain.pem";
@@ -776,13 +776,7 @@ fn rotation_keeps_the_admins_certificate_and_defers_nothing() {
     });
 
     assert!(
-        wait_for(Duration::from_secs(60), || {
-            let got = lab.delivered();
-            (0..40).all(|i| {
-                got.iter()
-                    .any(|m| m.contains(&format!("load message {i:02}")))
-            })
-        }),
+        all_delivered(&lab, "load message", 40, Duration::from_secs(60)),
         "all 40 messages delivered{}",
         logs(&lab)
     );

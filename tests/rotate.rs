@@ -4,7 +4,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{served_key, wait_for, Lab};
+use common::{all_delivered, served_key, wait_for, Lab};
 
 fn inv(lab: &Lab) -> String {
     lab.inventory().to_str().unwrap().to_string()
@@ -61,13 +61,7 @@ fn rotation_under_load_defers_nothing() {
     });
 
     assert!(
-        wait_for(Duration::from_secs(60), || {
-            let got = lab.delivered();
-            (0..40).all(|i| {
-                got.iter()
-                    .any(|m| m.contains(&format!("load message {i:02}")))
-            })
-        }),
+        all_delivered(&lab, "load message", 40, Duration::from_secs(60)),
         "all 40 messages delivered; relay log:\n{}",
         lab.maillog("relay")
     );

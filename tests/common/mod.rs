@@ -351,3 +351,12 @@ pub fn served_key(lab: &Lab, addr: &str, port: u16) -> String {
     assert_eq!(fp.len(), 64, "no certificate from {addr}:{port}: {run:?}");
     fp
 }
+
+/// Waits (bounded by `limit`) until messages `{prefix} 00` .. `{prefix}
+/// {n-1}` (two digits) are all in home's Maildir.
+pub fn all_delivered(lab: &Lab, prefix: &str, n: usize, limit: Duration) -> bool {
+    wait_for(limit, || {
+        let got = lab.delivered();
+        (0..n).all(|i| got.iter().any(|m| m.contains(&format!("{prefix} {i:02}"))))
+    })
+}
