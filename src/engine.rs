@@ -14,16 +14,38 @@ use crate::inventory::{Host, HostName, Inventory};
 use crate::mta::{self, Facts};
 use crate::plan::{HostOutcome, HostPlan};
 use crate::progress::{Monitor, Phase};
-use crate::ssh::{SshHost, Transport as _};
+use crate::ssh::{Held, Hold, RemoteOutput, SshHost, Transport as _};
 use crate::templates::Templates;
 use crate::tls::Fingerprint;
 use crate::trust::{self, Edge, Purpose};
 
-/// A host as seen this run: its open connection (if any) and its facts.
+/// A host as seen this run: its open connection (if any), the run's hold
+/// on its lock, and its facts.
 pub struct HostState {
     pub host: Host,
     pub conn: Option<SshHost>,
+    pub lock: Option<Held>,
     pub facts: Result<Facts, String>,
+}
+
+/// What a run does to its hosts, which decides the lock it holds on each:
+/// shared for reading (plan, verify, tlsa), exclusive for changes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    Read,
+    Change,
+}
+
+fn parse_facts(host: &Host, out: &RemoteOutput) -> Result<Facts, String> {
+    let sections = facts::parse(&out.stdout).map_err(|e| {
+        let hint = if out.stderr.is_empty() {
+            String::new()
+        } else {
+            format!(" (stderr: {})", out.stderr)
+        };
+        format!("reading facts: {e}{hint}")
+    })?;
+    mta::parse_facts(host, &sections)
 }
 
 async fn read_facts(
@@ -37,46 +59,163 @@ async fn read_facts(
         .run_script(&mta::facts_script(host, extra))
         .await
         .map_err(|e| format!("reading facts: {e}"))?;
-    let sections = facts::parse(&out.stdout).map_err(|e| {
-        let hint = if out.stderr.is_empty() {
-            String::new()
-        } else {
-            format!(" (stderr: {})", out.stderr)
-        };
-        format!("reading facts: {e}{hint}")
-    })?;
-    mta::parse_facts(host, &sections)
+    parse_facts(host, &out)
 }
 
-/// Connects to every host and reads its facts, `parallel` at a time. A
-/// host that fails does not hold up the others.
-pub async fn gather(inv: &Inventory, parallel: usize, monitor: &dyn Monitor) -> Vec<HostState> {
+/// A marker no file on a host contains: the line a hold script prints when
+/// it has the lock and the facts are out.
+fn hold_marker() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    format!("@@mxpin-held-{:x}-{nanos:x}", std::process::id())
+}
+
+/// How long to wait before trying busy hosts again: growing, capped, with
+/// jitter so that two waiting runs do not retry in step.
+fn backoff(attempt: u32) -> std::time::Duration {
+    let base = 100u64.saturating_mul(1 << attempt.min(5)).min(2000);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    let jitter = u64::from(nanos) % (base / 2 + 1);
+    std::time::Duration::from_millis(base + jitter)
+}
+
+/// How one attempt to hold a host ended.
+enum Attempt {
+    Held(Held, Result<Facts, String>),
+    Busy,
+    Failed(String),
+}
+
+async fn hold_one(conn: &SshHost, host: &Host, access: Access, marker: &str) -> Attempt {
+    let script = mta::hold_script(host, access == Access::Change, marker);
+    match conn.hold(&script, marker).await {
+        Err(e) => Attempt::Failed(format!("reading facts: {e}")),
+        Ok(Hold::Held(held, out)) => {
+            let facts = parse_facts(host, &out);
+            Attempt::Held(held, facts)
+        }
+        Ok(Hold::Ended(out)) => match out.stdout.as_slice() {
+            b"@@mxpin-busy\n" => Attempt::Busy,
+            b"@@mxpin-noflock\n" => Attempt::Failed(
+                "flock not found on the host (util-linux): mxpin needs it to keep two runs apart"
+                    .into(),
+            ),
+            _ => Attempt::Failed(match parse_facts(host, &out) {
+                Err(e) => e,
+                Ok(_) => "reading facts: the remote shell ended before taking the lock".into(),
+            }),
+        },
+    }
+}
+
+/// Connects to every host, `parallel` at a time, takes the run's lock on
+/// each and reads its facts in the same remote command. A host that fails
+/// does not hold up the others.
+///
+/// Locks are never waited for while others are held: when any host is
+/// busy (another run holds it), every hold is let go and all are tried
+/// again after a short, growing pause, for at most
+/// [`mta::LOCK_WAIT_SECS`]. So two runs over overlapping hosts serialize
+/// and never deadlock. Hosts still busy then fail with one line.
+pub async fn gather(
+    inv: &Inventory,
+    parallel: usize,
+    monitor: &dyn Monitor,
+    access: Access,
+) -> Vec<HostState> {
     let config = inv.settings.ssh_config.as_deref();
-    let mut states: Vec<(usize, HostState)> = stream::iter(inv.hosts.iter().enumerate())
-        .map(|(i, host)| async move {
-            monitor.event(&host.name, Phase::Connecting);
-            let state = match SshHost::connect(host, config).await {
-                Err(e) => HostState {
-                    host: host.clone(),
-                    conn: None,
-                    facts: Err(e.to_string()),
-                },
-                Ok(conn) => {
-                    let facts = read_facts(&conn, host, monitor, "").await;
+    let parallel = parallel.max(1);
+    let mut conns: Vec<(usize, Result<SshHost, String>)> =
+        stream::iter(inv.hosts.iter().enumerate())
+            .map(|(i, host)| async move {
+                monitor.event(&host.name, Phase::Connecting);
+                (
+                    i,
+                    SshHost::connect(host, config)
+                        .await
+                        .map_err(|e| e.to_string()),
+                )
+            })
+            .buffer_unordered(parallel)
+            .collect()
+            .await;
+    conns.sort_by_key(|(i, _)| *i);
+    let conns: Vec<Result<SshHost, String>> = conns.into_iter().map(|(_, c)| c).collect();
+    let marker = hold_marker();
+    let deadline =
+        std::time::Instant::now() + std::time::Duration::from_secs(mta::LOCK_WAIT_SECS.into());
+    let mut attempt = 0;
+    loop {
+        let mut held: Vec<(usize, Attempt)> =
+            stream::iter(inv.hosts.iter().zip(&conns).enumerate())
+                .filter_map(
+                    |(i, (host, conn))| async move { conn.as_ref().ok().map(|c| (i, host, c)) },
+                )
+                .map(|(i, host, conn)| {
+                    let marker = &marker;
+                    async move {
+                        monitor.event(&host.name, Phase::Reading);
+                        (i, hold_one(conn, host, access, marker).await)
+                    }
+                })
+                .buffer_unordered(parallel)
+                .collect()
+                .await;
+        held.sort_by_key(|(i, _)| *i);
+        let busy: Vec<usize> = held
+            .iter()
+            .filter(|(_, a)| matches!(a, Attempt::Busy))
+            .map(|(i, _)| *i)
+            .collect();
+        if busy.is_empty() || std::time::Instant::now() >= deadline {
+            let mut attempts: Vec<Option<Attempt>> = inv.hosts.iter().map(|_| None).collect();
+            for (i, a) in held {
+                attempts[i] = Some(a);
+            }
+            return inv
+                .hosts
+                .iter()
+                .zip(conns)
+                .zip(attempts)
+                .map(|((host, conn), attempt)| {
+                    let (conn, lock, facts) = match (conn, attempt) {
+                        (Err(e), _) => (None, None, Err(e)),
+                        (Ok(c), Some(Attempt::Held(h, facts))) => (Some(c), Some(h), facts),
+                        (Ok(_), Some(Attempt::Busy)) => (
+                            None,
+                            None,
+                            Err(format!(
+                                "another mxpin run holds this host (waited {} s); nothing was changed: try again when it is done",
+                                mta::LOCK_WAIT_SECS
+                            )),
+                        ),
+                        (Ok(_), Some(Attempt::Failed(e))) => (None, None, Err(e)),
+                        (Ok(_), None) => (None, None, Err("not read".into())),
+                    };
                     HostState {
                         host: host.clone(),
-                        conn: Some(conn),
+                        conn,
+                        lock,
                         facts,
                     }
-                }
-            };
-            (i, state)
-        })
-        .buffer_unordered(parallel.max(1))
-        .collect()
-        .await;
-    states.sort_by_key(|(i, _)| *i);
-    states.into_iter().map(|(_, s)| s).collect()
+                })
+                .collect();
+        }
+        // Let go of everything, wait, and try again.
+        let releases = held.into_iter().filter_map(|(_, a)| match a {
+            Attempt::Held(h, _) => Some(h.release()),
+            _ => None,
+        });
+        futures::future::join_all(releases).await;
+        for i in &busy {
+            monitor.event(&inv.hosts[*i].name, Phase::Waiting);
+        }
+        tokio::time::sleep(backoff(attempt)).await;
+        attempt += 1;
+    }
 }
 
 /// Re-reads facts over the open connections; `extras[i]` is shell run with
@@ -796,12 +935,18 @@ pub async fn verify_report(
     checks
 }
 
+/// Ends the run on every host: lets go of its lock, then closes the
+/// connection, all hosts at once.
 pub async fn close(states: Vec<HostState>) {
-    for s in states {
+    futures::future::join_all(states.into_iter().map(|s| async move {
+        if let Some(l) = s.lock {
+            l.release().await;
+        }
         if let Some(c) = s.conn {
             c.close().await;
         }
-    }
+    }))
+    .await;
 }
 
 #[cfg(test)]

@@ -175,10 +175,11 @@ async fn gather(
     inv: &Inventory,
     parallel: usize,
     progress: &dyn Monitor,
+    access: engine::Access,
 ) -> (Vec<HostState>, Vec<mxpin::external::ExternalState>) {
     let timeout = std::time::Duration::from_secs(10);
     tokio::join!(
-        engine::gather(inv, parallel, progress),
+        engine::gather(inv, parallel, progress, access),
         mxpin::external::gather(inv, timeout)
     )
 }
@@ -307,7 +308,13 @@ fn fleet_json(fleet: &FleetPlan) -> serde_json::Value {
 async fn run_plan(common: &Common) -> Result<u8, String> {
     let (inv, templates) = load(common)?;
     let progress = monitor(common, &inv);
-    let (states, externals) = gather(&inv, common.parallel.into(), &*progress).await;
+    let (states, externals) = gather(
+        &inv,
+        common.parallel.into(),
+        &*progress,
+        engine::Access::Read,
+    )
+    .await;
     let now = OffsetDateTime::now_utc();
     let fleet = engine::plan_all(
         &inv,
@@ -427,7 +434,7 @@ async fn run_verify(common: &Common) -> Result<u8, String> {
     let (inv, templates) = load(common)?;
     let parallel = common.parallel.into();
     let progress = monitor(common, &inv);
-    let (mut states, externals) = gather(&inv, parallel, &*progress).await;
+    let (mut states, externals) = gather(&inv, parallel, &*progress, engine::Access::Read).await;
     let now = OffsetDateTime::now_utc();
     let fleet = engine::plan_all(
         &inv,
@@ -515,7 +522,13 @@ async fn run_change(common: &Common, change: Change) -> Result<u8, String> {
     };
     let parallel = common.parallel.into();
     let progress = monitor(common, &inv);
-    let (mut states, externals) = gather(&inv, parallel, &*progress).await;
+    // A dry run only reads: it shares the hosts with other readers.
+    let access = if change.dry_run {
+        engine::Access::Read
+    } else {
+        engine::Access::Change
+    };
+    let (mut states, externals) = gather(&inv, parallel, &*progress, access).await;
     let now = OffsetDateTime::now_utc();
     let fleet = engine::plan_all(&inv, &states, &externals, &templates, now, &change.rotation);
     engine::report_planned(&fleet.outcomes, &*progress, Phase::Planned(0));
@@ -536,7 +549,12 @@ async fn run_change(common: &Common, change: Change) -> Result<u8, String> {
         return finish(states, common, &fleet, code, serde_json::json!({})).await;
     }
     let hosts = pending_plans(&fleet.outcomes).len();
-    if !change.yes && !confirm(hosts)? {
+    // Off the async threads: a signal must be able to end the wait.
+    let confirmed = change.yes
+        || tokio::task::spawn_blocking(move || confirm(hosts))
+            .await
+            .map_err(|e| format!("reading answer: {e}"))??;
+    if !confirmed {
         engine::close(states).await;
         return Err("cancelled; nothing changed".into());
     }
@@ -815,7 +833,13 @@ async fn run_pin(
 async fn run_tlsa(common: &Common) -> Result<u8, String> {
     let (inv, _) = load(common)?;
     let progress = monitor(common, &inv);
-    let states = engine::gather(&inv, common.parallel.into(), &*progress).await;
+    let states = engine::gather(
+        &inv,
+        common.parallel.into(),
+        &*progress,
+        engine::Access::Read,
+    )
+    .await;
     progress.finish();
     let mut failed = false;
     let mut out = anstream::stdout();
@@ -858,6 +882,32 @@ async fn run_tlsa(common: &Common) -> Result<u8, String> {
     Ok(if failed { EXIT_ERROR } else { 0 })
 }
 
+/// Runs a command until it ends, or until SIGINT or SIGTERM. On a signal
+/// the command is dropped where it stands: every ssh master is told to
+/// exit (its control directory removed), which ends the run's hold on each
+/// host. An apply script already sent runs to its end on the host, or rolls
+/// back there, on its own, and the host stays locked until it has.
+async fn until_signal(
+    work: impl std::future::Future<Output = Result<u8, String>>,
+) -> Result<u8, String> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut int), Ok(mut term)) = (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) else {
+        return work.await;
+    };
+    let (name, code) = tokio::select! {
+        r = work => return r,
+        _ = int.recv() => ("SIGINT", 130),
+        _ = term.recv() => ("SIGTERM", 143),
+    };
+    error(format_args!(
+        "interrupted by {name}: connections closed; a change already sent to a host ends or rolls back there on its own; run `mxpin plan` to see the state"
+    ));
+    Ok(code)
+}
+
 fn main() -> ExitCode {
     // A usage error exits 1, never clap's 2, which scripts read as
     // "changes pending"; --help and --version exit 0.
@@ -878,7 +928,7 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_ERROR);
         }
     };
-    let result = runtime.block_on(async {
+    let result = runtime.block_on(until_signal(async {
         match &cli.command {
             Command::Plan(common) => run_plan(common).await,
             Command::Tlsa(common) => run_tlsa(common).await,
@@ -960,7 +1010,10 @@ fn main() -> ExitCode {
                 }
             },
         }
-    });
+    }));
+    // A confirmation prompt may still be reading the terminal.
+    runtime.shutdown_background();
+    mxpin::ssh::remove_control_dir();
     match result {
         Ok(code) => ExitCode::from(code),
         Err(e) => {

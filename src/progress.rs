@@ -16,6 +16,8 @@ use crate::inventory::HostName;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Phase {
     Connecting,
+    /// Another run holds the host; this one waits to try again.
+    Waiting,
     Reading,
     Planned(usize),
     Applying,
@@ -29,6 +31,7 @@ impl std::fmt::Display for Phase {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Phase::Connecting => f.write_str("connecting"),
+            Phase::Waiting => f.write_str("waiting for another mxpin run"),
             Phase::Reading => f.write_str("reading"),
             Phase::Planned(0) => f.write_str("up to date"),
             Phase::Planned(n) => write!(f, "planned {n} change(s)"),

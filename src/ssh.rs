@@ -3,10 +3,11 @@
 //! on the standard input of `sh -s`, never on a command line.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
-use openssh::{KnownHosts, SessionBuilder, Stdio};
-use tokio::io::AsyncWriteExt as _;
+use openssh::{Child, ControlPersist, KnownHosts, SessionBuilder, Stdio};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 use crate::inventory::{Host, SshDestination};
 
@@ -82,9 +83,96 @@ async fn host_key_policy(dest: &SshDestination, config: Option<&Path>) -> KnownH
     }
 }
 
+/// How long an ssh master outlives its last session. Every run keeps a
+/// session open on each host it holds (its lock, see [`SshHost::hold`]), so
+/// this only ends the masters of a run that was killed (SIGKILL) and could
+/// not close them.
+const MASTER_IDLE_SECS: usize = 30;
+
+/// Where this run's ssh masters keep their control sockets:
+/// `$XDG_STATE_HOME/mxpin/run-PID` (or `~/.local/state/...`), made once.
+/// Directories of runs that are gone (killed, so they could not clean up)
+/// are removed on the way; their masters ended on their own after
+/// [`MASTER_IDLE_SECS`].
+static CONTROL_DIR: std::sync::OnceLock<Option<PathBuf>> = std::sync::OnceLock::new();
+
+fn control_dir() -> Option<&'static Path> {
+    CONTROL_DIR
+        .get_or_init(|| {
+            let base = std::env::var_os("XDG_STATE_HOME")
+                .map(PathBuf::from)
+                .filter(|p| p.is_absolute())
+                .or_else(|| {
+                    std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/state"))
+                })?
+                .join("mxpin");
+            std::fs::create_dir_all(&base).ok()?;
+            remove_stale_runs(&base);
+            let dir = base.join(format!("run-{}", std::process::id()));
+            std::fs::create_dir_all(&dir).ok()?;
+            Some(dir)
+        })
+        .as_deref()
+}
+
+/// Removes `run-PID` directories whose process is gone (Linux: no
+/// `/proc/PID`). A live run's directory is kept.
+fn remove_stale_runs(base: &Path) {
+    if !Path::new("/proc/self").exists() {
+        return;
+    }
+    let Ok(entries) = std::fs::read_dir(base) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix("run-"))
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = std::fs::remove_dir_all(e.path());
+        }
+    }
+}
+
+/// Removes this run's control directory once every connection is closed.
+pub fn remove_control_dir() {
+    if let Some(Some(dir)) = CONTROL_DIR.get() {
+        let _ = std::fs::remove_dir(dir);
+    }
+}
+
 pub struct SshHost {
-    session: openssh::Session,
+    session: Arc<openssh::Session>,
     sudo: bool,
+}
+
+/// What a hold on a host's lock found.
+pub enum Hold {
+    /// The lock is held until [`Held::release`]; the output before the
+    /// marker.
+    Held(Held, RemoteOutput),
+    /// The remote script ended without taking the lock (busy, refused, or
+    /// failed): everything it printed.
+    Ended(RemoteOutput),
+}
+
+/// A remote shell holding a lock: it waits for its standard input to close.
+pub struct Held {
+    child: Child<Arc<openssh::Session>>,
+}
+
+impl Held {
+    /// Closes the shell's standard input, so it lets go of the lock, and
+    /// waits (bounded) for it to end.
+    pub async fn release(mut self) {
+        drop(self.child.stdin().take());
+        let _ = tokio::time::timeout(Duration::from_secs(30), self.child.wait()).await;
+    }
 }
 
 impl SshHost {
@@ -104,7 +192,13 @@ impl SshHost {
         }
         b.known_hosts_check(host_key_policy(&host.ssh, config).await)
             .connect_timeout(Duration::from_secs(15))
-            .server_alive_interval(Duration::from_secs(15));
+            .server_alive_interval(Duration::from_secs(15))
+            .control_persist(ControlPersist::IdleFor(
+                std::num::NonZeroUsize::new(MASTER_IDLE_SECS).expect("non-zero"),
+            ));
+        if let Some(dir) = control_dir() {
+            b.control_directory(dir);
+        }
         let session = b
             .connect(host.ssh.host())
             .await
@@ -113,27 +207,135 @@ impl SshHost {
                 message: chain(&e),
             })?;
         Ok(SshHost {
-            session,
+            session: Arc::new(session),
             sudo: host.sudo,
         })
     }
 
     pub async fn close(self) {
-        let _ = self.session.close().await;
+        if let Ok(session) = Arc::try_unwrap(self.session) {
+            let _ = session.close().await;
+        }
+    }
+
+    fn shell(&self) -> openssh::OwningCommand<Arc<openssh::Session>> {
+        if self.sudo {
+            let mut c = self.session.clone().arc_command("sudo");
+            c.args(["-n", "sh", "-s"]);
+            c
+        } else {
+            let mut c = self.session.clone().arc_command("sh");
+            c.arg("-s");
+            c
+        }
+    }
+
+    /// Runs a script that takes a lock and then prints `marker` on a line
+    /// of its own and waits for its standard input to close. The output
+    /// before the marker is returned with the hold; a script that ends
+    /// without printing it gives everything it printed.
+    pub async fn hold(&self, script: &str, marker: &str) -> Result<Hold, SshError> {
+        let mut cmd = self.shell();
+        cmd.stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd
+            .spawn()
+            .await
+            .map_err(|e| SshError::Session(chain(&e)))?;
+        let mut stdin = child
+            .stdin()
+            .take()
+            .ok_or_else(|| SshError::Session("no stdin".into()))?;
+        let mut stdout = child
+            .stdout()
+            .take()
+            .ok_or_else(|| SshError::Session("no stdout".into()))?;
+        let mut stderr = child
+            .stderr()
+            .take()
+            .ok_or_else(|| SshError::Session("no stderr".into()))?;
+        // The script stays open (no EOF): the remote shell's last command
+        // waits for it.
+        let written = stdin.write_all(script.as_bytes()).await;
+        let errors = tokio::spawn(async move {
+            let mut buf = Vec::new();
+            let _ = stderr.read_to_end(&mut buf).await;
+            String::from_utf8_lossy(&buf).trim().to_string()
+        });
+        let end = format!("{marker}\n");
+        let mut out = Vec::new();
+        let mut buf = [0u8; 16 * 1024];
+        let held = loop {
+            let n = stdout
+                .read(&mut buf)
+                .await
+                .map_err(|e| SshError::Session(format!("reading: {e}")))?;
+            if n == 0 {
+                break false;
+            }
+            out.extend_from_slice(&buf[..n]);
+            if out.ends_with(end.as_bytes()) {
+                out.truncate(out.len() - end.len());
+                break true;
+            }
+        };
+        if held {
+            *child.stdin() = Some(stdin);
+            // Its stderr is read to the end by the task, so the remote
+            // side never blocks on a full pipe; what it says while the lock
+            // is held is not needed.
+            drop(errors);
+            return Ok(Hold::Held(
+                Held { child },
+                RemoteOutput {
+                    stdout: out,
+                    stderr: String::new(),
+                },
+            ));
+        }
+        drop(stdin);
+        let status = child
+            .wait()
+            .await
+            .map_err(|e| SshError::Session(chain(&e)))?;
+        let stderr = errors.await.unwrap_or_default();
+        self.verdict(status, out, stderr, written.err())
+            .map(Hold::Ended)
+    }
+
+    /// The outcome of a finished remote shell, as [`Transport::run_script`]
+    /// reports it.
+    fn verdict(
+        &self,
+        status: std::process::ExitStatus,
+        stdout: Vec<u8>,
+        stderr: String,
+        write_error: Option<std::io::Error>,
+    ) -> Result<RemoteOutput, SshError> {
+        if self.sudo && stdout.is_empty() && stderr.starts_with("sudo:") {
+            return Err(SshError::Sudo(stderr));
+        }
+        if !status.success() && stdout.is_empty() {
+            return Err(SshError::Remote {
+                status: status
+                    .code()
+                    .map_or("by signal".to_string(), |c| c.to_string()),
+                stderr,
+            });
+        }
+        if let Some(e) = write_error {
+            if stdout.is_empty() {
+                return Err(SshError::Session(format!("sending script: {e}")));
+            }
+        }
+        Ok(RemoteOutput { stdout, stderr })
     }
 }
 
 impl Transport for SshHost {
     async fn run_script(&self, script: &str) -> Result<RemoteOutput, SshError> {
-        let mut cmd = if self.sudo {
-            let mut c = self.session.command("sudo");
-            c.args(["-n", "sh", "-s"]);
-            c
-        } else {
-            let mut c = self.session.command("sh");
-            c.arg("-s");
-            c
-        };
+        let mut cmd = self.shell();
         cmd.stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
@@ -159,26 +361,6 @@ impl Transport for SshHost {
             .await
             .map_err(|e| SshError::Session(chain(&e)))?;
         let stderr = String::from_utf8_lossy(&out.stderr).trim().to_string();
-        if self.sudo && out.stdout.is_empty() && stderr.starts_with("sudo:") {
-            return Err(SshError::Sudo(stderr));
-        }
-        if !out.status.success() && out.stdout.is_empty() {
-            return Err(SshError::Remote {
-                status: out
-                    .status
-                    .code()
-                    .map_or("by signal".to_string(), |c| c.to_string()),
-                stderr,
-            });
-        }
-        if let Err(e) = written {
-            if out.stdout.is_empty() {
-                return Err(SshError::Session(format!("sending script: {e}")));
-            }
-        }
-        Ok(RemoteOutput {
-            stdout: out.stdout,
-            stderr,
-        })
+        self.verdict(out.status, out.stdout, stderr, written.err())
     }
 }

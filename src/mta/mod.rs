@@ -177,6 +177,117 @@ pub fn route_checks(plan: &HostPlan, facts: &Facts) -> Vec<RouteCheck> {
     }
 }
 
+/// mxpin's directory inside the MTA's configuration directory: every file
+/// it owns, and the apply lock.
+pub const OWNED_DIR: &str = "mxpin";
+
+/// How long a run waits for other runs to let go of its hosts, and how
+/// long an apply script waits for another one on the same host: limits in
+/// one place.
+pub const LOCK_WAIT_SECS: u32 = 120;
+
+/// The script that holds a host for a whole run: it takes an `flock` on the
+/// MTA's configuration directory (shared for read-only commands, exclusive
+/// for changes), reads the facts, prints `marker`, and keeps the lock until
+/// the controller closes its standard input (the run ends, or mxpin dies
+/// and its ssh connection with it). It never waits for the lock: a host
+/// another run holds prints `@@mxpin-busy` and ends, and the controller
+/// lets go of every host and tries again (so two runs never wait on each
+/// other in a cycle). Before letting go it waits for any apply script still
+/// running on the host (the apply lock, [`script_prepare_and_lock`]), so a
+/// killed run's last apply ends, or rolls back, before the next run reads.
+///
+/// The directory itself is locked (an open descriptor, nothing written): a
+/// dry run leaves the host byte-identical, and the lock survives main.cf
+/// being replaced by rename.
+pub fn hold_script(host: &Host, exclusive: bool, marker: &str) -> String {
+    let facts = facts_script(host, "");
+    let body = facts
+        .strip_suffix("mxpin_facts\n")
+        .expect("facts scripts end with their call");
+    let mode = if exclusive { "-x" } else { "-s" };
+    format!(
+        r#"{body}mxpin_hold() {{
+C={c}
+if [ -d "$C" ]; then
+  command -v flock >/dev/null 2>&1 || {{ printf '@@mxpin-noflock\n'; exit 0; }}
+  exec 9<"$C"
+  flock -n {mode} 9 || {{ printf '@@mxpin-busy\n'; exit 0; }}
+fi
+mxpin_facts
+printf '%s\n' {marker}
+cat >/dev/null
+if [ -d "$C/{OWNED_DIR}" ]; then exec 8<"$C/{OWNED_DIR}"; flock -w 600 8; fi
+}}
+mxpin_hold
+exit 0
+"#,
+        c = crate::shell::quote(host.config_dir.as_str()),
+        marker = crate::shell::quote(marker),
+    )
+}
+
+/// Shell for apply scripts, after `C` is set: creates mxpin's directory
+/// (removed again on failure if this run made it), then takes the apply
+/// lock, an exclusive `flock` on that directory held to the end of the
+/// script, rollback included. Staging names are fixed because only the
+/// holder of this lock uses them. A second script finds the files changed
+/// ([`script_check_unchanged`]) and refuses before writing anything.
+pub fn script_prepare_and_lock(s: &mut String) {
+    use std::fmt::Write as _;
+    let _ = write!(
+        s,
+        r#"step='prepare'
+if [ -d "$C/{OWNED_DIR}" ]; then made_dir=''; else made_dir="$C/{OWNED_DIR}"; fi
+mkdir -p "$C/{OWNED_DIR}" && chown 0:0 "$C/{OWNED_DIR}" && chmod 755 "$C/{OWNED_DIR}" || fail "cannot create $C/{OWNED_DIR}"
+step=lock
+command -v flock >/dev/null 2>&1 || fail "flock not found (util-linux)"
+exec 8<"$C/{OWNED_DIR}"
+flock -w {LOCK_WAIT_SECS} 8 || fail "another mxpin run has been changing this host for {LOCK_WAIT_SECS} s; nothing was changed"
+"#
+    );
+}
+
+/// Shell that refuses, before anything is written, when a file the plan
+/// changes is no longer what the facts read saw (another run, or an admin,
+/// changed it since): compared by SHA-256, so private keys are never
+/// echoed back.
+pub fn script_check_unchanged(s: &mut String, changes: &[FileChange]) {
+    use crate::shell::quote;
+    use sha2::Digest as _;
+    use std::fmt::Write as _;
+    let _ = writeln!(s, "step='check files'");
+    for c in changes {
+        let p = quote(&c.path);
+        match &c.old {
+            Some(old) => {
+                let hex: String = sha2::Sha256::digest(old.raw().as_bytes())
+                    .iter()
+                    .map(|b| format!("{b:02x}"))
+                    .collect();
+                let _ = writeln!(
+                    s,
+                    "[ \"$(sha256sum < {p} 2>/dev/null)\" = '{hex}  -' ] || fail {}",
+                    quote(&format!(
+                        "{} changed since mxpin read it (another run?); plan again",
+                        c.path
+                    ))
+                );
+            }
+            None => {
+                let _ = writeln!(
+                    s,
+                    "[ ! -e {p} ] || fail {}",
+                    quote(&format!(
+                        "{} appeared since mxpin read it (another run?); plan again",
+                        c.path
+                    ))
+                );
+            }
+        }
+    }
+}
+
 /// Shell shared by every apply script: strict environment, the `fail`,
 /// `rollback`, `swap` and `remove` helpers. The MTA script defines `C`,
 /// `cleanup_staged` and `reload_after_rollback` (the MTA's reload, run only
@@ -201,6 +312,7 @@ rollback() {
     if [ -e "$t.mxpin-old" ]; then mv -f "$t.mxpin-old" "$t"; else rm -f "$t"; fi
   done
   cleanup_staged
+  if [ -n "${made_dir:-}" ]; then rmdir "$made_dir" 2>/dev/null || :; fi
   if [ -n "$swapped" ]; then
     reload_after_rollback
     printf '@@mxpin-rolled-back\n'

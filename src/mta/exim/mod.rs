@@ -25,8 +25,7 @@ use crate::shell::quote;
 use crate::templates::Templates;
 use crate::tls::{Certificate, Digest, PinKind, SecretPem};
 
-/// Directory under the config dir holding every file mxpin writes.
-pub const OWNED_DIR: &str = "mxpin";
+pub use crate::mta::OWNED_DIR;
 
 /// The fragments [`conf`] includes and the lookup files they read.
 const FRAGMENTS: [&str; 6] = [

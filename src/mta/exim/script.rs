@@ -55,6 +55,7 @@ pub fn apply_script(plan: &HostPlan) -> ApplyScript {
         s,
         "step='check user'\n[ \"$(id -u)\" = 0 ] || fail \"not running as root\""
     );
+    crate::mta::script_prepare_and_lock(&mut s);
     let _ = writeln!(
         s,
         "step={}\ncur=$(cat {c}; echo x) || fail \"cannot read {config}\"\n\
@@ -63,11 +64,7 @@ pub fn apply_script(plan: &HostPlan) -> ApplyScript {
         quote(&format!("{}x", steps.config_before)),
         c = quote(config),
     );
-    let _ = writeln!(
-        s,
-        "step='prepare'\nmkdir -p \"$C/{dir}\" && chown 0:0 \"$C/{dir}\" && chmod 755 \"$C/{dir}\" || fail \"cannot create $C/{dir}\"",
-        dir = super::OWNED_DIR
-    );
+    crate::mta::script_check_unchanged(&mut s, &plan.changes);
     for c in &plan.changes {
         let _ = writeln!(s, "rm -f {}", quote(&format!("{}.mxpin-old", c.path)));
     }
@@ -188,7 +185,7 @@ fn flush(s: &mut String, steps: &ApplySteps) {
         "pid=''\nif [ -r {p} ]; then read -r pid < {p} || :; fi\n\
          if [ -n \"$pid\" ] && kill -0 \"$pid\" 2>/dev/null; then\n  \
          if command -v setsid >/dev/null 2>&1; then S=setsid; else S=''; fi\n  \
-         $S \"$X\" -Rrf {} </dev/null >/dev/null 2>&1 &\nfi",
+         $S \"$X\" -Rrf {} </dev/null >/dev/null 2>&1 9<&- &\nfi",
         quote(&super::drain::select_regex(&steps.flush)),
         p = quote(&steps.pid_file),
     );

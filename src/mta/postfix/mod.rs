@@ -25,8 +25,7 @@ use crate::tls::SecretPem;
 use crate::trust::PinSite;
 use maincf::{split_list, Edit, MainCf};
 
-/// Directory under the config dir holding every file mxpin writes.
-pub const OWNED_DIR: &str = "mxpin";
+pub use crate::mta::OWNED_DIR;
 
 use crate::mta::KEY_SLOTS as SLOTS;
 

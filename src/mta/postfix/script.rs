@@ -77,6 +77,7 @@ pub fn apply_script(plan: &HostPlan) -> ApplyScript {
         s,
         "step='check user'\n[ \"$(id -u)\" = 0 ] || fail \"not running as root\""
     );
+    crate::mta::script_prepare_and_lock(&mut s);
     let _ = writeln!(
         s,
         "step='check main.cf'\ncur=$(cat \"$C/main.cf\"; echo x) || fail \"cannot read $C/main.cf\"\n\
@@ -91,11 +92,7 @@ pub fn apply_script(plan: &HostPlan) -> ApplyScript {
             quote(&format!("{before}x"))
         );
     }
-    let _ = writeln!(
-        s,
-        "step='prepare'\nmkdir -p \"$C/{dir}\" && chown 0:0 \"$C/{dir}\" && chmod 755 \"$C/{dir}\" || fail \"cannot create $C/{dir}\"",
-        dir = super::OWNED_DIR
-    );
+    crate::mta::script_check_unchanged(&mut s, &plan.changes);
     for t in &targets {
         let _ = writeln!(s, "rm -f {}", quote(&format!("{t}.mxpin-old")));
     }

@@ -2074,6 +2074,7 @@ fn fleet(relay: Result<PostfixFacts, String>) -> (Inventory, Vec<engine::HostSta
         .hosts
         .iter()
         .map(|h| engine::HostState {
+            lock: None,
             host: h.clone(),
             conn: None,
             facts: if h.name.as_str() == "home" {
@@ -2544,6 +2545,7 @@ fn pair_states(inv: &Inventory, facts: &[PostfixFacts; 2]) -> Vec<engine::HostSt
         .iter()
         .zip(facts)
         .map(|(h, f)| engine::HostState {
+            lock: None,
             host: h.clone(),
             conn: None,
             facts: Ok(crate::mta::Facts::Postfix(f.clone())),
