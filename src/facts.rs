@@ -20,7 +20,18 @@ putfile() {
 #[error("unreadable facts from host: {0}")]
 pub struct FramingError(String);
 
-/// Sections by name. A name given twice keeps every value, in order.
+/// Whether a section may be given more than once: `error` (every
+/// unreadable file adds one) and `fresh:TABLE` (one per database suffix).
+/// Any other name given twice is a garbled answer.
+fn repeats(name: &str) -> bool {
+    name == "error" || name.starts_with("fresh:")
+}
+
+/// The frame every complete answer ends with; nothing may follow it.
+pub const END: &str = "end";
+
+/// Sections by name. A name given twice (see [`repeats`]) keeps every
+/// value, in order.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Sections(BTreeMap<String, Vec<String>>);
 
@@ -39,10 +50,17 @@ impl Sections {
     pub fn all(&self, name: &str) -> &[String] {
         self.0.get(name).map_or(&[], Vec::as_slice)
     }
+
+    /// Every section name.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.0.keys().map(String::as_str)
+    }
 }
 
 /// Parses a facts script's output. Anything outside frames is an error: a
-/// login banner or shell noise must not be mistaken for file content.
+/// login banner or shell noise must not be mistaken for file content. So is
+/// anything after the [`END`] frame, and a section given twice that does not
+/// [`repeat`](repeats): two answers mixed, or a frame sent again.
 pub fn parse(output: &[u8]) -> Result<Sections, FramingError> {
     let mut sections = Sections::default();
     let mut rest = output;
@@ -69,8 +87,15 @@ pub fn parse(output: &[u8]) -> Result<Sections, FramingError> {
         }
         let value = String::from_utf8(body[..len].to_vec())
             .map_err(|_| FramingError(format!("section {name} is not UTF-8")))?;
-        sections.0.entry(name.to_string()).or_default().push(value);
+        let values = sections.0.entry(name.to_string()).or_default();
+        if !values.is_empty() && !repeats(name) {
+            return Err(FramingError(format!("section {name} is given twice")));
+        }
+        values.push(value);
         rest = &body[len + 1..];
+        if name == END && !rest.is_empty() {
+            return Err(FramingError("output goes on after the end frame".into()));
+        }
     }
     Ok(sections)
 }
@@ -81,11 +106,11 @@ mod tests {
 
     #[test]
     fn parses_frames_with_embedded_newlines_and_markers() {
-        let out = b"@@mxpin a 3\nx\ny\n@@mxpin file 18\n@@mxpin fake 1\nz\n\n\n@@mxpin a 0\n\n";
+        let out = b"@@mxpin fresh:a 3\nx\ny\n@@mxpin file 18\n@@mxpin fake 1\nz\n\n\n@@mxpin fresh:a 0\n\n";
         let s = parse(out).unwrap();
         assert_eq!(s.get("file"), Some("@@mxpin fake 1\nz\n\n"));
-        assert_eq!(s.all("a"), ["x\ny", ""]);
-        assert_eq!(s.get("a"), Some(""));
+        assert_eq!(s.all("fresh:a"), ["x\ny", ""]);
+        assert_eq!(s.get("fresh:a"), Some(""));
         assert_eq!(s.get("missing"), None);
     }
 
@@ -95,6 +120,20 @@ mod tests {
         assert!(parse(b"@@mxpin a 5\nx\n").is_err());
         assert!(parse(b"@@mxpin a 1\nxy").is_err());
         assert!(parse(b"@@mxpin a\n").is_err());
+    }
+
+    #[test]
+    fn rejects_repeated_sections_and_anything_after_the_end() {
+        assert_eq!(
+            parse(b"@@mxpin a 1\nx\n@@mxpin a 1\nx\n").unwrap_err(),
+            FramingError("section a is given twice".into())
+        );
+        assert!(parse(b"@@mxpin error 1\nx\n@@mxpin error 1\ny\n").is_ok());
+        assert_eq!(
+            parse(b"@@mxpin end 2\nok\n@@mxpin a 1\nx\n").unwrap_err(),
+            FramingError("output goes on after the end frame".into())
+        );
+        assert!(parse(b"@@mxpin a 1\nx\n@@mxpin end 2\nok\n").is_ok());
     }
 
     /// The helpers, run by a real /bin/sh, produce what the parser expects,

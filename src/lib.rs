@@ -17,5 +17,6 @@ pub mod progress;
 pub mod shell;
 pub mod ssh;
 pub mod templates;
+pub mod text;
 pub mod tls;
 pub mod trust;

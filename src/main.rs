@@ -200,11 +200,15 @@ fn monitor(common: &Common, inv: &Inventory) -> Box<dyn Monitor> {
 const EXIT_ERROR: u8 = 1;
 const EXIT_PENDING: u8 = 2;
 
+/// Every error and warning goes out here: one line, control characters
+/// escaped, at most `text::ERROR_LINE_MAX` characters.
 fn error(msg: impl std::fmt::Display) {
+    let msg = mxpin::text::one_line(&msg.to_string(), mxpin::text::ERROR_LINE_MAX);
     let _ = writeln!(anstream::stderr(), "{}: {msg}", "error".red().bold());
 }
 
 fn warning(msg: impl std::fmt::Display) {
+    let msg = mxpin::text::one_line(&msg.to_string(), mxpin::text::ERROR_LINE_MAX);
     let _ = writeln!(anstream::stderr(), "{}: {msg}", "warning".yellow().bold());
 }
 

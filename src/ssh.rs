@@ -49,7 +49,55 @@ fn chain(e: &dyn std::error::Error) -> String {
         }
         src = s.source();
     }
+    if let Some(summary) = host_key_changed(&msg) {
+        // Keep what came before ssh's banner (the crate's own words).
+        let banner = msg.find("@@@").unwrap_or(0);
+        msg = format!("{}{summary}", &msg[..banner]);
+    }
     msg.replace('\n', " ").trim().to_string()
+}
+
+/// ssh's changed-host-key warning (a banner of `@` lines and a dozen lines
+/// of advice) as the one line that says what happened and where the old
+/// key is; `None` for any other message.
+fn host_key_changed(msg: &str) -> Option<String> {
+    if !msg.contains("REMOTE HOST IDENTIFICATION HAS CHANGED") {
+        return None;
+    }
+    let lines: Vec<&str> = msg.lines().map(str::trim).collect();
+    let host = lines.iter().find_map(|l| {
+        l.split_once("Host key for ")
+            .and_then(|(_, r)| r.split_once(" has changed"))
+            .map(|(h, _)| h)
+    });
+    // "The fingerprint for the ED25519 key sent by the remote host is"
+    // and the fingerprint on the next line.
+    let sent = lines.iter().enumerate().find_map(|(i, l)| {
+        let kind = l
+            .strip_prefix("The fingerprint for the ")?
+            .strip_suffix(" key sent by the remote host is")?;
+        let fp = lines.get(i + 1)?.trim_end_matches('.');
+        Some(format!("{kind} key {fp}"))
+    });
+    let offending = lines
+        .iter()
+        .find(|l| l.starts_with("Offending "))
+        .map(|l| l.to_string());
+    let mut out = format!(
+        "host key for {} has changed",
+        host.unwrap_or("the remote host")
+    );
+    if let Some(s) = sent {
+        out.push_str(&format!(" (it now sends {s})"));
+    }
+    if let Some(o) = offending {
+        out.push_str(&format!("; {o}"));
+    }
+    out.push_str(
+        "; if the change is expected, remove that line (ssh-keygen -R HOST), \
+         else someone may be intercepting the connection",
+    );
+    Some(out)
 }
 
 /// The host-key policy the user's ssh config asks for. openssh always
@@ -362,5 +410,49 @@ impl Transport for SshHost {
             .map_err(|e| SshError::Session(chain(&e)))?;
         let stderr = String::from_utf8_lossy(&out.stderr).trim().to_string();
         self.verdict(out.status, out.stdout, stderr, written.err())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What OpenSSH 9.2 (Debian 12) logs when a known host's key changed.
+    const CHANGED: &str = "@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@
+@    WARNING: REMOTE HOST IDENTIFICATION HAS CHANGED!     @
+@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@
+IT IS POSSIBLE THAT SOMEONE IS DOING SOMETHING NASTY!
+Someone could be eavesdropping on you right now (man-in-the-middle attack)!
+It is also possible that a host key has just been changed.
+The fingerprint for the ED25519 key sent by the remote host is
+SHA256:6xkZ0cPq2wJ3m8kTLrJgmJm3pXr0e0cF1dD2sY6tVqE.
+Please contact your system administrator.
+Add correct host key in /root/.ssh/known_hosts to get rid of this message.
+Offending ED25519 key in /root/.ssh/known_hosts:3
+  remove with:
+  ssh-keygen -f \"/root/.ssh/known_hosts\" -R \"127.0.0.2\"
+Host key for 127.0.0.2 has changed and you have requested strict checking.
+Host key verification failed.
+";
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("failed to connect to the remote host")]
+    struct Outer(#[source] std::io::Error);
+
+    #[test]
+    fn a_changed_host_key_is_one_informative_line() {
+        let e = Outer(std::io::Error::other(CHANGED));
+        assert_eq!(
+            chain(&e),
+            "failed to connect to the remote host: host key for 127.0.0.2 has changed (it now \
+             sends ED25519 key SHA256:6xkZ0cPq2wJ3m8kTLrJgmJm3pXr0e0cF1dD2sY6tVqE); Offending \
+             ED25519 key in /root/.ssh/known_hosts:3; if the change is expected, remove that line \
+             (ssh-keygen -R HOST), else someone may be intercepting the connection"
+        );
+        let e = Outer(std::io::Error::other("ssh: Could not resolve hostname x\n"));
+        assert_eq!(
+            chain(&e),
+            "failed to connect to the remote host: ssh: Could not resolve hostname x"
+        );
     }
 }

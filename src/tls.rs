@@ -173,8 +173,9 @@ impl Fingerprint {
         let hex: String = s.chars().filter(|c| *c != ':').collect();
         let want = digest.hash(b"").len() * 2;
         if hex.len() != want || !hex.chars().all(|c| c.is_ascii_hexdigit()) {
+            let s_shown = crate::text::shown(s);
             return Err(format!(
-                "invalid {digest} fingerprint {s:?}: expected {} hex bytes, colons optional",
+                "invalid {digest} fingerprint {s_shown}: expected {} hex bytes, colons optional",
                 want / 2
             ));
         }

@@ -6,6 +6,8 @@
 
 pub mod edit;
 pub mod names;
+#[cfg(test)]
+mod props;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -14,10 +16,12 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use toml::Spanned;
 
+use crate::text::{one_line, shown, INVENTORY_ERROR_MAX};
 use crate::tls::{Digest, Fingerprint, KeyAlgorithm, PinKind};
 pub use names::{DnsName, HostName, Recipient, RemotePath, SshDestination};
 
-/// A refusal of the inventory, rendered `file:line:column: message`.
+/// A refusal of the inventory, rendered `file:line:column: message` on one
+/// line of at most [`INVENTORY_ERROR_MAX`] characters.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub struct InventoryError {
     pub file: PathBuf,
@@ -28,12 +32,13 @@ pub struct InventoryError {
 
 impl fmt::Display for InventoryError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.position {
-            Some((line, col)) => {
-                write!(f, "{}:{line}:{col}: {}", self.file.display(), self.message)
-            }
-            None => write!(f, "{}: {}", self.file.display(), self.message),
-        }
+        // One line, at most INVENTORY_ERROR_MAX characters, whatever the
+        // file or the values in the message hold.
+        let line = match self.position {
+            Some((line, col)) => format!("{}:{line}:{col}: {}", self.file.display(), self.message),
+            None => format!("{}: {}", self.file.display(), self.message),
+        };
+        f.write_str(&one_line(&line, INVENTORY_ERROR_MAX))
     }
 }
 
@@ -413,7 +418,8 @@ fn fetchmail_word(what: &str, v: &str) -> Result<String, String> {
         Ok(v.to_string())
     } else {
         Err(format!(
-            "invalid fetchmail {what} {v:?}: printable ASCII without spaces, quotes, backslash, ` or $"
+            "invalid fetchmail {what} {}: printable ASCII without spaces, quotes, backslash, ` or $",
+            shown(v)
         ))
     }
 }
@@ -556,7 +562,7 @@ impl Context<'_> {
             Some(s) => s.get_ref().parse().map_err(|_| {
                 self.at(
                     s,
-                    format!("unknown {what} {:?}: expected {names}", s.get_ref()),
+                    format!("unknown {what} {}: expected {names}", shown(s.get_ref())),
                 )
             }),
         }
@@ -594,7 +600,10 @@ impl Context<'_> {
                 Some((m, other)) => {
                     return Err(self.at(
                         m,
-                        format!("host {name}: unknown mta {other:?}: expected postfix or exim"),
+                        format!(
+                            "host {name}: unknown mta {}: expected postfix or exim",
+                            shown(other)
+                        ),
                     ))
                 }
             };
@@ -663,7 +672,10 @@ impl Context<'_> {
                     other => {
                         return Err(self.at(
                             &p.protocol,
-                            format!("{what}: unknown protocol {other:?}: expected pop3 or imap"),
+                            format!(
+                                "{what}: unknown protocol {}: expected pop3 or imap",
+                                shown(other)
+                            ),
                         ))
                     }
                 };
@@ -716,8 +728,8 @@ impl Context<'_> {
                     Err(self.at(
                         s,
                         format!(
-                            "domain {name}: {role} {:?} is not a host of this inventory",
-                            s.get_ref()
+                            "domain {name}: {role} {} is not a host of this inventory",
+                            shown(s.get_ref())
                         ),
                     ))
                 }
@@ -897,8 +909,8 @@ impl Context<'_> {
                 self.at(
                     r,
                     format!(
-                        "{what}: {:?} is not an [external.NAME] of this inventory",
-                        r.get_ref()
+                        "{what}: {} is not an [external.NAME] of this inventory",
+                        shown(r.get_ref())
                     ),
                 )
             })
@@ -914,14 +926,14 @@ impl Context<'_> {
             let name = self.value(key, HostName::parse)?;
             let what = format!("external {name}");
             let (host, port) = self.value(&e.address, |a| {
-                let (h, p) = a
-                    .rsplit_once(':')
-                    .ok_or_else(|| format!("{what}: address {a:?} needs a port, as host:port"))?;
+                let (h, p) = a.rsplit_once(':').ok_or_else(|| {
+                    format!("{what}: address {} needs a port, as host:port", shown(a))
+                })?;
                 let port = p
                     .parse::<u16>()
                     .ok()
                     .filter(|p| *p > 0)
-                    .ok_or_else(|| format!("{what}: invalid port {p:?}"))?;
+                    .ok_or_else(|| format!("{what}: invalid port {}", shown(p)))?;
                 Ok((DnsName::parse(h).map_err(|m| format!("{what}: {m}"))?, port))
             })?;
             let tls = match e.tls.get_ref().as_str() {
@@ -930,7 +942,10 @@ impl Context<'_> {
                 other => {
                     return Err(self.at(
                         &e.tls,
-                        format!("{what}: unknown tls {other:?}: expected implicit or starttls"),
+                        format!(
+                            "{what}: unknown tls {}: expected implicit or starttls",
+                            shown(other)
+                        ),
                     ))
                 }
             };
@@ -941,7 +956,10 @@ impl Context<'_> {
                 Some((p, other)) => {
                     return Err(self.at(
                         p,
-                        format!("{what}: unknown protocol {other:?}: expected smtp, imap or pop3"),
+                        format!(
+                            "{what}: unknown protocol {}: expected smtp, imap or pop3",
+                            shown(other)
+                        ),
                     ))
                 }
             };
@@ -995,7 +1013,8 @@ impl Context<'_> {
                     return Err(self.at(
                         p,
                         format!(
-                            "policy for {domain}: unknown level {l:?}: expected one of {} or a list of fingerprints",
+                            "policy for {domain}: unknown level {}: expected one of {} or a list of fingerprints",
+                            shown(l),
                             PolicyLevel::LEVELS.join(", ")
                         ),
                     ))

@@ -4,6 +4,8 @@
 
 use std::fmt;
 
+use crate::text::shown;
+
 /// Why a value was refused; the caller adds file, line and column.
 pub type Invalid = String;
 
@@ -37,6 +39,7 @@ impl HostName {
     /// An inventory key: letters, digits, `-` and `_`, starting with a letter
     /// or digit.
     pub fn parse(s: &str) -> Result<Self, Invalid> {
+        let s_shown = shown(s);
         let ok = !s.is_empty()
             && s.len() <= 64
             && s.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
@@ -46,7 +49,7 @@ impl HostName {
             Ok(HostName(s.to_string()))
         } else {
             Err(format!(
-                "invalid host name {s:?}: use letters, digits, '-' and '_' (at most 64)"
+                "invalid host name {s_shown}: use letters, digits, '-' and '_' (at most 64)"
             ))
         }
     }
@@ -56,6 +59,7 @@ impl DnsName {
     /// A DNS host or domain name, stored in lowercase (Postfix tables compare
     /// case-insensitively, so one spelling avoids near-duplicate keys).
     pub fn parse(s: &str) -> Result<Self, Invalid> {
+        let s_shown = shown(s);
         let lower = s.to_ascii_lowercase();
         let label_ok = |l: &str| {
             !l.is_empty()
@@ -67,7 +71,7 @@ impl DnsName {
         if !lower.is_empty() && lower.len() <= 253 && lower.split('.').all(label_ok) {
             Ok(DnsName(lower))
         } else {
-            Err(format!("invalid DNS name {s:?}"))
+            Err(format!("invalid DNS name {s_shown}"))
         }
     }
 }
@@ -76,14 +80,15 @@ impl SshDestination {
     /// An ssh destination: `alias`, `host`, `user@host`, `user@host:port` or
     /// `[v6]:port`. Never starts with `-`, which ssh would read as an option.
     pub fn parse(s: &str) -> Result<Self, Invalid> {
+        let s_shown = shown(s);
         let allowed = |c: char| c.is_ascii_alphanumeric() || "._-@:[]%".contains(c);
         if s.is_empty() || s.len() > 255 || s.starts_with('-') || !s.chars().all(allowed) {
             return Err(format!(
-                "invalid ssh destination {s:?}: expected alias, host, user@host or user@host:port"
+                "invalid ssh destination {s_shown}: expected alias, host, user@host or user@host:port"
             ));
         }
         if s.matches('@').count() > 1 || s.ends_with('@') || s.starts_with('@') {
-            return Err(format!("invalid ssh destination {s:?}: misplaced '@'"));
+            return Err(format!("invalid ssh destination {s_shown}: misplaced '@'"));
         }
         let d = SshDestination(s.to_string());
         let (_, host, port) = d.split();
@@ -93,7 +98,7 @@ impl SshDestination {
             || (host.contains(':') && !s.contains('['));
         if bad_host || port.is_some_and(|p| p.parse::<u16>().map_or(true, |p| p == 0)) {
             return Err(format!(
-                "invalid ssh destination {s:?}: expected alias, host, user@host, user@host:port \
+                "invalid ssh destination {s_shown}: expected alias, host, user@host, user@host:port \
                  or [v6]:port (port 1 to 65535)"
             ));
         }
@@ -142,6 +147,7 @@ impl RemotePath {
     /// An absolute path without `..`, empty components or characters a shell
     /// or Postfix list would treat specially. A trailing `/` is dropped.
     pub fn parse(s: &str) -> Result<Self, Invalid> {
+        let s_shown = shown(s);
         let trimmed = if s.len() > 1 {
             s.trim_end_matches('/')
         } else {
@@ -158,7 +164,7 @@ impl RemotePath {
             Ok(RemotePath(trimmed.to_string()))
         } else {
             Err(format!(
-                "invalid path {s:?}: expected an absolute path of letters, digits and ._-+"
+                "invalid path {s_shown}: expected an absolute path of letters, digits and ._-+"
             ))
         }
     }
@@ -174,25 +180,33 @@ impl Recipient {
     /// RFC 5322 atoms and dots: no whitespace or quotes, which would break a
     /// Postfix table line.
     pub fn parse(s: &str, domain: &DnsName) -> Result<Self, Invalid> {
+        let s_shown = shown(s);
         let Some((local, dom)) = s.rsplit_once('@') else {
-            return Err(format!("invalid recipient {s:?}: expected local@{domain}"));
+            return Err(format!(
+                "invalid recipient {s_shown}: expected local@{domain}"
+            ));
         };
         let atom = |c: char| c.is_ascii_alphanumeric() || "!#$%&'*+/=?^_`{|}~-.".contains(c);
         if local.is_empty()
             || local.len() > 64
             // A table line starting with '#' is a comment to Postfix.
             || local.starts_with('#')
+            // `*@domain` is a wildcard to Exim's lsearch*@ (the backup
+            // would accept every address), and an Exim backup refuses it.
+            || local == "*"
             || local.starts_with('.')
             || local.ends_with('.')
             || local.contains("..")
             || !local.chars().all(atom)
         {
-            return Err(format!("invalid recipient {s:?}: unsupported local part"));
+            return Err(format!(
+                "invalid recipient {s_shown}: unsupported local part"
+            ));
         }
-        let dom = DnsName::parse(dom).map_err(|e| format!("invalid recipient {s:?}: {e}"))?;
+        let dom = DnsName::parse(dom).map_err(|e| format!("invalid recipient {s_shown}: {e}"))?;
         if &dom != domain {
             return Err(format!(
-                "recipient {s:?} is not in domain {domain}: a backup only accepts its domain's addresses"
+                "recipient {s_shown} is not in domain {domain}: a backup only accepts its domain's addresses"
             ));
         }
         Ok(Recipient(format!("{local}@{dom}")))
@@ -314,6 +328,7 @@ mod tests {
             "\"x\"@example.net",
             ".a@example.net",
             "@example.net",
+            "*@example.net",
         ] {
             assert!(Recipient::parse(bad, &d).is_err(), "{bad}");
         }

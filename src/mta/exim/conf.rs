@@ -224,6 +224,7 @@ pub fn edited(text: &str, dir: &str, rcpt_acl: &str) -> Result<Edited, String> {
             "acl_smtp_rcpt is {rcpt_acl:?}, not the name of an ACL"
         ));
     }
+    let eol = crate::mta::line_ending(text);
     let lines: Vec<&str> = text.split_inclusive('\n').collect();
     let logical = parse(&lines);
 
@@ -268,7 +269,7 @@ pub fn edited(text: &str, dir: &str, rcpt_acl: &str) -> Result<Edited, String> {
         insert
             .entry(at)
             .or_default()
-            .push(format!(".include {main_conf}\n"));
+            .push(format!(".include {main_conf}{eol}"));
     }
     let mut define_relay_to_domains = true;
     let mut admin: std::collections::BTreeMap<&str, String> = Default::default();
@@ -357,7 +358,7 @@ pub fn edited(text: &str, dir: &str, rcpt_acl: &str) -> Result<Edited, String> {
         insert
             .entry(logical[start].lines.end)
             .or_default()
-            .push(format!(".include {acl_conf}\n"));
+            .push(format!(".include {acl_conf}{eol}"));
     }
 
     // Routers and transports: first in their section.
@@ -368,7 +369,7 @@ pub fn edited(text: &str, dir: &str, rcpt_acl: &str) -> Result<Edited, String> {
             insert
                 .entry(logical[range.start].lines.end)
                 .or_default()
-                .push(format!(".include {path}\n"));
+                .push(format!(".include {path}{eol}"));
         }
     }
 
@@ -376,7 +377,7 @@ pub fn edited(text: &str, dir: &str, rcpt_acl: &str) -> Result<Edited, String> {
     let emit_inserts = |out: &mut String, at: usize| {
         for text in insert.get(&at).into_iter().flatten() {
             if !out.is_empty() && !out.ends_with('\n') {
-                out.push('\n');
+                out.push_str(eol);
             }
             out.push_str(text);
         }
@@ -386,6 +387,8 @@ pub fn edited(text: &str, dir: &str, rcpt_acl: &str) -> Result<Edited, String> {
         out.push_str(replace[i].as_deref().unwrap_or(line));
     }
     emit_inserts(&mut out, lines.len());
+    // A file without a final newline keeps none.
+    let out = crate::mta::keep_final_newline(text, out);
     let admin_cert = match (admin.get("tls_certificate"), admin.get("tls_privatekey")) {
         (Some(c), Some(k)) if !c.starts_with(dir) => Some((c.clone(), k.clone())),
         _ => None,
@@ -603,7 +606,7 @@ mod tests {
             "# only comments\n\n.include /etc/exim4/mxpin/main.conf\nbegin acl\n  r :\n\
              .include /etc/exim4/mxpin/acl_rcpt.conf\n  accept\nbegin routers\n\
              .include /etc/exim4/mxpin/routers.conf\nbegin transports\n\
-             .include /etc/exim4/mxpin/transports.conf\n"
+             .include /etc/exim4/mxpin/transports.conf"
         );
         assert_eq!(edited(&e.text, DIR, "r").unwrap(), e);
         // A last main option continued over a blank line: after the blank.
@@ -710,6 +713,145 @@ mod tests {
             with_staged_includes(text, &[("/a".into(), "/b".into())]),
             "  .include_if_exists   /b  \n# .include /a\nx = /a\n.include /b"
         );
+    }
+
+    /// Issue 17: lines mxpin writes into a CRLF file used LF.
+    #[test]
+    fn includes_written_into_a_crlf_file_end_in_crlf() {
+        let text = LAB.replace('\n', "\r\n");
+        let e = edit(&text);
+        assert!(!e.text.replace("\r\n", "").contains('\n'));
+        assert!(e
+            .text
+            .contains("\r\n.include /etc/exim4/mxpin/main.conf\r\n"));
+        assert_eq!(edit(&e.text), e, "idempotent");
+    }
+
+    /// What releasing the edit would take out again: mxpin's include lines,
+    /// the `# mxpin: ` of the lines it commented out, and its entry in
+    /// relay_to_domains.
+    fn unedited(original: &str, text: &str) -> String {
+        let includes: Vec<String> = ["main", "acl_rcpt", "routers", "transports"]
+            .iter()
+            .map(|f| format!(".include {DIR}/{f}.conf"))
+            .collect();
+        let mut out = String::new();
+        for line in text.split_inclusive('\n') {
+            if includes.iter().any(|i| line.trim_end() == i) {
+                continue;
+            }
+            let line = line.strip_prefix(COMMENT_PREFIX).unwrap_or(line);
+            let mut line = line.to_string();
+            for added in [
+                " : +mxpin_relay_domains",
+                " ; +mxpin_relay_domains",
+                " +mxpin_relay_domains",
+            ] {
+                if line.contains(added) {
+                    line = line.replacen(added, "", 1);
+                    break;
+                }
+            }
+            out.push_str(&line);
+        }
+        crate::mta::keep_final_newline(original, out)
+    }
+
+    fn exim_line(section: u8) -> impl proptest::strategy::Strategy<Value = &'static str> {
+        let lines: Vec<&'static str> = match section {
+            0 => vec![
+                "primary_hostname = mail.example.org",
+                "domainlist local_domains = @ : localhost",
+                "domainlist relay_to_domains = a.example : \\",
+                "domainlist relay_to_domains = <; a.example ; b",
+                "domainlist relay_to_domains =",
+                "  # partners",
+                "  b.example",
+                "tls_certificate = /etc/ssl/certs/\\",
+                "    mail.pem",
+                "hide tls_privatekey = /etc/ssl/private/mail.key  ",
+                "tls_advertise_hosts = *",
+                "ignore_bounce_errors_after = \\",
+                "  2d",
+                "# a comment \\",
+                "",
+                "  ",
+                "MY_MACRO = /x",
+            ],
+            1 => vec![
+                "acl_check_rcpt:",
+                "  accept hosts = :",
+                "  # Local",
+                "  deny message = r:",
+                "acl_check_data:",
+                "  accept",
+                "",
+            ],
+            2 => vec![
+                "dnslookup:",
+                "  driver = dnslookup",
+                "  domains = ! +local_domains \\",
+                "  # between",
+                "    : ! +relay_to_domains",
+                "# comment",
+                "",
+            ],
+            _ => vec![
+                "remote_smtp:",
+                "  driver = smtp",
+                "  tls_certificate = /etc/exim4/client.crt",
+                "",
+                "# end",
+            ],
+        };
+        proptest::sample::select(lines)
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::test_runner::Config { cases: 256, ..Default::default() })]
+
+        /// Issue 17: on generated configurations (continuation lines,
+        /// comments between them, TLS options, relay_to_domains variants,
+        /// CRLF, no final newline) the edit is idempotent, writes the file's
+        /// own line ending, and taking mxpin's lines out gives back every
+        /// byte: nothing else changed.
+        #[test]
+        fn edits_are_idempotent_and_reversible(
+            main in proptest::collection::vec(exim_line(0), 0..10),
+            acl in proptest::collection::vec(exim_line(1), 0..5),
+            routers in proptest::collection::vec(exim_line(2), 0..5),
+            transports in proptest::collection::vec(exim_line(3), 0..5),
+            crlf: bool,
+            final_newline: bool,
+        ) {
+            let eol = if crlf { "\r\n" } else { "\n" };
+            let mut lines: Vec<&str> = main;
+            lines.push("begin acl");
+            lines.push("acl_check_rcpt:");
+            lines.extend(acl);
+            lines.push("begin routers");
+            lines.extend(routers);
+            lines.push("begin transports");
+            lines.extend(transports);
+            let mut text = lines.join(eol);
+            if final_newline {
+                text.push_str(eol);
+            }
+            let e = match edited(&text, DIR, "acl_check_rcpt") {
+                Ok(e) => e,
+                // A continuation swallowing a `begin` or the ACL's name:
+                // refused, and nothing is written.
+                Err(why) => {
+                    proptest::prop_assert!(why.contains("not defined") || why.contains("no \"begin"), "{}", why);
+                    return Ok(());
+                }
+            };
+            proptest::prop_assert_eq!(&edited(&e.text, DIR, "acl_check_rcpt").unwrap(), &e);
+            if crlf {
+                proptest::prop_assert!(!e.text.replace("\r\n", "").contains('\n'), "{:?}", e.text);
+            }
+            proptest::prop_assert_eq!(unedited(&text, &e.text), text);
+        }
     }
 
     #[test]

@@ -150,9 +150,42 @@ pub struct EximFacts {
     pub checks: BTreeMap<String, String>,
 }
 
+/// Whether the facts script (with its verification checks) writes a
+/// section of this name.
+fn known_section(name: &str) -> bool {
+    let confd = |f: &str| CONFD.iter().any(|(c, _)| *c == f);
+    let file = |f: &str| {
+        SLOTS.iter().any(|(_, k, c)| *k == f || *c == f)
+            || FRAGMENTS.contains(&f)
+            || (f.starts_with("peer-") && f.ends_with(".pem"))
+    };
+    matches!(
+        name,
+        "uid"
+            | "error"
+            | "bin"
+            | "version"
+            | "config_file"
+            | "options"
+            | "config"
+            | "gid"
+            | "running"
+            | "update-exim4.conf.conf"
+            | "ls"
+            | crate::facts::END
+    ) || name.strip_prefix("confd:").is_some_and(confd)
+        || name.strip_prefix("confd-ls:").is_some_and(confd)
+        || name
+            .strip_prefix("macro:")
+            .is_some_and(|m| DEBIAN_MACROS.contains(&m))
+        || name.strip_prefix("file:").is_some_and(file)
+        || name.starts_with("bt:")
+}
+
 impl EximFacts {
     pub fn from_sections(s: &Sections) -> Result<Self, String> {
         crate::mta::check_header(s)?;
+        crate::mta::check_names(s, known_section)?;
         let need = |name: &str| {
             s.get(name)
                 .map(str::to_string)

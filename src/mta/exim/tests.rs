@@ -144,6 +144,18 @@ fn truncated_or_failing_facts_are_refused() {
     );
 }
 
+/// Every captured answer, cut at every byte, flipped, with a frame sent
+/// twice or the frames reordered, is refused or reads the same
+/// (`mta::garbled::check`). The name of a peer certificate's section
+/// carries the primary's mx, so a flip there reads as another peer's file:
+/// the one thing framing cannot tell.
+#[test]
+fn garbled_facts_are_never_read_as_a_host() {
+    for name in ["facts-relay-fresh.out", "facts-relay-applied.out"] {
+        crate::mta::garbled::check(&fixture(name), &exim_from, &|n| n.starts_with("file:peer-"));
+    }
+}
+
 fn exim_from(out: &[u8]) -> Result<EximFacts, String> {
     let s = facts::parse(out).map_err(|e| e.to_string())?;
     EximFacts::from_sections(&s)

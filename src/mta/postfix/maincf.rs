@@ -113,6 +113,12 @@ impl MainCf {
         )
     }
 
+    /// The lines (indices into the file's lines) the effective definition
+    /// spans: its line, its continuation lines and the comments between.
+    pub fn def_lines(&self, name: &str) -> Option<std::ops::Range<usize>> {
+        self.last_def(name).map(|d| d.lines.clone())
+    }
+
     /// The exact text of the effective definition: its line, its
     /// continuation lines and the comments between them.
     pub fn def_text(&self, name: &str) -> Option<String> {
@@ -122,7 +128,12 @@ impl MainCf {
 
     /// The text after `edits`. A `Set` whose value already is the effective
     /// value leaves its lines untouched; new parameters go at the end.
+    /// Lines mxpin writes end as the file's own do (CRLF or LF), and a file
+    /// without a final newline keeps none, so that a give-back (`Restore`,
+    /// `Remove` of an added parameter) returns the admin's bytes.
     pub fn edited(&self, edits: &[Edit]) -> String {
+        let text = self.lines.concat();
+        let eol = crate::mta::line_ending(&text);
         // Per line: None = keep, Some(text) = replace by text ("" = delete).
         let mut replace: Vec<Option<String>> = vec![None; self.lines.len()];
         let mut appended = String::new();
@@ -132,7 +143,7 @@ impl MainCf {
                     if self.get(name).as_deref() == Some(value.as_str()) {
                         continue;
                     }
-                    let new_line = format!("{name} = {value}\n");
+                    let new_line = format!("{name} = {value}{eol}");
                     match self.last_def(name) {
                         Some(def) => {
                             for i in def.lines.clone() {
@@ -166,25 +177,20 @@ impl MainCf {
             match rep {
                 None => out.push_str(line),
                 Some(text) => {
-                    // Keep the file's own line ending on a replaced last line.
-                    if !text.is_empty() && !line.ends_with('\n') {
-                        out.push_str(text.trim_end_matches('\n'));
-                    } else {
-                        out.push_str(text);
-                        if !text.is_empty() && !text.ends_with('\n') {
-                            out.push('\n');
-                        }
+                    out.push_str(text);
+                    if !text.is_empty() && !text.ends_with('\n') {
+                        out.push_str(eol);
                     }
                 }
             }
         }
         if !appended.is_empty() {
             if !out.is_empty() && !out.ends_with('\n') {
-                out.push('\n');
+                out.push_str(eol);
             }
             out.push_str(&appended);
         }
-        out
+        crate::mta::keep_final_newline(&text, out)
     }
 }
 
@@ -270,8 +276,47 @@ mynetworks = 127.0.0.0/8 [::ffff:127.0.0.0]/104 [::1]/128
 
     #[test]
     fn set_appends_new_parameters_at_the_end() {
-        let out = MainCf::parse("a = 1").edited(&[set("b", "2"), set("c", "3")]);
+        let out = MainCf::parse("a = 1\n").edited(&[set("b", "2"), set("c", "3")]);
         assert_eq!(out, "a = 1\nb = 2\nc = 3\n");
+        // A file without a final newline keeps none, so that removing the
+        // added lines gives its bytes back.
+        let out = MainCf::parse("a = 1").edited(&[set("b", "2"), set("c", "3")]);
+        assert_eq!(out, "a = 1\nb = 2\nc = 3");
+        let back =
+            MainCf::parse(&out).edited(&[Edit::Remove("b".into()), Edit::Remove("c".into())]);
+        assert_eq!(back, "a = 1");
+    }
+
+    /// Issue 17: lines mxpin writes into a CRLF file used LF.
+    #[test]
+    fn lines_written_into_a_crlf_file_end_in_crlf() {
+        let text = "a = 1\r\nt = x,\r\n  y\r\n";
+        let m = MainCf::parse(text);
+        assert_eq!(m.get("t").as_deref(), Some("x, y"));
+        assert_eq!(
+            m.edited(&[set("t", "z"), set("b", "2")]),
+            "a = 1\r\nt = z\r\nb = 2\r\n"
+        );
+        assert_eq!(
+            m.edited(&[set("t", "x, y")]),
+            text,
+            "unchanged value, untouched"
+        );
+    }
+
+    /// A multi-line definition on the unterminated last line: replaced, it
+    /// stays unterminated, and its text comes back byte for byte.
+    #[test]
+    fn replacing_a_continued_last_definition_keeps_the_file_unterminated() {
+        let text = "a = 1\nt = x,\n  y";
+        let m = MainCf::parse(text);
+        let out = m.edited(&[set("t", "z")]);
+        assert_eq!(out, "a = 1\nt = z");
+        let back = MainCf::parse(&out).edited(&[Edit::Restore(
+            "t".into(),
+            Some(format!("{}\n", m.def_text("t").unwrap())),
+        )]);
+        assert_eq!(back, text);
     }
 
     #[test]

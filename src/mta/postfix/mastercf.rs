@@ -207,8 +207,12 @@ pub fn port_taken(text: &str, port: u16) -> Option<String> {
 /// master.cf with exactly mxpin's `wanted` services: each kept in place
 /// (rewritten if it differs), appended when missing; mxpin's services not
 /// wanted are removed with their comment. Returns the text unchanged when
-/// it already is as wanted.
+/// it already is as wanted. mxpin's lines end as the file's own do (CRLF or
+/// LF), and a file without a final newline keeps none, so removing the
+/// services gives back the admin's bytes.
 pub fn edited(text: &str, wanted: &[Service]) -> String {
+    let eol = crate::mta::line_ending(text);
+    let block = |s: &Service| s.block.replace('\n', eol);
     let lines: Vec<&str> = text.split_inclusive('\n').collect();
     let mut out = String::with_capacity(text.len() + 1024);
     let mut placed: Vec<&Service> = Vec::new();
@@ -229,7 +233,7 @@ pub fn edited(text: &str, wanted: &[Service]) -> String {
             .iter()
             .find(|s| s.kind == kind && s.name == name && !placed.contains(s));
         if let Some(s) = want {
-            out.push_str(&s.block);
+            out.push_str(&block(s));
             placed.push(s);
         }
         at = r.end;
@@ -237,11 +241,11 @@ pub fn edited(text: &str, wanted: &[Service]) -> String {
     out.push_str(&lines[at..].concat());
     for s in wanted.iter().filter(|s| !placed.contains(s)) {
         if !out.is_empty() && !out.ends_with('\n') {
-            out.push('\n');
+            out.push_str(eol);
         }
-        out.push_str(&s.block);
+        out.push_str(&block(s));
     }
-    out
+    crate::mta::keep_final_newline(text, out)
 }
 
 #[cfg(test)]
@@ -305,8 +309,25 @@ showq     unix  n       -       y       -       -       showq
 
     #[test]
     fn missing_final_newline() {
-        let out = edited("smtp unix - - n - - smtp", &smtps(""));
+        let text = "smtp unix - - n - - smtp";
+        let out = edited(text, &smtps(""));
         assert!(out.starts_with("smtp unix - - n - - smtp\n# Managed by mxpin"));
+        assert!(out.ends_with("-o smtp_tls_wrappermode=yes"), "{out:?}");
+        assert_eq!(edited(&out, &smtps("")), out, "idempotent");
+        // Found by the property test: the newline added before the block
+        // stayed when the block went.
+        assert_eq!(edited(&out, &[]), text);
+    }
+
+    /// Issue 17: lines mxpin writes into a CRLF file used LF.
+    #[test]
+    fn services_written_into_a_crlf_file_end_in_crlf() {
+        let text = DEBIAN.replace('\n', "\r\n");
+        let out = edited(&text, &smtps(&text));
+        assert!(out.starts_with(&text));
+        assert!(!out.replace("\r\n", "").contains('\n'), "{out:?}");
+        assert_eq!(edited(&out, &smtps(&text)), out);
+        assert_eq!(edited(&out, &[]), text);
     }
 
     #[test]

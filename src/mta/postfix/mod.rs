@@ -320,9 +320,34 @@ fn parse_version(v: &str) -> Option<(u32, u32)> {
     Some((it.next()?.parse().ok()?, it.next()?.parse().ok()?))
 }
 
+/// Whether the facts script (with its verification checks) writes a
+/// section of this name.
+fn known_section(name: &str) -> bool {
+    let owned = |f: &str| owned_files().any(|o| o == f);
+    matches!(
+        name,
+        "uid"
+            | "error"
+            | "effective"
+            | "running"
+            | "certs:smtpd_tls_chain_files"
+            | "certs:smtpd_tls_cert_file"
+            | "main.cf"
+            | "master.cf"
+            | "ls"
+            | crate::facts::END
+    ) || name
+        .strip_prefix("file:")
+        .is_some_and(|f| owned(f) || f.starts_with("fetchmail"))
+        || name.strip_prefix("fresh:").is_some_and(owned)
+        || name.starts_with("q:")
+        || name.starts_with("ptf:")
+}
+
 impl PostfixFacts {
     pub fn from_sections(s: &Sections) -> Result<Self, String> {
         crate::mta::check_header(s)?;
+        crate::mta::check_names(s, known_section)?;
         let need = |name: &str| {
             s.get(name)
                 .map(str::to_string)

@@ -19,6 +19,10 @@ pub const FILE: &str = "main.cf.taken";
 const HEADER: &str = "# Managed by mxpin: the admin's own main.cf text of every parameter mxpin\n\
 # changed, given back when mxpin no longer needs it (mxpin release). Do not edit.\n";
 
+/// Marks a text that had no line ending (the file's last line): what
+/// follows it up to the next newline is the text, that newline is not.
+const NO_FINAL_NEWLINE: &str = "@no-final-newline";
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Entry {
     /// The admin's text of the parameter (`None`: main.cf had none).
@@ -32,16 +36,28 @@ pub struct Entry {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Taken(pub BTreeMap<String, Entry>);
 
+/// An entry as read: when its text was the file's unterminated last line,
+/// the newline after it is the record's, not the admin's.
+fn close(mut e: Entry, unterminated: bool) -> Entry {
+    if let Some(o) = e.original.as_mut().filter(|_| unterminated) {
+        if o.ends_with('\n') {
+            o.pop();
+        }
+    }
+    e
+}
+
 impl Taken {
     /// Reads the record; lines that do not fit are ignored (the record is
     /// mxpin's own file; a damaged one gives back less, never more).
     pub fn parse(text: &str) -> Self {
         let mut out = BTreeMap::new();
         let mut current: Option<(String, Entry)> = None;
+        let mut unterminated = false;
         for line in text.split_inclusive('\n') {
             if let Some(name) = line.strip_prefix("@@ ") {
                 if let Some((n, e)) = current.take() {
-                    out.insert(n, e);
+                    out.insert(n, close(e, unterminated));
                 }
                 current = Some((
                     name.trim().to_string(),
@@ -51,8 +67,11 @@ impl Taken {
                         wrote: String::new(),
                     },
                 ));
+                unterminated = false;
             } else if let Some((_, e)) = current.as_mut() {
-                if let Some(v) = line.strip_prefix("@base ") {
+                if line.trim_end() == NO_FINAL_NEWLINE {
+                    unterminated = true;
+                } else if let Some(v) = line.strip_prefix("@base ") {
                     e.base = v.trim_end_matches('\n').to_string();
                 } else if let Some(v) = line.strip_prefix("@wrote ") {
                     e.wrote = v.trim_end_matches('\n').to_string();
@@ -62,7 +81,7 @@ impl Taken {
             }
         }
         if let Some((n, e)) = current {
-            out.insert(n, e);
+            out.insert(n, close(e, unterminated));
         }
         Taken(out)
     }
@@ -79,6 +98,10 @@ impl Taken {
                 e.base, e.wrote
             ));
             if let Some(o) = &e.original {
+                if !o.ends_with('\n') {
+                    s.push_str(NO_FINAL_NEWLINE);
+                    s.push('\n');
+                }
                 s.push_str(o);
                 if !o.ends_with('\n') {
                     s.push('\n');
@@ -243,6 +266,40 @@ mod tests {
             left.0.keys().collect::<Vec<_>>(),
             ["smtpd_tls_security_level"]
         );
+    }
+
+    /// Found by the property test: the admin's unterminated last line,
+    /// recorded, came back with an LF (in a CRLF file too) once mxpin's
+    /// added lines followed it.
+    #[test]
+    fn an_unterminated_text_round_trips_through_the_record() {
+        let mut t = Taken::default();
+        t.0.insert(
+            "a".into(),
+            Entry {
+                original: Some("a = x,\r\n  y".into()),
+                base: "x, y".into(),
+                wrote: "z".into(),
+            },
+        );
+        t.0.insert(
+            "b".into(),
+            Entry {
+                original: Some("b = 1\r\n".into()),
+                base: "1".into(),
+                wrote: "2".into(),
+            },
+        );
+        assert_eq!(Taken::parse(&t.render().unwrap()), t);
+        let admin = "# c\r\na = x,\r\n  y";
+        let set = |n: &str, v: &str| Edit::Set(n.into(), v.into());
+        let (text, taken) = step(admin, &Taken::default(), vec![set("a", "z"), set("c", "1")]);
+        assert_eq!(text, "# c\r\na = z\r\nc = 1");
+        let taken = Taken::parse(&taken.render().unwrap());
+        let (kept, _) = step(&text, &taken, vec![set("c", "1")]);
+        assert_eq!(kept, "# c\r\na = x,\r\n  y\r\nc = 1");
+        let (back, _) = step(&text, &taken, vec![]);
+        assert_eq!(back, admin);
     }
 
     #[test]

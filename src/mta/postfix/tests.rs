@@ -92,10 +92,20 @@ fn frames(sections: &[(&str, &str)]) -> Vec<u8> {
     out
 }
 
-/// `base` with more sections appended (a later section of the same name wins).
+/// `base` with sections replaced or added, before its closing frame (as
+/// the script would have written them).
 fn with_sections(base: &[u8], extra: &[(&str, &str)]) -> Vec<u8> {
-    let mut out = base.to_vec();
-    out.extend(frames(extra));
+    let mut out = Vec::new();
+    let mut start = 0;
+    for (name, end) in frame_ends(base) {
+        if name == "end" {
+            out.extend(frames(extra));
+        }
+        if !extra.iter().any(|(n, _)| *n == name) {
+            out.extend_from_slice(&base[start..end]);
+        }
+        start = end;
+    }
     out
 }
 
@@ -613,6 +623,40 @@ fn facts_cut_at_a_frame_boundary_are_rejected() {
             facts_from(cut).unwrap().files.keys().collect::<Vec<_>>()
         );
     }
+}
+
+/// Every captured answer, cut at every byte, flipped, with a frame sent
+/// twice or the frames reordered, is refused or reads the same
+/// (`mta::garbled::check`).
+#[test]
+fn garbled_facts_are_never_read_as_a_host() {
+    for name in [FRESH, HOME_APPLIED, RELAY_APPLIED] {
+        crate::mta::garbled::check(&fixture(name), &facts_from, &|_| false);
+    }
+}
+
+/// Found by the property test: a flipped section name (`file:next.kez`)
+/// read as a host without that file, a frame sent twice silently took the
+/// later copy, and frames after the end frame were read.
+#[test]
+fn garbled_section_names_repeats_and_trailing_frames_are_refused() {
+    let out = fixture(RELAY_APPLIED);
+    let renamed = String::from_utf8(out.clone())
+        .unwrap()
+        .replace("@@mxpin file:next.key ", "@@mxpin file:next.kez ");
+    assert_eq!(
+        facts_from(renamed.as_bytes()).unwrap_err(),
+        "facts hold a section \"file:next.kez\" that no facts script writes: the answer is garbled"
+    );
+    let mut twice = out.clone();
+    twice.extend(frames(&[("uid", "0")]));
+    assert!(facts_from(&twice)
+        .unwrap_err()
+        .contains("after the end frame"));
+    let twice = [frames(&[("uid", "0")]), out].concat();
+    assert!(facts_from(&twice)
+        .unwrap_err()
+        .contains("section uid is given twice"));
 }
 
 // ---------------------------------------------------------------------------
@@ -2774,3 +2818,6 @@ fn an_admins_own_certificate_stays_and_peers_get_the_pin_by_sni() {
 
 /// Deferred mail after a fix: which domains apply flushes, and how.
 mod drain;
+
+/// The admin's main.cf and master.cf bytes, through edit and give-back.
+mod admin_bytes;
