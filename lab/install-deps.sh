@@ -9,8 +9,17 @@
 # namespace. What the unpacked exim4 needs globally: its shared libraries
 # (installed below; libidn12 is the one a postfix machine lacks) and the
 # system user/group Debian-exim (created as exim4-base's postinst would).
+#
+# Dovecot (for `lab.sh up ... --dovecot HOST`): installed, but never started
+# as the machine's own service: lab.sh runs its own instance per lab with
+# `dovecot -c DIR/dovecot/dovecot.conf`. Its postinst would start the system
+# dovecot (invoke-rc.d / deb-systemd-invoke): a policy-rc.d that forbids it
+# is put in place for the install when the machine has none (Docker images
+# ship one), and on a systemd machine the unit the postinst enabled is
+# disabled again.
 set -euo pipefail
 packages=(openssh-server openssh-client postfix swaks libnet-ssleay-perl sudo openssl iproute2 util-linux fetchmail)
+packages+=(dovecot-core dovecot-imapd dovecot-pop3d)
 # Runtime libraries of exim4-daemon-light 4.96 (its Depends, minus debconf and
 # exim4-base). Most are there already with postfix installed.
 packages+=(libidn12 libidn2-0 libgnutls30 libgnutls-dane0 libpcre2-8-0 libdb5.3 libnsl2 libcrypt1)
@@ -23,7 +32,26 @@ if ((${#need[@]})); then
     echo "installing: ${need[*]}"
     apt-get update -q >/dev/null
     updated=1
+    dovecot_new=0
+    if [[ " ${need[*]} " == *" dovecot-core "* ]]; then
+        dovecot_new=1
+    fi
+    policy=/usr/sbin/policy-rc.d
+    own_policy=0
+    if ((dovecot_new)) && [[ ! -e $policy ]]; then
+        printf '#!/bin/sh\n# mxpin lab/install-deps.sh: no service starts during this install\nexit 101\n' >"$policy"
+        chmod 755 "$policy"
+        own_policy=1
+        trap 'rm -f "$policy"' EXIT
+    fi
     DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${need[@]}" >/dev/null
+    if ((own_policy)); then
+        rm -f "$policy"
+        trap - EXIT
+    fi
+    if ((dovecot_new)) && [[ -d /run/systemd/system ]]; then
+        systemctl disable --now dovecot.service dovecot.socket >/dev/null 2>&1 || true
+    fi
 fi
 
 # The system user/group exim drops to (as exim4-base's postinst creates it).

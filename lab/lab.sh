@@ -11,8 +11,11 @@
 #                                      split config (conf.d) instead of exim4.conf
 #   lab/lab.sh up DIR NAME --pair      home relays its outgoing mail through
 #                                      vps: home, vps, world, stranger (Postfix)
+#   lab/lab.sh up DIR NAME --dovecot HOST  also a Dovecot (IMAP, POP3) on HOST's
+#                                      address, for fetchmail and the probe
 #   lab/lab.sh down DIR         stop everything the lab started, delete its netns
 #   lab/lab.sh exec DIR CMD...  run CMD inside the lab's network namespace
+#   lab/lab.sh dovecot-cert DIR a new certificate for the lab's Dovecot (reloaded)
 #
 # Must run as root (network and mount namespaces). Needs openssh-server,
 # postfix and swaks installed by apt; sudo is installed if missing. --exim
@@ -66,8 +69,10 @@ usage: lab/lab.sh up DIR NAME       # build and start a lab under DIR (absolute)
        lab/lab.sh up DIR NAME --exim HOST # HOST (home|relay) runs Exim, not Postfix; repeatable
        lab/lab.sh up DIR NAME --exim-debian HOST # the same with Debian's split config (conf.d)
        lab/lab.sh up DIR NAME --pair      # home, vps (home's relay), world, stranger
+       lab/lab.sh up DIR NAME --dovecot HOST # + Dovecot IMAP/POP3 on HOST's address (with any of the above)
        lab/lab.sh down DIR          # stop it and delete its netns (idempotent)
        lab/lab.sh exec DIR CMD...   # run CMD in the lab's netns (lab hosts file as /etc/hosts)
+       lab/lab.sh dovecot-cert DIR  # --dovecot: a new certificate for Dovecot, reloaded
 EOF
     exit 2
 }
@@ -491,6 +496,12 @@ setup_postfix() {
             "virtual_uid_maps = static:$uid"
             "virtual_gid_maps = static:$gid"
         )
+    fi
+    if [[ -n $DOVECOT_HOST && $host == home ]]; then
+        # fetchmail (polling the lab's Dovecot from home) hands messages to
+        # the SMTP server on localhost:25, its default: home also listens on
+        # loopback, as a Postfix with Debian's inet_interfaces = all does.
+        params+=("inet_interfaces = ${ADDR[$host]}, 127.0.0.1")
     fi
     if ((PAIR)) && [[ $host == stranger ]]; then
         setup_stranger "$dir" "$host"
@@ -1174,11 +1185,20 @@ cmd_up() {
                 EXIM_DEBIAN[$2]=1
             fi
             ;;
+        --dovecot)
+            [[ -z $DOVECOT_HOST ]] || die "--dovecot goes once"
+            DOVECOT_HOST=$2
+            ;;
         *) usage ;;
         esac
         shift 2
     done
     check_dir_arg "$dir"
+    if [[ -n $DOVECOT_HOST ]]; then
+        [[ " ${HOSTS[*]} " == *" $DOVECOT_HOST "* ]] ||
+            die "--dovecot HOST: HOST is one of the lab's hosts (${HOSTS[*]}): $DOVECOT_HOST"
+        check_dovecot_prereqs
+    fi
     # Postfix clients reach postlogd by the absolute socket path
     # DIR/relay/queue/public/postlog, and a unix socket path has at most 107
     # bytes: longer DIRs fail with "unix-domain name too long".
@@ -1257,6 +1277,9 @@ cmd_up() {
 
     for_each_host setup_host "$dir"
     write_client_files "$dir"
+    if [[ -n $DOVECOT_HOST ]]; then
+        setup_dovecot "$dir"
+    fi
 
     # Only a netns we created ourselves may be torn down on failure.
     quiet ip netns add "$name" || die "could not create network namespace $name"
@@ -1276,6 +1299,9 @@ cmd_up() {
         fleet_self_checks "$dir" "$name"
     else
         self_checks "$dir" "$name"
+    fi
+    if [[ -n $DOVECOT_HOST ]]; then
+        start_dovecot "$dir" "$name"
     fi
     echo "lab up: $dir (netns $name) in $((SECONDS - t0)) s"
 }
@@ -1301,6 +1327,175 @@ check_exim_prereqs() {
     done
     grep -qw overlay /proc/filesystems || modprobe overlay 2>/dev/null || true
     grep -qw overlay /proc/filesystems || die "--exim needs overlayfs (not in /proc/filesystems)"
+}
+
+# ---------------------------------------------------------------- dovecot
+# --dovecot HOST: a Dovecot (Debian's dovecot-core/-imapd/-pop3d 2.3,
+# installed by lab/install-deps.sh, never the machine's service) for mxpin's
+# external mailboxes: IMAP 143 and POP3 110 with STARTTLS required, 993 and
+# 995 implicit TLS, on HOST's address, serving a self-signed certificate for
+# HOST's mail name. Everything lives in DIR/dovecot (see lab/README.md,
+# "Dovecot"): its own dovecot.conf (`dovecot -c`), base_dir and state_dir,
+# log, certificate, passwd-file with one user and a Maildir holding one
+# message. It runs in the lab's netns, so `down` stops it with the rest.
+DOVECOT_HOST=
+DOVECOT_USER=me
+DOVECOT_PASSWORD=mxpin-lab-mailbox
+DOVECOT_PORTS=(143 110 993 995)
+
+check_dovecot_prereqs() {
+    local u
+    [[ -x /usr/sbin/dovecot ]] || die "--dovecot: no /usr/sbin/dovecot (run lab/install-deps.sh as root)"
+    for u in /usr/lib/dovecot/imap /usr/lib/dovecot/pop3; do
+        [[ -x $u ]] || die "--dovecot: no $u (dovecot-imapd, dovecot-pop3d: run lab/install-deps.sh as root)"
+    done
+    for u in dovecot dovenull; do
+        getent passwd "$u" >/dev/null || die "--dovecot: no user $u (dovecot-core's postinst creates it: run lab/install-deps.sh)"
+    done
+    command -v openssl >/dev/null 2>&1 || die "--dovecot: missing command openssl"
+}
+
+# A fresh self-signed ECDSA P-256 certificate for the Dovecot host, written
+# as DIR/dovecot/cert.pem and key.pem (0600).
+dovecot_cert() {
+    local dir=$1 d=$1/dovecot host=$DOVECOT_HOST
+    local mail=${MAILNAME[$host]}
+    rm -f "$d/key.pem.new" "$d/cert.pem.new"
+    (umask 077 && quiet openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes \
+        -days 365 -subj "/CN=$mail" -addext "subjectAltName=DNS:$mail,DNS:$host" \
+        -keyout "$d/key.pem.new" -out "$d/cert.pem.new") || die "dovecot: openssl req failed (see $LOG)"
+    chmod 0644 "$d/cert.pem.new"
+    mv "$d/key.pem.new" "$d/key.pem"
+    mv "$d/cert.pem.new" "$d/cert.pem"
+}
+
+# Puts one message into the user's Maildir (new/), owned by the mail user.
+dovecot_message() {
+    local dir=$1 subject=$2
+    local md=$dir/dovecot/mail/$DOVECOT_USER/Maildir
+    local name f
+    name=$(date +%s).M$RANDOM$RANDOM.mxpinlab
+    f=$md/tmp/$name
+    cat >"$f" <<MSG
+Return-Path: <sender@elsewhere.example>
+From: sender@elsewhere.example
+To: $DOVECOT_USER@${MAILNAME[$DOVECOT_HOST]}
+Subject: $subject
+Message-ID: <$name@${MAILNAME[$DOVECOT_HOST]}>
+Date: $(date -R)
+
+$subject: a message in the lab's Dovecot mailbox.
+MSG
+    chown nobody:"$(id -g nobody)" "$f"
+    mv "$f" "$md/new/$name"
+}
+
+setup_dovecot() {
+    local dir=$1 host=$DOVECOT_HOST d=$1/dovecot
+    local a=${ADDR[$host]} uid gid p
+    uid=$(id -u nobody)
+    gid=$(id -g nobody)
+    mkdir -p "$d/run" "$d/state" "$d/mail/$DOVECOT_USER/Maildir/"{cur,new,tmp}
+    chmod 0755 "$d" "$d/run"
+    chmod 0750 "$d/state"
+    chown -R nobody:"$gid" "$d/mail"
+    : >"$d/dovecot.log"
+    echo "$host" >"$d/host"
+    dovecot_cert "$dir"
+    # passwd-file: user:password:uid:gid:gecos:home:shell (Dovecot's
+    # user database reads uid, gid and home from it too).
+    echo "$DOVECOT_USER:{PLAIN}$DOVECOT_PASSWORD:$uid:$gid::$d/mail/$DOVECOT_USER::" >"$d/passwd"
+    chown root:dovecot "$d/passwd"
+    chmod 0640 "$d/passwd"
+    echo "$DOVECOT_PASSWORD" >"$d/password"
+    local dh=
+    if [[ -f /usr/share/dovecot/dh.pem ]]; then
+        dh="ssl_dh = </usr/share/dovecot/dh.pem"
+    fi
+    cat >"$d/dovecot.conf" <<CONF
+# Dovecot for lab host $host (${MAILNAME[$host]}), written by lab/lab.sh.
+# Started as: dovecot -c $d/dovecot.conf (nothing of /etc/dovecot is read).
+protocols = imap pop3
+listen = $a
+base_dir = $d/run
+state_dir = $d/state
+instance_name = mxpinlab-$(cat "$dir/netns")
+log_path = $d/dovecot.log
+info_log_path = $d/dovecot.log
+auth_verbose = yes
+# TLS is required before any login, also on 143 and 110 (STARTTLS).
+ssl = required
+ssl_cert = <$d/cert.pem
+ssl_key = <$d/key.pem
+ssl_min_protocol = TLSv1.2
+$dh
+disable_plaintext_auth = yes
+auth_mechanisms = plain login
+passdb {
+  driver = passwd-file
+  args = scheme=PLAIN $d/passwd
+}
+userdb {
+  driver = passwd-file
+  args = $d/passwd
+}
+mail_location = maildir:~/Maildir
+first_valid_uid = $uid
+last_valid_uid = $uid
+first_valid_gid = $gid
+last_valid_gid = $gid
+service imap-login {
+  inet_listener imap {
+    port = 143
+  }
+  inet_listener imaps {
+    port = 993
+    ssl = yes
+  }
+}
+service pop3-login {
+  inet_listener pop3 {
+    port = 110
+  }
+  inet_listener pop3s {
+    port = 995
+    ssl = yes
+  }
+}
+CONF
+    quiet doveconf -c "$d/dovecot.conf" -n || die "dovecot: invalid $d/dovecot.conf (see $LOG)"
+    dovecot_message "$dir" "mxpin lab mailbox message"
+}
+
+# Starts Dovecot in the lab's netns (it daemonizes) and waits until every
+# port listens on the host's address; then checks the login of the user.
+start_dovecot() {
+    local dir=$1 name=$2 d=$1/dovecot a=${ADDR[$DOVECOT_HOST]} i p listening missing
+    if ! in_netns "$dir" "$name" /usr/sbin/dovecot -c "$d/dovecot.conf" >>"$LOG" 2>&1; then
+        check_line FAIL "dovecot -c $d/dovecot.conf did not start"
+        tail -n 15 "$d/dovecot.log" >&2 || true
+        return 1
+    fi
+    for ((i = 0; i < WAIT_STEPS; i++)); do
+        listening=$(ip netns exec "$name" ss -Hltn 2>/dev/null | awk '{print $4}')
+        missing=
+        for p in "${DOVECOT_PORTS[@]}"; do
+            grep -qxF "$a:$p" <<<"$listening" || missing+=" $p"
+        done
+        [[ -z $missing ]] && break
+        sleep 0.1
+    done
+    if [[ -n $missing ]]; then
+        check_line FAIL "dovecot: not listening on $a:$missing"
+        tail -n 15 "$d/dovecot.log" >&2 || true
+        return 1
+    fi
+    check_line ok "dovecot on $DOVECOT_HOST: IMAP $a:143 and POP3 $a:110 (STARTTLS required), 993 and 995 (TLS)"
+    if ! quiet doveadm -c "$d/dovecot.conf" auth test "$DOVECOT_USER" "$DOVECOT_PASSWORD"; then
+        check_line FAIL "dovecot: doveadm auth test $DOVECOT_USER failed (see $LOG, $d/dovecot.log)"
+        return 1
+    fi
+    check_line ok "dovecot: user $DOVECOT_USER logs in (password in $d/password), 1 message in its Maildir"
 }
 
 # ---------------------------------------------------------------- down
@@ -1332,6 +1527,12 @@ cmd_down() {
                 echo "$p"
             fi
         done
+        # --dovecot: its master (it stops its children on SIGTERM).
+        p=$(cat "$dir/dovecot/run/master.pid" 2>/dev/null || true)
+        if [[ -n $p ]] && kill -0 "$p" 2>/dev/null &&
+            [[ $(cat "/proc/$p/comm" 2>/dev/null) == dovecot ]]; then
+            echo "$p"
+        fi
     }
     local -a pids
     local what=stopped
@@ -1366,6 +1567,25 @@ cmd_down() {
     echo "lab down: $dir (netns $name $what)"
 }
 
+# ---------------------------------------------------------------- dovecot-cert
+# A lab with --dovecot: Dovecot gets a new self-signed certificate (and key)
+# and reloads; new connections get it (`doveadm reload` returns before the
+# new login processes run: poll for it).
+cmd_dovecot_cert() {
+    (($# == 1)) || usage
+    local dir=$1 name
+    check_dir_arg "$dir"
+    name=$(lab_name "$dir") || die "no lab recorded in $dir"
+    [[ -f $dir/dovecot/host ]] || die "$dir has no Dovecot (lab up ... --dovecot HOST)"
+    load_topology "$dir"
+    DOVECOT_HOST=$(cat "$dir/dovecot/host")
+    LOG=$dir/lab.log
+    dovecot_cert "$dir"
+    in_netns "$dir" "$name" doveadm -c "$dir/dovecot/dovecot.conf" reload >>"$LOG" 2>&1 ||
+        die "doveadm reload failed (see $LOG and $dir/dovecot/dovecot.log)"
+    echo "dovecot: new certificate $dir/dovecot/cert.pem, reloaded"
+}
+
 # ---------------------------------------------------------------- exec
 cmd_exec() {
     (($# >= 2)) || usage
@@ -1385,6 +1605,7 @@ main() {
     up) cmd_up "$@" ;;
     down) cmd_down "$@" ;;
     exec) cmd_exec "$@" ;;
+    dovecot-cert) cmd_dovecot_cert "$@" ;;
     *) usage ;;
     esac
 }

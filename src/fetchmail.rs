@@ -23,7 +23,9 @@
 //!
 //! Checked against fetchmail 6.4.37 itself: with the default CA store a
 //! self-signed server fails `sslcertck` even when the fingerprint matches;
-//! with `sslcertfile` holding that certificate it verifies.
+//! with `sslcertfile` holding that certificate it verifies. tests/dovecot.rs
+//! runs the rendered file against a real Dovecot (POP3 and IMAP, implicit
+//! TLS and STARTTLS): it fetches and delivers, and refuses a changed key.
 //!
 //! fetchmail refuses an rc file that is not a regular file, is readable or
 //! writable by group or others (more than 0700), or is not owned by the

@@ -1,12 +1,10 @@
 //! External servers on the real lab: a smarthost pinned on first use
 //! (`mxpin pin`), mail relayed through it over implicit TLS and `Verified`,
-//! a key change caught by verify with old and new fingerprints, and a
-//! fetchmail control file that the real fetchmail verifies against the
-//! real server.
+//! and a key change caught by verify with old and new fingerprints.
+//! fetchmail against a real POP3/IMAP server: tests/dovecot.rs.
 
 mod common;
 
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use common::{wait_for, Lab};
@@ -38,64 +36,6 @@ fn set_host_key(text: &str, host: &str, line: &str) -> String {
     let header = format!("[hosts.{host}]\n");
     let at = text.find(&header).expect("host table") + header.len();
     format!("{}{line}\n{}", &text[..at], &text[at..])
-}
-
-/// A TLS server on home's address for fetchmail to check: openssl
-/// s_server with its own self-signed certificate, in the lab's network
-/// namespace, bounded by -naccept and killed on drop.
-struct TlsServer(Child);
-
-impl Drop for TlsServer {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn tls_server(lab: &Lab, port: u16) -> TlsServer {
-    let dir = lab.dir.join("tls-server");
-    std::fs::create_dir_all(&dir).unwrap();
-    let (key, cert) = (dir.join("key.pem"), dir.join("cert.pem"));
-    let made = Command::new("openssl")
-        .args([
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-        ])
-        .args(["-nodes", "-days", "30", "-subj", "/CN=home.example.net"])
-        .args(["-addext", "subjectAltName=DNS:home.example.net"])
-        .arg("-keyout")
-        .arg(&key)
-        .arg("-out")
-        .arg(&cert)
-        .output()
-        .unwrap();
-    assert!(made.status.success(), "{made:?}");
-    let child = Command::new(common::repo().join("lab/lab.sh"))
-        .arg("exec")
-        .arg(&lab.dir)
-        .args(["openssl", "s_server", "-quiet", "-naccept", "40"])
-        .args(["-accept", &format!("127.0.0.2:{port}")])
-        .arg("-cert")
-        .arg(&cert)
-        .arg("-key")
-        .arg(&key)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let server = TlsServer(child);
-    let up = wait_for(Duration::from_secs(10), || {
-        lab.exec(&["bash", "-c", &format!("exec 3<>/dev/tcp/127.0.0.2/{port}")])
-            .code
-            == 0
-    });
-    assert!(up, "openssl s_server did not start on port {port}");
-    server
 }
 
 #[test]
@@ -246,67 +186,4 @@ fn smarthost_pinned_on_first_use_relays_verified_and_a_key_change_is_caught() {
     assert_eq!(read("master.cf"), master_before);
     assert_eq!(read("main.cf"), main_before);
     assert!(!read("mxpin/tls_policy").contains(":465"));
-}
-
-#[test]
-fn fetchmail_control_file_verifies_the_pinned_server() {
-    let Some(lab) = Lab::up() else { return };
-    let inv = inv(&lab);
-    let _server = tls_server(&lab, 995);
-    let text = std::fs::read_to_string(lab.inventory()).unwrap();
-    std::fs::write(
-        lab.inventory(),
-        format!(
-            "{text}\n[[hosts.home.fetchmail]]\nserver = \"mailbox\"\nprotocol = \"pop3\"\n\
-             user = \"me@mailbox.example\"\nlocal = \"first.last\"\n\n\
-             [external.mailbox]\naddress = \"home.example.net:995\"\ntls = \"implicit\"\n"
-        ),
-    )
-    .unwrap();
-
-    let plan = lab.mxpin(&["plan", "-i", &inv]);
-    assert_eq!(plan.code, 1, "{plan:?}");
-    assert!(plan.stderr.contains("run `mxpin pin mailbox`"), "{plan:?}");
-    let pin = lab.mxpin(&["pin", "-i", &inv, "mailbox"]);
-    assert_eq!(pin.code, 0, "{pin:?}");
-    let apply = lab.mxpin(&["apply", "--yes", "-i", &inv]);
-    assert_eq!(apply.code, 0, "{apply:?}");
-
-    let rc = lab.postfix_dir("home").join("mxpin/fetchmailrc");
-    let meta = std::fs::metadata(&rc).expect("fetchmailrc written");
-    use std::os::unix::fs::PermissionsExt as _;
-    assert_eq!(meta.permissions().mode() & 0o777, 0o600);
-    let md5 = Command::new("openssl")
-        .args(["x509", "-noout", "-md5", "-fingerprint", "-in"])
-        .arg(lab.dir.join("tls-server/cert.pem"))
-        .output()
-        .unwrap();
-    let md5 = String::from_utf8_lossy(&md5.stdout)
-        .trim()
-        .rsplit('=')
-        .next()
-        .unwrap()
-        .to_string();
-    let rc_text = std::fs::read_to_string(&rc).unwrap();
-    assert!(
-        rc_text.contains(&format!("sslfingerprint \"{md5}\"")),
-        "{rc_text}"
-    );
-
-    // The real fetchmail, on home, with the file as written: it checks the
-    // server's certificate against sslcertfile and the fingerprint. The
-    // password comes from a netrc in a throwaway HOME; s_server does not
-    // speak POP3, so the session ends after the TLS checks.
-    let run = lab.ssh(
-        "home",
-        "h=$(mktemp -d) && printf 'machine home.example.net login me@mailbox.example password x\\n' > $h/.netrc && \
-         chmod 600 $h/.netrc && HOME=$h timeout 30 fetchmail -f /etc/postfix/mxpin/fetchmailrc -v --nosyslog -t 5 \
-         --nodetach -d0 2>&1; rm -rf $h",
-    );
-    let out = format!("{}{}", run.stdout, run.stderr);
-    assert!(out.contains("fingerprints match"), "{run:?}");
-    assert!(!out.contains("Missing trust anchor"), "{run:?}");
-
-    let plan = lab.mxpin(&["plan", "-i", &inv]);
-    assert_eq!(plan.code, 0, "converged: {plan:?}");
 }

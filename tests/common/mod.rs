@@ -273,6 +273,80 @@ impl Lab {
     }
 }
 
+/// The lab's Dovecot (`Lab::up_with(&["--dovecot", HOST])`; lab/README.md,
+/// "Dovecot"): IMAP 143 / POP3 110 with STARTTLS required, 993 / 995
+/// implicit TLS, one user with a Maildir.
+impl Lab {
+    /// DIR/dovecot: dovecot.conf, cert.pem, password, mail/USER/Maildir.
+    pub fn dovecot_dir(&self) -> PathBuf {
+        self.dir.join("dovecot")
+    }
+
+    /// The PEM certificate Dovecot serves.
+    pub fn dovecot_cert(&self) -> PathBuf {
+        self.dovecot_dir().join("cert.pem")
+    }
+
+    /// The login and password of the Dovecot user.
+    pub fn dovecot_login(&self) -> (String, String) {
+        let pw = std::fs::read_to_string(self.dovecot_dir().join("password"))
+            .expect("a lab with --dovecot");
+        ("me".to_string(), pw.trim().to_string())
+    }
+
+    fn dovecot_maildir(&self) -> PathBuf {
+        self.dovecot_dir().join("mail/me/Maildir")
+    }
+
+    /// Puts a message with SUBJECT into the Dovecot user's Maildir (new/),
+    /// owned by the mail user (nobody), as a delivery would.
+    pub fn dovecot_add_message(&self, subject: &str) {
+        use std::os::unix::fs::MetadataExt as _;
+        let md = self.dovecot_maildir();
+        let owner = std::fs::metadata(md.join("new")).expect("Maildir new/");
+        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+        let name = format!("{}.M{n}P{}.mxpintest", unix_now(), std::process::id());
+        let tmp = md.join("tmp").join(&name);
+        let text = format!(
+            "From: sender@elsewhere.example\nTo: me@mailbox.example\nSubject: {subject}\n\
+             Message-ID: <{name}@mailbox.example>\n\n{subject}: a test message.\n"
+        );
+        std::fs::write(&tmp, text).expect("write message");
+        std::os::unix::fs::chown(&tmp, Some(owner.uid()), Some(owner.gid())).expect("chown");
+        std::fs::rename(&tmp, md.join("new").join(&name)).expect("into new/");
+    }
+
+    /// The messages in the Dovecot user's Maildir (new/ and cur/).
+    pub fn dovecot_messages(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for sub in ["new", "cur"] {
+            if let Ok(rd) = std::fs::read_dir(self.dovecot_maildir().join(sub)) {
+                for e in rd.flatten() {
+                    out.push(std::fs::read_to_string(e.path()).unwrap_or_default());
+                }
+            }
+        }
+        out
+    }
+
+    /// `lab.sh dovecot-cert`: Dovecot gets a new key and certificate.
+    pub fn dovecot_new_cert(&self) -> Run {
+        let out = Command::new(repo().join("lab/lab.sh"))
+            .arg("dovecot-cert")
+            .arg(&self.dir)
+            .output()
+            .expect("run lab.sh dovecot-cert");
+        Run::from(out)
+    }
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
 impl Drop for Lab {
     fn drop(&mut self) {
         let _ = Command::new(repo().join("lab/lab.sh"))
