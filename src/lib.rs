@@ -19,3 +19,4 @@ pub mod ssh;
 pub mod templates;
 pub mod tls;
 pub mod trust;
+pub mod words;

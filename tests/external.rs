@@ -159,7 +159,7 @@ fn smarthost_pinned_on_first_use_relays_verified_and_a_key_change_is_caught() {
     let apply = lab.mxpin(&["apply", "--yes", "-i", &inv]);
     assert_eq!(apply.code, 0, "{apply:?}");
     assert!(
-        apply.stdout.contains("Verified: 2 pinned route(s)"),
+        apply.stdout.contains("Verified: 2 pinned routes"),
         "{apply:?}"
     );
     let verify = lab.mxpin(&["verify", "-i", &inv]);

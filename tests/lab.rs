@@ -193,7 +193,8 @@ fn unpinned_key_defers_and_apply_recovers() {
     let fix = lab.mxpin(&["apply", "--yes", "-i", &inv]);
     assert_eq!(fix.code, 0, "{fix:?}");
     assert!(
-        fix.stdout.contains("Verified: 1 pinned route(s)"),
+        fix.stdout
+            .contains("Verified: 1 pinned route and the keys of every host."),
         "{fix:?}"
     );
     let verify = lab.mxpin(&["verify", "-q", "-i", &inv]);
@@ -231,11 +232,17 @@ fn remote_failures_are_named_and_change_nothing() {
 
     let plan = lab.mxpin(&["plan", "-i", path]);
     assert_eq!(plan.code, 1, "{plan:?}");
-    assert!(
-        plan.stderr.contains("relay: remote commands run as uid")
-            && plan.stderr.contains("sudo = true"),
-        "{plan:?}"
+    // The forgotten `sudo = true`: mxpinlab can read main.cf but not
+    // mxpin's keys; the one line names the login and the fix.
+    let uid = std::process::Command::new("id")
+        .args(["-u", "mxpinlab"])
+        .output()
+        .unwrap();
+    let uid = String::from_utf8_lossy(&uid.stdout).trim().to_string();
+    let line = format!(
+        "error: relay: connected as mxpinlab (uid {uid}), not root: set sudo = true for this host"
     );
+    assert!(plan.stderr.lines().any(|l| l == line), "{line}: {plan:?}");
     assert!(
         plan.stderr.contains("ghost: ssh ghost.invalid:"),
         "{plan:?}"
@@ -250,9 +257,10 @@ fn remote_failures_are_named_and_change_nothing() {
     let apply = lab.mxpin(&["apply", "--yes", "-i", path]);
     assert_eq!(apply.code, 1, "{apply:?}");
     assert!(
-        apply.stdout.contains("home: applied 6 change(s)"),
+        apply.stdout.contains("home: applied 6 changes"),
         "{apply:?}"
     );
+    assert!(apply.stderr.lines().any(|l| l == line), "{apply:?}");
     let after = lab.snapshot();
     let changed: Vec<_> = after
         .keys()
