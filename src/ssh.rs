@@ -51,6 +51,17 @@ fn chain(e: &dyn std::error::Error) -> String {
     msg.replace('\n', " ").trim().to_string()
 }
 
+/// A connection error with what fixes it, where ssh's own words do not
+/// say: a host whose key is not in known_hosts (strict checking, mxpin's
+/// default as ssh's) needs one interactive ssh first.
+fn with_fix(message: String) -> String {
+    if message.contains("Host key verification failed") {
+        format!("{message} (ssh to it once, or add its key to known_hosts)")
+    } else {
+        message
+    }
+}
+
 /// The host-key policy the user's ssh config asks for. openssh always
 /// passes `-o StrictHostKeyChecking`, which would override the config, so
 /// read the effective value with `ssh -G` (local, no connection) and pass it
@@ -110,7 +121,7 @@ impl SshHost {
             .await
             .map_err(|e| SshError::Connect {
                 dest: dest.to_string(),
-                message: chain(&e),
+                message: with_fix(chain(&e)),
             })?;
         Ok(SshHost {
             session,
@@ -180,5 +191,22 @@ impl Transport for SshHost {
             stdout: out.stdout,
             stderr,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::with_fix;
+
+    #[test]
+    fn an_unknown_host_key_error_says_the_fix() {
+        let e = "failed to connect to the remote host: No ED25519 host key is known for \
+                 relay and you have requested strict checking. Host key verification failed.";
+        assert_eq!(
+            with_fix(e.into()),
+            format!("{e} (ssh to it once, or add its key to known_hosts)")
+        );
+        let refused = "failed to connect to the remote host: Connection refused";
+        assert_eq!(with_fix(refused.into()), refused);
     }
 }

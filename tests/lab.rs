@@ -37,6 +37,10 @@ fn plan_apply_and_pinned_delivery() {
     );
     assert!(plan.stdout.contains(HIDDEN), "{plan:?}");
     assert!(
+        plan.stdout.ends_with("2 of 2 hosts would change.\nKeys shown as new are examples generated for this plan; apply generates the ones it installs.\n"),
+        "{plan:?}"
+    );
+    assert!(
         plan.stdout
             .contains("+relay_recipient_maps = hash:/etc/postfix/mxpin/relay_recipients"),
         "{plan:?}"
@@ -256,6 +260,14 @@ fn remote_failures_are_named_and_change_nothing() {
     // stops the others, and the exit status says something failed.
     let apply = lab.mxpin(&["apply", "--yes", "-i", path]);
     assert_eq!(apply.code, 1, "{apply:?}");
+    // --yes goes ahead: the plan says what it does, not what it would do.
+    assert!(
+        apply
+            .stdout
+            .contains("\nApplying the changes to 1 of 3 hosts.\n")
+            && !apply.stdout.contains("would change"),
+        "{apply:?}"
+    );
     assert!(
         apply.stdout.contains("home: applied 6 changes"),
         "{apply:?}"
@@ -312,4 +324,34 @@ fn ssh_user_at_host_colon_port_connects() {
     let plan = lab.mxpin(&["plan", "-i", path.to_str().unwrap()]);
     assert_eq!(plan.code, 2, "both hosts read, changes pending: {plan:?}");
     assert!(!plan.stderr.contains("error"), "{plan:?}");
+
+    // A host whose key is not in known_hosts: strict checking refuses it,
+    // and the one line says what to do.
+    let known = lab.dir.join("known_hosts");
+    let keys = std::fs::read_to_string(&known).unwrap();
+    let without_relay: String = keys
+        .lines()
+        .filter(|l| {
+            !l.split_whitespace()
+                .next()
+                .unwrap_or_default()
+                .contains("relay")
+        })
+        .map(|l| format!("{l}\n"))
+        .collect();
+    assert_ne!(keys, without_relay, "the lab's known_hosts names relay");
+    std::fs::write(&known, without_relay).unwrap();
+    let plan = lab.mxpin(&["plan", "-i", path.to_str().unwrap()]);
+    assert_eq!(plan.code, 1, "{plan:?}");
+    let line = plan
+        .stderr
+        .lines()
+        .find(|l| l.starts_with("error: relay: ssh mxpinlab@relay.example.org:22: "))
+        .unwrap_or_else(|| panic!("{plan:?}"));
+    assert!(
+        line.contains("Host key verification failed")
+            && line.ends_with("(ssh to it once, or add its key to known_hosts)"),
+        "{line}"
+    );
+    std::fs::write(&known, keys).unwrap();
 }
