@@ -20,6 +20,7 @@ mxpin plan -i "$inv" | grep -E '^[a-z]|note|^ +[-+~] |relayhost|2525|smtpd_relay
 echo "== mxpin apply --yes"
 mxpin apply --yes -i "$inv" | grep -v '^ ' || true
 
+messages() { n=$(find "$dir/world/mail/bob/new" -type f | wc -l); [ "$n" -eq 1 ] && echo "1 message" || echo "$n messages"; }
 send() { lab/lab.sh exec "$dir" swaks --silent 2 --server "$1" --to "$2" --from "$3" --body "$4"; }
 echo "== home -> bob@world.test, through vps"
 send 127.0.0.2 bob@world.test first.last@example.net "hello world, from home"
@@ -36,7 +37,7 @@ echo "== vps's log:"
 grep -E 'info: RCPT|reject: RCPT|relay=world' "$dir/vps/maillog" | sed 's/^/  /'
 echo "== stranger's log (deferred, never bounced):"
 grep -E 'status=' "$dir/stranger/maillog" | sed 's/^/  /'
-echo "== world's mailbox: $(find "$dir/world/mail/bob/new" -type f | wc -l) message(s)"
+echo "== world's mailbox: $(messages)"
 
 echo "== mxpin rotate --yes (both hosts)"
 mxpin rotate --yes -i "$inv" | grep -E 'serves|pins' || true
@@ -45,6 +46,6 @@ for _ in $(seq 1 100); do
     [ "$(find "$dir/world/mail/bob/new" -type f | wc -l)" -ge 2 ] && break
     sleep 0.2
 done
-echo "== world's mailbox: $(find "$dir/world/mail/bob/new" -type f | wc -l) message(s);" \
+echo "== world's mailbox: $(messages);" \
     "deferred on home: $(grep -c 'status=deferred' "$dir/home/maillog" || true)"
 grep 'Verified TLS.*2525' "$dir/home/maillog" | tail -n 1 | sed 's/^/  /'

@@ -3,6 +3,8 @@
 
 use std::fmt::Write as _;
 
+use crate::desired::StoredKeys;
+use crate::inventory::Host;
 use crate::tls::{format_time, Certificate, Digest, Fingerprint, PinKind};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -55,6 +57,82 @@ pub fn tlsa_data(cert: &Certificate, digest: Digest) -> String {
 /// A TLSA record for an SMTP server.
 pub fn tlsa_record(host: &str, port: u16, cert: &Certificate, digest: Digest) -> String {
     format!("_{port}._tcp.{host}. IN TLSA {}", tlsa_data(cert, digest))
+}
+
+/// One DANE-EE TLSA record (`3 1 1`: the SHA-256 of the public key) of a
+/// managed host's key, as `mxpin tlsa` prints it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct TlsaRecord {
+    /// The inventory's host name.
+    pub host: String,
+    /// The port peers deliver to (`smtp_port`).
+    pub port: u16,
+    /// The record's owner name, `_PORT._tcp.MX.`.
+    pub name: String,
+    pub usage: u8,
+    pub selector: u8,
+    pub matching: u8,
+    /// The digest, lowercase hex.
+    pub data: String,
+    /// Which of the host's keys: `current` (served now) or `next` (staged).
+    pub key: &'static str,
+}
+
+impl TlsaRecord {
+    /// The zone-file line, with the host and key as a comment.
+    pub fn zone_line(&self) -> String {
+        format!(
+            "{} IN TLSA {} {} {} {} ; {} {}",
+            self.name, self.usage, self.selector, self.matching, self.data, self.host, self.key
+        )
+    }
+}
+
+/// The TLSA records of a host's current and next key, in that order, and
+/// an error for each slot without a certificate or with one that does not
+/// parse.
+pub fn host_tlsa(host: &Host, keys: &StoredKeys) -> (Vec<TlsaRecord>, Vec<String>) {
+    let mut records = Vec::new();
+    let mut errors = Vec::new();
+    for (key, pair) in [("current", &keys.current), ("next", &keys.next)] {
+        match pair.cert.as_deref().map(Certificate::from_pem) {
+            Some(Ok(cert)) => records.push(TlsaRecord {
+                host: host.name.to_string(),
+                port: host.smtp_port,
+                name: format!("_{}._tcp.{}.", host.smtp_port, host.mx.as_str()),
+                usage: 3,
+                selector: 1,
+                matching: 1,
+                data: cert
+                    .fingerprint(Digest::Sha256, PinKind::PublicKey)
+                    .as_str()
+                    .replace(':', "")
+                    .to_ascii_lowercase(),
+                key,
+            }),
+            Some(Err(e)) => errors.push(format!("{key} certificate: {e}")),
+            None => errors.push(format!("no {key} key yet: run mxpin apply first")),
+        }
+    }
+    (records, errors)
+}
+
+/// `mxpin tlsa`'s output: zone-file lines, or one JSON document
+/// `{"records": [...], "errors": [{"host", "error"}]}` (errors go to stderr
+/// as well).
+pub fn render_tlsa(records: &[TlsaRecord], errors: &[(String, String)], json: bool) -> String {
+    if json {
+        let errors: Vec<_> = errors
+            .iter()
+            .map(|(host, error)| serde_json::json!({"host": host, "error": error}))
+            .collect();
+        format!(
+            "{:#}\n",
+            serde_json::json!({"records": records, "errors": errors})
+        )
+    } else {
+        records.iter().map(|r| r.zone_line() + "\n").collect()
+    }
 }
 
 /// fetchmail pins the MD5 of the certificate, whatever else is chosen.
@@ -232,6 +310,54 @@ mod tests {
         );
         assert!(tlsa_data(&c, Digest::Sha512).starts_with("3 1 2 "));
         assert_eq!(tlsa_data(&c, Digest::Sha512).len(), 6 + 128);
+    }
+
+    /// `mxpin tlsa`: a record per slot with a certificate (the SPKI
+    /// SHA-256, as openssl-checked `tlsa_data` computes), an error per slot
+    /// without, and the JSON shape scripts read.
+    #[test]
+    fn tlsa_of_a_host_as_zone_lines_and_json() {
+        let inv = crate::inventory::parse(
+            std::path::Path::new("mxpin.toml"),
+            "[hosts.home]\nssh = \"home\"\nmx = \"home.example.net\"\nsmtp_port = 26\n",
+        )
+        .unwrap();
+        let host = &inv.hosts[0];
+        let c = cert();
+        let mut keys = StoredKeys::default();
+        keys.current.cert = Some(c.pem().to_string());
+        let (records, errors) = host_tlsa(host, &keys);
+        assert_eq!(errors, ["no next key yet: run mxpin apply first"]);
+        let data = tlsa_data(&c, Digest::Sha256);
+        let hex = data.strip_prefix("3 1 1 ").unwrap();
+        assert_eq!(
+            render_tlsa(&records, &[], false),
+            format!("_26._tcp.home.example.net. IN TLSA 3 1 1 {hex} ; home current\n")
+        );
+        keys.next.cert =
+            Some("-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n".into());
+        let (_, errors) = host_tlsa(host, &keys);
+        assert!(errors[0].starts_with("next certificate: "), "{errors:?}");
+
+        keys.next.cert = Some(cert().pem().to_string());
+        let (records, errors) = host_tlsa(host, &keys);
+        assert!(errors.is_empty());
+        let failed = [("relay".to_string(), "ssh relay: refused".to_string())];
+        let doc: serde_json::Value =
+            serde_json::from_str(&render_tlsa(&records, &failed, true)).unwrap();
+        assert_eq!(
+            doc["records"][0],
+            serde_json::json!({"host": "home", "port": 26, "name": "_26._tcp.home.example.net.",
+                               "usage": 3, "selector": 1, "matching": 1, "data": hex,
+                               "key": "current"})
+        );
+        assert_eq!(doc["records"][1]["key"], "next");
+        assert_ne!(doc["records"][1]["data"], hex);
+        assert_eq!(doc["records"].as_array().unwrap().len(), 2);
+        assert_eq!(
+            doc["errors"],
+            serde_json::json!([{"host": "relay", "error": "ssh relay: refused"}])
+        );
     }
 
     #[test]

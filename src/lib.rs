@@ -20,3 +20,4 @@ pub mod templates;
 pub mod text;
 pub mod tls;
 pub mod trust;
+pub mod words;

@@ -5,7 +5,7 @@ use std::io::{IsTerminal as _, Write as _};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory as _, Parser, Subcommand};
 use owo_colors::OwoColorize as _;
 use time::OffsetDateTime;
 
@@ -18,27 +18,65 @@ use mxpin::progress::{Lines, Live, Monitor, Phase, Silent};
 use mxpin::templates::Templates;
 use mxpin::tls::{Certificate, Digest, PinKind};
 use mxpin::trust::Purpose;
+use mxpin::words::count;
 
 /// Pin self-signed TLS keys between your own mail hosts.
-///
-/// Exit status: 0 done (plan, dry runs: nothing to change), 2 changes pending
-/// (plan and dry runs only), 1 any error, a usage error included.
 #[derive(Parser)]
-#[command(version, about)]
+#[command(version, about, after_help = EXIT_TOP)]
 struct Cli {
+    #[command(flatten)]
+    global: Global,
     #[command(subcommand)]
     command: Command,
 }
 
+/// Options every command accepts, before or after its name.
+#[derive(Args)]
+struct Global {
+    /// Inventory file [default: ./mxpin.toml] (for the commands that read one).
+    #[arg(short, long, global = true, value_name = "FILE")]
+    inventory: Option<PathBuf>,
+    /// Machine-readable output on stdout.
+    #[arg(long, global = true)]
+    json: bool,
+    /// No progress lines on stderr (there are none with --json either).
+    #[arg(short, long, global = true)]
+    quiet: bool,
+}
+
+const EXIT_TOP: &str = "Exit status: 0 done (plan and dry runs: nothing to change), 2 changes \
+pending (plan and dry runs only), 1 any error, a usage error included. Each command's --help \
+gives its own.";
+const EXIT_PLAN: &str = "Exit status: 0 nothing to change, 2 changes pending, 1 error.";
+const EXIT_APPLY: &str = "Exit status: 0 nothing to change, or every host changed, converged and \
+(unless --no-verify) verified; 1 otherwise: an error, a host that failed or still differs from \
+the inventory, a failed check, or a cancelled confirmation.";
+const EXIT_VERIFY: &str = "Exit status: 0 every check passed (warnings do not fail), 1 a check \
+failed or a host could not be read.";
+const EXIT_ROTATE: &str = "Exit status: 0 every rotation done, converged and (unless --no-verify) \
+verified, 1 otherwise. With --dry-run, as plan: 0 nothing to change, 2 changes pending, 1 error.";
+const EXIT_RELEASE: &str = "Exit status: 0 released (or nothing to give back), 1 otherwise. With \
+--dry-run, as plan: 0 nothing to change, 2 changes pending, 1 error.";
+const EXIT_FINGERPRINT: &str =
+    "Exit status: 0 printed, 1 error (unreadable file, refused, timeout, \
+no STARTTLS offered, not TLS).";
+const EXIT_TLSA: &str =
+    "Exit status: 0 every host's current and next key printed, 1 a host has no \
+keys yet or cannot be read (the other hosts' records are still printed).";
+const EXIT_PIN: &str = "Exit status: 0 pinned or already pinned, 1 otherwise (the server serves \
+another key and neither --add nor --replace was given, or it cannot be reached).";
+const EXIT_GENERATED: &str = "Exit status: 0 printed, 1 error.";
+
 #[derive(Subcommand)]
 enum Command {
     /// Show what apply would change on every host; change nothing.
-    /// Exit 0: nothing to do, 2: changes pending, 1: error.
-    Plan(Common),
+    #[command(after_help = EXIT_PLAN)]
+    Plan(Opts),
     /// Plan, confirm, apply, and check that every host converged.
+    #[command(after_help = EXIT_APPLY)]
     Apply {
         #[command(flatten)]
-        common: Common,
+        opts: Opts,
         /// Apply without asking for confirmation.
         #[arg(long)]
         yes: bool,
@@ -49,12 +87,14 @@ enum Command {
     /// Check every pinned route live: the key each primary serves (seen
     /// from here and from each backup with posttls-finger), the backups'
     /// lookups, and every host's keys and their expiry.
-    Verify(Common),
+    #[command(after_help = EXIT_VERIFY)]
+    Verify(Opts),
     /// Switch hosts to their staged next key, stage a fresh next key, and
     /// update every peer's pins; never switches to a key a peer does not pin.
+    #[command(after_help = EXIT_ROTATE)]
     Rotate {
         #[command(flatten)]
-        common: Common,
+        opts: Opts,
         /// Hosts to rotate (default: every host).
         hosts: Vec<String>,
         /// Rotate without asking for confirmation.
@@ -77,9 +117,10 @@ enum Command {
     /// one (take it out of every domain and relayhost first, and apply).
     /// Then remove [hosts.HOST] from the inventory, or the next apply takes
     /// the host again.
+    #[command(after_help = EXIT_RELEASE)]
     Release {
         #[command(flatten)]
-        common: Common,
+        opts: Opts,
         /// The host to give back.
         host: String,
         /// Release without asking for confirmation.
@@ -90,6 +131,7 @@ enum Command {
         dry_run: bool,
     },
     /// Fingerprints of a certificate file, or of what a server presents.
+    #[command(after_help = EXIT_FINGERPRINT)]
     Fingerprint {
         /// A PEM file holding a certificate or a chain.
         #[arg(required_unless_present = "connect", conflicts_with = "connect")]
@@ -107,24 +149,24 @@ enum Command {
         /// What the postfix format pins: public-key or certificate.
         #[arg(long, default_value = "public-key", value_parser = parse_pin)]
         pin: PinKind,
-        /// text, postfix, fetchmail (MD5 of the certificate), tlsa or json.
-        #[arg(long, default_value = "text", value_parser = |s: &str| s.parse::<Format>())]
-        format: Format,
+        /// text, postfix, fetchmail (MD5 of the certificate), tlsa or json
+        /// (--json is --format json) [default: text].
+        #[arg(long, value_parser = |s: &str| s.parse::<Format>())]
+        format: Option<Format>,
         /// Seconds to wait for each step of the connection.
         #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=300))]
         timeout: u64,
     },
     /// DNS TLSA records (DANE-EE, 3 1 1) for every host's current and next
-    /// key, as zone-file lines.
-    Tlsa(Common),
+    /// key, as zone-file lines (--json: one object per record).
+    #[command(after_help = EXIT_TLSA)]
+    Tlsa(Opts),
     /// Connect to an external server and write its fingerprint into the
     /// inventory's `[external.NAME] pins`, trusting it on first use like
     /// ssh. Refuses when it serves something else than what is pinned,
     /// unless told to --add or --replace.
+    #[command(after_help = EXIT_PIN)]
     Pin {
-        /// Inventory file.
-        #[arg(short, long, default_value = "mxpin.toml")]
-        inventory: PathBuf,
         /// The external's name.
         name: String,
         /// Keep the old pins and add the new one (the server is rolling
@@ -138,6 +180,24 @@ enum Command {
         #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=300))]
         timeout: u64,
     },
+    /// Print a shell completion script (bash, zsh or fish) on stdout.
+    #[command(after_help = EXIT_GENERATED)]
+    Completions {
+        /// The shell.
+        shell: CompletionShell,
+    },
+    /// Print this manual page (roff, all commands) on stdout:
+    /// `mxpin man | man -l -`.
+    #[command(after_help = EXIT_GENERATED)]
+    Man,
+}
+
+/// The shells `mxpin completions` writes for.
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum CompletionShell {
+    Bash,
+    Zsh,
+    Fish,
 }
 
 fn parse_digest(s: &str) -> Result<Digest, String> {
@@ -150,23 +210,25 @@ fn parse_pin(s: &str) -> Result<PinKind, String> {
         .map_err(|_| format!("unknown pin {s:?}: expected {}", PinKind::NAMES))
 }
 
+/// The options of the commands that read every host.
 #[derive(Args)]
-struct Common {
-    /// Inventory file.
-    #[arg(short, long, default_value = "mxpin.toml")]
-    inventory: PathBuf,
-    /// Machine-readable output on stdout.
-    #[arg(long)]
-    json: bool,
+struct Opts {
     /// Hosts handled at once.
     #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u16).range(1..))]
     parallel: u16,
     /// Directory with templates overriding the built-in ones.
     #[arg(long)]
     templates: Option<PathBuf>,
-    /// No progress lines on stderr (there are none with --json either).
-    #[arg(short, long)]
+}
+
+/// What a command that reads every host runs with: the global options and
+/// its own.
+struct Common {
+    inventory: PathBuf,
+    json: bool,
     quiet: bool,
+    parallel: u16,
+    templates: Option<PathBuf>,
 }
 
 /// Reads every host's facts and probes every external server in use, at
@@ -254,9 +316,17 @@ fn report_errors(fleet: &FleetPlan) {
     }
 }
 
+/// What the closing line of a plan says: what would change (plan, dry
+/// runs, apply before its confirmation) or what is being done (--yes).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Closing {
+    WouldChange,
+    Changing,
+}
+
 /// Prints a plan for people: a diff per changed host, the order in which
 /// hosts would be changed when it matters, one closing line.
-fn show_plan(fleet: &FleetPlan) {
+fn show_plan(fleet: &FleetPlan, closing: Closing) {
     let mut out = anstream::stdout();
     let pending = pending_plans(&fleet.outcomes);
     for p in &pending {
@@ -285,9 +355,17 @@ fn show_plan(fleet: &FleetPlan) {
     let (errors, _) = summarize(fleet);
     let total = fleet.outcomes.len();
     if pending.is_empty() && !errors {
-        let _ = writeln!(out, "No changes: {total} hosts up to date.");
+        let _ = writeln!(
+            out,
+            "No changes: {} up to date.",
+            count(total, "host", "hosts")
+        );
     } else if !pending.is_empty() {
-        let _ = writeln!(out, "{} of {total} hosts would change.", pending.len());
+        let hosts = format!("{} of {}", pending.len(), count(total, "host", "hosts"));
+        let _ = match closing {
+            Closing::WouldChange => writeln!(out, "{hosts} would change."),
+            Closing::Changing => writeln!(out, "Applying the changes to {hosts}."),
+        };
     }
 }
 
@@ -335,7 +413,7 @@ async fn run_plan(common: &Common) -> Result<u8, String> {
     if common.json {
         let _ = writeln!(anstream::stdout(), "{:#}", fleet_json(&fleet));
     } else {
-        show_plan(&fleet);
+        show_plan(&fleet, Closing::WouldChange);
         if pending_plans(&fleet.outcomes)
             .iter()
             .any(|p| p.notes.iter().any(|n| n.starts_with("new ")))
@@ -359,7 +437,10 @@ fn confirm(hosts: usize) -> Result<bool, String> {
             "apply needs confirmation but standard input is not a terminal: pass --yes".into(),
         );
     }
-    eprint!("Apply these changes to {hosts} host(s)? Only 'yes' is accepted: ");
+    eprint!(
+        "Apply these changes to {}? Only 'yes' is accepted: ",
+        count(hosts, "host", "hosts")
+    );
     let mut answer = String::new();
     std::io::stdin()
         .read_line(&mut answer)
@@ -422,7 +503,8 @@ fn show_checks(checks: &[engine::Check], quiet_success: bool) -> bool {
     if failed.is_empty() {
         let _ = writeln!(
             out,
-            "Verified: {routes} pinned route(s) and the keys of every host."
+            "Verified: {} and the keys of every host.",
+            count(routes, "pinned route", "pinned routes")
         );
         true
     } else {
@@ -540,7 +622,14 @@ async fn run_change(common: &Common, change: Change) -> Result<u8, String> {
     let (plan_errors, pending) = summarize(&fleet);
     report_errors(&fleet);
     if !common.json {
-        show_plan(&fleet);
+        // Only apply --yes goes ahead without a question; dry runs and a
+        // confirmation say what would change.
+        let closing = if change.yes && !change.dry_run {
+            Closing::Changing
+        } else {
+            Closing::WouldChange
+        };
+        show_plan(&fleet, closing);
     }
     let failed_code = if plan_errors { EXIT_ERROR } else { 0 };
     if change.dry_run || !pending {
@@ -599,7 +688,11 @@ async fn run_change(common: &Common, change: Change) -> Result<u8, String> {
             ApplyStatus::Unchanged => {}
             ApplyStatus::Applied { changes } => {
                 if !common.json {
-                    let _ = writeln!(out, "{host}: applied {changes} change(s)");
+                    let _ = writeln!(
+                        out,
+                        "{host}: applied {}",
+                        count(*changes, "change", "changes")
+                    );
                 }
             }
             ApplyStatus::Failed(e) | ApplyStatus::Skipped(e) => {
@@ -762,6 +855,7 @@ async fn run_pin(
     add: bool,
     replace: bool,
     timeout: u64,
+    json: bool,
 ) -> Result<u8, String> {
     let inv = inventory::load(file).map_err(|e| e.to_string())?;
     let Some(e) = inv.externals.iter().find(|e| e.name.as_str() == name) else {
@@ -777,34 +871,55 @@ async fn run_pin(
     let s = &inv.settings;
     let served = leaf.fingerprint(s.digest, s.pin);
     let d = leaf.details();
-    let mut out = anstream::stdout();
-    let _ = writeln!(
-        out,
-        "{name} ({}) presents {}, {}, issued by {}, names {}, valid until {}",
-        e.address(),
-        d.subject,
-        d.key,
-        d.issuer,
-        if d.dns_names.is_empty() {
-            "none".to_string()
-        } else {
-            d.dns_names.join(", ")
-        },
-        mxpin::tls::format_time(d.not_after)
-    );
     let kind = match s.pin {
         PinKind::PublicKey => "public-key",
         PinKind::Certificate => "certificate",
     };
-    let _ = writeln!(out, "{} {kind} fingerprint: {served}", s.digest);
+    let mut out = anstream::stdout();
+    // --json: one document once the outcome is known; text as it goes.
+    let report =
+        |out: &mut anstream::AutoStream<std::io::Stdout>, pinned: &str, pins: &[String]| {
+            if json {
+                let doc = serde_json::json!({
+                    "external": name, "address": e.address().to_string(),
+                    "subject": d.subject, "key": d.key, "issuer": d.issuer,
+                    "names": d.dns_names, "not_after": mxpin::tls::format_time(d.not_after),
+                    "digest": s.digest.to_string(), "pin": kind, "fingerprint": served,
+                    "status": pinned, "pins": pins,
+                });
+                let _ = writeln!(out, "{doc:#}");
+            }
+        };
+    if !json {
+        let _ = writeln!(
+            out,
+            "{name} ({}) presents {}, {}, issued by {}, names {}, valid until {}",
+            e.address(),
+            d.subject,
+            d.key,
+            d.issuer,
+            if d.dns_names.is_empty() {
+                "none".to_string()
+            } else {
+                d.dns_names.join(", ")
+            },
+            mxpin::tls::format_time(d.not_after)
+        );
+        let _ = writeln!(out, "{} {kind} fingerprint: {served}", s.digest);
+    }
     let pins = if e.pins.contains(&served) && !replace {
-        let _ = writeln!(out, "already pinned");
+        if json {
+            let pins: Vec<String> = e.pins.iter().map(|p| p.to_string()).collect();
+            report(&mut out, "already_pinned", &pins);
+        } else {
+            let _ = writeln!(out, "already pinned");
+        }
         return Ok(0);
     } else if e.pins.is_empty() || replace {
-        vec![served]
+        vec![served.clone()]
     } else if add {
         let mut p = e.pins.clone();
-        p.push(served);
+        p.push(served.clone());
         p
     } else {
         let old: Vec<&str> = e.pins.iter().map(|p| p.as_str()).collect();
@@ -824,13 +939,17 @@ async fn run_pin(
     debug_assert!(check.externals.iter().any(|x| x.name.as_str() == name));
     inventory::edit::replace_file(file, &new)
         .map_err(|err| format!("{}: cannot write: {err}", file.display()))?;
-    let _ = writeln!(
-        out,
-        "pinned in {}: [external.{name}] pins ({} fingerprint{})",
-        file.display(),
-        pins.len(),
-        if pins.len() == 1 { "" } else { "s" }
-    );
+    if json {
+        let pins: Vec<String> = pins.iter().map(|p| p.to_string()).collect();
+        report(&mut out, "pinned", &pins);
+    } else {
+        let _ = writeln!(
+            out,
+            "pinned in {}: [external.{name}] pins ({})",
+            file.display(),
+            mxpin::words::count(pins.len(), "fingerprint", "fingerprints")
+        );
+    }
     Ok(0)
 }
 
@@ -845,45 +964,158 @@ async fn run_tlsa(common: &Common) -> Result<u8, String> {
     )
     .await;
     progress.finish();
-    let mut failed = false;
-    let mut out = anstream::stdout();
+    let mut records = Vec::new();
+    let mut errors = Vec::new();
     for s in &states {
-        let host = &s.host;
-        let keys = match &s.facts {
-            Err(e) => {
-                error(format_args!("{}: {e}", host.name));
-                failed = true;
-                continue;
-            }
-            Ok(f) => f.stored_keys(),
-        };
-        for (slot, pair) in [("current", &keys.current), ("next", &keys.next)] {
-            match pair.cert.as_deref().map(Certificate::from_pem) {
-                Some(Ok(cert)) => {
-                    let record = fingerprint::tlsa_record(
-                        host.mx.as_str(),
-                        host.smtp_port,
-                        &cert,
-                        Digest::Sha256,
-                    );
-                    let _ = writeln!(out, "{record} ; {} {slot}", host.name);
-                }
-                Some(Err(e)) => {
-                    error(format_args!("{}: {slot} certificate: {e}", host.name));
-                    failed = true;
-                }
-                None => {
-                    error(format_args!(
-                        "{}: no {slot} key yet: run mxpin apply first",
-                        host.name
-                    ));
-                    failed = true;
-                }
+        let name = s.host.name.to_string();
+        match &s.facts {
+            Err(e) => errors.push((name, e.to_string())),
+            Ok(f) => {
+                let (mine, failed) = fingerprint::host_tlsa(&s.host, &f.stored_keys());
+                records.extend(mine);
+                errors.extend(failed.into_iter().map(|e| (name.clone(), e)));
             }
         }
     }
     engine::close(states).await;
-    Ok(if failed { EXIT_ERROR } else { 0 })
+    for (host, e) in &errors {
+        error(format_args!("{host}: {e}"));
+    }
+    let _ = write!(
+        anstream::stdout(),
+        "{}",
+        fingerprint::render_tlsa(&records, &errors, common.json)
+    );
+    Ok(if errors.is_empty() { 0 } else { EXIT_ERROR })
+}
+
+/// The inventory to read: `-i FILE`, or `./mxpin.toml`, which must then
+/// exist.
+fn inventory_path(global: &Global) -> Result<PathBuf, String> {
+    if let Some(path) = &global.inventory {
+        return Ok(path.clone());
+    }
+    let path = PathBuf::from("mxpin.toml");
+    match std::fs::metadata(&path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(
+            "no mxpin.toml in the current folder: run mxpin where it is, or give the inventory with -i FILE"
+                .into(),
+        ),
+        _ => Ok(path),
+    }
+}
+
+/// Writes generated text (completions, the man page) to stdout; --json has
+/// no meaning there and is refused.
+fn generated(
+    global: &Global,
+    what: &str,
+    write: impl FnOnce(&mut dyn std::io::Write) -> std::io::Result<()>,
+) -> Result<u8, String> {
+    if global.json {
+        return Err(format!("{what}: there is no JSON form; drop --json"));
+    }
+    let mut out = std::io::stdout().lock();
+    match write(&mut out).and_then(|()| out.flush()) {
+        // A reader that stopped early (`mxpin man | head`) is no error.
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+            Err(format!("{what}: writing to stdout: {e}"))
+        }
+        _ => Ok(0),
+    }
+}
+
+/// The manual page mxpin(1): every command with its options, and the exit
+/// status of each. It starts with `.TH`.
+fn man_page(out: &mut dyn std::io::Write) -> std::io::Result<()> {
+    let mut cmd = Cli::command().disable_help_subcommand(true);
+    cmd.build();
+    let top = clap_mangen::Man::new(cmd.clone());
+    let mut page = Vec::new();
+    top.render_title(&mut page)?;
+    top.render_name_section(&mut page)?;
+    top.render_synopsis_section(&mut page)?;
+    top.render_description_section(&mut page)?;
+    top.render_options_section(&mut page)?;
+    let mut roff = roff::Roff::new();
+    roff.control("SH", ["COMMANDS"]);
+    for sub in cmd.get_subcommands() {
+        let name = format!("mxpin {}", sub.get_name());
+        roff.control("SS", [name.as_str()]);
+        let usage = sub.clone().bin_name(&name).render_usage().to_string();
+        roff.control("B", [usage.trim_start_matches("Usage: ")]);
+        roff.control("PP", [] as [&str; 0]);
+        if let Some(about) = sub.get_long_about().or(sub.get_about()) {
+            roff.text([roff::roman(about.to_string())]);
+        }
+        for arg in sub.get_arguments() {
+            if arg.is_global_set() || arg.is_hide_set() || arg.get_id() == "help" {
+                continue;
+            }
+            let value = match arg.get_value_names() {
+                Some(names) => names.iter().map(|n| format!("<{n}>")).collect::<Vec<_>>(),
+                None => vec![format!("<{}>", arg.get_id().as_str().to_uppercase())],
+            }
+            .join(" ");
+            let takes = arg.get_action().takes_values();
+            let flag = match (arg.get_short(), arg.get_long()) {
+                (Some(s), Some(l)) => format!("-{s}, --{l}"),
+                (None, Some(l)) => format!("--{l}"),
+                (Some(s), None) => format!("-{s}"),
+                (None, None) => String::new(),
+            };
+            let name = match (flag.is_empty(), takes) {
+                (true, _) => value,
+                (false, true) => format!("{flag} {value}"),
+                (false, false) => flag,
+            };
+            let mut help = arg
+                .get_long_help()
+                .or(arg.get_help())
+                .map(|h| h.to_string())
+                .unwrap_or_default();
+            let defaults: Vec<String> = arg
+                .get_default_values()
+                .iter()
+                .map(|v| v.to_string_lossy().into_owned())
+                .collect();
+            if takes && !defaults.is_empty() {
+                help.push_str(&format!(" [default: {}]", defaults.join(", ")));
+            }
+            let values: Vec<String> = arg
+                .get_possible_values()
+                .iter()
+                .filter(|v| !v.is_hide_set())
+                .map(|v| v.get_name().to_string())
+                .collect();
+            if !values.is_empty() && arg.get_long().is_none() {
+                help.push_str(&format!(" [possible values: {}]", values.join(", ")));
+            }
+            roff.control("TP", [] as [&str; 0]);
+            roff.text([roff::bold(name)]);
+            roff.text([roff::roman(help)]);
+        }
+        if let Some(exit) = sub.get_after_help() {
+            roff.control("PP", [] as [&str; 0]);
+            roff.text([roff::roman(exit.to_string())]);
+        }
+    }
+    roff.control("SH", ["EXIT STATUS"]);
+    roff.text([roff::roman(EXIT_TOP)]);
+    roff.control("SH", ["SEE ALSO"]);
+    roff.text([roff::roman(
+        "The README (/usr/share/doc/mxpin/README.md in the Debian package) for the inventory \
+         format and what apply does on a host.",
+    )]);
+    roff.to_writer(&mut page)?;
+    top.render_version_section(&mut page)?;
+    // Each part above starts with the roff crate's preamble (two lines that
+    // define the apostrophe string); the page gets it once, after `.TH`.
+    let page = String::from_utf8_lossy(&page).into_owned();
+    let preamble = ".ie \\n(.g .ds Aq \\(aq\n.el .ds Aq '\n";
+    let body = page.replace(preamble, "");
+    let (title, rest) = body.split_once('\n').unwrap_or((&body, ""));
+    write!(out, "{title}\n{preamble}{rest}")
 }
 
 /// Runs a command until it ends, or until SIGINT or SIGTERM. On a signal
@@ -932,10 +1164,20 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_ERROR);
         }
     };
+    let global = &cli.global;
     let result = runtime.block_on(until_signal(async {
+        let common = |opts: &Opts| -> Result<Common, String> {
+            Ok(Common {
+                inventory: inventory_path(global)?,
+                json: global.json,
+                quiet: global.quiet,
+                parallel: opts.parallel,
+                templates: opts.templates.clone(),
+            })
+        };
         match &cli.command {
-            Command::Plan(common) => run_plan(common).await,
-            Command::Tlsa(common) => run_tlsa(common).await,
+            Command::Plan(opts) => run_plan(&common(opts)?).await,
+            Command::Tlsa(opts) => run_tlsa(&common(opts)?).await,
             Command::Fingerprint {
                 file,
                 connect,
@@ -945,27 +1187,37 @@ fn main() -> ExitCode {
                 format,
                 timeout,
             } => {
+                let format = match (*format, global.json) {
+                    (None, false) => Format::Text,
+                    (None, true) | (Some(Format::Json), _) => Format::Json,
+                    (Some(f), false) => f,
+                    (Some(_), true) => {
+                        return Err("fingerprint: --json is --format json; give one of them".into())
+                    }
+                };
                 run_fingerprint(
                     file.as_ref(),
                     connect.as_deref(),
                     *starttls,
                     *digest,
                     *pin,
-                    *format,
+                    format,
                     *timeout,
                 )
                 .await
             }
-            Command::Verify(common) => run_verify(common).await,
+            Command::Verify(opts) => run_verify(&common(opts)?).await,
             Command::Pin {
-                inventory,
                 name,
                 add,
                 replace,
                 timeout,
-            } => run_pin(inventory, name, *add, *replace, *timeout).await,
+            } => {
+                let inventory = inventory_path(global)?;
+                run_pin(&inventory, name, *add, *replace, *timeout, global.json).await
+            }
             Command::Apply {
-                common,
+                opts,
                 yes,
                 no_verify,
             } => {
@@ -976,10 +1228,10 @@ fn main() -> ExitCode {
                     rotation: Rotation::default(),
                     release: None,
                 };
-                run_change(common, change).await
+                run_change(&common(opts)?, change).await
             }
             Command::Release {
-                common,
+                opts,
                 host,
                 yes,
                 dry_run,
@@ -991,28 +1243,41 @@ fn main() -> ExitCode {
                     rotation: Rotation::default(),
                     release: Some(HostName::parse(host).map_err(|e| format!("release: {e}"))?),
                 };
-                run_change(common, change).await
+                run_change(&common(opts)?, change).await
             }
             Command::Rotate {
-                common,
+                opts,
                 hosts,
                 yes,
                 dry_run,
                 compromised,
                 no_verify,
-            } => match rotation(common, hosts, *compromised) {
-                Err(e) => Err(e),
-                Ok(rotation) => {
-                    let change = Change {
-                        yes: *yes,
-                        dry_run: *dry_run,
-                        verify: !no_verify,
-                        rotation,
-                        release: None,
-                    };
-                    run_change(common, change).await
+            } => {
+                let common = common(opts)?;
+                match rotation(&common, hosts, *compromised) {
+                    Err(e) => Err(e),
+                    Ok(rotation) => {
+                        let change = Change {
+                            yes: *yes,
+                            dry_run: *dry_run,
+                            verify: !no_verify,
+                            rotation,
+                            release: None,
+                        };
+                        run_change(&common, change).await
+                    }
                 }
-            },
+            }
+            Command::Completions { shell } => generated(global, "completions", |out| {
+                let shell = match shell {
+                    CompletionShell::Bash => clap_complete::Shell::Bash,
+                    CompletionShell::Zsh => clap_complete::Shell::Zsh,
+                    CompletionShell::Fish => clap_complete::Shell::Fish,
+                };
+                clap_complete::generate(shell, &mut Cli::command(), "mxpin", out);
+                Ok(())
+            }),
+            Command::Man => generated(global, "man", |out| man_page(out)),
         }
     }));
     // A confirmation prompt may still be reading the terminal.

@@ -34,7 +34,11 @@ impl std::fmt::Display for Phase {
             Phase::Waiting => f.write_str("waiting for another mxpin run"),
             Phase::Reading => f.write_str("reading"),
             Phase::Planned(0) => f.write_str("up to date"),
-            Phase::Planned(n) => write!(f, "planned {n} change(s)"),
+            Phase::Planned(n) => write!(
+                f,
+                "planned {}",
+                crate::words::count(*n, "change", "changes")
+            ),
             Phase::Applying => f.write_str("applying"),
             Phase::Applied => f.write_str("applied"),
             Phase::Done => f.write_str("done"),

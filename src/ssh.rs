@@ -100,6 +100,17 @@ fn host_key_changed(msg: &str) -> Option<String> {
     Some(out)
 }
 
+/// A connection error with what fixes it, where ssh's own words do not
+/// say: a host whose key is not in known_hosts (strict checking, mxpin's
+/// default as ssh's) needs one interactive ssh first.
+fn with_fix(message: String) -> String {
+    if message.contains("Host key verification failed") && !message.contains("has changed") {
+        format!("{message} (ssh to it once, or add its key to known_hosts)")
+    } else {
+        message
+    }
+}
+
 /// The host-key policy the user's ssh config asks for. openssh always
 /// passes `-o StrictHostKeyChecking`, which would override the config, so
 /// read the effective value with `ssh -G` (local, no connection) and pass it
@@ -252,7 +263,7 @@ impl SshHost {
             .await
             .map_err(|e| SshError::Connect {
                 dest: dest.to_string(),
-                message: chain(&e),
+                message: with_fix(chain(&e)),
             })?;
         Ok(SshHost {
             session: Arc::new(session),
@@ -454,5 +465,20 @@ Host key verification failed.
             chain(&e),
             "failed to connect to the remote host: ssh: Could not resolve hostname x"
         );
+    }
+
+    #[test]
+    fn an_unknown_host_key_error_says_the_fix() {
+        let e = "failed to connect to the remote host: No ED25519 host key is known for \
+                 relay and you have requested strict checking. Host key verification failed.";
+        assert_eq!(
+            with_fix(e.into()),
+            format!("{e} (ssh to it once, or add its key to known_hosts)")
+        );
+        let refused = "failed to connect to the remote host: Connection refused";
+        assert_eq!(with_fix(refused.into()), refused);
+        // A changed key is not fixed by connecting once.
+        let changed = chain(&Outer(std::io::Error::other(CHANGED)));
+        assert_eq!(with_fix(changed.clone()), changed);
     }
 }

@@ -196,3 +196,224 @@ fn usage_errors_exit_1_and_help_exits_0() {
         assert_eq!(out.status.code(), Some(0), "{args:?}: {out:?}");
     }
 }
+
+fn run(args: &[&str], dir: Option<&std::path::Path>) -> (i32, String, String) {
+    let mut cmd = Command::new(common::mxpin_bin());
+    cmd.args(args).env("NO_COLOR", "1");
+    if let Some(dir) = dir {
+        cmd.current_dir(dir);
+    }
+    let out = cmd.output().unwrap();
+    (
+        out.status.code().unwrap(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+const COMMANDS: [&str; 10] = [
+    "plan",
+    "apply",
+    "verify",
+    "rotate",
+    "release",
+    "fingerprint",
+    "tlsa",
+    "pin",
+    "completions",
+    "man",
+];
+
+/// `-i`, `--json` and `-q` go before or after the command, the way admins
+/// type them: the same inventory error either way (which proves `-i` was
+/// read), and `--json`/`-q` parse in both places.
+#[test]
+fn global_options_before_or_after_the_command() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("inv.toml");
+    std::fs::write(&path, GOOD.replace("[hosts.relay]", "[hosts.relay")).unwrap();
+    let p = path.to_str().unwrap();
+    let expected = format!("error: {p}:8:13: unclosed table, expected `]`\n");
+    for args in [
+        &["-i", p, "plan"][..],
+        &["plan", "-i", p],
+        &["--json", "-q", "-i", p, "plan"],
+        &["-q", "plan", "--json", "--inventory", p],
+        &["--inventory", p, "apply", "--yes", "-q"],
+        &["-i", p, "--json", "verify"],
+        &["tlsa", "-q", "--json", "-i", p],
+        &["-i", p, "rotate", "--dry-run"],
+        &["-i", p, "pin", "isp"],
+    ] {
+        let (code, stdout, stderr) = run(args, None);
+        assert_eq!(code, 1, "{args:?}: {stderr}");
+        assert_eq!(stderr, expected, "{args:?}");
+        assert!(stdout.is_empty(), "{args:?}: {stdout}");
+    }
+}
+
+/// Without `-i`, mxpin reads ./mxpin.toml; when there is none it says how
+/// to name the inventory.
+#[test]
+fn no_inventory_in_the_current_folder_suggests_dash_i() {
+    let dir = tempfile::tempdir().unwrap();
+    for cmd in [
+        "plan", "apply", "verify", "tlsa", "rotate", "release", "pin",
+    ] {
+        let args: &[&str] = match cmd {
+            "release" => &["release", "home"],
+            "pin" => &["pin", "isp"],
+            _ => &[cmd],
+        };
+        let (code, stdout, stderr) = run(args, Some(dir.path()));
+        assert_eq!(code, 1, "{cmd}: {stderr}");
+        assert!(stdout.is_empty(), "{cmd}: {stdout}");
+        assert_eq!(
+            stderr,
+            "error: no mxpin.toml in the current folder: run mxpin where it is, or give the \
+             inventory with -i FILE\n",
+            "{cmd}"
+        );
+    }
+}
+
+/// Every command's --help states its exit codes, as main.rs maps them.
+#[test]
+fn every_help_documents_the_exit_status() {
+    let (code, top, _) = run(&["--help"], None);
+    assert_eq!(code, 0);
+    assert!(
+        top.contains("Exit status: 0 done") && top.contains("2 changes pending"),
+        "{top}"
+    );
+    for cmd in COMMANDS {
+        let (code, help, stderr) = run(&[cmd, "--help"], None);
+        assert_eq!(code, 0, "{cmd}: {stderr}");
+        let exit = help
+            .lines()
+            .find(|l| l.starts_with("Exit status: "))
+            .unwrap_or_else(|| panic!("{cmd} --help has no exit status:\n{help}"));
+        assert!(exit.contains("0 ") && exit.contains("1 "), "{cmd}: {exit}");
+        let pending = matches!(cmd, "plan" | "rotate" | "release");
+        assert_eq!(exit.contains("2 changes pending"), pending, "{cmd}: {help}");
+        // The global options are listed by every command.
+        assert!(
+            help.contains("--inventory <FILE>") && help.contains("--json"),
+            "{cmd}"
+        );
+    }
+}
+
+/// `completions bash` is a script bash accepts and that completes every
+/// command; zsh and fish scripts name every command too.
+#[test]
+fn completions_for_bash_zsh_and_fish() {
+    let (code, bash, stderr) = run(&["completions", "bash"], None);
+    assert_eq!(code, 0, "{stderr}");
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("mxpin.bash");
+    std::fs::write(&file, &bash).unwrap();
+    let check = Command::new("bash").arg("-n").arg(&file).output().unwrap();
+    assert!(check.status.success(), "bash -n: {check:?}");
+    // Sourced into a real bash, it registers the completion function.
+    let loaded = Command::new("bash")
+        .arg("-c")
+        .arg(format!("source {} && complete -p mxpin", file.display()))
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&loaded.stdout).contains("-F _mxpin"),
+        "{loaded:?}"
+    );
+    for shell in ["bash", "zsh", "fish"] {
+        let (code, script, stderr) = run(&["completions", shell], None);
+        assert_eq!(code, 0, "{shell}: {stderr}");
+        for cmd in COMMANDS {
+            assert!(script.contains(cmd), "{shell} completion lacks {cmd}");
+        }
+        assert!(script.contains("inventory"), "{shell}");
+    }
+    let (code, _, stderr) = run(&["completions", "tcsh"], None);
+    assert_eq!(code, 1, "{stderr}");
+    let (code, _, stderr) = run(&["completions", "bash", "--json"], None);
+    assert_eq!(code, 1);
+    assert_eq!(
+        stderr,
+        "error: completions: there is no JSON form; drop --json\n"
+    );
+}
+
+/// `man` prints a roff manual page: the title first, every command with
+/// its options and exit status.
+#[test]
+fn man_page_is_roff_naming_every_command() {
+    let (code, roff, stderr) = run(&["man"], None);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        roff.starts_with(".TH mxpin 1 "),
+        "{}",
+        &roff[..80.min(roff.len())]
+    );
+    for section in [
+        ".SH NAME",
+        ".SH SYNOPSIS",
+        ".SH OPTIONS",
+        ".SH COMMANDS",
+        ".SH \"EXIT STATUS\"",
+    ] {
+        assert!(roff.contains(section), "{section}");
+    }
+    for cmd in COMMANDS {
+        assert!(roff.contains(&format!(".SS \"mxpin {cmd}\"")), "{cmd}");
+    }
+    assert!(roff.contains("\\-\\-dry\\-run"), "options are listed");
+    assert!(roff.contains("2 changes pending"));
+    // Every line is a request or text; no line starts a request by accident.
+    for line in roff.lines() {
+        assert!(!line.starts_with('\''), "{line}");
+    }
+}
+
+/// `fingerprint --json` is `--format json`; asking for two formats is an
+/// error.
+#[test]
+fn fingerprint_json_is_format_json() {
+    let dir = tempfile::tempdir().unwrap();
+    let pem = dir.path().join("c.pem");
+    let key = dir.path().join("k.pem");
+    let made = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+        ])
+        .args([
+            "-nodes",
+            "-subj",
+            "/CN=test.example",
+            "-days",
+            "2",
+            "-keyout",
+        ])
+        .arg(&key)
+        .arg("-out")
+        .arg(&pem)
+        .output()
+        .unwrap();
+    assert!(made.status.success(), "{made:?}");
+    let p = pem.to_str().unwrap();
+    let (code, a, _) = run(&["--json", "fingerprint", p], None);
+    assert_eq!(code, 0);
+    let (_, b, _) = run(&["fingerprint", p, "--format", "json"], None);
+    assert_eq!(a, b);
+    assert!(serde_json::from_str::<serde_json::Value>(&a).is_ok(), "{a}");
+    let (code, _, stderr) = run(&["fingerprint", p, "--json", "--format", "postfix"], None);
+    assert_eq!(code, 1);
+    assert_eq!(
+        stderr,
+        "error: fingerprint: --json is --format json; give one of them\n"
+    );
+}

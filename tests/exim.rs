@@ -262,7 +262,9 @@ fn debian_split_configuration_is_fitted_through_conf_d() {
     let apply = lab.mxpin(&["apply", "--yes", "-i", &inv]);
     assert_eq!(apply.code, 0, "{apply:?}");
     assert!(
-        apply.stdout.contains("Verified: 1 pinned route(s)"),
+        apply
+            .stdout
+            .contains("Verified: 1 pinned route and the keys of every host."),
         "{apply:?}"
     );
     let update_conf = std::fs::read_to_string(etc.join("update-exim4.conf.conf")).unwrap();

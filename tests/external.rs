@@ -95,11 +95,17 @@ fn smarthost_pinned_on_first_use_relays_verified_and_a_key_change_is_caught() {
     let again = lab.mxpin(&["pin", "-i", &inv, "smarthost"]);
     assert_eq!(again.code, 0, "{again:?}");
     assert!(again.stdout.contains("already pinned"), "{again:?}");
+    let json = lab.mxpin(&["--json", "pin", "-i", &inv, "smarthost"]);
+    assert_eq!(json.code, 0, "{json:?}");
+    let v: serde_json::Value = serde_json::from_str(&json.stdout).expect("pin --json is JSON");
+    assert_eq!(v["status"], "already_pinned", "{v}");
+    assert_eq!(v["fingerprint"], key.as_str(), "{v}");
+    assert_eq!(v["pins"], serde_json::json!([key]), "{v}");
 
     let apply = lab.mxpin(&["apply", "--yes", "-i", &inv]);
     assert_eq!(apply.code, 0, "{apply:?}");
     assert!(
-        apply.stdout.contains("Verified: 2 pinned route(s)"),
+        apply.stdout.contains("Verified: 2 pinned routes"),
         "{apply:?}"
     );
     let verify = lab.mxpin(&["verify", "-i", &inv]);

@@ -37,6 +37,10 @@ fn plan_apply_and_pinned_delivery() {
     );
     assert!(plan.stdout.contains(HIDDEN), "{plan:?}");
     assert!(
+        plan.stdout.ends_with("2 of 2 hosts would change.\nKeys shown as new are examples generated for this plan; apply generates the ones it installs.\n"),
+        "{plan:?}"
+    );
+    assert!(
         plan.stdout
             .contains("+relay_recipient_maps = hash:/etc/postfix/mxpin/relay_recipients"),
         "{plan:?}"
@@ -193,7 +197,8 @@ fn unpinned_key_defers_and_apply_recovers() {
     let fix = lab.mxpin(&["apply", "--yes", "-i", &inv]);
     assert_eq!(fix.code, 0, "{fix:?}");
     assert!(
-        fix.stdout.contains("Verified: 1 pinned route(s)"),
+        fix.stdout
+            .contains("Verified: 1 pinned route and the keys of every host."),
         "{fix:?}"
     );
     let verify = lab.mxpin(&["verify", "-q", "-i", &inv]);
@@ -231,11 +236,17 @@ fn remote_failures_are_named_and_change_nothing() {
 
     let plan = lab.mxpin(&["plan", "-i", path]);
     assert_eq!(plan.code, 1, "{plan:?}");
-    assert!(
-        plan.stderr.contains("relay: remote commands run as uid")
-            && plan.stderr.contains("sudo = true"),
-        "{plan:?}"
+    // The forgotten `sudo = true`: mxpinlab can read main.cf but not
+    // mxpin's keys; the one line names the login and the fix.
+    let uid = std::process::Command::new("id")
+        .args(["-u", "mxpinlab"])
+        .output()
+        .unwrap();
+    let uid = String::from_utf8_lossy(&uid.stdout).trim().to_string();
+    let line = format!(
+        "error: relay: connected as mxpinlab (uid {uid}), not root: set sudo = true for this host"
     );
+    assert!(plan.stderr.lines().any(|l| l == line), "{line}: {plan:?}");
     assert!(
         plan.stderr.contains("ghost: ssh ghost.invalid:"),
         "{plan:?}"
@@ -249,10 +260,19 @@ fn remote_failures_are_named_and_change_nothing() {
     // stops the others, and the exit status says something failed.
     let apply = lab.mxpin(&["apply", "--yes", "-i", path]);
     assert_eq!(apply.code, 1, "{apply:?}");
+    // --yes goes ahead: the plan says what it does, not what it would do.
     assert!(
-        apply.stdout.contains("home: applied 6 change(s)"),
+        apply
+            .stdout
+            .contains("\nApplying the changes to 1 of 3 hosts.\n")
+            && !apply.stdout.contains("would change"),
         "{apply:?}"
     );
+    assert!(
+        apply.stdout.contains("home: applied 6 changes"),
+        "{apply:?}"
+    );
+    assert!(apply.stderr.lines().any(|l| l == line), "{apply:?}");
     let after = lab.snapshot();
     let changed: Vec<_> = after
         .keys()
@@ -304,4 +324,34 @@ fn ssh_user_at_host_colon_port_connects() {
     let plan = lab.mxpin(&["plan", "-i", path.to_str().unwrap()]);
     assert_eq!(plan.code, 2, "both hosts read, changes pending: {plan:?}");
     assert!(!plan.stderr.contains("error"), "{plan:?}");
+
+    // A host whose key is not in known_hosts: strict checking refuses it,
+    // and the one line says what to do.
+    let known = lab.dir.join("known_hosts");
+    let keys = std::fs::read_to_string(&known).unwrap();
+    let without_relay: String = keys
+        .lines()
+        .filter(|l| {
+            !l.split_whitespace()
+                .next()
+                .unwrap_or_default()
+                .contains("relay")
+        })
+        .map(|l| format!("{l}\n"))
+        .collect();
+    assert_ne!(keys, without_relay, "the lab's known_hosts names relay");
+    std::fs::write(&known, without_relay).unwrap();
+    let plan = lab.mxpin(&["plan", "-i", path.to_str().unwrap()]);
+    assert_eq!(plan.code, 1, "{plan:?}");
+    let line = plan
+        .stderr
+        .lines()
+        .find(|l| l.starts_with("error: relay: ssh mxpinlab@relay.example.org:22: "))
+        .unwrap_or_else(|| panic!("{plan:?}"));
+    assert!(
+        line.contains("Host key verification failed")
+            && line.ends_with("(ssh to it once, or add its key to known_hosts)"),
+        "{line}"
+    );
+    std::fs::write(&known, keys).unwrap();
 }

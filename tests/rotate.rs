@@ -152,6 +152,14 @@ fn interrupted_rotation_converges_and_compromised_key_is_dropped() {
     );
     assert_eq!(lab.mxpin(&["plan", "-i", &inv]).code, 0);
 
+    // A dry run of a rotation says what plan says: changes pending (2),
+    // and nothing changed.
+    let before = lab.snapshot();
+    let dry = lab.mxpin(&["rotate", "home", "--compromised", "--dry-run", "-i", &inv]);
+    assert_eq!(dry.code, 2, "{dry:?}");
+    assert!(dry.stdout.contains("would change."), "{dry:?}");
+    assert!(lab.snapshot() == before, "a dry run changes nothing");
+
     // Emergency: the key home serves must stop being trusted now.
     let compromised = pins.split('|').next().unwrap().to_string();
     let emergency = lab.mxpin(&["rotate", "home", "--compromised", "--yes", "-i", &inv]);

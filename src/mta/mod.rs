@@ -461,10 +461,20 @@ pub const KEY_SLOTS: [(&str, &str, &str); 2] = [
     ("next", "next.key", "next.crt"),
 ];
 
-/// The checks every facts answer passes first: no error section, the
-/// closing frame (without it the answer was cut short, even if it happened
-/// to end between two frames), and root.
+/// The checks every facts answer passes first: root (a non-root login
+/// cannot read mxpin's keys, so this comes before any read error), no error
+/// section, and the closing frame (without it the answer was cut short,
+/// even if it happened to end between two frames).
 pub fn check_header(s: &Sections) -> Result<(), String> {
+    if let Some(uid) = s.get("uid").filter(|u| *u != "0") {
+        let who = match s.get("user").filter(|u| !u.is_empty()) {
+            Some(user) => format!("{user} (uid {uid})"),
+            None => format!("uid {uid}"),
+        };
+        return Err(format!(
+            "connected as {who}, not root: set sudo = true for this host"
+        ));
+    }
     if let Some(e) = s.get("error") {
         return Err(e.to_string());
     }
@@ -472,10 +482,7 @@ pub fn check_header(s: &Sections) -> Result<(), String> {
         return Err("facts are incomplete: the connection ended early".into());
     }
     match s.get("uid") {
-        Some("0") => Ok(()),
-        Some(uid) => Err(format!(
-            "remote commands run as uid {uid}, not root: log in as root or set sudo = true"
-        )),
+        Some(_) => Ok(()),
         None => Err("no uid in facts".into()),
     }
 }

@@ -80,7 +80,8 @@ LC_ALL=C; export LC_ALL
 PATH=/usr/sbin:/usr/bin:/sbin:/bin:/usr/local/sbin:/usr/local/bin:$PATH; export PATH
 {SHELL_HELPERS}C={c}
 M="$C/{OWNED_DIR}"
-put uid "$(id -u)"
+u=$(id -u); put uid "$u"
+if [ "$u" != 0 ]; then put user "$(id -un 2>/dev/null)"; fi
 X=$(command -v exim4 || command -v exim) || {{ put error "exim4 not found: is Exim installed?"; return 0; }}
 put bin "$X"
 v=$("$X" -bV 2>&1) || {{ put error "exim4 -bV failed: $(printf '%s' "$v" | head -n 3)"; return 0; }}

@@ -116,7 +116,8 @@ LC_ALL=C; export LC_ALL
 PATH=/usr/sbin:/usr/bin:/sbin:/bin:/usr/local/sbin:/usr/local/bin:$PATH; export PATH
 {SHELL_HELPERS}C={c}
 M="$C/{OWNED_DIR}"
-put uid "$(id -u)"
+u=$(id -u); put uid "$u"
+if [ "$u" != 0 ]; then put user "$(id -un 2>/dev/null)"; fi
 if ! command -v postconf >/dev/null 2>&1; then put error "postconf not found: is Postfix installed?"; return 0; fi
 if [ ! -f "$C/main.cf" ]; then put error "$C/main.cf not found"; return 0; fi
 v=$(postconf -c "$C" -x mail_version default_database_type queue_directory {params} 2>/dev/null)

@@ -237,8 +237,9 @@ fn flush(s: &mut String, domains: &[String]) {
   for id in $ids; do
     if postqueue -c "$C" -i "$id" >/dev/null 2>&1; then n=$((n + 1)); fi
   done
-  printf '@@mxpin-note flush %s: postqueue -s failed (%s); %s deferred message(s) retried by queue ID\n' \
-    "$1" "$(printf '%s' "$out" | tr '\n' ' ')" "$n"
+  if [ "$n" = 1 ]; then m=message; else m=messages; fi
+  printf '@@mxpin-note flush %s: postqueue -s failed (%s); %s deferred %s retried by queue ID\n' \
+    "$1" "$(printf '%s' "$out" | tr '\n' ' ')" "$n" "$m"
 }
 if postfix -c "$C" status >/dev/null 2>&1; then
 "#,

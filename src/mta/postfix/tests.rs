@@ -522,9 +522,27 @@ fn applied_fixture_reads_keys_as_secrets_and_tables_as_fresh() {
 #[test]
 fn facts_refuse_a_non_root_login() {
     let out = with_sections(&fixture(FRESH), &[("uid", "1000")]);
-    let e = facts_from(&out).unwrap_err();
-    assert!(e.contains("uid 1000"), "{e}");
-    assert!(e.contains("set sudo = true"), "{e}");
+    assert_eq!(
+        facts_from(&out).unwrap_err(),
+        "connected as uid 1000, not root: set sudo = true for this host"
+    );
+    // What a non-root login really prints: its name, and read errors for
+    // the root-only keys, which must not hide the cause.
+    let out = with_sections(
+        &fixture(FRESH),
+        &[
+            ("uid", "1001"),
+            ("user", "mxpinlab"),
+            (
+                "error",
+                "cannot read /etc/postfix/mxpin/current.key: Permission denied",
+            ),
+        ],
+    );
+    assert_eq!(
+        facts_from(&out).unwrap_err(),
+        "connected as mxpinlab (uid 1001), not root: set sudo = true for this host"
+    );
 }
 
 #[test]

@@ -289,7 +289,7 @@ fn the_flush_falls_back_to_queue_ids_of_the_domain_only() {
         stdout,
         "@@mxpin-ok\n@@mxpin-note flush example.net: postqueue -s failed (postqueue: fatal: \
          Flush service is not configured for destination \"example.net\"); 1 deferred \
-         message(s) retried by queue ID\n"
+         message retried by queue ID\n"
     );
     assert_eq!(parse_result(&stdout), Some(ApplyResult::Applied));
 }
