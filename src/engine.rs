@@ -24,7 +24,7 @@ use crate::trust::{self, Edge, Purpose};
 pub struct HostState {
     pub host: Host,
     pub conn: Option<SshHost>,
-    pub lock: Option<Held>,
+    pub lock: Option<Box<Held>>,
     pub facts: Result<Facts, String>,
 }
 
@@ -84,7 +84,8 @@ fn backoff(attempt: u32) -> std::time::Duration {
 
 /// How one attempt to hold a host ended.
 enum Attempt {
-    Held(Held, Result<Facts, String>),
+    /// Boxed: facts are large, and most attempts are not busy.
+    Held(Box<(Box<Held>, Result<Facts, String>)>),
     Busy,
     Failed(String),
 }
@@ -95,7 +96,7 @@ async fn hold_one(conn: &SshHost, host: &Host, access: Access, marker: &str) -> 
         Err(e) => Attempt::Failed(format!("reading facts: {e}")),
         Ok(Hold::Held(held, out)) => {
             let facts = parse_facts(host, &out);
-            Attempt::Held(held, facts)
+            Attempt::Held(Box::new((held, facts)))
         }
         Ok(Hold::Ended(out)) => match out.stdout.as_slice() {
             b"@@mxpin-busy\n" => Attempt::Busy,
@@ -183,7 +184,10 @@ pub async fn gather(
                 .map(|((host, conn), attempt)| {
                     let (conn, lock, facts) = match (conn, attempt) {
                         (Err(e), _) => (None, None, Err(e)),
-                        (Ok(c), Some(Attempt::Held(h, facts))) => (Some(c), Some(h), facts),
+                        (Ok(c), Some(Attempt::Held(held))) => {
+                            let (h, facts) = *held;
+                            (Some(c), Some(h), facts)
+                        }
                         (Ok(_), Some(Attempt::Busy)) => (
                             None,
                             None,
@@ -206,7 +210,7 @@ pub async fn gather(
         }
         // Let go of everything, wait, and try again.
         let releases = held.into_iter().filter_map(|(_, a)| match a {
-            Attempt::Held(h, _) => Some(h.release()),
+            Attempt::Held(held) => Some(held.0.release()),
             _ => None,
         });
         futures::future::join_all(releases).await;

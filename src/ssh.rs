@@ -214,7 +214,7 @@ pub struct SshHost {
 pub enum Hold {
     /// The lock is held until [`Held::release`]; the output before the
     /// marker.
-    Held(Held, RemoteOutput),
+    Held(Box<Held>, RemoteOutput),
     /// The remote script ended without taking the lock (busy, refused, or
     /// failed): everything it printed.
     Ended(RemoteOutput),
@@ -346,7 +346,7 @@ impl SshHost {
             // is held is not needed.
             drop(errors);
             return Ok(Hold::Held(
-                Held { child },
+                Box::new(Held { child }),
                 RemoteOutput {
                     stdout: out,
                     stderr: String::new(),

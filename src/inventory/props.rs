@@ -351,7 +351,7 @@ fn check_accepted(inv: &Inventory) -> Result<(), TestCaseError> {
         let d = &h.ssh;
         let host = d.host();
         prop_assert!(!host.is_empty() && !host.starts_with('-'), "{:?}", d);
-        prop_assert!(d.user().map_or(true, |u| !u.is_empty()), "{:?}", d);
+        prop_assert!(d.user().is_none_or(|u| !u.is_empty()), "{:?}", d);
         let joined = format!(
             "{}{}{}",
             d.user().map(|u| format!("{u}@")).unwrap_or_default(),
