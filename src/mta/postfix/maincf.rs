@@ -87,6 +87,21 @@ impl MainCf {
         MainCf { lines, defs }
     }
 
+    /// Parameters defined more than once (Postfix warns `overriding
+    /// earlier entry` and uses the last), with the 1-based line of each
+    /// definition, in file order.
+    pub fn duplicates(&self) -> Vec<(String, Vec<usize>)> {
+        let mut out: Vec<(String, Vec<usize>)> = Vec::new();
+        for d in &self.defs {
+            match out.iter_mut().find(|(n, _)| *n == d.name) {
+                Some((_, lines)) => lines.push(d.lines.start + 1),
+                None => out.push((d.name.clone(), vec![d.lines.start + 1])),
+            }
+        }
+        out.retain(|(_, lines)| lines.len() > 1);
+        out
+    }
+
     fn last_def(&self, name: &str) -> Option<&Definition> {
         self.defs.iter().rev().find(|d| d.name == name)
     }
@@ -371,5 +386,13 @@ mynetworks = 127.0.0.0/8 [::ffff:127.0.0.0]/104 [::1]/128
             ["hash:/a", "lmdb:/b", "{inline:{x=y, z=w}}", "pcre:/c"]
         );
         assert!(split_list("  ").is_empty());
+    }
+
+    #[test]
+    fn duplicates_are_found_with_their_lines() {
+        let m =
+            MainCf::parse("a = 1\nrelay_domains =\n  x,\n# c\n  y\na = 2\nb = 1\n  a = 3\na=4\n");
+        assert_eq!(m.duplicates(), vec![("a".to_string(), vec![1, 6, 9])]);
+        assert!(MainCf::parse("a = 1\nb = 2\n").duplicates().is_empty());
     }
 }

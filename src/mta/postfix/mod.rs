@@ -187,7 +187,7 @@ pub fn verify_snippet(steps: &ApplySteps, digest: &str, lookup: &str) -> String 
     for l in &steps.lookups {
         let _ = writeln!(
             s,
-            "put {} \"$(postmap -c \"$C\" -q {} {} 2>&1)\"",
+            "put {} \"$(postmap -c \"$C\" -q {} {} 2>/dev/null)\"",
             quote(&format!("q:{}:{}", l.table, l.key)),
             quote(&l.key),
             quote(&table(&l.table))
@@ -1276,6 +1276,19 @@ pub fn plan_host(
             commands.extend(flush.iter().map(|x| format!("postqueue -c {dir} -s {x}")));
         } else {
             notes.push("Postfix is not running: apply will not start or reload it".into());
+        }
+    }
+    if needs_work {
+        // An admin's duplicate makes Postfix warn on every run; apply
+        // ignores warnings that were there before (see script.rs).
+        for (name, lines) in MainCf::parse(&f.main_cf).duplicates() {
+            let lines: Vec<String> = lines.iter().map(usize::to_string).collect();
+            notes.push(format!(
+                "main.cf defines {name} {} times (lines {}): Postfix warns `overriding earlier entry` \
+                 and uses the last; that warning was there before and does not block apply",
+                lines.len(),
+                lines.join(", ")
+            ));
         }
     }
     if !needs_work {

@@ -96,7 +96,29 @@ pub fn apply_script(plan: &HostPlan) -> ApplyScript {
     for t in &targets {
         let _ = writeln!(s, "rm -f {}", quote(&format!("{t}.mxpin-old")));
     }
-    let _ = writeln!(s, "before=$(postconf -c \"$C\" 2>&1 >/dev/null)");
+    // Warnings already there before this run never block it: Postfix's
+    // warnings are compared without the program name and line numbers
+    // (an edit above an admin's duplicate parameter moves its line), and
+    // `overriding earlier entry` by the parameter's name only (postconf
+    // and postmap name either of the two values, depending on what they
+    // read).
+    s.push_str(
+        r#"warnings() {
+  printf '%s\n' "$1" | sed -e 's/^[^ :]*: //' -e 's/, line [0-9][0-9]*:/:/' \
+    -e 's/\(overriding earlier entry: [A-Za-z0-9_-]*\)=.*/\1/' | sort -u
+}
+new_warnings() {
+  nw=''
+  set -f; oldifs=$IFS; IFS=$NL
+  for l in $(warnings "$1"); do
+    case "$NL$before$NL" in *"$NL$l$NL"*) ;; *) nw="$nw$l " ;; esac
+  done
+  IFS=$oldifs; set +f
+  printf '%s' "$nw"
+}
+before=$(warnings "$(postconf -c "$C" 2>&1 >/dev/null)")
+"#,
+    );
 
     crate::mta::script_chmods(&mut s, &plan.changes);
 
@@ -115,7 +137,7 @@ pub fn apply_script(plan: &HostPlan) -> ApplyScript {
         }
         let _ = writeln!(
             s,
-            "step={}\nout=$(postmap -c \"$C\" {} 2>&1) || fail \"$out\"\n[ -z \"$out\" ] || fail \"$out\"\nchmod 644 {}",
+            "step={}\nout=$(postmap -c \"$C\" {} 2>&1) || fail \"$out\"\nnew=$(new_warnings \"$out\")\n[ -z \"$new\" ] || fail \"$new\"\nchmod 644 {}",
             quote(&format!("postmap {p}")),
             quote(&format!("{}:{st}", steps.db_type)),
             quote(&format!("{st}.{suffix}"))
@@ -161,13 +183,7 @@ pub fn apply_script(plan: &HostPlan) -> ApplyScript {
     // Validate what Postfix now sees.
     s.push_str(
         r#"step='postconf warnings'
-after=$(postconf -c "$C" 2>&1 >/dev/null)
-new=''
-set -f; oldifs=$IFS; IFS=$NL
-for l in $after; do
-  case "$NL$before$NL" in *"$NL$l$NL"*) ;; *) new="$new$l " ;; esac
-done
-IFS=$oldifs; set +f
+new=$(new_warnings "$(postconf -c "$C" 2>&1 >/dev/null)")
 [ -z "$new" ] || fail "$new"
 step='postfix check'
 out=$(postfix -c "$C" check 2>&1) || fail "${out:-exit status $?}"
@@ -183,7 +199,7 @@ out=$(postfix -c "$C" check 2>&1) || fail "${out:-exit status $?}"
         );
         let _ = writeln!(
             s,
-            "step={}\ngot=$(postmap -c \"$C\" -q {} {} 2>&1) || fail \"no entry\"\n\
+            "step={}\ngot=$(postmap -c \"$C\" -q {} {} 2>/dev/null) || fail \"no entry\"\n\
              [ \"$got\" = {} ] || fail \"found '$got', expected '{}'\"",
             quote(&format!("postmap -q {} {table}", l.key)),
             quote(&l.key),

@@ -2091,6 +2091,56 @@ fn live_failed_postmap_leaves_no_staged_files() {
     );
 }
 
+/// An admin's main.cf with a problem of its own: a parameter defined twice
+/// (Postfix, postconf and postmap warn `overriding earlier entry` on every
+/// run), below a multi-line value mxpin rewrites, so the warning's line
+/// number moves. Plan says so; apply is not blocked, by postconf or by
+/// postmap, and converges; the admin's duplicate stays.
+#[test]
+fn live_duplicate_parameter_of_the_admin_does_not_block_apply() {
+    require_root_and_postfix!();
+    let lab = Lab::new();
+    let main_cf = format!(
+        "{}relay_domains =\n    example.org,\n# the old backup domain\n    example.com\n\
+         delay_warning_time = 4h\ndelay_warning_time = 2h\n",
+        lab.read("main.cf")
+    );
+    std::fs::write(lab.path("main.cf"), &main_cf).unwrap();
+    let warned = sh(&format!("postconf -c {} >/dev/null", quote(&lab.conf)));
+    assert!(
+        String::from_utf8_lossy(&warned.stderr).contains("overriding earlier entry"),
+        "{warned:?}"
+    );
+    let home = new_keys("home.example.net");
+    let plan = plan_for(
+        &inventory(&lab.conf, true),
+        "relay",
+        &capture(&lab.conf),
+        &home,
+    );
+    assert!(
+        plan.notes
+            .iter()
+            .any(|n| n.starts_with("main.cf defines delay_warning_time 2 times (lines ")),
+        "{:?}",
+        plan.notes
+    );
+    let (result, out) = run_apply(&plan);
+    assert_eq!(result, ApplyResult::Applied, "{out}");
+    let after = lab.read("main.cf");
+    assert!(
+        after.contains("delay_warning_time = 4h\ndelay_warning_time = 2h\n"),
+        "{after}"
+    );
+    let again = plan_for(
+        &inventory(&lab.conf, true),
+        "relay",
+        &capture(&lab.conf),
+        &home,
+    );
+    assert!(again.is_empty(), "converged: {:?}", again.changes);
+}
+
 #[test]
 fn live_main_cf_edited_after_facts_is_refused_untouched() {
     require_root_and_postfix!();
