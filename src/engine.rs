@@ -765,6 +765,10 @@ pub async fn settle(
 pub struct Check {
     /// The host the check is about, and the peer whose route it checks.
     pub host: HostName,
+    /// The host where a failure is to be fixed: the check's own host,
+    /// or the peer when the peer did not answer (a stopped MTA, a closed
+    /// port).
+    pub fix_on: HostName,
     pub route: Option<String>,
     pub ok: bool,
     /// Passes, but deserves attention (expiry).
@@ -815,6 +819,7 @@ pub async fn verify_report(
             Err(e) => {
                 checks.push(Check {
                     host: host.clone(),
+                    fix_on: host.clone(),
                     route: None,
                     ok: false,
                     warning: false,
@@ -851,6 +856,7 @@ pub async fn verify_report(
             };
             checks.push(Check {
                 host: host.clone(),
+                fix_on: host.clone(),
                 route: None,
                 ok,
                 warning,
@@ -861,8 +867,19 @@ pub async fn verify_report(
             continue;
         };
         for c in mta::route_checks(plan, f) {
+            // A peer that did not answer is where the fix is.
+            let peer = plan
+                .pinned
+                .iter()
+                .find(|p| p.next_hop.as_deref() == Some(c.route.as_str()))
+                .map(|p| p.pinned.clone());
+            let fix_on = match peer {
+                Some(peer) if c.peer_down => peer,
+                _ => host.clone(),
+            };
             checks.push(Check {
                 host: host.clone(),
+                fix_on,
                 route: Some(c.route),
                 ok: c.ok,
                 warning: false,
@@ -899,6 +916,7 @@ pub async fn verify_report(
             };
             checks.push(Check {
                 host: host.clone(),
+                fix_on: host.clone(),
                 route: Some(e.next_hop()),
                 ok,
                 warning: false,
@@ -927,8 +945,15 @@ pub async fn verify_report(
                 Some(Err(e)) => (false, format!("controller cannot probe {pinned} at {addr}: {e}")),
                 None => (false, format!("{pinned} was not probed")),
             };
+            // Unreachable: the fix is on the pinned host.
+            let fix_on = if matches!(served.get(addr), Some(Err(_))) {
+                pinned.clone()
+            } else {
+                host.clone()
+            };
             checks.push(Check {
                 host: host.clone(),
+                fix_on,
                 route: Some(hop.clone()),
                 ok,
                 warning: false,

@@ -493,7 +493,7 @@ fn show_checks(checks: &[engine::Check], quiet_success: bool) -> bool {
     }
     let failed: Vec<&str> = hosts
         .iter()
-        .filter(|h| checks.iter().any(|c| &&c.host == *h && !c.ok))
+        .filter(|h| checks.iter().any(|c| &&c.fix_on == *h && !c.ok))
         .map(|h| h.as_str())
         .collect();
     let routes = checks
@@ -548,6 +548,7 @@ async fn run_verify(common: &Common) -> Result<u8, String> {
         match o {
             HostOutcome::Planned(p) if !p.is_empty() => checks.push(engine::Check {
                 host: p.host.clone(),
+                fix_on: p.host.clone(),
                 route: None,
                 ok: false,
                 warning: false,
@@ -556,6 +557,7 @@ async fn run_verify(common: &Common) -> Result<u8, String> {
             HostOutcome::Failed { host, error: e } if !checks.iter().any(|c| &c.host == host) => {
                 checks.push(engine::Check {
                     host: host.clone(),
+                    fix_on: host.clone(),
                     route: None,
                     ok: false,
                     warning: false,

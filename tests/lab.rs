@@ -355,3 +355,70 @@ fn ssh_user_at_host_colon_port_connects() {
     );
     std::fs::write(&known, keys).unwrap();
 }
+
+/// An admin's main.cf with a problem of its own: a parameter defined
+/// twice, below a multi-line value mxpin rewrites. Postfix warns about it on
+/// every run; plan says so, apply is not blocked, mail through the backup
+/// is `Verified`, and the duplicate stays as the admin wrote it.
+#[test]
+fn a_duplicate_parameter_in_main_cf_does_not_block_apply() {
+    let Some(lab) = Lab::up() else { return };
+    let inv = lab.inventory().to_str().unwrap().to_string();
+    let main_cf = lab.postfix_dir("relay").join("main.cf");
+    let admin = format!(
+        "{}relay_domains =\n    example.org,\n# retired\n    example.com\n\
+         delay_warning_time = 4h\ndelay_warning_time = 2h\n",
+        std::fs::read_to_string(&main_cf).unwrap()
+    );
+    std::fs::write(&main_cf, &admin).unwrap();
+
+    let plan = lab.mxpin(&["plan", "-i", &inv]);
+    assert_eq!(plan.code, 2, "{plan:?}");
+    assert!(
+        plan.stdout
+            .contains("main.cf defines delay_warning_time 2 times (lines "),
+        "{plan:?}"
+    );
+    let apply = lab.mxpin(&["apply", "--yes", "-i", &inv]);
+    assert_eq!(apply.code, 0, "{apply:?}");
+    let after = std::fs::read_to_string(&main_cf).unwrap();
+    assert!(
+        after.contains("delay_warning_time = 4h\ndelay_warning_time = 2h\n"),
+        "{after}"
+    );
+    let sent = lab.send_to_relay("first.last@example.net", "despite a duplicate");
+    assert_eq!(sent.code, 0, "{sent:?}");
+    assert!(wait_for(Duration::from_secs(30), || lab
+        .delivered()
+        .iter()
+        .any(|m| m.contains("despite a duplicate"))));
+    assert!(lab
+        .maillog("relay")
+        .contains("Verified TLS connection established to home.example.net"));
+    let plan = lab.mxpin(&["plan", "-i", &inv]);
+    assert_eq!(plan.code, 0, "{plan:?}");
+}
+
+/// Postfix stopped on the primary: verify fails, and the one summary line
+/// names home, where the fix is, not the backup whose checks could not
+/// reach it.
+#[test]
+fn a_stopped_primary_is_named_where_the_fix_is() {
+    let Some(lab) = Lab::up() else { return };
+    let inv = lab.inventory().to_str().unwrap().to_string();
+    let apply = lab.mxpin(&["apply", "--yes", "-i", &inv]);
+    assert_eq!(apply.code, 0, "{apply:?}");
+    let stop = lab.ssh("home", "postfix stop");
+    assert_eq!(stop.code, 0, "{stop:?}");
+    let verify = lab.mxpin(&["verify", "-i", &inv]);
+    assert_eq!(verify.code, 1, "{verify:?}");
+    assert!(
+        verify
+            .stderr
+            .lines()
+            .any(|l| l.ends_with("verification failed on: home")),
+        "{verify:?}"
+    );
+    let start = lab.ssh("home", "postfix start");
+    assert_eq!(start.code, 0, "{start:?}");
+}

@@ -165,6 +165,8 @@ pub struct RouteCheck {
     /// The next-hop (or domain) the check is about.
     pub route: String,
     pub ok: bool,
+    /// Failed because the peer did not answer: the fix is there.
+    pub peer_down: bool,
     pub what: String,
 }
 

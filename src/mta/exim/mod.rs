@@ -485,6 +485,7 @@ pub fn route_checks(steps: &ApplySteps, f: &EximFacts) -> Vec<RouteCheck> {
             RouteCheck {
                 route: format!("[{}]:{}", t.mx, t.port),
                 ok,
+                peer_down: false,
                 what: if ok {
                     format!(
                         "exim -bt {}: mxpin_backup to {} port {} over mxpin_smtp (pinned TLS)",

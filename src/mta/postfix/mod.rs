@@ -237,6 +237,7 @@ pub fn route_checks(host: &HostName, steps: &ApplySteps, f: &PostfixFacts) -> Ve
                 l.key.clone()
             },
             ok,
+            peer_down: false,
             what: if ok {
                 format!("{} lookup of {} is {}", l.table, l.key, l.expected)
             } else {
@@ -264,6 +265,8 @@ pub fn route_checks(host: &HostName, steps: &ApplySteps, f: &PostfixFacts) -> Ve
         checks.push(RouteCheck {
             route: l.key.clone(),
             ok,
+            // No TLS connection at all: the peer did not answer.
+            peer_down: verified.is_none(),
             what: match verified {
                 Some(_) if ok => format!(
                     "posttls-finger on {host}: Verified TLS connection to {}",
