@@ -5,7 +5,7 @@
 
 use time::OffsetDateTime;
 
-use crate::inventory::{DnsName, Host, HostName, Inventory, Recipient};
+use crate::inventory::{DnsName, Host, HostName, Inventory, Recipient, Settings};
 use crate::tls::{self, Certificate, Fingerprint, Identity, SecretPem};
 use crate::trust::{self, Edge, Purpose};
 
@@ -73,18 +73,12 @@ impl HostKeys {
         ]
     }
 
-    /// The public-key fingerprints (SHA-256) of current and next, for people.
-    pub fn public_keys(&self) -> (Fingerprint, Fingerprint) {
-        use crate::tls::{Digest, PinKind};
+    /// The fingerprints of current and next in the inventory's digest and
+    /// pin kind: the form every pin and every message uses.
+    pub fn pin_pair(&self, s: &Settings) -> (Fingerprint, Fingerprint) {
         (
-            self.current
-                .identity
-                .cert
-                .fingerprint(Digest::Sha256, PinKind::PublicKey),
-            self.next
-                .identity
-                .cert
-                .fingerprint(Digest::Sha256, PinKind::PublicKey),
+            self.current.identity.cert.fingerprint(s.digest, s.pin),
+            self.next.identity.cert.fingerprint(s.digest, s.pin),
         )
     }
 }

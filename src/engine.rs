@@ -254,8 +254,8 @@ pub struct Rotation {
     pub compromised: bool,
 }
 
-/// A host rotated by a plan: public-key fingerprints (SHA-256) before and
-/// after.
+/// A host rotated by a plan: fingerprints before and after, in the
+/// inventory's digest and pin kind (as its peers pin them).
 #[derive(Debug, Clone)]
 pub struct Rotated {
     pub host: HostName,
@@ -357,8 +357,8 @@ pub fn plan_all(
         }
         match desired::rotate(inv, host, current, now) {
             Ok(new) => {
-                let (old_current, _) = current.public_keys();
-                let (new_current, new_next) = new.public_keys();
+                let (old_current, _) = current.pin_pair(s);
+                let (new_current, new_next) = new.pin_pair(s);
                 rotated.push(Rotated {
                     host: host.name.clone(),
                     old_current,

@@ -730,9 +730,14 @@ async fn run_change(common: &Common, change: Change) -> Result<u8, String> {
     for r in &fleet.rotated {
         let peers = engine::peer_pins(&inv, &states, &r.host);
         if !common.json {
+            // The inventory's digest and pin kind, as the peers' pins below.
+            let kind = match inv.settings.pin {
+                mxpin::tls::PinKind::PublicKey => "public key",
+                mxpin::tls::PinKind::Certificate => "certificate",
+            };
             let _ = writeln!(
                 out,
-                "{}: serves public key {} (was {}); next {}",
+                "{}: serves {kind} {} (was {}); next {}",
                 r.host, r.new_current, r.old_current, r.new_next
             );
             for (peer, purpose, pins) in &peers {
