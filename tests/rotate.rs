@@ -57,6 +57,20 @@ fn rotation_under_load_defers_nothing() {
             "{rotate:?}"
         );
         assert!(rotate.stdout.contains("relay pins home: "), "{rotate:?}");
+        // One digest everywhere: the key home serves now is one of the
+        // pins relay holds for it, written the same way.
+        let served = rotate
+            .stdout
+            .lines()
+            .find_map(|l| l.strip_prefix("home: serves public key "))
+            .and_then(|l| l.split_whitespace().next())
+            .unwrap_or_else(|| panic!("{rotate:?}"));
+        let pins = rotate
+            .stdout
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("relay pins home: "))
+            .unwrap_or_else(|| panic!("{rotate:?}"));
+        assert!(pins.split('|').any(|p| p == served), "{rotate:?}");
         sender.join().unwrap();
     });
 
