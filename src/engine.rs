@@ -468,8 +468,9 @@ pub enum ApplyStatus {
 }
 
 /// Order of application: a backup that starts pinning a host whose served
-/// key changes in this run goes after that host, so it never pins a key
-/// that is not served yet. Returns a wave number per plan.
+/// key changes in this run, or that opens the port the backup routes to,
+/// goes after that host, so it never pins a key that is not served yet nor
+/// routes to a closed port. Returns a wave number per plan.
 pub fn waves(plans: &[&HostPlan]) -> Vec<usize> {
     let mut wave = vec![0usize; plans.len()];
     let index = |h: &HostName| plans.iter().position(|p| &p.host == h);
@@ -478,7 +479,7 @@ pub fn waves(plans: &[&HostPlan]) -> Vec<usize> {
         let mut moved = false;
         for (i, p) in plans.iter().enumerate() {
             for dep in p.pins_for().filter_map(&index) {
-                if plans[dep].switches_key && wave[i] <= wave[dep] && wave[dep] < plans.len() {
+                if plans[dep].goes_first() && wave[i] <= wave[dep] && wave[dep] < plans.len() {
                     wave[i] = wave[dep] + 1;
                     moved = true;
                 }
@@ -530,7 +531,7 @@ fn dependencies(plans: &[&HostPlan]) -> Vec<Vec<usize>> {
         .map(|(i, p)| {
             p.pins_for()
                 .filter_map(|h| plans.iter().position(|q| &q.host == h))
-                .filter(|&j| plans[j].switches_key && wave[j] < wave[i])
+                .filter(|&j| plans[j].goes_first() && wave[j] < wave[i])
                 .collect()
         })
         .collect()
@@ -577,10 +578,17 @@ pub async fn apply_all(
                 if !applied {
                     monitor.event(&plan.host, Phase::Skipped);
                     done[i].send_replace(Some(false));
-                    return ApplyStatus::Skipped(format!(
-                        "not applied: it would pin the new key of {}, which was not applied",
-                        plans[j].host
-                    ));
+                    return ApplyStatus::Skipped(if plans[j].switches_key {
+                        format!(
+                            "not applied: it would pin the new key of {}, which was not applied",
+                            plans[j].host
+                        )
+                    } else {
+                        format!(
+                            "not applied: it would route to the port {} opens, which was not applied",
+                            plans[j].host
+                        )
+                    });
                 }
             }
             let _permit = permits.acquire().await.expect("never closed");
@@ -965,6 +973,7 @@ mod tests {
             commands: vec![],
             notes: vec![],
             switches_key: switches,
+            opens_listener: false,
             pinned: pins_for
                 .iter()
                 .map(|h| crate::plan::PinnedEdge {
@@ -993,6 +1002,17 @@ mod tests {
         let home = plan("home", false, &[]);
         let relay = plan("relay", true, &["home"]);
         assert_eq!(waves(&[&home, &relay]), [0, 0]);
+    }
+
+    /// Issue 16: a backup routing to a primary's new smtp_port listener
+    /// goes after it, even when no key changes.
+    #[test]
+    fn backup_waits_for_the_primarys_new_listener() {
+        let mut home = plan("home", false, &[]);
+        home.opens_listener = true;
+        let relay = plan("relay", false, &["home"]);
+        assert_eq!(waves(&[&relay, &home]), [1, 0]);
+        assert_eq!(dependencies(&[&relay, &home]), [vec![1], vec![]]);
     }
 
     #[test]
