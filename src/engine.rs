@@ -554,6 +554,15 @@ pub async fn apply_all(
         })
         .collect();
     let deps = dependencies(&plans);
+    // A host that routes to a host whose plan failed stays as it is: that
+    // host's key or port may not be there (issue 16).
+    let failed: Vec<&HostName> = outcomes
+        .iter()
+        .filter_map(|o| match o {
+            HostOutcome::Failed { host, .. } => Some(host),
+            HostOutcome::Planned(_) => None,
+        })
+        .collect();
     // Some(true) once a plan is applied, Some(false) once it failed or was
     // skipped.
     let done: Vec<tokio::sync::watch::Sender<Option<bool>>> = plans
@@ -567,7 +576,20 @@ pub async fn apply_all(
             .iter()
             .find(|s| s.host.name == plan.host)
             .and_then(|s| s.conn.as_ref());
+        let routes_to_failed = plan
+            .pinned
+            .iter()
+            .filter(|e| e.purpose != Purpose::ClientCertificate)
+            .find(|e| failed.contains(&&e.pinned))
+            .map(|e| e.pinned.clone());
         async move {
+            if let Some(h) = routes_to_failed {
+                monitor.event(&plan.host, Phase::Skipped);
+                done[i].send_replace(Some(false));
+                return ApplyStatus::Skipped(format!(
+                    "not applied: it routes to {h}, whose plan failed"
+                ));
+            }
             for &j in deps {
                 let mut rx = done[j].subscribe();
                 let applied = rx
