@@ -1037,6 +1037,36 @@ mod tests {
         assert_eq!(dependencies(&[&relay, &home]), [vec![1], vec![]]);
     }
 
+    /// A backup whose primary failed to plan does not route to it.
+    #[test]
+    fn a_host_routing_to_a_failed_plan_is_skipped() {
+        let mut relay = plan("relay", false, &["home"]);
+        relay.changes.push(crate::plan::FileChange {
+            path: "/etc/postfix/main.cf".into(),
+            action: crate::plan::Action::Modify,
+            old: None,
+            new: None,
+            mode: 0o644,
+            group: 0,
+        });
+        let outcomes = [
+            HostOutcome::Failed {
+                host: HostName::parse("home").unwrap(),
+                error: "smtp_port 26 on an Exim primary: add it to daemon_smtp_ports".into(),
+            },
+            HostOutcome::Planned(Box::new(relay)),
+        ];
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let results = rt.block_on(apply_all(&[], &outcomes, 2, &crate::progress::Silent));
+        let relay = results.iter().find(|(h, _)| h.as_str() == "relay").unwrap();
+        assert_eq!(
+            relay.1,
+            ApplyStatus::Skipped("not applied: it routes to home, whose plan failed".into())
+        );
+    }
+
     #[test]
     fn dependencies_point_only_to_earlier_hosts() {
         let home = plan("home", true, &[]);
