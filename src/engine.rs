@@ -468,8 +468,9 @@ pub enum ApplyStatus {
 }
 
 /// Order of application: a backup that starts pinning a host whose served
-/// key changes in this run goes after that host, so it never pins a key
-/// that is not served yet. Returns a wave number per plan.
+/// key changes in this run, or that opens the port the backup routes to,
+/// goes after that host, so it never pins a key that is not served yet nor
+/// routes to a closed port. Returns a wave number per plan.
 pub fn waves(plans: &[&HostPlan]) -> Vec<usize> {
     let mut wave = vec![0usize; plans.len()];
     let index = |h: &HostName| plans.iter().position(|p| &p.host == h);
@@ -478,7 +479,7 @@ pub fn waves(plans: &[&HostPlan]) -> Vec<usize> {
         let mut moved = false;
         for (i, p) in plans.iter().enumerate() {
             for dep in p.pins_for().filter_map(&index) {
-                if plans[dep].switches_key && wave[i] <= wave[dep] && wave[dep] < plans.len() {
+                if plans[dep].goes_first() && wave[i] <= wave[dep] && wave[dep] < plans.len() {
                     wave[i] = wave[dep] + 1;
                     moved = true;
                 }
@@ -530,7 +531,7 @@ fn dependencies(plans: &[&HostPlan]) -> Vec<Vec<usize>> {
         .map(|(i, p)| {
             p.pins_for()
                 .filter_map(|h| plans.iter().position(|q| &q.host == h))
-                .filter(|&j| plans[j].switches_key && wave[j] < wave[i])
+                .filter(|&j| plans[j].goes_first() && wave[j] < wave[i])
                 .collect()
         })
         .collect()
@@ -553,6 +554,15 @@ pub async fn apply_all(
         })
         .collect();
     let deps = dependencies(&plans);
+    // A host that routes to a host whose plan failed stays as it is: that
+    // host's key or port may not be there (issue 16).
+    let failed: Vec<&HostName> = outcomes
+        .iter()
+        .filter_map(|o| match o {
+            HostOutcome::Failed { host, .. } => Some(host),
+            HostOutcome::Planned(_) => None,
+        })
+        .collect();
     // Some(true) once a plan is applied, Some(false) once it failed or was
     // skipped.
     let done: Vec<tokio::sync::watch::Sender<Option<bool>>> = plans
@@ -566,7 +576,20 @@ pub async fn apply_all(
             .iter()
             .find(|s| s.host.name == plan.host)
             .and_then(|s| s.conn.as_ref());
+        let routes_to_failed = plan
+            .pinned
+            .iter()
+            .filter(|e| e.purpose != Purpose::ClientCertificate)
+            .find(|e| failed.contains(&&e.pinned))
+            .map(|e| e.pinned.clone());
         async move {
+            if let Some(h) = routes_to_failed {
+                monitor.event(&plan.host, Phase::Skipped);
+                done[i].send_replace(Some(false));
+                return ApplyStatus::Skipped(format!(
+                    "not applied: it routes to {h}, whose plan failed"
+                ));
+            }
             for &j in deps {
                 let mut rx = done[j].subscribe();
                 let applied = rx
@@ -577,10 +600,17 @@ pub async fn apply_all(
                 if !applied {
                     monitor.event(&plan.host, Phase::Skipped);
                     done[i].send_replace(Some(false));
-                    return ApplyStatus::Skipped(format!(
-                        "not applied: it would pin the new key of {}, which was not applied",
-                        plans[j].host
-                    ));
+                    return ApplyStatus::Skipped(if plans[j].switches_key {
+                        format!(
+                            "not applied: it would pin the new key of {}, which was not applied",
+                            plans[j].host
+                        )
+                    } else {
+                        format!(
+                            "not applied: it would route to the port {} opens, which was not applied",
+                            plans[j].host
+                        )
+                    });
                 }
             }
             let _permit = permits.acquire().await.expect("never closed");
@@ -990,6 +1020,7 @@ mod tests {
             commands: vec![],
             notes: vec![],
             switches_key: switches,
+            opens_listener: false,
             pinned: pins_for
                 .iter()
                 .map(|h| crate::plan::PinnedEdge {
@@ -1018,6 +1049,47 @@ mod tests {
         let home = plan("home", false, &[]);
         let relay = plan("relay", true, &["home"]);
         assert_eq!(waves(&[&home, &relay]), [0, 0]);
+    }
+
+    /// Issue 16: a backup routing to a primary's new smtp_port listener
+    /// goes after it, even when no key changes.
+    #[test]
+    fn backup_waits_for_the_primarys_new_listener() {
+        let mut home = plan("home", false, &[]);
+        home.opens_listener = true;
+        let relay = plan("relay", false, &["home"]);
+        assert_eq!(waves(&[&relay, &home]), [1, 0]);
+        assert_eq!(dependencies(&[&relay, &home]), [vec![1], vec![]]);
+    }
+
+    /// A backup whose primary failed to plan does not route to it.
+    #[test]
+    fn a_host_routing_to_a_failed_plan_is_skipped() {
+        let mut relay = plan("relay", false, &["home"]);
+        relay.changes.push(crate::plan::FileChange {
+            path: "/etc/postfix/main.cf".into(),
+            action: crate::plan::Action::Modify,
+            old: None,
+            new: None,
+            mode: 0o644,
+            group: 0,
+        });
+        let outcomes = [
+            HostOutcome::Failed {
+                host: HostName::parse("home").unwrap(),
+                error: "smtp_port 26 on an Exim primary: add it to daemon_smtp_ports".into(),
+            },
+            HostOutcome::Planned(Box::new(relay)),
+        ];
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let results = rt.block_on(apply_all(&[], &outcomes, 2, &crate::progress::Silent));
+        let relay = results.iter().find(|(h, _)| h.as_str() == "relay").unwrap();
+        assert_eq!(
+            relay.1,
+            ApplyStatus::Skipped("not applied: it routes to home, whose plan failed".into())
+        );
     }
 
     #[test]

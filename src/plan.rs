@@ -96,6 +96,9 @@ pub struct HostPlan {
     pub notes: Vec<String>,
     /// The key this host serves changes in this plan.
     pub switches_key: bool,
+    /// This plan opens the port its backups route to (a primary's new
+    /// `smtp_port` listener): they go after it.
+    pub opens_listener: bool,
     /// The trust edges this plan pins (this host the pinner), with the
     /// pins it writes.
     pub pinned: Vec<PinnedEdge>,
@@ -147,6 +150,12 @@ impl HostPlan {
     /// Nothing to write and no other work (a stale table database).
     pub fn is_empty(&self) -> bool {
         self.changes.is_empty() && !self.steps.has_work()
+    }
+
+    /// Hosts that pin this one wait for it: it serves a new key, or opens
+    /// the port they route to.
+    pub fn goes_first(&self) -> bool {
+        self.switches_key || self.opens_listener
     }
 
     /// Hosts whose pins this plan writes.
@@ -338,6 +347,7 @@ mod tests {
             commands: vec![],
             notes: vec![],
             switches_key: true,
+            opens_listener: false,
             pinned: vec![],
             transitional: false,
             steps: Default::default(),

@@ -88,7 +88,7 @@ v=$("$X" -bV 2>&1) || {{ put error "exim4 -bV failed: $(printf '%s' "$v" | head 
 put version "$v"
 cf=$("$X" -bP config_file 2>&1) || {{ put error "exim4 -bP config_file failed: $cf"; return 0; }}
 put config_file "$cf"
-o=$("$X" -bP pid_file_path exim_group acl_smtp_rcpt 2>&1) || {{ put error "exim4 -bP failed: $o"; return 0; }}
+o=$("$X" -bP pid_file_path exim_group acl_smtp_rcpt daemon_smtp_ports local_interfaces 2>&1) || {{ put error "exim4 -bP failed: $o"; return 0; }}
 put options "$o"
 if [ -f "$cf" ]; then putfile config "$cf"; fi
 g=$(printf '%s\n' "$o" | sed -n 's/^exim_group = //p')
@@ -137,6 +137,9 @@ pub struct EximFacts {
     pub config: Option<String>,
     pub pid_file: String,
     pub rcpt_acl: String,
+    /// The ports the daemon listens on: `daemon_smtp_ports`, and the ports
+    /// `local_interfaces` names (`addr.port`, `[addr]:port`).
+    pub listen_ports: Vec<u16>,
     /// Group Exim runs as (it must read the served key).
     pub gid: u32,
     pub running: bool,
@@ -149,6 +152,68 @@ pub struct EximFacts {
     pub macros: BTreeMap<String, String>,
     /// Output of verification checks run with the facts, by check name.
     pub checks: BTreeMap<String, String>,
+}
+
+/// The items of an Exim list: `sep` (`:` unless the list starts with
+/// `<X`) separates them, and a doubled separator stands for itself.
+fn exim_list(text: &str) -> Vec<String> {
+    let text = text.trim();
+    let (sep, body) = match text.strip_prefix('<') {
+        Some(rest) if !rest.is_empty() => {
+            let c = rest.chars().next().expect("not empty");
+            (c, &rest[c.len_utf8()..])
+        }
+        _ => (':', text),
+    };
+    let mut items = Vec::new();
+    let mut item = String::new();
+    let mut chars = body.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == sep {
+            if chars.peek() == Some(&sep) {
+                chars.next();
+                item.push(sep);
+            } else {
+                items.push(std::mem::take(&mut item));
+            }
+        } else {
+            item.push(c);
+        }
+    }
+    items.push(item);
+    items
+        .into_iter()
+        .map(|i| i.trim().to_string())
+        .filter(|i| !i.is_empty())
+        .collect()
+}
+
+/// The ports Exim's daemon listens on, from its `daemon_smtp_ports` (port
+/// numbers or service names) and the ports given in `local_interfaces`.
+fn listen_ports(daemon_smtp_ports: &str, local_interfaces: &str) -> Vec<u16> {
+    let mut ports: Vec<u16> = exim_list(daemon_smtp_ports)
+        .iter()
+        .filter_map(|p| match p.as_str() {
+            "smtp" => Some(25),
+            "smtps" | "submissions" => Some(465),
+            "submission" => Some(587),
+            p => p.parse().ok(),
+        })
+        .collect();
+    for i in exim_list(local_interfaces) {
+        let port: Option<u16> =
+            if let Some((_, p)) = i.strip_prefix('[').and_then(|r| r.split_once("]:")) {
+                p.parse().ok()
+            } else {
+                i.rsplit_once('.')
+                    .filter(|(a, _)| a.parse::<std::net::IpAddr>().is_ok())
+                    .and_then(|(_, p)| p.parse().ok())
+            };
+        ports.extend(port);
+    }
+    ports.sort_unstable();
+    ports.dedup();
+    ports
 }
 
 /// Whether the facts script (with its verification checks) writes a
@@ -274,6 +339,11 @@ impl EximFacts {
             config: s.get("config").map(str::to_string),
             pid_file: option("pid_file_path")?,
             rcpt_acl: option("acl_smtp_rcpt")?,
+            // Exim's default daemon_smtp_ports is smtp; older facts lack it.
+            listen_ports: listen_ports(
+                &option("daemon_smtp_ports").unwrap_or_else(|_| "smtp".into()),
+                &option("local_interfaces").unwrap_or_default(),
+            ),
             gid,
             running: need("running")? == "yes",
             files,
@@ -513,6 +583,16 @@ pub fn plan_host(
 ) -> Result<HostPlan, String> {
     let dir = d.host.config_dir.as_str();
     let owned = format!("{dir}/{OWNED_DIR}");
+    let port = d.host.smtp_port;
+    if port != 25
+        && inv.domains.iter().any(|x| x.primary == d.host.name)
+        && !d.host.release
+        && !f.listen_ports.contains(&port)
+    {
+        return Err(format!(
+            "smtp_port {port} on an Exim primary: add it to daemon_smtp_ports"
+        ));
+    }
     let layout = layout(f, dir)?;
     // The file apply checks is unchanged since it was read: the single
     // configuration, or Debian's update-exim4.conf.conf.
@@ -743,6 +823,7 @@ pub fn plan_host(
         commands,
         notes,
         switches_key,
+        opens_listener: false,
         pinned: PinnedEdge::of(d, inv),
         transitional: d.transitional,
         steps: Steps::Exim(ApplySteps {

@@ -373,3 +373,52 @@ fn route_test_reads_exim_bt_output() {
 
 /// Deferred mail after a fix: which domains apply flushes, and how.
 mod drain;
+
+/// Issue 16: Exim's listening ports, from `daemon_smtp_ports` and
+/// `local_interfaces`.
+#[test]
+fn listening_ports_are_read_from_exims_lists() {
+    use super::listen_ports;
+    assert_eq!(listen_ports("smtp", ""), [25]);
+    assert_eq!(listen_ports("smtp : 26 : submission", ""), [25, 26, 587]);
+    assert_eq!(listen_ports("<; 25 ; 465", "<; 127.0.0.1 ; ::1"), [25, 465]);
+    assert_eq!(
+        listen_ports("smtp", "<; 127.0.0.1.26 ; [::1]:2626 ; ::1"),
+        [25, 26, 2626]
+    );
+    assert_eq!(listen_ports("smtp", "0.0.0.0.26 : ::::1.27"), [25, 26, 27]);
+    // The lab's fixture: Debian's defaults.
+    assert_eq!(exim("facts-relay-fresh.out").unwrap().listen_ports, [25]);
+}
+
+/// An Exim primary on a port it does not listen on is refused in one line;
+/// listening there, it plans.
+#[test]
+fn an_exim_primary_on_a_port_it_does_not_listen_on_is_refused() {
+    let text = LAB
+        .replace(
+            "mx = \"relay.example.org\"\n",
+            "mx = \"relay.example.org\"\nsmtp_port = 26\n",
+        )
+        .replace(
+            "primary = \"home\"\nbackups = [\"relay\"]",
+            "primary = \"relay\"\nbackups = [\"home\"]",
+        );
+    let inv = inventory::parse(Path::new("mxpin.toml"), &text).unwrap();
+    let mut f = exim("facts-relay-fresh.out").unwrap();
+    let e = plan_relay(&inv, &f).unwrap_err();
+    assert_eq!(
+        e,
+        "smtp_port 26 on an Exim primary: add it to daemon_smtp_ports"
+    );
+    f.listen_ports = vec![25, 26];
+    assert!(plan_relay(&inv, &f).is_ok());
+    // A backup on port 26 is no primary: nothing to open.
+    let f = exim("facts-relay-fresh.out").unwrap();
+    let backup = LAB.replace(
+        "mx = \"relay.example.org\"\n",
+        "mx = \"relay.example.org\"\nsmtp_port = 26\n",
+    );
+    let inv = inventory::parse(Path::new("mxpin.toml"), &backup).unwrap();
+    assert!(plan_relay(&inv, &f).is_ok());
+}

@@ -12,6 +12,11 @@
 //!   client certificate asked for, relaying only for pinned client keys and
 //!   a temporary refusal for everyone else, so that a client whose key is
 //!   not pinned yet queues its mail instead of bouncing it.
+//! - the SMTP listener `PORT inet ... smtpd` (marked by its syslog name
+//!   `postfix/mxpin-smtp`) on a primary whose `smtp_port` is not 25 and
+//!   has no service of the admin's on it: a copy of the admin's port-25
+//!   smtpd (its columns and `-o` options), so that the backups' routes to
+//!   `smtp_port` reach the same server.
 //!
 //! Like main.cf, the file is edited in place: only these services' lines
 //! (and mxpin's comment right above each) change.
@@ -23,6 +28,8 @@ pub const RELAY_CLIENT: &str = "mxpin-relay";
 /// The relay listener's syslog name: how mxpin knows its own listener
 /// (its service name is just the port).
 const LISTENER_MARK: &str = "-o syslog_name=postfix/mxpin-relay";
+/// The SMTP listener's syslog name, likewise.
+const SMTP_MARK: &str = "-o syslog_name=postfix/mxpin-smtp";
 
 /// A service block mxpin wants in master.cf.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -100,6 +107,98 @@ impl Service {
             ),
         }
     }
+
+    /// The SMTP listener on `port` (a primary's `smtp_port`): the admin's
+    /// port-25 smtpd copied, see [`smtpd_template`].
+    pub fn smtp_listener(port: u16, template: &SmtpdTemplate) -> Service {
+        let options: String = template
+            .options
+            .iter()
+            .map(|o| format!("  {o}\n"))
+            .collect();
+        Service {
+            name: port.to_string(),
+            kind: "inet",
+            block: format!(
+                "# Managed by mxpin: SMTP on smtp_port {port}, where the backup MX hosts deliver \
+                 (the admin's port-25 smtpd copied).\n\
+                 {port}      inet  {columns}       smtpd\n  \
+                 {SMTP_MARK}\n\
+                 {options}",
+                columns = template.columns
+            ),
+        }
+    }
+}
+
+/// What mxpin copies from the admin's port-25 smtpd.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SmtpdTemplate {
+    /// The private, unpriv, chroot, wakeup and maxproc columns.
+    pub columns: String,
+    /// Its continuation lines' words (`-o name=value` pairs kept together),
+    /// comments left out.
+    pub options: Vec<String>,
+}
+
+/// The admin's smtpd that serves port 25: the port-25 `inet` service
+/// running `smtpd`, or, when postscreen runs there, the `smtpd pass`
+/// service it hands connections to. Its `-o` options and columns, without
+/// the arguments that tie it to the pass socket; the Postfix defaults
+/// (`n - - - - smtpd`) when master.cf has neither.
+pub fn smtpd_template(text: &str) -> SmtpdTemplate {
+    let lines: Vec<&str> = text.split_inclusive('\n').collect();
+    let command =
+        |r: &std::ops::Range<usize>| lines[r.start].split_whitespace().nth(7).unwrap_or_default();
+    let all = entries(&lines);
+    let admins = all.iter().filter(|r| !is_ours(&lines, r));
+    let found = admins
+        .clone()
+        .find(|r| {
+            entry(lines[r.start]).is_some_and(|(n, k)| k == "inet" && inet_port(n) == Some(25))
+                && command(r) == "smtpd"
+        })
+        .or_else(|| {
+            admins
+                .clone()
+                .find(|r| entry(lines[r.start]) == Some(("smtpd", "pass")))
+        });
+    let Some(r) = found else {
+        return SmtpdTemplate {
+            columns: "n       -       -       -       -".into(),
+            options: Vec::new(),
+        };
+    };
+    let fields: Vec<&str> = lines[r.start].split_whitespace().collect();
+    // The entry line's own arguments after the command count as options too.
+    let mut words: Vec<&str> = fields.iter().skip(8).copied().collect();
+    for l in &lines[r.start + 1..r.end] {
+        let l = l.trim();
+        if l.starts_with('#') {
+            continue;
+        }
+        words.extend(l.split_whitespace());
+    }
+    let mut options = Vec::new();
+    let mut w = words.into_iter();
+    while let Some(word) = w.next() {
+        match word {
+            "-o" => {
+                if let Some(v) = w.next() {
+                    // A syslog_name of the admin's would hide mxpin's mark.
+                    if !v.starts_with("syslog_name=") {
+                        options.push(format!("-o {v}"));
+                    }
+                }
+            }
+            other => options.push(other.to_string()),
+        }
+    }
+    let columns = fields
+        .get(2..7)
+        .map(|c| c.join("       "))
+        .unwrap_or_else(|| "n       -       -       -       -".into());
+    SmtpdTemplate { columns, options }
 }
 
 /// The `-o` lines that make an smtpd service serve `key` and `cert`
@@ -155,7 +254,7 @@ fn is_ours(lines: &[&str], range: &std::ops::Range<usize>) -> bool {
         Some((SMTPS | RELAY_CLIENT, "unix")) => true,
         Some((_, "inet")) => lines[range.clone()]
             .iter()
-            .any(|l| l.trim() == LISTENER_MARK),
+            .any(|l| l.trim() == LISTENER_MARK || l.trim() == SMTP_MARK),
         _ => false,
     }
 }
@@ -185,10 +284,19 @@ fn inet_port(name: &str) -> Option<u16> {
 
 /// Whether mxpin's relay listener is in master.cf on `port`.
 pub fn listener_on(text: &str, port: u16) -> bool {
+    ours_on(text, port, LISTENER_MARK)
+}
+
+/// Whether mxpin's SMTP listener is in master.cf on `port`.
+pub fn smtp_listener_on(text: &str, port: u16) -> bool {
+    ours_on(text, port, SMTP_MARK)
+}
+
+fn ours_on(text: &str, port: u16, mark: &str) -> bool {
     let lines: Vec<&str> = text.split_inclusive('\n').collect();
     entries(&lines).into_iter().any(|r| {
-        is_ours(&lines, &r)
-            && entry(lines[r.start]).is_some_and(|(n, k)| k == "inet" && inet_port(n) == Some(port))
+        entry(lines[r.start]).is_some_and(|(n, k)| k == "inet" && inet_port(n) == Some(port))
+            && lines[r.clone()].iter().any(|l| l.trim() == mark)
     })
 }
 
@@ -384,5 +492,63 @@ showq     unix  n       -       y       -       -       showq
             .starts_with("127.0.0.1:2525"));
         assert!(port_taken(&text, 587).unwrap().starts_with("submission"));
         assert_eq!(port_taken(&text, 2626), None);
+    }
+
+    /// Issue 16: the primary's smtp_port listener copies the admin's
+    /// port-25 smtpd and goes away leaving the admin's bytes.
+    #[test]
+    fn the_smtp_listener_copies_the_admins_smtpd_and_comes_and_goes() {
+        let admin = DEBIAN.replace(
+            "smtp      inet  n       -       y       -       -       smtpd\n",
+            "smtp      inet  n       -       y       -       10      smtpd -v\n  \
+             -o smtpd_helo_required=yes\n#  -o smtpd_sasl_auth_enable=yes\n  \
+             -o syslog_name=postfix/inbound -o smtpd_milters=inet:localhost:11332\n",
+        );
+        let t = smtpd_template(&admin);
+        assert_eq!(t.columns, "n       -       y       -       10");
+        assert_eq!(
+            t.options,
+            [
+                "-v",
+                "-o smtpd_helo_required=yes",
+                "-o smtpd_milters=inet:localhost:11332"
+            ]
+        );
+        let added = edited(&admin, &[Service::smtp_listener(26, &t)]);
+        assert!(added.starts_with(&admin), "nothing else changes");
+        assert!(
+            added.ends_with(
+                "26      inet  n       -       y       -       10       smtpd\n  \
+                 -o syslog_name=postfix/mxpin-smtp\n  -v\n  -o smtpd_helo_required=yes\n  \
+                 -o smtpd_milters=inet:localhost:11332\n"
+            ),
+            "{added}"
+        );
+        assert!(smtp_listener_on(&added, 26) && !smtp_listener_on(&admin, 26));
+        assert!(!listener_on(&added, 26), "not the relay listener");
+        assert_eq!(port_taken(&added, 26), None, "mxpin's own");
+        assert_eq!(edited(&added, &[Service::smtp_listener(26, &t)]), added);
+        assert_eq!(edited(&added, &[]), admin, "the admin's bytes back");
+        // A port change moves it.
+        let moved = edited(&added, &[Service::smtp_listener(2526, &t)]);
+        assert!(smtp_listener_on(&moved, 2526) && !smtp_listener_on(&moved, 26));
+        assert_eq!(edited(&moved, &[]), admin);
+    }
+
+    #[test]
+    fn behind_postscreen_the_smtpd_pass_service_is_copied() {
+        let admin = DEBIAN.replace(
+            "smtp      inet  n       -       y       -       -       smtpd\n",
+            "smtp      inet  n       -       y       -       1       postscreen\n\
+             smtpd     pass  -       -       y       -       -       smtpd\n  \
+             -o smtpd_tls_security_level=may\n",
+        );
+        let t = smtpd_template(&admin);
+        assert_eq!(t.columns, "-       -       y       -       -");
+        assert_eq!(t.options, ["-o smtpd_tls_security_level=may"]);
+        // No smtpd at all: Postfix's defaults.
+        let none = smtpd_template("pickup unix n - y 60 1 pickup\n");
+        assert_eq!(none.columns, "n       -       -       -       -");
+        assert!(none.options.is_empty());
     }
 }

@@ -982,7 +982,23 @@ fn master_services(
             ),
         ));
     }
+    if let Some(port) = smtp_listener_port(d, inv, text) {
+        services.push(mastercf::Service::smtp_listener(
+            port,
+            &mastercf::smtpd_template(text),
+        ));
+    }
     Ok(services)
+}
+
+/// The `smtp_port` mxpin must open on this host: it is the primary of some
+/// domain, the port is not 25, and no service of the admin's listens
+/// there already (that one is used as it is).
+fn smtp_listener_port(d: &HostDesired, inv: &Inventory, master_cf: &str) -> Option<u16> {
+    let port = d.host.smtp_port;
+    let primary = inv.domains.iter().any(|x| x.primary == d.host.name);
+    (primary && port != 25 && !d.host.release && mastercf::port_taken(master_cf, port).is_none())
+        .then_some(port)
 }
 
 /// Notes about [policies] weaker than what this host asks of every
@@ -1226,6 +1242,16 @@ pub fn plan_host(
         None if !services.is_empty() => return Err(format!("{dir}/master.cf not found")),
         None => None,
     };
+    // A listener that is not there yet opens before the backups route to it.
+    let master_text = f.master_cf.as_deref().unwrap_or_default();
+    let opens_listener = smtp_listener_port(d, inv, master_text)
+        .filter(|p| !mastercf::smtp_listener_on(master_text, *p));
+    if let Some(port) = opens_listener {
+        notes.push(format!(
+            "nothing listens on smtp_port {port}: mxpin adds an smtpd there (a copy of the \
+             port-25 one) before the backup MX hosts route to it"
+        ));
+    }
     if let (Some(old), Some(new)) = (&f.master_cf, &new_master) {
         if old != new {
             changes.push(FileChange {
@@ -1321,6 +1347,7 @@ pub fn plan_host(
         commands,
         notes,
         switches_key,
+        opens_listener: opens_listener.is_some(),
         pinned: PinnedEdge::of(d, inv),
         transitional: d.transitional,
         steps: Steps::Postfix(ApplySteps {
