@@ -277,6 +277,25 @@ impl SshHost {
         }
     }
 
+    /// Starts the remote shell with every stream piped; its stdin apart.
+    async fn spawn_shell(
+        &self,
+    ) -> Result<(Child<Arc<openssh::Session>>, openssh::ChildStdin), SshError> {
+        let mut cmd = self.shell();
+        cmd.stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd
+            .spawn()
+            .await
+            .map_err(|e| SshError::Session(chain(&e)))?;
+        let stdin = child
+            .stdin()
+            .take()
+            .ok_or_else(|| SshError::Session("no stdin".into()))?;
+        Ok((child, stdin))
+    }
+
     fn shell(&self) -> openssh::OwningCommand<Arc<openssh::Session>> {
         if self.sudo {
             let mut c = self.session.clone().arc_command("sudo");
@@ -294,18 +313,7 @@ impl SshHost {
     /// before the marker is returned with the hold; a script that ends
     /// without printing it gives everything it printed.
     pub async fn hold(&self, script: &str, marker: &str) -> Result<Hold, SshError> {
-        let mut cmd = self.shell();
-        cmd.stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let mut child = cmd
-            .spawn()
-            .await
-            .map_err(|e| SshError::Session(chain(&e)))?;
-        let mut stdin = child
-            .stdin()
-            .take()
-            .ok_or_else(|| SshError::Session("no stdin".into()))?;
+        let (mut child, mut stdin) = self.spawn_shell().await?;
         let mut stdout = child
             .stdout()
             .take()
@@ -394,18 +402,7 @@ impl SshHost {
 
 impl Transport for SshHost {
     async fn run_script(&self, script: &str) -> Result<RemoteOutput, SshError> {
-        let mut cmd = self.shell();
-        cmd.stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let mut child = cmd
-            .spawn()
-            .await
-            .map_err(|e| SshError::Session(chain(&e)))?;
-        let mut stdin = child
-            .stdin()
-            .take()
-            .ok_or_else(|| SshError::Session("no stdin".into()))?;
+        let (child, mut stdin) = self.spawn_shell().await?;
         let write = async {
             stdin.write_all(script.as_bytes()).await?;
             stdin.shutdown().await?;
