@@ -146,6 +146,9 @@ impl SshDestination {
 impl RemotePath {
     /// An absolute path without `..`, empty components or characters a shell
     /// or Postfix list would treat specially. A trailing `/` is dropped.
+    /// At most 1024 bytes with components of at most 255 (the kernel's
+    /// NAME_MAX): mxpin appends its own names below it, and the whole must
+    /// stay far below PATH_MAX (4096) and fit one argument to sh.
     pub fn parse(s: &str) -> Result<Self, Invalid> {
         let s_shown = shown(s);
         let trimmed = if s.len() > 1 {
@@ -156,15 +159,17 @@ impl RemotePath {
         let allowed = |c: char| c.is_ascii_alphanumeric() || "/._-+".contains(c);
         let ok = trimmed.starts_with('/')
             && trimmed.len() > 1
+            && trimmed.len() <= 1024
             && trimmed.chars().all(allowed)
             && trimmed[1..]
                 .split('/')
-                .all(|p| !p.is_empty() && p != "." && p != "..");
+                .all(|p| !p.is_empty() && p.len() <= 255 && p != "." && p != "..");
         if ok {
             Ok(RemotePath(trimmed.to_string()))
         } else {
             Err(format!(
-                "invalid path {s_shown}: expected an absolute path of letters, digits and ._-+"
+                "invalid path {s_shown}: expected an absolute path of letters, digits and ._-+ \
+                 (at most 1024 characters, 255 per component)"
             ))
         }
     }
@@ -310,6 +315,13 @@ mod tests {
         ] {
             assert!(RemotePath::parse(bad).is_err(), "{bad}");
         }
+        // Found by the property test: a 100,000-character path was accepted
+        // and could not even be passed to sh.
+        let component = format!("/{}", "x".repeat(255));
+        assert!(RemotePath::parse(&component).is_ok());
+        assert!(RemotePath::parse(&format!("{component}x")).is_err());
+        assert!(RemotePath::parse(&component.repeat(4)).is_ok());
+        assert!(RemotePath::parse(&format!("{}/x", component.repeat(4))).is_err());
     }
 
     #[test]
