@@ -273,6 +273,8 @@ pub struct FleetPlan {
     pub rotated: Vec<Rotated>,
     /// Hosts whose rotation was refused, with the reason (naming the peer).
     pub refused: Vec<(HostName, String)>,
+    /// How its fingerprints are shown.
+    pub pin_style: crate::plan::PinStyle,
 }
 
 /// The safety rule of rotation, checked on what the pinners really have:
@@ -431,6 +433,7 @@ pub fn plan_all(
         outcomes,
         rotated,
         refused,
+        pin_style: (&inv.settings).into(),
     }
 }
 

@@ -330,7 +330,7 @@ fn show_plan(fleet: &FleetPlan, closing: Closing) {
     let mut out = anstream::stdout();
     let pending = pending_plans(&fleet.outcomes);
     for p in &pending {
-        let _ = write!(out, "{}", plan::render_host(p));
+        let _ = write!(out, "{}", plan::render_host(p, fleet.pin_style));
     }
     for r in &fleet.rotated {
         let _ = writeln!(
@@ -370,7 +370,7 @@ fn show_plan(fleet: &FleetPlan, closing: Closing) {
 }
 
 fn fleet_json(fleet: &FleetPlan) -> serde_json::Value {
-    let mut v = plan::to_json(&fleet.outcomes);
+    let mut v = plan::to_json(&fleet.outcomes, fleet.pin_style);
     v["rotated"] = fleet
         .rotated
         .iter()

@@ -9,7 +9,131 @@ use owo_colors::OwoColorize as _;
 use serde::Serialize;
 
 use crate::inventory::HostName;
-use crate::tls::{SecretPem, HIDDEN};
+use crate::tls::{Certificate, Digest, PinKind, SecretPem, HIDDEN};
+
+/// How fingerprints are shown: the inventory's digest and pin kind, the
+/// form every pin of the fleet is written in, so that what a plan shows can
+/// be compared with the pins in policy tables and peers' output.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PinStyle {
+    pub digest: Digest,
+    pub kind: PinKind,
+}
+
+impl PinStyle {
+    /// The inventory's defaults, for tests.
+    #[cfg(test)]
+    pub(crate) const SHA256_KEY: PinStyle = PinStyle {
+        digest: Digest::Sha256,
+        kind: PinKind::PublicKey,
+    };
+}
+
+impl From<&crate::inventory::Settings> for PinStyle {
+    fn from(s: &crate::inventory::Settings) -> Self {
+        PinStyle {
+            digest: s.digest,
+            kind: s.pin,
+        }
+    }
+}
+
+/// What a person checks of a certificate file, in one line:
+/// `CN=home.example.net, ECDSA P-256, until 2029-03-05, pin AB:CD:…`.
+/// PEM bodies are never shown; a chain says how many certificates follow.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct CertSummary {
+    pub subject: String,
+    pub key: String,
+    /// `YYYY-MM-DD`.
+    pub until: String,
+    /// In the inventory's digest and pin kind.
+    pub pin: String,
+    /// Certificates after the first (a chain file).
+    pub chained: usize,
+}
+
+/// Shown fingerprints: the first 8 bytes, enough to tell keys apart at a
+/// glance (the full pin is in the policy table's diff).
+const SHOWN_FINGERPRINT_BYTES: usize = 8;
+
+impl CertSummary {
+    /// A summary of a file that holds only certificates, else `None`.
+    fn of(text: &str, style: PinStyle) -> Option<Self> {
+        let blocks = pem::parse_many(text.as_bytes()).ok()?;
+        let only_certs = !blocks.is_empty() && blocks.iter().all(|b| b.tag() == "CERTIFICATE");
+        // Anything but PEM blocks and whitespace (comments, a key) is shown
+        // as text, so that nothing in the file is hidden from the reader.
+        let outside: usize = text
+            .split("-----END CERTIFICATE-----")
+            .map(|part| part.split("-----BEGIN CERTIFICATE-----").next().unwrap_or(""))
+            .map(|gap| gap.trim().len())
+            .sum();
+        if !only_certs || outside != 0 {
+            return None;
+        }
+        let certs = Certificate::all_from_pem(text).ok()?;
+        let leaf = certs.first()?;
+        let details = leaf.details();
+        let full = leaf.fingerprint(style.digest, style.kind);
+        let parts: Vec<&str> = full.as_str().split(':').collect();
+        let pin = if parts.len() > SHOWN_FINGERPRINT_BYTES {
+            format!("{}…", parts[..SHOWN_FINGERPRINT_BYTES].join(":"))
+        } else {
+            full.to_string()
+        };
+        Some(CertSummary {
+            subject: details.subject,
+            key: details.key,
+            until: crate::tls::format_time(details.not_after)
+                .chars()
+                .take(10)
+                .collect(),
+            pin,
+            chained: certs.len() - 1,
+        })
+    }
+
+    /// (label, value) of each field shown.
+    fn fields(&self) -> [(&'static str, String); 4] {
+        let subject = if self.chained == 0 {
+            self.subject.clone()
+        } else {
+            format!("{} (+{} in chain)", self.subject, self.chained)
+        };
+        [
+            ("", subject),
+            ("", self.key.clone()),
+            ("until ", self.until.clone()),
+            ("pin ", self.pin.clone()),
+        ]
+    }
+}
+
+/// `old → new` for each field that changed, the field once where it did not.
+fn summary_line(old: Option<&CertSummary>, new: Option<&CertSummary>) -> String {
+    let fields: Vec<String> = match (old, new) {
+        (Some(o), Some(n)) => o
+            .fields()
+            .into_iter()
+            .zip(n.fields())
+            .map(|((label, a), (_, b))| {
+                if a == b {
+                    format!("{label}{a}")
+                } else {
+                    format!("{label}{a} → {b}")
+                }
+            })
+            .collect(),
+        (Some(c), None) | (None, Some(c)) => c
+            .fields()
+            .into_iter()
+            .map(|(label, v)| format!("{label}{v}"))
+            .collect(),
+        (None, None) => vec![],
+    };
+    fields.join(", ")
+}
 
 /// A file's content: private keys are never shown or serialised.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -58,6 +182,21 @@ impl FileChange {
     pub fn is_secret(&self) -> bool {
         self.old.as_ref().is_some_and(Content::is_secret)
             || self.new.as_ref().is_some_and(Content::is_secret)
+    }
+
+    /// Old and new summarised, when every side that exists is a file of
+    /// certificates only.
+    pub fn certificates(&self, style: PinStyle) -> Option<(Option<CertSummary>, Option<CertSummary>)> {
+        if self.is_secret() {
+            return None;
+        }
+        let summary = |c: &Option<Content>| c.as_ref().map(|c| CertSummary::of(c.raw(), style));
+        let (old, new) = (summary(&self.old), summary(&self.new));
+        match (old, new) {
+            (None, None) => None,
+            (Some(None), _) | (_, Some(None)) => None,
+            (o, n) => Some((o.flatten(), n.flatten())),
+        }
     }
 
     /// Unified diff of old and new, or `None` for private keys.
@@ -179,6 +318,15 @@ struct JsonChange<'a> {
     secret: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     diff: Option<String>,
+    /// Certificate files, summarised (the diff is still given in full).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    certificate: Option<JsonCerts>,
+}
+
+#[derive(Serialize)]
+struct JsonCerts {
+    old: Option<CertSummary>,
+    new: Option<CertSummary>,
 }
 
 #[derive(Serialize)]
@@ -192,7 +340,7 @@ struct JsonHost<'a> {
     notes: &'a [String],
 }
 
-fn json_host(o: &HostOutcome) -> JsonHost<'_> {
+fn json_host(o: &HostOutcome, style: PinStyle) -> JsonHost<'_> {
     match o {
         HostOutcome::Failed { host, error } => JsonHost {
             host: host.as_str(),
@@ -215,6 +363,9 @@ fn json_host(o: &HostOutcome) -> JsonHost<'_> {
                     mode: format!("{:04o}", c.mode),
                     secret: c.is_secret(),
                     diff: c.diff(),
+                    certificate: c
+                        .certificates(style)
+                        .map(|(old, new)| JsonCerts { old, new }),
                 })
                 .collect(),
             commands: &p.commands,
@@ -224,8 +375,8 @@ fn json_host(o: &HostOutcome) -> JsonHost<'_> {
 }
 
 /// Machine-readable plan: one object with a `hosts` array.
-pub fn to_json(outcomes: &[HostOutcome]) -> serde_json::Value {
-    let hosts: Vec<_> = outcomes.iter().map(json_host).collect();
+pub fn to_json(outcomes: &[HostOutcome], style: PinStyle) -> serde_json::Value {
+    let hosts: Vec<_> = outcomes.iter().map(|o| json_host(o, style)).collect();
     let pending = outcomes
         .iter()
         .any(|o| matches!(o, HostOutcome::Planned(p) if !p.is_empty()));
@@ -250,7 +401,8 @@ fn colour_diff(diff: &str, out: &mut String) {
 
 /// Human-readable plan of one host. Colour codes are always emitted; the
 /// caller's anstream writer strips them for pipes and NO_COLOR.
-pub fn render_host(plan: &HostPlan) -> String {
+/// Certificates are one line each (see [`CertSummary`]), in `style`.
+pub fn render_host(plan: &HostPlan, style: PinStyle) -> String {
     let mut out = String::new();
     let n = plan.changes.len();
     let summary = match n {
@@ -279,6 +431,11 @@ pub fn render_host(plan: &HostPlan) -> String {
         } else {
             String::new()
         };
+        if let Some((old, new)) = c.certificates(style) {
+            let line = summary_line(old.as_ref(), new.as_ref());
+            let _ = writeln!(out, "  {sign} {} ({what}): {line}", c.path);
+            continue;
+        }
         let _ = writeln!(out, "  {sign} {} ({what}){secret}", c.path);
         if let Some(diff) = c.diff() {
             colour_diff(&diff, &mut out);
@@ -352,16 +509,92 @@ mod tests {
             transitional: false,
             steps: Default::default(),
         };
-        let text = render_host(&plan);
+        let text = render_host(&plan, PinStyle::SHA256_KEY);
         assert!(
             text.contains(HIDDEN) && !text.contains("PRIVATE KEY"),
             "{text}"
         );
-        let json = to_json(&[HostOutcome::Planned(Box::new(plan))]).to_string();
+        let json = to_json(&[HostOutcome::Planned(Box::new(plan))], PinStyle::SHA256_KEY).to_string();
         assert!(
             !json.contains("PRIVATE KEY") && json.contains("\"secret\":true"),
             "{json}"
         );
         assert!(json.contains("\"changes_pending\":true"));
+    }
+
+    fn cert(mx: &str, days: u32) -> crate::tls::Identity {
+        let now = time::macros::datetime!(2026-12-01 00:00 UTC);
+        crate::tls::generate(crate::tls::KeyAlgorithm::EcdsaP256, mx, days, now).unwrap()
+    }
+
+    #[test]
+    fn certificates_are_one_line_in_the_inventory_digest() {
+        let (a, b) = (cert("home.example.net", 30), cert("home.example.net", 60));
+        let c = change(
+            Action::Modify,
+            Some(Content::Text(a.cert.pem().to_string())),
+            Some(Content::Text(b.cert.pem().to_string())),
+        );
+        let plan = HostPlan {
+            host: HostName::parse("h").unwrap(),
+            changes: vec![c],
+            commands: vec![],
+            notes: vec![],
+            switches_key: true,
+            opens_listener: false,
+            pinned: vec![],
+            transitional: false,
+            steps: Default::default(),
+        };
+        let style = PinStyle {
+            digest: Digest::Md5,
+            kind: PinKind::Certificate,
+        };
+        let text = render_host(&plan, style);
+        let short = |id: &crate::tls::Identity| {
+            let fp = id.cert.fingerprint(Digest::Md5, PinKind::Certificate);
+            format!("{}…", &fp.as_str()[..23])
+        };
+        let want = format!(
+            "  ~ /etc/postfix/mxpin/x (modify): CN=home.example.net, ECDSA P-256, \
+             until 2026-12-31 → 2027-01-30, pin {} → {}\n",
+            short(&a),
+            short(&b)
+        );
+        let plain = String::from_utf8(anstream::adapter::strip_bytes(text.as_bytes()).into_vec())
+            .unwrap();
+        assert!(plain.ends_with(&want), "{plain}");
+        assert!(!plain.contains("BEGIN") && !plain.contains("@@"), "{plain}");
+        // JSON keeps the diff and adds the summaries.
+        let json = to_json(&[HostOutcome::Planned(Box::new(plan))], style);
+        let change = &json["hosts"][0]["changes"][0];
+        assert!(change["diff"].as_str().unwrap().contains("BEGIN CERTIFICATE"));
+        assert_eq!(change["certificate"]["new"]["until"], "2027-01-30");
+        assert_eq!(change["certificate"]["old"]["key"], "ECDSA P-256");
+    }
+
+    #[test]
+    fn a_new_chain_is_one_line_and_anything_else_in_the_file_is_a_diff() {
+        let (a, b) = (cert("a.example.net", 30), cert("b.example.net", 30));
+        let chain = format!("{}{}", a.cert.pem(), b.cert.pem());
+        let c = change(Action::Create, None, Some(Content::Text(chain)));
+        let (old, new) = c.certificates(PinStyle::SHA256_KEY).unwrap();
+        assert!(old.is_none());
+        let line = summary_line(None, new.as_ref());
+        assert!(
+            line.starts_with("CN=a.example.net (+1 in chain), ECDSA P-256, until 2026-12-31, pin "),
+            "{line}"
+        );
+        // A comment beside the certificate: the reader sees the whole file.
+        let commented = format!("# mine\n{}", a.cert.pem());
+        let c = change(Action::Create, None, Some(Content::Text(commented)));
+        assert!(c.certificates(PinStyle::SHA256_KEY).is_none());
+        // A certificate replaced by text: shown as a diff as well.
+        let c = change(
+            Action::Modify,
+            Some(Content::Text(a.cert.pem().to_string())),
+            Some(Content::Text("not a certificate\n".into())),
+        );
+        assert!(c.certificates(PinStyle::SHA256_KEY).is_none());
     }
 }

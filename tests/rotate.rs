@@ -109,6 +109,24 @@ fn interrupted_rotation_converges_and_compromised_key_is_dropped() {
     assert_eq!(apply.code, 0, "{apply:?}");
     let pins_before = relay_pins_for_home(&lab);
 
+    // A dry run shows home's certificate as one line, in the inventory's
+    // digest: the pin it serves now, then the next key's, as the relay pins.
+    let dry = lab.mxpin(&["rotate", "home", "--dry-run", "-i", &inv]);
+    assert_eq!(dry.code, 2, "{dry:?}");
+    let (old, next) = pins_before.split_once('|').unwrap();
+    let short = |fp: &str| format!("{}…", &fp[..23]);
+    let line = dry
+        .stdout
+        .lines()
+        .find(|l| l.contains("/etc/postfix/mxpin/current.crt (modify): "))
+        .unwrap_or_else(|| panic!("current.crt summarised: {dry:?}"));
+    assert!(
+        line.contains("CN=home.example.net, ECDSA P-256, until ")
+            && line.ends_with(&format!("pin {} → {}", short(old), short(next))),
+        "{line}"
+    );
+    assert!(!dry.stdout.contains("BEGIN CERTIFICATE"), "{dry:?}");
+
     // The relay cannot stage its new tls_policy: its part of the rotation
     // fails (and changes nothing there) after home switched.
     let obstacle = lab.postfix_dir("relay").join("mxpin/.tls_policy.mxpin-new");

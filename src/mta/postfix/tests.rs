@@ -369,7 +369,7 @@ fn assert_converged(plan: &HostPlan) {
         plan.is_empty(),
         "plan not empty: {:#?}\n{}",
         summary(plan),
-        render_host(plan)
+        render_host(plan, crate::plan::PinStyle::SHA256_KEY)
     );
     assert!(
         plan.steps.postfix().postmap.is_empty(),
@@ -1272,10 +1272,10 @@ fn plans_never_show_private_keys() {
             .map(|c| c.raw().lines().nth(1).unwrap().to_string())
             .collect();
         assert!(!key_body.is_empty());
-        let text = render_host(&plan);
+        let text = render_host(&plan, crate::plan::PinStyle::SHA256_KEY);
         let debug = format!("{plan:?}{plan:#?}");
         let script_debug = format!("{:?}", apply_script(&plan));
-        let json = to_json(&[HostOutcome::Planned(Box::new(plan))]).to_string();
+        let json = to_json(&[HostOutcome::Planned(Box::new(plan))], crate::plan::PinStyle::SHA256_KEY).to_string();
         for (what, out) in [
             ("render", &text),
             ("json", &json),
