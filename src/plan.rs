@@ -66,7 +66,11 @@ impl CertSummary {
         // as text, so that nothing in the file is hidden from the reader.
         let outside: usize = text
             .split("-----END CERTIFICATE-----")
-            .map(|part| part.split("-----BEGIN CERTIFICATE-----").next().unwrap_or(""))
+            .map(|part| {
+                part.split("-----BEGIN CERTIFICATE-----")
+                    .next()
+                    .unwrap_or("")
+            })
             .map(|gap| gap.trim().len())
             .sum();
         if !only_certs || outside != 0 {
@@ -186,7 +190,10 @@ impl FileChange {
 
     /// Old and new summarised, when every side that exists is a file of
     /// certificates only.
-    pub fn certificates(&self, style: PinStyle) -> Option<(Option<CertSummary>, Option<CertSummary>)> {
+    pub fn certificates(
+        &self,
+        style: PinStyle,
+    ) -> Option<(Option<CertSummary>, Option<CertSummary>)> {
         if self.is_secret() {
             return None;
         }
@@ -514,7 +521,11 @@ mod tests {
             text.contains(HIDDEN) && !text.contains("PRIVATE KEY"),
             "{text}"
         );
-        let json = to_json(&[HostOutcome::Planned(Box::new(plan))], PinStyle::SHA256_KEY).to_string();
+        let json = to_json(
+            &[HostOutcome::Planned(Box::new(plan))],
+            PinStyle::SHA256_KEY,
+        )
+        .to_string();
         assert!(
             !json.contains("PRIVATE KEY") && json.contains("\"secret\":true"),
             "{json}"
@@ -561,14 +572,17 @@ mod tests {
             short(&a),
             short(&b)
         );
-        let plain = String::from_utf8(anstream::adapter::strip_bytes(text.as_bytes()).into_vec())
-            .unwrap();
+        let plain =
+            String::from_utf8(anstream::adapter::strip_bytes(text.as_bytes()).into_vec()).unwrap();
         assert!(plain.ends_with(&want), "{plain}");
         assert!(!plain.contains("BEGIN") && !plain.contains("@@"), "{plain}");
         // JSON keeps the diff and adds the summaries.
         let json = to_json(&[HostOutcome::Planned(Box::new(plan))], style);
         let change = &json["hosts"][0]["changes"][0];
-        assert!(change["diff"].as_str().unwrap().contains("BEGIN CERTIFICATE"));
+        assert!(change["diff"]
+            .as_str()
+            .unwrap()
+            .contains("BEGIN CERTIFICATE"));
         assert_eq!(change["certificate"]["new"]["until"], "2027-01-30");
         assert_eq!(change["certificate"]["old"]["key"], "ECDSA P-256");
     }

@@ -115,6 +115,17 @@ fn plan_apply_and_pinned_delivery() {
         "{log}"
     );
     assert!(!log.contains("status=deferred"), "{log}");
+    // Neither smtpd warns: Debian's snakeoil lines (copied into the lab)
+    // were emptied beside mxpin's smtpd_tls_chain_files.
+    for host in ["home", "relay"] {
+        let log = lab.maillog(host);
+        assert!(!log.contains("parameters will be ignored"), "{host}: {log}");
+        let main_cf = std::fs::read_to_string(lab.postfix_dir(host).join("main.cf")).unwrap();
+        assert!(
+            main_cf.contains("\nsmtpd_tls_cert_file =\n"),
+            "{host}: {main_cf}"
+        );
+    }
 
     let refused = lab.send_to_relay("nobody@example.net", "unlisted");
     assert_ne!(refused.code, 0, "unlisted recipient refused: {refused:?}");

@@ -530,3 +530,47 @@ fn a_relay_port_the_admin_already_uses_is_refused() {
     let relayhost = lab.ssh("home", "postconf -h relayhost");
     assert_eq!(relayhost.stdout.trim(), "", "{relayhost:?}");
 }
+
+/// vps serves a certificate of the admin's own on port 25 (named by
+/// `smtpd_tls_cert_file`, as certbot writes it): it stays the one port 25
+/// serves, the relay port serves mxpin's pinned key, and neither listener
+/// warns that legacy certificates are ignored.
+#[test]
+fn the_relay_port_serves_the_pinned_key_beside_the_admins_certificate() {
+    let Some(lab) = pair_lab() else { return };
+    let own = lab.ssh(
+        "vps",
+        "cd /etc/postfix && openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 \
+         -nodes -days 30 -subj /CN=vps.example.org -keyout admin.key -out admin.crt 2>/dev/null \
+         && chmod 600 admin.key \
+         && postconf -e smtpd_tls_cert_file=/etc/postfix/admin.crt \
+            smtpd_tls_key_file=/etc/postfix/admin.key && postfix reload",
+    );
+    assert_eq!(own.code, 0, "{own:?}");
+    let apply = lab.mxpin(&["apply", "--yes", "-i", &inv(&lab)]);
+    assert_eq!(apply.code, 0, "{apply:?}");
+    let cert = lab.ssh("vps", "postconf -h smtpd_tls_cert_file");
+    assert_eq!(cert.stdout.trim(), "/etc/postfix/admin.crt", "{cert:?}");
+
+    let sent = send_out(&lab, "beside the admin's certificate 2604");
+    assert_eq!(sent.code, 0, "{sent:?}");
+    assert!(
+        wait_for(Duration::from_secs(30), || at_world(
+            &lab,
+            "beside the admin's certificate 2604"
+        ) == 1),
+        "{}",
+        logs(&lab)
+    );
+    let home = lab.maillog("home");
+    assert!(home.contains(HOME_TO_VPS_VERIFIED), "{home}");
+    assert_nothing_deferred(&lab);
+    for host in ["home", "vps"] {
+        let log = lab.maillog(host);
+        assert!(
+            !log.contains("parameters will be ignored"),
+            "{host}:\n{log}"
+        );
+    }
+    assert_eq!(lab.mxpin(&["plan", "-i", &inv(&lab)]).code, 0);
+}

@@ -158,7 +158,11 @@ impl MainCf {
                     if self.get(name).as_deref() == Some(value.as_str()) {
                         continue;
                     }
-                    let new_line = format!("{name} = {value}{eol}");
+                    let new_line = if value.is_empty() {
+                        format!("{name} ={eol}")
+                    } else {
+                        format!("{name} = {value}{eol}")
+                    };
                     match self.last_def(name) {
                         Some(def) => {
                             for i in def.lines.clone() {

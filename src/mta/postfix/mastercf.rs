@@ -202,10 +202,16 @@ pub fn smtpd_template(text: &str) -> SmtpdTemplate {
 }
 
 /// The `-o` lines that make an smtpd service serve `key` and `cert`
-/// (`chain_files`: Postfix 3.4 and later).
+/// (`chain_files`: Postfix 3.4 and later). Beside smtpd_tls_chain_files the
+/// legacy certificates of main.cf (the admin's own, which port 25 keeps
+/// serving) are emptied for this service only: smtpd ignores them there
+/// anyway, and warns on every start while they are set.
 pub fn server_key(key: &str, cert: &str, chain_files: bool) -> String {
     if chain_files {
-        format!("  -o smtpd_tls_chain_files={key},{cert}\n")
+        format!(
+            "  -o smtpd_tls_chain_files={key},{cert}\n  -o smtpd_tls_cert_file=\n  \
+             -o smtpd_tls_eccert_file=\n  -o smtpd_tls_dcert_file=\n"
+        )
     } else {
         format!("  -o smtpd_tls_cert_file={cert}\n  -o smtpd_tls_key_file={key}\n")
     }

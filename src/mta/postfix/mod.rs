@@ -811,6 +811,17 @@ fn main_cf_edits(
         }
         None if f.version >= (3, 4) => {
             edits.push(set("smtpd_tls_chain_files", format!("{key}, {cert}")));
+            // Debian's snakeoil lines (the only legacy certificate left when
+            // the admin has none of their own) make smtpd warn on every
+            // start that they are ignored. They are emptied in place, in the
+            // diff, and given back with the rest of what mxpin took.
+            if !effective("smtpd_tls_cert_file").is_empty() {
+                for p in ["smtpd_tls_cert_file", "smtpd_tls_key_file"] {
+                    if !effective(p).is_empty() {
+                        edits.push(set(p, String::new()));
+                    }
+                }
+            }
         }
         None => {
             edits.push(set("smtpd_tls_cert_file", cert));

@@ -289,6 +289,14 @@ fn main_cf_diff(plan: &HostPlan) -> (Vec<String>, Vec<String>) {
     (removed, added)
 }
 
+/// Debian's snakeoil lines, as main.cf has them...
+const SNAKEOIL_LINES: [&str; 2] = [
+    "smtpd_tls_cert_file=/etc/ssl/certs/ssl-cert-snakeoil.pem",
+    "smtpd_tls_key_file=/etc/ssl/private/ssl-cert-snakeoil.key",
+];
+/// ...and as mxpin empties them in place beside its smtpd_tls_chain_files.
+const SNAKEOIL_EMPTIED: [&str; 2] = ["smtpd_tls_cert_file =", "smtpd_tls_key_file ="];
+
 fn sorted(lines: &[&str]) -> Vec<String> {
     let mut v: Vec<String> = lines.iter().map(|s| s.to_string()).collect();
     v.sort();
@@ -721,12 +729,28 @@ fn fresh_host_gets_keys_and_exactly_one_main_cf_line() {
     }
     assert_ne!(spkis[0], spkis[1], "current and next are different keys");
 
-    // main.cf: one appended line, every other byte unchanged.
+    // main.cf: one appended line, Debian's snakeoil lines emptied in
+    // place (smtpd would warn that they are ignored), every other byte
+    // unchanged.
     let line = format!("smtpd_tls_chain_files = {DIR}/mxpin/current.key, {DIR}/mxpin/current.crt");
-    assert_eq!(main_cf_diff(&plan), (vec![], vec![line.clone()]));
+    let mut added = vec![line.clone()];
+    added.extend(SNAKEOIL_EMPTIED.map(String::from));
+    added.sort();
+    assert_eq!(
+        main_cf_diff(&plan),
+        (SNAKEOIL_LINES.map(String::from).to_vec(), added)
+    );
     let (old, new) = main_cf_change(&plan).unwrap();
     assert_eq!(old, f.main_cf);
-    assert_eq!(new, format!("{old}{line}\n"));
+    let mut emptied = old.clone();
+    for (admin, mxpin) in SNAKEOIL_LINES.iter().zip(SNAKEOIL_EMPTIED) {
+        emptied = emptied.replace(&format!("{admin}\n"), &format!("{mxpin}\n"));
+    }
+    assert_eq!(new, format!("{emptied}{line}\n"));
+    assert!(record.new.as_ref().unwrap().raw().contains(&format!(
+        "@@ smtpd_tls_cert_file\n@base /etc/ssl/certs/ssl-cert-snakeoil.pem\n@wrote \n{}\n",
+        SNAKEOIL_LINES[0]
+    )));
 
     assert!(plan.switches_key);
     assert!(plan.pinned.is_empty());
@@ -804,10 +828,12 @@ fn backup_host_gets_tables_pins_and_list_parameters() {
     );
 
     let (removed, added) = main_cf_diff(&plan);
-    assert!(removed.is_empty(), "{removed:?}");
+    assert_eq!(removed, SNAKEOIL_LINES, "{removed:?}");
     assert_eq!(
         added,
         sorted(&[
+            SNAKEOIL_EMPTIED[0],
+            SNAKEOIL_EMPTIED[1],
             &format!("smtpd_tls_chain_files = {DIR}/mxpin/current.key, {DIR}/mxpin/current.crt"),
             &format!("transport_maps = hash:{DIR}/mxpin/transport"),
             &format!("smtp_tls_policy_maps = hash:{DIR}/mxpin/tls_policy"),
@@ -916,6 +942,8 @@ fn admin_list_entries_are_kept_after_mxpin_and_reapply_is_empty() {
             "    # the admin's own tables",
             "    regexp:/etc/postfix/transport.re",
             "relay_domains = hash:/etc/postfix/relay_domains",
+            SNAKEOIL_LINES[0],
+            SNAKEOIL_LINES[1],
         ])
     );
 
@@ -1275,7 +1303,11 @@ fn plans_never_show_private_keys() {
         let text = render_host(&plan, crate::plan::PinStyle::SHA256_KEY);
         let debug = format!("{plan:?}{plan:#?}");
         let script_debug = format!("{:?}", apply_script(&plan));
-        let json = to_json(&[HostOutcome::Planned(Box::new(plan))], crate::plan::PinStyle::SHA256_KEY).to_string();
+        let json = to_json(
+            &[HostOutcome::Planned(Box::new(plan))],
+            crate::plan::PinStyle::SHA256_KEY,
+        )
+        .to_string();
         for (what, out) in [
             ("render", &text),
             ("json", &json),
@@ -2392,7 +2424,10 @@ fn starttls_relayhost_and_policies_share_the_policy_table() {
         ])
     );
     let (removed, added) = main_cf_diff(&plan);
-    assert_eq!(removed, ["relayhost = "]);
+    assert_eq!(
+        removed,
+        ["relayhost = ", SNAKEOIL_LINES[0], SNAKEOIL_LINES[1]]
+    );
     for line in [
         "relayhost = [mail.isp.example]:587",
         &format!("smtp_tls_policy_maps = hash:{}", owned(DIR, "tls_policy")),
@@ -2527,7 +2562,10 @@ fn the_client_pins_the_relay_and_presents_its_own_key_only_on_that_path() {
         )])
     );
     let (removed, added) = main_cf_diff(&plan);
-    assert_eq!(removed, ["relayhost = "]);
+    assert_eq!(
+        removed,
+        ["relayhost = ", SNAKEOIL_LINES[0], SNAKEOIL_LINES[1]]
+    );
     for line in [
         "relayhost = [vps.example.org]:2525",
         "default_transport = mxpin-relay",

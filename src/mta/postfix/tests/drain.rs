@@ -90,7 +90,8 @@ fn a_new_backup_role_flushes_its_domains_after_the_reload() {
             "postqueue -c /etc/postfix -s example.net"
         ]
     );
-    assert!(render_host(&plan, crate::plan::PinStyle::SHA256_KEY).contains("    postqueue -c /etc/postfix -s example.net\n"));
+    assert!(render_host(&plan, crate::plan::PinStyle::SHA256_KEY)
+        .contains("    postqueue -c /etc/postfix -s example.net\n"));
 
     // Not running: neither reloaded nor flushed.
     let plan = plan_for(
