@@ -308,3 +308,76 @@ fn debian_split_configuration_is_fitted_through_conf_d() {
     );
     assert!(bh.stdout.contains("250 Accepted"), "{bh:?}");
 }
+
+/// An Exim primary with `smtp_port = 26` (an ISP that blocks 25): apply
+/// adds 26 to its daemon_smtp_ports before the Postfix backup routes there,
+/// mail goes through `Verified` on 26, and back on 25 the admin's
+/// exim4.conf is theirs again, byte for byte.
+#[test]
+fn an_exim_primary_on_port_26_listens_there_and_gives_the_line_back() {
+    let Some(lab) = Lab::up_with(&["--exim", "home"]) else {
+        return;
+    };
+    let inv = inv(&lab);
+    let config = lab.dir.join("home/etc/exim4/exim4.conf");
+    let before = std::fs::read_to_string(&config).unwrap();
+    lab.inventory_add("hosts.home", "smtp_port = 26");
+
+    let plan = lab.mxpin(&["plan", "-i", &inv]);
+    assert_eq!(plan.code, 2, "{plan:?}");
+    assert!(
+        plan.stdout.contains(
+            "note: nothing listens on smtp_port 26: mxpin adds it to daemon_smtp_ports before \
+             the backup MX hosts route to it"
+        ),
+        "{plan:?}"
+    );
+    assert!(
+        plan.stdout.contains("+# mxpin: daemon_smtp_ports = 25"),
+        "{plan:?}"
+    );
+    let apply = lab.mxpin(&["apply", "--yes", "-i", &inv]);
+    assert_eq!(apply.code, 0, "{apply:?}");
+    let home = apply.stdout.find("home: applied").expect("home applied");
+    let relay = apply.stdout.find("relay: applied").expect("relay applied");
+    assert!(home < relay, "the primary opens 26 first: {apply:?}");
+    assert_eq!(lab.mxpin(&["plan", "-i", &inv]).code, 0, "converged");
+
+    send_and_deliver(&lab, "exim on 26 hello 4713");
+    let log = lab.maillog("relay");
+    assert!(
+        log.contains("Verified TLS connection established to home.example.net[127.0.0.2]:26"),
+        "{log}"
+    );
+    assert_eq!(log.matches("status=deferred").count(), 0, "{log}");
+
+    // Back on 25: the admin's line returns, nothing of mxpin's port stays.
+    let text = std::fs::read_to_string(lab.inventory()).unwrap();
+    std::fs::write(lab.inventory(), text.replace("smtp_port = 26\n", "")).unwrap();
+    let apply = lab.mxpin(&["apply", "--yes", "-i", &inv]);
+    assert_eq!(apply.code, 0, "{apply:?}");
+    let after = std::fs::read_to_string(&config).unwrap();
+    // What mxpin keeps while it manages the host (its includes, the TLS
+    // options it sets itself) taken out: the rest is the admin's.
+    let mxpin_lines = |t: &str| -> String {
+        t.lines()
+            .filter(|l| !l.starts_with(".include /etc/exim4/mxpin/"))
+            .map(|l| {
+                l.strip_prefix("# mxpin: ")
+                    .filter(|r| r.starts_with("tls_"))
+                    .unwrap_or(l)
+                    .replace(" +mxpin_relay_domains", "")
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    assert!(after.contains("\ndaemon_smtp_ports = 25\n"), "{after}");
+    assert_eq!(mxpin_lines(&after), mxpin_lines(&before));
+    send_and_deliver(&lab, "exim back on 25 hello 4714");
+    let log = lab.maillog("relay");
+    assert!(
+        log.contains("Verified TLS connection established to home.example.net[127.0.0.2]:25"),
+        "{log}"
+    );
+    assert_eq!(lab.mxpin(&["plan", "-i", &inv]).code, 0);
+}

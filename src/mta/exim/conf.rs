@@ -38,6 +38,10 @@ pub struct Edited {
     /// or as mxpin commented them out): main.conf keeps serving them to
     /// everyone and serves mxpin's key to its peers by SNI.
     pub admin_cert: Option<(String, String)>,
+    /// The `daemon_smtp_ports` main.conf sets: the admin's ports and the
+    /// primary's `smtp_port`, when the admin's do not name it (their own
+    /// line is then commented out).
+    pub daemon_smtp_ports: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -215,6 +219,21 @@ fn content_end(line: &str) -> usize {
 /// routers or transports section) is not added again, so an edited file
 /// comes back byte-identical. Every other byte is kept.
 pub fn edited(text: &str, dir: &str, rcpt_acl: &str) -> Result<Edited, String> {
+    edited_listening(text, dir, rcpt_acl, None)
+}
+
+/// [`edited`], for a host that must also listen on `listen` (a primary's
+/// `smtp_port`): when the admin's `daemon_smtp_ports` (or Exim's default,
+/// `smtp`) does not name it, their line is commented out and
+/// [`Edited::daemon_smtp_ports`] is their list with the port added. Without
+/// `listen`, or once the admin's list names it, a line mxpin commented out
+/// comes back as the admin wrote it.
+pub fn edited_listening(
+    text: &str,
+    dir: &str,
+    rcpt_acl: &str,
+    listen: Option<u16>,
+) -> Result<Edited, String> {
     if rcpt_acl.is_empty()
         || !rcpt_acl
             .chars()
@@ -276,9 +295,10 @@ pub fn edited(text: &str, dir: &str, rcpt_acl: &str) -> Result<Edited, String> {
     // Lines an earlier run commented out, continuation lines joined as
     // Exim joins them (comments between them skipped).
     let main_lines = &lines[..logical.get(main_end).map_or(lines.len(), |l| l.lines.start)];
-    let mut joined: Option<String> = None;
-    let mut commented: Vec<String> = Vec::new();
-    for line in main_lines {
+    // Each with the physical lines it spans.
+    let mut joined: Option<(String, Vec<usize>)> = None;
+    let mut commented: Vec<(String, Vec<usize>)> = Vec::new();
+    for (i, line) in main_lines.iter().enumerate() {
         let Some(orig) = line.strip_prefix(COMMENT_PREFIX) else {
             if joined.is_some() && is_comment(line) {
                 continue;
@@ -291,18 +311,65 @@ pub fn edited(text: &str, dir: &str, rcpt_acl: &str) -> Result<Edited, String> {
             Some(p) => (p, true),
             None => (text, false),
         };
-        let acc = joined.get_or_insert_with(String::new);
+        let (acc, at) = joined.get_or_insert_with(Default::default);
         acc.push_str(if acc.is_empty() {
             part
         } else {
             part.trim_start()
         });
+        at.push(i);
         if !more {
             commented.extend(joined.take());
         }
     }
     commented.extend(joined.take());
-    for text in &commented {
+    // daemon_smtp_ports: the admin's own value (a live line wins over one
+    // mxpin commented out), and whether it names `listen`.
+    let ports_option = |text: &str| {
+        option(text.trim())
+            .filter(|(name, _)| *name == "daemon_smtp_ports")
+            .map(|(_, v)| v.to_string())
+    };
+    let live_ports = content(0..main_end)
+        .iter()
+        .rev()
+        .find_map(|l| ports_option(&l.text).map(|v| (v, l.lines.clone())));
+    let admin_ports = live_ports
+        .as_ref()
+        .map(|(v, _)| v.clone())
+        .or_else(|| commented.iter().rev().find_map(|(t, _)| ports_option(t)));
+    let daemon_smtp_ports = listen
+        .filter(|p| !super::listen_ports(admin_ports.as_deref().unwrap_or("smtp"), "").contains(p))
+        .map(|p| match &admin_ports {
+            Some(v) => {
+                let (sep, items) = list_items(v);
+                if items.is_empty() {
+                    p.to_string()
+                } else {
+                    format!("{v} {sep} {p}")
+                }
+            }
+            None => format!("smtp : {p}"),
+        });
+    match (&daemon_smtp_ports, &live_ports) {
+        (Some(_), Some((_, range))) => {
+            for i in range.clone() {
+                if !is_blank(lines[i]) && !is_comment(lines[i]) {
+                    replace[i] = Some(format!("{COMMENT_PREFIX}{}", lines[i]));
+                }
+            }
+        }
+        // Not needed (any more): the admin's line comes back.
+        (None, _) => {
+            for (_, at) in commented.iter().filter(|(t, _)| ports_option(t).is_some()) {
+                for &i in at {
+                    replace[i] = Some(lines[i][COMMENT_PREFIX.len()..].to_string());
+                }
+            }
+        }
+        (Some(_), None) => {}
+    }
+    for (text, _) in &commented {
         if let Some((name @ ("tls_certificate" | "tls_privatekey"), value)) = option(text.trim()) {
             admin.insert(name, value.to_string());
         }
@@ -397,6 +464,7 @@ pub fn edited(text: &str, dir: &str, rcpt_acl: &str) -> Result<Edited, String> {
         text: out,
         define_relay_to_domains,
         admin_cert,
+        daemon_smtp_ports,
     })
 }
 
@@ -730,6 +798,41 @@ mod tests {
     /// What releasing the edit would take out again: mxpin's include lines,
     /// the `# mxpin: ` of the lines it commented out, and its entry in
     /// relay_to_domains.
+    #[test]
+    fn daemon_smtp_ports_gains_the_port_and_gets_it_back() {
+        let listen = |text: &str, port: Option<u16>| {
+            edited_listening(text, DIR, "acl_check_rcpt", port).unwrap()
+        };
+        // No line of the admin's: Exim's default, smtp, and the port.
+        let none = LAB.replace("daemon_smtp_ports = 25\n", "");
+        let e = listen(&none, Some(26));
+        assert_eq!(e.daemon_smtp_ports.as_deref(), Some("smtp : 26"));
+        assert_eq!(unedited(&none, &e.text), none);
+        // A list with its own separator, over continuation lines.
+        let admin = LAB.replace(
+            "daemon_smtp_ports = 25\n",
+            "daemon_smtp_ports = <; 25 ; \\\n    # submission too\n    587\n",
+        );
+        let e = listen(&admin, Some(26));
+        assert_eq!(e.daemon_smtp_ports.as_deref(), Some("<; 25 ; 587 ; 26"));
+        assert!(e.text.contains(
+            "# mxpin: daemon_smtp_ports = <; 25 ; \\\n    # submission too\n# mxpin:     587\n"
+        ));
+        // Idempotent, and without the port (or with 25) every byte is back.
+        assert_eq!(listen(&e.text, Some(26)), e);
+        assert_eq!(listen(&e.text, None).text, listen(&admin, None).text);
+        assert_eq!(listen(&e.text, Some(25)).text, listen(&admin, None).text);
+        assert_eq!(unedited(&admin, &e.text), admin);
+        // Named already (a service name counts): nothing to add.
+        let named = LAB.replace(
+            "daemon_smtp_ports = 25\n",
+            "daemon_smtp_ports = smtp : 26\n",
+        );
+        let e = listen(&named, Some(26));
+        assert_eq!(e.daemon_smtp_ports, None);
+        assert!(e.text.contains("\ndaemon_smtp_ports = smtp : 26\n"));
+    }
+
     fn unedited(original: &str, text: &str) -> String {
         let includes: Vec<String> = ["main", "acl_rcpt", "routers", "transports"]
             .iter()

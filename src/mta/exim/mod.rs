@@ -140,6 +140,9 @@ pub struct EximFacts {
     /// The ports the daemon listens on: `daemon_smtp_ports`, and the ports
     /// `local_interfaces` names (`addr.port`, `[addr]:port`).
     pub listen_ports: Vec<u16>,
+    /// `local_interfaces` gives some interface its own port, which
+    /// `daemon_smtp_ports` does not change.
+    pub interface_ports: bool,
     /// Group Exim runs as (it must read the served key).
     pub gid: u32,
     pub running: bool,
@@ -344,6 +347,8 @@ impl EximFacts {
                 &option("daemon_smtp_ports").unwrap_or_else(|_| "smtp".into()),
                 &option("local_interfaces").unwrap_or_default(),
             ),
+            interface_ports: !listen_ports("", &option("local_interfaces").unwrap_or_default())
+                .is_empty(),
             gid,
             running: need("running")? == "yes",
             files,
@@ -584,16 +589,28 @@ pub fn plan_host(
     let dir = d.host.config_dir.as_str();
     let owned = format!("{dir}/{OWNED_DIR}");
     let port = d.host.smtp_port;
-    if port != 25
-        && inv.domains.iter().any(|x| x.primary == d.host.name)
-        && !d.host.release
-        && !f.listen_ports.contains(&port)
-    {
-        return Err(format!(
-            "smtp_port {port} on an Exim primary: add it to daemon_smtp_ports"
-        ));
-    }
     let layout = layout(f, dir)?;
+    // A primary on another port listens there: mxpin adds the port to the
+    // admin's daemon_smtp_ports in a single exim4.conf. Debian's generated
+    // configuration, and interfaces given with their own ports (which
+    // daemon_smtp_ports does not reach), are the admin's to change.
+    let listen =
+        (port != 25 && inv.domains.iter().any(|x| x.primary == d.host.name) && !d.host.release)
+            .then_some(port);
+    if let Some(port) = listen.filter(|p| !f.listen_ports.contains(p)) {
+        if layout == Layout::DebianSplit {
+            return Err(format!(
+                "smtp_port {port} on an Exim primary: add it to daemon_smtp_ports \
+                 (mxpin edits it only in a single exim4.conf, not in Debian's generated one)"
+            ));
+        }
+        if f.interface_ports {
+            return Err(format!(
+                "smtp_port {port} on an Exim primary whose local_interfaces names ports: \
+                 add {port} there"
+            ));
+        }
+    }
     // The file apply checks is unchanged since it was read: the single
     // configuration, or Debian's update-exim4.conf.conf.
     let (checked, config) = match layout {
@@ -662,15 +679,25 @@ pub fn plan_host(
         .collect();
 
     let edited = match layout {
-        Layout::Single => {
-            conf::edited(&config, &owned, &f.rcpt_acl).map_err(|e| format!("{single}: {e}"))?
-        }
+        Layout::Single => conf::edited_listening(&config, &owned, &f.rcpt_acl, listen)
+            .map_err(|e| format!("{single}: {e}"))?,
         Layout::DebianSplit => conf::Edited {
             text: debian_relay_domains(&config, &relays, f),
             define_relay_to_domains: false,
             admin_cert: None,
+            daemon_smtp_ports: None,
         },
     };
+    // A port the daemon does not listen on yet opens before the backups
+    // route to it.
+    let opens_listener =
+        listen.filter(|p| !f.listen_ports.contains(p) && edited.daemon_smtp_ports.is_some());
+    if let Some(port) = opens_listener {
+        notes.push(format!(
+            "nothing listens on smtp_port {port}: mxpin adds it to daemon_smtp_ports before \
+             the backup MX hosts route to it"
+        ));
+    }
     let fragments = render::render(&owned, &routes, &peers, &relays, &edited, t)?;
     let main = match layout {
         Layout::Single => fragments.main.clone(),
@@ -823,7 +850,7 @@ pub fn plan_host(
         commands,
         notes,
         switches_key,
-        opens_listener: false,
+        opens_listener: opens_listener.is_some(),
         pinned: PinnedEdge::of(d, inv),
         transitional: d.transitional,
         steps: Steps::Exim(ApplySteps {

@@ -206,6 +206,7 @@ pub fn render(
         None => (format!("{dir}/current.crt"), format!("{dir}/current.key")),
     };
     ctx.insert("admin_certificate", &admin.admin_cert.is_some());
+    ctx.insert("daemon_smtp_ports", &admin.daemon_smtp_ports);
     ctx.insert("tls_certificate", &cert);
     ctx.insert("tls_privatekey", &key);
     ctx.insert("routes", routes);
@@ -247,6 +248,7 @@ mod tests {
             text: String::new(),
             define_relay_to_domains,
             admin_cert: None,
+            daemon_smtp_ports: None,
         }
     }
 

@@ -391,10 +391,14 @@ fn listening_ports_are_read_from_exims_lists() {
     assert_eq!(exim("facts-relay-fresh.out").unwrap().listen_ports, [25]);
 }
 
-/// An Exim primary on a port it does not listen on is refused in one line;
-/// listening there, it plans.
+/// An Exim primary on a port it does not listen on: in a single
+/// exim4.conf, mxpin adds the port to the admin's daemon_smtp_ports (their
+/// line commented out, given back when the port goes back to 25), and the
+/// plan opens the listener before the backups route to it; interfaces with
+/// their own ports, and Debian's generated configuration, are refused in
+/// one line.
 #[test]
-fn an_exim_primary_on_a_port_it_does_not_listen_on_is_refused() {
+fn an_exim_primary_listens_on_its_smtp_port() {
     let text = LAB
         .replace(
             "mx = \"relay.example.org\"\n",
@@ -405,20 +409,91 @@ fn an_exim_primary_on_a_port_it_does_not_listen_on_is_refused() {
             "primary = \"relay\"\nbackups = [\"home\"]",
         );
     let inv = inventory::parse(Path::new("mxpin.toml"), &text).unwrap();
-    let mut f = exim("facts-relay-fresh.out").unwrap();
-    let e = plan_relay(&inv, &f).unwrap_err();
-    assert_eq!(
-        e,
-        "smtp_port 26 on an Exim primary: add it to daemon_smtp_ports"
+    let fresh = exim("facts-relay-fresh.out").unwrap();
+    let plan = plan_relay(&inv, &fresh).unwrap();
+    assert!(plan.opens_listener);
+    assert!(plan.notes.iter().any(|n| n
+        == "nothing listens on smtp_port 26: mxpin adds it to daemon_smtp_ports before the \
+            backup MX hosts route to it"));
+    let text_of = |plan: &HostPlan, path: &str| {
+        plan.changes
+            .iter()
+            .find(|c| c.path == path)
+            .and_then(|c| c.new.as_ref())
+            .map(|c| c.raw().to_string())
+    };
+    let main = text_of(&plan, "/etc/exim4/mxpin/main.conf").unwrap();
+    assert!(main.ends_with("daemon_smtp_ports = 25 : 26\n"), "{main}");
+    let conf = text_of(&plan, "/etc/exim4/exim4.conf").unwrap();
+    assert!(
+        conf.contains("\n# mxpin: daemon_smtp_ports = 25\n"),
+        "{conf}"
     );
-    f.listen_ports = vec![25, 26];
-    assert!(plan_relay(&inv, &f).is_ok());
+
+    // Applied, the daemon listens on both: nothing more to do.
+    let mut applied = drain::simulate_apply(&fresh, &plan);
+    applied.listen_ports = vec![25, 26];
+    let again = plan_relay(&inv, &applied).unwrap();
+    assert!(
+        again.is_empty() && !again.opens_listener,
+        "{:?}",
+        again.changes
+    );
+
+    // Back on port 25: the admin's line comes back, mxpin's goes.
+    let back = LAB.replace(
+        "primary = \"home\"\nbackups = [\"relay\"]",
+        "primary = \"relay\"\nbackups = [\"home\"]",
+    );
+    let inv25 = inventory::parse(Path::new("mxpin.toml"), &back).unwrap();
+    let plan = plan_relay(&inv25, &applied).unwrap();
+    assert!(!plan.opens_listener);
+    assert_eq!(
+        text_of(&plan, "/etc/exim4/exim4.conf").unwrap(),
+        text_of(
+            &plan_relay(&inv25, &fresh).unwrap(),
+            "/etc/exim4/exim4.conf"
+        )
+        .unwrap(),
+        "the same as if mxpin had never added the port"
+    );
+    let main = text_of(&plan, "/etc/exim4/mxpin/main.conf").unwrap();
+    assert!(!main.contains("daemon_smtp_ports"), "{main}");
+
+    // The admin's list already names it: nothing is edited.
+    let mut listening = fresh.clone();
+    listening.config = fresh.config.as_ref().map(|c| {
+        c.replace(
+            "daemon_smtp_ports = 25\n",
+            "daemon_smtp_ports = <; 25 ; 26\n",
+        )
+    });
+    listening.listen_ports = vec![25, 26];
+    let plan = plan_relay(&inv, &listening).unwrap();
+    assert!(!plan.opens_listener);
+    let conf = text_of(&plan, "/etc/exim4/exim4.conf").unwrap();
+    assert!(
+        conf.contains("\ndaemon_smtp_ports = <; 25 ; 26\n"),
+        "{conf}"
+    );
+
+    // Interfaces with their own ports: the admin's to change.
+    let mut ported = fresh.clone();
+    ported.interface_ports = true;
+    assert_eq!(
+        plan_relay(&inv, &ported).unwrap_err(),
+        "smtp_port 26 on an Exim primary whose local_interfaces names ports: add 26 there"
+    );
+
     // A backup on port 26 is no primary: nothing to open.
-    let f = exim("facts-relay-fresh.out").unwrap();
     let backup = LAB.replace(
         "mx = \"relay.example.org\"\n",
         "mx = \"relay.example.org\"\nsmtp_port = 26\n",
     );
     let inv = inventory::parse(Path::new("mxpin.toml"), &backup).unwrap();
-    assert!(plan_relay(&inv, &f).is_ok());
+    let plan = plan_relay(&inv, &fresh).unwrap();
+    assert!(!plan.opens_listener);
+    assert!(!text_of(&plan, "/etc/exim4/mxpin/main.conf")
+        .unwrap()
+        .contains("daemon_smtp_ports"));
 }

@@ -66,7 +66,7 @@ fn ls(mode: u32, gid: u32, name: &str) -> String {
 }
 
 /// Facts as they would read after `plan` was applied (single layout).
-fn simulate_apply(f: &EximFacts, plan: &HostPlan) -> EximFacts {
+pub(super) fn simulate_apply(f: &EximFacts, plan: &HostPlan) -> EximFacts {
     let mut f = f.clone();
     for c in &plan.changes {
         if c.path == f.config_file {
