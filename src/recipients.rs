@@ -55,9 +55,8 @@ pub fn collect<'a>(
             None if bare_local => format!("{}@{domain}", key.to_ascii_lowercase()),
             None => continue,
         };
-        let r = Recipient::parse(&address, domain).map_err(|e| {
-            format!("{from}: {e}; mxpin cannot write it into a backup's table")
-        })?;
+        let r = Recipient::parse(&address, domain)
+            .map_err(|e| format!("{from}: {e}; mxpin cannot write it into a backup's table"))?;
         into.addresses.push(r);
     }
     Ok(())
@@ -221,15 +220,23 @@ recipients = "primary"
         let d = &inv.domains[0];
         assert!(d.recipients_from_primary);
         assert_eq!(d.recipients, None);
-        let home = inv.hosts.iter().find(|h| h.name.as_str() == "home").unwrap();
+        let home = inv
+            .hosts
+            .iter()
+            .find(|h| h.name.as_str() == "home")
+            .unwrap();
         assert_eq!(home.reads_recipients, [d.name.clone()]);
-        let relay = inv.hosts.iter().find(|h| h.name.as_str() == "relay").unwrap();
+        let relay = inv
+            .hosts
+            .iter()
+            .find(|h| h.name.as_str() == "relay")
+            .unwrap();
         assert!(relay.reads_recipients.is_empty());
         // Read from the primary: no backscatter warning.
         assert!(inv.warnings().is_empty(), "{:?}", inv.warnings());
 
-        let any = inventory::parse(Path::new("t.toml"), &INV.replace("\"primary\"", "\"any\""))
-            .unwrap();
+        let any =
+            inventory::parse(Path::new("t.toml"), &INV.replace("\"primary\"", "\"any\"")).unwrap();
         assert!(!any.domains[0].recipients_from_primary);
         assert_eq!(any.domains[0].recipients, None);
         assert!(any.warnings()[0].contains("backscatter"));
@@ -265,7 +272,10 @@ recipients = "primary"
         let e = inventory::parse(Path::new("t.toml"), &INV.replace("\"primary\"", "3"))
             .unwrap_err()
             .to_string();
-        assert!(e.contains("\"primary\", \"any\" or a list of addresses"), "{e}");
+        assert!(
+            e.contains("\"primary\", \"any\" or a list of addresses"),
+            "{e}"
+        );
     }
 
     fn dom() -> DnsName {
@@ -277,7 +287,13 @@ recipients = "primary"
         let mut c = Collected::default();
         collect(
             &dom(),
-            ["B@Example.NET", "a@example.net", "x@other.net", "example.net", ""],
+            [
+                "B@Example.NET",
+                "a@example.net",
+                "x@other.net",
+                "example.net",
+                "",
+            ],
             false,
             "t",
             &mut c,
@@ -294,7 +310,14 @@ recipients = "primary"
             )
         );
         let mut c = Collected::default();
-        collect(&dom(), ["a@example.net", "@example.net"], false, "t", &mut c).unwrap();
+        collect(
+            &dom(),
+            ["a@example.net", "@example.net"],
+            false,
+            "t",
+            &mut c,
+        )
+        .unwrap();
         assert_eq!(c.accepts(), Accepts::Any);
         // A catch-all of another domain is not one of this domain.
         let mut c = Collected::default();

@@ -94,7 +94,11 @@ fn the_backup_accepts_exactly_what_the_primary_accepts() {
         lab.maillog("relay")
     );
     // Anybody else: refused at RCPT with 550, not accepted and bounced.
-    for rcpt in ["nobody@example.net", "new.user@example.net", "nosuchuser@home.example.net"] {
+    for rcpt in [
+        "nobody@example.net",
+        "new.user@example.net",
+        "nosuchuser@home.example.net",
+    ] {
         let refused = lab.send_to_relay(rcpt, "for nobody");
         assert_ne!(refused.code, 0, "relay refuses {rcpt}: {refused:?}");
         assert!(
@@ -115,7 +119,8 @@ fn the_backup_accepts_exactly_what_the_primary_accepts() {
         "{plan:?}"
     );
     assert!(
-        plan.stdout.contains("relay_recipients") && plan.stdout.contains("1 of 2 hosts would change."),
+        plan.stdout.contains("relay_recipients")
+            && plan.stdout.contains("1 of 2 hosts would change."),
         "{plan:?}"
     );
     assert!(lab.snapshot() == before, "plan changes nothing");
@@ -126,6 +131,35 @@ fn the_backup_accepts_exactly_what_the_primary_accepts() {
     assert_eq!(sent.code, 0, "relay accepts the new user: {sent:?}");
     let plan = lab.mxpin(&["plan", "-i", &inv]);
     assert_eq!(plan.code, 0, "converged: {plan:?}");
+
+    // Every mailbox gone on the primary (a table emptied by mistake): the
+    // backup is not shrunk to nobody...
+    hash_mailboxes(&lab, &[]);
+    let before = lab.snapshot();
+    let apply = lab.mxpin(&["apply", "--yes", "-i", &inv]);
+    assert_eq!(apply.code, 1, "{apply:?}");
+    assert!(
+        apply.stderr.contains(
+            "relay: not planned: home accepts no address of example.net as read, and this backup \
+             accepts some today: refusing to shrink to nothing"
+        ),
+        "{apply:?}"
+    );
+    assert!(lab.snapshot() == before, "nothing changes");
+    let sent = lab.send_to_relay("first.last@example.net", "still accepted");
+    assert_eq!(sent.code, 0, "{sent:?}");
+    // ... unless the inventory says any address will do.
+    let path = lab.inventory();
+    let text = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(
+        &path,
+        text.replacen("recipients = \"primary\"", "recipients = \"any\"", 1),
+    )
+    .unwrap();
+    let plan = lab.mxpin(&["plan", "-i", &inv]);
+    assert_eq!(plan.code, 2, "{plan:?}");
+    assert!(plan.stdout.contains("+@example.net\tOK"), "{plan:?}");
+    assert!(plan.stderr.contains("backscatter"), "{plan:?}");
 }
 
 #[test]
@@ -167,4 +201,49 @@ fn an_ldap_map_is_refused_and_nothing_changes() {
             args[0]
         );
     }
+}
+
+/// An Exim primary (Debian's split configuration): its virtual mailbox
+/// router's lsearch file and its local users, as Exim verifies them.
+#[test]
+fn an_exim_primary_is_read_as_exim_verifies() {
+    let Some(lab) = Lab::up_with(&["--exim-debian", "home"]) else {
+        return;
+    };
+    let inv = inv(&lab);
+    let path = lab.inventory();
+    let text = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(
+        &path,
+        text.replace(
+            "recipients = [\"first.last@example.net\"]",
+            "recipients = \"primary\"",
+        ),
+    )
+    .unwrap();
+
+    let apply = lab.mxpin(&["apply", "--yes", "-i", &inv]);
+    assert_eq!(apply.code, 0, "{apply:?}");
+    // In /etc/exim4/vmailbox, and a passwd user (Debian's local_user
+    // router takes every local domain).
+    for rcpt in ["first.last@example.net", "mxpinlab@example.net"] {
+        let sent = lab.send_to_relay(rcpt, "for a user home has");
+        assert_eq!(sent.code, 0, "relay accepts {rcpt}: {sent:?}");
+    }
+    let refused = lab.send_to_relay("new.user@example.net", "not yet");
+    assert!(refused.stdout.contains("<** 550"), "{refused:?}");
+
+    let add = lab.ssh("home", "echo 'new.user: new.user' >> /etc/exim4/vmailbox");
+    assert_eq!(add.code, 0, "{add:?}");
+    let plan = lab.mxpin(&["plan", "-i", &inv]);
+    assert_eq!(plan.code, 2, "{plan:?}");
+    assert_eq!(
+        changed_lines(&plan.stdout),
+        ["+new.user@example.net\tOK"],
+        "{plan:?}"
+    );
+    let apply = lab.mxpin(&["apply", "--yes", "-i", &inv]);
+    assert_eq!(apply.code, 0, "{apply:?}");
+    let sent = lab.send_to_relay("new.user@example.net", "for the new user");
+    assert_eq!(sent.code, 0, "relay accepts the new user: {sent:?}");
 }

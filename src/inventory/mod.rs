@@ -768,24 +768,25 @@ impl Context<'_> {
                 backups.push(b_name);
             }
             use crate::recipients::RawRecipients;
-            let (list, recipients_from_primary) = match d.recipients.as_ref().map(|r| (r, r.get_ref())) {
-                None => (None, false),
-                Some((_, RawRecipients::List(list))) => (Some(list), false),
-                Some((r, RawRecipients::Word(w))) => match w.as_str() {
-                    "primary" => (None, true),
-                    "any" => (None, false),
-                    _ => {
-                        return Err(self.at(
-                            r,
-                            format!(
+            let (list, recipients_from_primary) =
+                match d.recipients.as_ref().map(|r| (r, r.get_ref())) {
+                    None => (None, false),
+                    Some((_, RawRecipients::List(list))) => (Some(list), false),
+                    Some((r, RawRecipients::Word(w))) => match w.as_str() {
+                        "primary" => (None, true),
+                        "any" => (None, false),
+                        _ => {
+                            return Err(self.at(
+                                r,
+                                format!(
                                 "domain {name}: recipients = {}: expected \"primary\", \"any\" \
                                  or a list of addresses",
                                 shown(w)
                             ),
-                        ))
-                    }
-                },
-            };
+                            ))
+                        }
+                    },
+                };
             let recipients = match list {
                 None => None,
                 Some(list) => {

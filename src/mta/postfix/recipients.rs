@@ -249,7 +249,11 @@ fn keys<'a>(s: &'a Sections, param: &str, map: &str) -> Result<Vec<&'a str>, Str
         ));
     }
     if let Some(e) = s.get(&format!("rcpt-err:{map}")) {
-        let e = if e.trim().is_empty() { "no output" } else { e.trim() };
+        let e = if e.trim().is_empty() {
+            "no output"
+        } else {
+            e.trim()
+        };
         return Err(format!("{param}: cannot list {map}: {e}"));
     }
     let text = s
@@ -277,7 +281,11 @@ mod tests {
 
     fn only(list: &[&str]) -> Accepts {
         let d = DnsName::parse(list[0].rsplit_once('@').unwrap().1).unwrap();
-        Accepts::Only(list.iter().map(|a| Recipient::parse(a, &d).unwrap()).collect())
+        Accepts::Only(
+            list.iter()
+                .map(|a| Recipient::parse(a, &d).unwrap())
+                .collect(),
+        )
     }
 
     /// `postconf -x` of a Debian 12 Postfix with one virtual mailbox domain
@@ -296,14 +304,18 @@ alias_maps = hash:/etc/aliases";
 
     /// `postmap -s hash:/etc/aliases` of Debian's /etc/aliases, with the
     /// keys postalias adds.
-    const ALIASES: &str = "@\t@\nYP_LAST_MODIFIED\t1796137540\nYP_MASTER_NAME\taliases\npostmaster\troot";
+    const ALIASES: &str =
+        "@\t@\nYP_LAST_MODIFIED\t1796137540\nYP_MASTER_NAME\taliases\npostmaster\troot";
 
     fn lab(domains: &str) -> Sections {
         frames(&[
             ("rcpt-domains", domains),
             ("rcpt-params", LAB_PARAMS),
             ("rcpt-map:hash:/etc/postfix/vmailbox", VMAILBOX),
-            ("rcpt-map:proxy:unix:passwd.byname", "root\ndaemon\nmxpinlab"),
+            (
+                "rcpt-map:proxy:unix:passwd.byname",
+                "root\ndaemon\nmxpinlab",
+            ),
             ("rcpt-map:hash:/etc/aliases", ALIASES),
         ])
     }
@@ -417,9 +429,11 @@ alias_maps = hash:/etc/aliases";
         ]);
         assert_eq!(
             from_sections(&s)["example.net"],
-            Err("virtual_mailbox_maps: cannot list hash:/etc/postfix/vmailbox: postmap: fatal: \
+            Err(
+                "virtual_mailbox_maps: cannot list hash:/etc/postfix/vmailbox: postmap: fatal: \
                  open database /etc/postfix/vmailbox.db: No such file or directory"
-                .into())
+                    .into()
+            )
         );
     }
 
@@ -442,14 +456,22 @@ alias_maps = hash:/etc/aliases";
         ];
         // In the file: a virtual mailbox domain.
         let mut s = base.to_vec();
-        s.push(("rcpt-file:/etc/postfix/vdomains", "# mine\nother.example\n example.net\n"));
+        s.push((
+            "rcpt-file:/etc/postfix/vdomains",
+            "# mine\nother.example\n example.net\n",
+        ));
         s.push(("rcpt-q:example.net:hash:/etc/postfix/vmailbox", "1 "));
-        assert!(matches!(from_sections(&frames(&s))["example.net"], Ok(Accepts::Only(_))));
+        assert!(matches!(
+            from_sections(&frames(&s))["example.net"],
+            Ok(Accepts::Only(_))
+        ));
         // In neither: refused.
         let mut s = base.to_vec();
         s.push(("rcpt-file:/etc/postfix/vdomains", "other.example\n"));
         s.push(("rcpt-q:example.net:hash:/etc/postfix/vmailbox", "1 "));
-        let e = from_sections(&frames(&s))["example.net"].clone().unwrap_err();
+        let e = from_sections(&frames(&s))["example.net"]
+            .clone()
+            .unwrap_err();
         assert!(e.contains("does not accept mail for the domain"), "{e}");
         // Found by `postmap -q` in the table.
         let mut s = base.to_vec();
@@ -463,8 +485,13 @@ alias_maps = hash:/etc/aliases";
             "rcpt-q:example.net:hash:/etc/postfix/vmailbox",
             "1 postmap: fatal: open database /etc/postfix/vmailbox.db: Permission denied",
         ));
-        let e = from_sections(&frames(&s))["example.net"].clone().unwrap_err();
-        assert!(e.contains("cannot look up example.net in hash:/etc/postfix/vmailbox"), "{e}");
+        let e = from_sections(&frames(&s))["example.net"]
+            .clone()
+            .unwrap_err();
+        assert!(
+            e.contains("cannot look up example.net in hash:/etc/postfix/vmailbox"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -474,7 +501,10 @@ alias_maps = hash:/etc/aliases";
             (
                 "rcpt-params",
                 &LAB_PARAMS
-                    .replace("virtual_mailbox_domains = example.net", "virtual_mailbox_domains =")
+                    .replace(
+                        "virtual_mailbox_domains = example.net",
+                        "virtual_mailbox_domains =",
+                    )
                     .replace("relay_domains =", "relay_domains = example.net"),
             ),
         ]);
@@ -509,7 +539,10 @@ alias_maps = hash:/etc/aliases";
   *) exit 1 ;;
 esac"#,
         );
-        tool("getent", "printf 'root:x:0:0::/root:/bin/sh\\nalice:x:1000:1000::/home/alice:/bin/sh\\n'");
+        tool(
+            "getent",
+            "printf 'root:x:0:0::/root:/bin/sh\\nalice:x:1000:1000::/home/alice:/bin/sh\\n'",
+        );
         let inv = crate::inventory::parse(
             std::path::Path::new("t.toml"),
             r#"
@@ -530,7 +563,11 @@ recipients = "primary"
 "#,
         )
         .unwrap();
-        let home = inv.hosts.iter().find(|h| h.name.as_str() == "home").unwrap();
+        let home = inv
+            .hosts
+            .iter()
+            .find(|h| h.name.as_str() == "home")
+            .unwrap();
         let out = std::process::Command::new("sh")
             .arg("-c")
             .arg(format!(
@@ -542,7 +579,11 @@ recipients = "primary"
             .output()
             .unwrap();
         let s = crate::facts::parse(&out.stdout).unwrap();
-        assert!(s.names().all(known_section), "{:?}", s.names().collect::<Vec<_>>());
+        assert!(
+            s.names().all(known_section),
+            "{:?}",
+            s.names().collect::<Vec<_>>()
+        );
         let r = from_sections(&s);
         assert_eq!(
             r["example.net"],
