@@ -225,7 +225,7 @@ recipients = "primary"
             .iter()
             .find(|h| h.name.as_str() == "home")
             .unwrap();
-        assert_eq!(home.reads_recipients, [d.name.clone()]);
+        assert_eq!(home.reads_recipients, std::slice::from_ref(&d.name));
         let relay = inv
             .hosts
             .iter()

@@ -239,8 +239,10 @@ fn read_domain(d: &DnsName, s: &Sections) -> Result<Accepts, String> {
             bv.lines().last().unwrap_or("no output")
         ));
     }
-    let mut c = Collected::default();
-    c.catch_all = catch_all;
+    let mut c = Collected {
+        catch_all,
+        ..Default::default()
+    };
     collect(d, verified, false, "exim -bv", &mut c)?;
     Ok(c.accepts())
 }
