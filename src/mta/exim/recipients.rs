@@ -328,6 +328,37 @@ mxpin-probe-no-such-user@example.net failed to verify: Unrouteable address";
         );
     }
 
+    /// The recipient sections of the real facts of the lab's Exim home
+    /// with Debian's split configuration (tests/fixtures/recipients).
+    #[test]
+    fn captured_facts_of_the_lab_exim_home() {
+        let out = include_bytes!("../../../tests/fixtures/recipients/exim-debian-home.facts");
+        let r = from_sections(&crate::facts::parse(out).unwrap());
+        for (d, yes, no) in [
+            (
+                "example.net",
+                ["first.last@", "root@"],
+                ["debian-exim@", "mxpin-probe-no-such-user@"],
+            ),
+            (
+                "home.example.net",
+                ["postmaster@", "mxpinlab@"],
+                ["first.last@", "debian-exim@"],
+            ),
+        ] {
+            let Ok(Accepts::Only(list)) = &r[d] else {
+                panic!("{d}: {r:?}")
+            };
+            let list: Vec<&str> = list.iter().map(|a| a.as_str()).collect();
+            for a in yes {
+                assert!(list.contains(&format!("{a}{d}").as_str()), "{d}: {list:?}");
+            }
+            for a in no {
+                assert!(!list.contains(&format!("{a}{d}").as_str()), "{d}: {list:?}");
+            }
+        }
+    }
+
     #[test]
     fn a_verified_probe_is_a_catch_all() {
         let s = frames(&[

@@ -512,6 +512,34 @@ alias_maps = hash:/etc/aliases";
         assert!(e.contains("relay_domains"), "{e}");
     }
 
+    /// The recipient sections of the real facts of the lab's home, with
+    /// its vmailbox in a hash table (tests/fixtures/recipients).
+    #[test]
+    fn captured_facts_of_the_lab_home() {
+        let out = include_bytes!("../../../tests/fixtures/recipients/postfix-home.facts");
+        let r = from_sections(&crate::facts::parse(out).unwrap());
+        assert_eq!(
+            r["example.net"],
+            Ok(only(&["first.last@example.net", "second@example.net"]))
+        );
+        let Ok(Accepts::Only(local)) = &r["home.example.net"] else {
+            panic!("{r:?}")
+        };
+        let local: Vec<&str> = local.iter().map(|a| a.as_str()).collect();
+        for a in ["root@", "mxpinlab@", "postmaster@", "nobody@"] {
+            assert!(
+                local.contains(&format!("{a}home.example.net").as_str()),
+                "{local:?}"
+            );
+        }
+        assert!(
+            local
+                .iter()
+                .all(|a| !a.starts_with("yp_") && !a.starts_with('@')),
+            "{local:?}"
+        );
+    }
+
     #[test]
     fn no_domains_asked_none_read() {
         assert!(from_sections(&frames(&[("uid", "0")])).is_empty());
