@@ -331,4 +331,137 @@ recipients = "primary"
         let e = collect(&dom(), ["\"a b\"@example.net"], false, "hash:/v", &mut c).unwrap_err();
         assert!(e.starts_with("hash:/v: invalid recipient"), "{e}");
     }
+
+    /// Facts output with `extra` frames inserted before its closing frame.
+    fn facts_with(base: &[u8], extra: &[u8]) -> Facts {
+        let end = b"@@mxpin end 2\nok\n";
+        assert!(base.ends_with(end));
+        let mut out = base[..base.len() - end.len()].to_vec();
+        out.extend_from_slice(extra);
+        out.extend_from_slice(end);
+        let s = crate::facts::parse(&out).unwrap();
+        Facts::Postfix(crate::mta::postfix::PostfixFacts::from_sections(&s).unwrap())
+    }
+
+    const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
+
+    fn fixture(name: &str) -> Vec<u8> {
+        std::fs::read(format!("{FIXTURES}/{name}")).unwrap()
+    }
+
+    /// The relay's desired state, and the relay's facts (its
+    /// relay_recipients lists first.last@example.net today).
+    fn relay() -> (Inventory, HostDesired, Facts) {
+        let inv = inventory::parse(Path::new("t.toml"), INV).unwrap();
+        let now = time::OffsetDateTime::from_unix_timestamp(1_790_000_000).unwrap();
+        let keys = inv
+            .hosts
+            .iter()
+            .map(|h| {
+                crate::desired::resolve_keys(&inv, h, &Default::default(), now)
+                    .map_err(|e| e.message)
+            })
+            .collect();
+        let d = crate::desired::desired(&inv, keys, &BTreeMap::new(), &[])
+            .remove(1)
+            .unwrap();
+        assert_eq!(d.host.name.as_str(), "relay");
+        let f = facts_with(&fixture("postfix/facts-debian12-relay-applied.out"), b"");
+        (inv, d, f)
+    }
+
+    /// home's facts with these recipient sections.
+    fn home(rcpt: &[u8]) -> Facts {
+        facts_with(&fixture("postfix/facts-debian12-fresh.out"), rcpt)
+    }
+
+    fn frames(parts: &[(&str, &str)]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for (n, v) in parts {
+            out.extend_from_slice(format!("@@mxpin {n} {}\n{v}\n", v.len()).as_bytes());
+        }
+        out
+    }
+
+    const PARAMS: &str =
+        "mydestination = home.example.net\nvirtual_mailbox_domains = example.net\n\
+                          virtual_alias_maps =\nvirtual_mailbox_maps = hash:/etc/postfix/vmailbox";
+
+    fn home_with(vmailbox: &str) -> Facts {
+        home(&frames(&[
+            ("rcpt-domains", "example.net"),
+            ("rcpt-params", PARAMS),
+            ("rcpt-map:hash:/etc/postfix/vmailbox", vmailbox),
+        ]))
+    }
+
+    #[test]
+    fn the_backup_gets_what_the_primary_accepts() {
+        let (inv, d, relay_facts) = relay();
+        assert_eq!(d.relays[0].recipients, None, "not read yet");
+        let home = home(&fixture("recipients/postfix-home.facts"));
+        let d = resolve(&inv, d, &relay_facts, |_| Ok(&home)).unwrap();
+        let got: Vec<&str> = d.relays[0]
+            .recipients
+            .iter()
+            .flatten()
+            .map(|r| r.as_str())
+            .collect();
+        assert_eq!(got, ["first.last@example.net", "second@example.net"]);
+
+        let (inv, d, relay_facts) = relay();
+        let home = home_with("@example.net\tcatchall/\nfirst.last@example.net\tx/");
+        let d = resolve(&inv, d, &relay_facts, |_| Ok(&home)).unwrap();
+        assert_eq!(
+            d.relays[0].recipients, None,
+            "a catch-all stays a catch-all"
+        );
+    }
+
+    #[test]
+    fn nobody_read_where_somebody_is_accepted_today_is_refused() {
+        let (inv, d, relay_facts) = relay();
+        let home = home_with("");
+        let e = resolve(&inv, d.clone(), &relay_facts, |_| Ok(&home)).unwrap_err();
+        assert!(
+            e.starts_with("not planned: home accepts no address of example.net as read, and this \
+                           backup accepts some today: refusing to shrink to nothing; list the recipients"),
+            "{e}"
+        );
+        // A backup that accepts nobody of the domain today may stay so.
+        let empty = facts_with(&fixture("postfix/facts-debian12-fresh.out"), b"");
+        let d = resolve(&inv, d, &empty, |_| Ok(&home)).unwrap();
+        assert_eq!(d.relays[0].recipients, Some(vec![]));
+    }
+
+    #[test]
+    fn an_unreadable_primary_or_table_leaves_the_backup_unplanned() {
+        let (inv, d, relay_facts) = relay();
+        let e = resolve(
+            &inv,
+            d.clone(),
+            &relay_facts,
+            |_| Err("ssh: timeout".into()),
+        )
+        .unwrap_err();
+        assert_eq!(
+            e,
+            "not planned: it backs up example.net for home, whose facts could not be read"
+        );
+        let home = home(&frames(&[
+            ("rcpt-domains", "example.net"),
+            (
+                "rcpt-params",
+                &PARAMS.replace("hash:/etc/postfix/vmailbox", "ldap:/etc/postfix/l.cf"),
+            ),
+        ]));
+        let e = resolve(&inv, d, &relay_facts, |_| Ok(&home)).unwrap_err();
+        assert_eq!(
+            e,
+            format!(
+                "not planned: recipients of example.net on home: virtual_mailbox_maps uses \
+                 \"ldap:/etc/postfix/l.cf\", which cannot be listed; {ALTERNATIVES}"
+            )
+        );
+    }
 }
