@@ -69,10 +69,10 @@ rf=$(printf '%s\n' "$rr" | grep -o 'lsearch[;{{]/[^}};:[:space:]]*' | sed 's/^ls
 for f in $rf; do
   if [ -r "$f" ]; then putfile "rcpt-file:$f" "$f"; fi
 done
-rc=$({{ for f in $rf; do [ -r "$f" ] && sed -n 's/^"\{{0,1\}}\([^#":[:space:]][^":[:space:]]*\).*/\1/p' "$f"; done; getent passwd | cut -d: -f1; }} | sort -u)
+rc=$({{ for f in $rf; do [ -r "$f" ] && sed -n 's/^"\{{0,1\}}\([^-#":[:space:]][^":[:space:]]*\).*/\1/p' "$f"; done; getent passwd | cut -d: -f1 | grep -v '^-'; }} | sort -u)
 for d in {domains}; do
   put "rcpt-local:$d" "$("$X" -be "\${{if match_domain{{$d}}{{+local_domains}}{{yes}}{{no}}}}" 2>&1)"
-  put "rcpt-bv:$d" "$(printf '%s\n' $rc {PROBE} | sed "s/\$/@$d/" | xargs "$X" -bv 2>&1)"
+  put "rcpt-bv:$d" "$(printf '%s\n' $rc {PROBE} | sed "s/\$/@$d/" | tr '\n' '\000' | xargs -0 "$X" -bv 2>&1)"
 done
 set +f
 "#
