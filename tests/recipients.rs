@@ -247,3 +247,73 @@ fn an_exim_primary_is_read_as_exim_verifies() {
     let sent = lab.send_to_relay("new.user@example.net", "for the new user");
     assert_eq!(sent.code, 0, "relay accepts the new user: {sent:?}");
 }
+
+/// Every file under `dir`, by path.
+fn files_under(dir: &std::path::Path, out: &mut Vec<(std::path::PathBuf, Vec<u8>)>) {
+    let mut entries: Vec<_> = std::fs::read_dir(dir).unwrap().flatten().collect();
+    entries.sort_by_key(|e| e.path());
+    for e in entries {
+        let p = e.path();
+        if p.is_dir() {
+            files_under(&p, out);
+        } else if p.is_file() {
+            out.push((p.clone(), std::fs::read(&p).unwrap()));
+        }
+    }
+}
+
+/// An Exim router deciding on local parts with a lookup that cannot be
+/// listed (`wildlsearch`: patterns, not addresses): one-line refusal
+/// naming the host and the router; nothing changes on either host.
+#[test]
+fn an_exim_router_that_cannot_be_listed_is_refused() {
+    let Some(lab) = Lab::up_with(&["--exim", "home"]) else {
+        return;
+    };
+    let inv = inv(&lab);
+    let apply = lab.mxpin(&["apply", "--yes", "-i", &inv]);
+    assert_eq!(apply.code, 0, "{apply:?}");
+    let edit = lab.ssh(
+        "home",
+        "sed -i 's|local_parts = lsearch;/etc/exim4/vmailbox|local_parts = wildlsearch;/etc/exim4/vmailbox|' \
+         /etc/exim4/exim4.conf && grep -q wildlsearch /etc/exim4/exim4.conf && exim4 -bV >/dev/null",
+    );
+    assert_eq!(edit.code, 0, "{edit:?}");
+    let path = lab.inventory();
+    let text = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(
+        &path,
+        text.replace(
+            "recipients = [\"first.last@example.net\"]",
+            "recipients = \"primary\"",
+        ),
+    )
+    .unwrap();
+    let snapshot = || {
+        let mut files = Vec::new();
+        files_under(&lab.dir.join("home/etc/exim4"), &mut files);
+        files_under(&lab.postfix_dir("relay"), &mut files);
+        files
+    };
+    let before = snapshot();
+    for args in [vec!["plan", "-i", &inv], vec!["apply", "--yes", "-i", &inv]] {
+        let run = lab.mxpin(&args);
+        assert_eq!(run.code, 1, "{run:?}");
+        let lines: Vec<&str> = run
+            .stderr
+            .lines()
+            .filter(|l| l.contains("cannot be listed"))
+            .collect();
+        assert_eq!(
+            lines,
+            [format!(
+                "error: relay: not planned: recipients of example.net on home: router vmailbox \
+                 has local_parts with a wildlsearch lookup, which cannot be listed; {}",
+                "list the recipients in the inventory (recipients = [...]), or set recipients = \
+                 \"any\" (backups accept any address: backscatter)"
+            )],
+            "{run:?}"
+        );
+        assert!(snapshot() == before, "{} changes nothing", args[0]);
+    }
+}
