@@ -418,6 +418,13 @@ pub fn plan_all(
         .map(|(d, s)| {
             let planned = d.and_then(|d| {
                 let f = s.facts.as_ref().map_err(Clone::clone)?;
+                let d = crate::recipients::resolve(inv, d, f, |h| {
+                    let peer = states.iter().find(|x| &x.host.name == h);
+                    peer.ok_or_else(String::new)?
+                        .facts
+                        .as_ref()
+                        .map_err(Clone::clone)
+                })?;
                 mta::plan_host(&d, f, inv, templates)
             });
             match planned {

@@ -14,6 +14,7 @@ pub mod mta;
 pub mod plan;
 pub mod probe;
 pub mod progress;
+pub mod recipients;
 pub mod shell;
 pub mod ssh;
 pub mod templates;

@@ -73,6 +73,10 @@ pub struct Host {
     /// the host back as it was before mxpin.
     #[serde(skip)]
     pub release: bool,
+    /// Domains this host is the primary of with `recipients = "primary"`:
+    /// its facts read what it accepts for them (see [`crate::recipients`]).
+    #[serde(skip)]
+    pub reads_recipients: Vec<DnsName>,
 }
 
 /// Where a host sends all its outgoing mail.
@@ -264,8 +268,12 @@ pub struct Domain {
     pub name: DnsName,
     pub primary: HostName,
     pub backups: Vec<HostName>,
-    /// `None`: the backups accept any address of the domain.
+    /// `None`: the backups accept any address of the domain (unless
+    /// `recipients_from_primary`).
     pub recipients: Option<Vec<Recipient>>,
+    /// `recipients = "primary"`: the backups accept what the primary
+    /// accepts, read from it on every run ([`crate::recipients`]).
+    pub recipients_from_primary: bool,
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -342,6 +350,7 @@ impl Inventory {
             ));
         }
         host.release = true;
+        host.reads_recipients.clear();
         host.relayhost = None;
         host.fetchmail.clear();
         Ok(Inventory {
@@ -359,7 +368,7 @@ impl Inventory {
         let mut w: Vec<String> = self
             .domains
             .iter()
-            .filter(|d| d.recipients.is_none())
+            .filter(|d| d.recipients.is_none() && !d.recipients_from_primary)
             .map(|d| {
                 format!(
                     "domain {}: no recipients listed, so its backups accept mail for any address \
@@ -482,7 +491,7 @@ struct RawHost {
 struct RawDomain {
     primary: Spanned<String>,
     backups: Spanned<Vec<Spanned<String>>>,
-    recipients: Option<Vec<Spanned<String>>>,
+    recipients: Option<Spanned<crate::recipients::RawRecipients>>,
 }
 
 /// Reads and checks an inventory file.
@@ -713,6 +722,7 @@ impl Context<'_> {
                 relay_port,
                 fetchmail,
                 release: false,
+                reads_recipients: Vec::new(),
             });
         }
         self.check_relays(&hosts, &managed_relays)?;
@@ -757,7 +767,27 @@ impl Context<'_> {
                 }
                 backups.push(b_name);
             }
-            let recipients = match &d.recipients {
+            use crate::recipients::RawRecipients;
+            let (list, recipients_from_primary) =
+                match d.recipients.as_ref().map(|r| (r, r.get_ref())) {
+                    None => (None, false),
+                    Some((_, RawRecipients::List(list))) => (Some(list), false),
+                    Some((r, RawRecipients::Word(w))) => match w.as_str() {
+                        "primary" => (None, true),
+                        "any" => (None, false),
+                        _ => {
+                            return Err(self.at(
+                                r,
+                                format!(
+                                "domain {name}: recipients = {}: expected \"primary\", \"any\" \
+                                 or a list of addresses",
+                                shown(w)
+                            ),
+                            ))
+                        }
+                    },
+                };
+            let recipients = match list {
                 None => None,
                 Some(list) => {
                     let mut out: Vec<Recipient> = Vec::new();
@@ -792,6 +822,7 @@ impl Context<'_> {
                 primary,
                 backups,
                 recipients,
+                recipients_from_primary,
             });
         }
         if hosts.is_empty() {
@@ -799,6 +830,11 @@ impl Context<'_> {
         }
         hosts.sort_by(|a, b| a.name.cmp(&b.name));
         domains.sort_by(|a, b| a.name.cmp(&b.name));
+        for d in domains.iter().filter(|d| d.recipients_from_primary) {
+            if let Some(h) = hosts.iter_mut().find(|h| h.name == d.primary) {
+                h.reads_recipients.push(d.name.clone());
+            }
+        }
         for e in &externals {
             if raw
                 .hosts

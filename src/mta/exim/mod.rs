@@ -11,6 +11,7 @@
 
 pub mod conf;
 mod drain;
+pub mod recipients;
 pub mod render;
 pub mod script;
 
@@ -114,11 +115,12 @@ done
 for f in "$M"/peer-*.pem; do
   if [ -f "$f" ]; then putfile "file:${{f##*/}}" "$f"; fi
 done
-{extra}put end ok
+{rcpt}{extra}put end ok
 }}
 mxpin_facts
 "#,
         c = quote(host.config_dir.as_str()),
+        rcpt = recipients::script(host),
         files = files.join(" "),
         confd = CONFD.iter().map(|(f, _)| *f).collect::<Vec<_>>().join(" "),
         macros = DEBIAN_MACROS.join(" "),
@@ -155,6 +157,9 @@ pub struct EximFacts {
     pub macros: BTreeMap<String, String>,
     /// Output of verification checks run with the facts, by check name.
     pub checks: BTreeMap<String, String>,
+    /// What the host accepts for the domains it is asked about
+    /// (`recipients = "primary"`).
+    pub recipients: crate::recipients::Read,
 }
 
 /// The items of an Exim list: `sep` (`:` unless the list starts with
@@ -247,6 +252,7 @@ fn known_section(name: &str) -> bool {
         || name
             .strip_prefix("macro:")
             .is_some_and(|m| DEBIAN_MACROS.contains(&m))
+        || recipients::known_section(name)
         || name.strip_prefix("file:").is_some_and(file)
         || name.starts_with("bt:")
 }
@@ -356,6 +362,7 @@ impl EximFacts {
             confd,
             macros,
             checks,
+            recipients: recipients::from_sections(s),
         })
     }
 

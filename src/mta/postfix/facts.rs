@@ -75,13 +75,14 @@ for f in {files}; do
     if [ -f "$M/$f.$s" ] && ! [ "$M/$f" -nt "$M/$f.$s" ]; then put "fresh:$f" "$s"; fi
   done
 done
-{extra}put end ok
+{rcpt}{extra}put end ok
 }}
 mxpin_facts
 "#,
         c = quote(host.config_dir.as_str()),
         params = params.join(" "),
         files = files.join(" "),
+        rcpt = super::recipients::script(host),
     )
 }
 
@@ -105,6 +106,9 @@ pub struct PostfixFacts {
     /// (`smtpd_tls_chain_files`, `smtpd_tls_cert_file`), files in mxpin's
     /// directory left out.
     pub served_certs: BTreeMap<String, String>,
+    /// What the host accepts for the domains it is asked about
+    /// (`recipients = "primary"`).
+    pub recipients: crate::recipients::Read,
 }
 
 /// A certificate of the admin's own that smtpd serves: mxpin keeps it as
@@ -145,6 +149,7 @@ fn known_section(name: &str) -> bool {
         || name.strip_prefix("fresh:").is_some_and(owned)
         || name.starts_with("q:")
         || name.starts_with("ptf:")
+        || super::recipients::known_section(name)
 }
 
 impl PostfixFacts {
@@ -224,6 +229,7 @@ impl PostfixFacts {
             effective,
             files,
             fresh,
+            recipients: super::recipients::from_sections(s),
         })
     }
 

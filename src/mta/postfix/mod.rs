@@ -11,6 +11,7 @@ mod facts;
 pub mod maincf;
 pub mod mastercf;
 mod plan;
+pub mod recipients;
 pub mod script;
 pub mod taken;
 mod verify;

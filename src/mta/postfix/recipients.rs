@@ -1,0 +1,629 @@
+//! The addresses a Postfix primary accepts for a domain, read in its facts
+//! (see [`crate::recipients`]): which address class the domain is in
+//! (`mydestination`, `virtual_alias_domains`, `virtual_mailbox_domains`, in
+//! trivial-rewrite's order), then the keys of the tables that class uses:
+//! `local_recipient_maps` (the passwd users with `getent passwd`, and the
+//! aliases) plus `virtual_alias_maps` for a local domain;
+//! `virtual_mailbox_maps` plus `virtual_alias_maps` for a virtual mailbox
+//! domain; `virtual_alias_maps` for a virtual alias domain.
+//!
+//! Indexed tables (`hash`, `btree`, `lmdb`, `cdb`, `dbm`, `sdbm`) and
+//! `texthash` files are listed with `postmap -s`, which reads them as
+//! Postfix does; `unix:passwd.byname` with `getent passwd` (names only).
+//! Anything else cannot be listed and is refused, naming the parameter and
+//! the table.
+
+use std::collections::BTreeMap;
+
+use crate::facts::Sections;
+use crate::inventory::{DnsName, Host};
+use crate::recipients::{collect, Accepts, Collected, Read};
+use crate::shell::quote;
+
+use super::maincf::split_list;
+
+/// Domain lists, in the order trivial-rewrite tries the address classes.
+const CLASSES: [&str; 4] = [
+    "mydestination",
+    "virtual_alias_domains",
+    "virtual_mailbox_domains",
+    "relay_domains",
+];
+
+/// Tables whose keys are the accepted addresses.
+const MAPS: [&str; 3] = [
+    "virtual_alias_maps",
+    "virtual_mailbox_maps",
+    "local_recipient_maps",
+];
+
+/// Table types `postmap -s` lists (after an optional `proxy:`).
+const LISTABLE: [&str; 7] = ["hash", "btree", "lmdb", "cdb", "dbm", "sdbm", "texthash"];
+
+/// The passwd table, listed with `getent passwd`.
+const PASSWD: &str = "unix:passwd.byname";
+
+/// Keys `postalias` adds to every alias database (NIS compatibility):
+/// not addresses.
+const ALIAS_SIGNATURES: [&str; 3] = ["@", "YP_LAST_MODIFIED", "YP_MASTER_NAME"];
+
+/// Shell for the facts script: reads the recipient tables of the domains
+/// `host` is the primary of with `recipients = "primary"` (nothing when
+/// there are none). Read-only, like the rest of the facts.
+pub fn script(host: &Host) -> String {
+    if host.reads_recipients.is_empty() {
+        return String::new();
+    }
+    let domains: Vec<String> = host
+        .reads_recipients
+        .iter()
+        .map(|d| quote(d.as_str()))
+        .collect();
+    let domains = domains.join(" ");
+    let params: Vec<&str> = CLASSES
+        .iter()
+        .chain(MAPS.iter())
+        .chain(["alias_maps"].iter())
+        .copied()
+        .collect();
+    let types = LISTABLE.map(|t| format!("{t}:*")).join("|");
+    format!(
+        r#"set -f
+put rcpt-domains "$(printf '%s\n' {domains})"
+if rv=$(postconf -c "$C" -x {params} 2>&1); then put rcpt-params "$rv"; else put rcpt-error "postconf: $rv"; rv=''; fi
+rcpt_seen=' '
+rcpt_val() {{ printf '%s\n' "$rv" | sed -n "s/^$1 = //p" | tr ',' ' '; }}
+for p in {maps}; do
+  for t in $(rcpt_val "$p"); do
+    case "$rcpt_seen" in *" $t "*) continue ;; esac
+    rcpt_seen="$rcpt_seen$t "
+    u=${{t#proxy:}}
+    case "$u" in
+      {PASSWD})
+        if o=$(getent passwd); then put "rcpt-map:$t" "$(printf '%s\n' "$o" | cut -d: -f1)"; else put "rcpt-err:$t" "getent passwd failed"; fi ;;
+      {types})
+        if o=$(postmap -c "$C" -s "$u" 2>/dev/null); then put "rcpt-map:$t" "$o"
+        else put "rcpt-err:$t" "$(postmap -c "$C" -s "$u" 2>&1 >/dev/null | tail -n 1)"; fi ;;
+    esac
+  done
+done
+for d in {domains}; do
+  for p in {classes}; do
+    for t in $(rcpt_val "$p"); do
+      case "$t" in /*) k="rcpt-file:$t" ;; *:*) k="rcpt-q:$d:$t" ;; *) continue ;; esac
+      case "$rcpt_seen" in *" $k "*) continue ;; esac
+      rcpt_seen="$rcpt_seen$k "
+      case "$t" in
+        /*) if [ -r "$t" ]; then putfile "$k" "$t"; else put "rcpt-err:$t" "cannot read $t"; fi ;;
+        *) o=$(postmap -c "$C" -q "$d" "$t" 2>&1 >/dev/null); put "$k" "$? $o" ;;
+      esac
+    done
+  done
+done
+set +f
+"#,
+        params = params.join(" "),
+        maps = MAPS.join(" "),
+        classes = CLASSES.join(" "),
+    )
+}
+
+/// Whether the facts script writes a section of this name.
+pub fn known_section(name: &str) -> bool {
+    matches!(name, "rcpt-domains" | "rcpt-params" | "rcpt-error")
+        || ["rcpt-map:", "rcpt-err:", "rcpt-file:", "rcpt-q:"]
+            .iter()
+            .any(|p| name.starts_with(p))
+}
+
+/// What the primary accepts for each domain its facts read.
+pub fn from_sections(s: &Sections) -> Read {
+    let Some(domains) = s.get("rcpt-domains") else {
+        return Read::new();
+    };
+    let mut params = BTreeMap::new();
+    for line in s.get("rcpt-params").unwrap_or_default().lines() {
+        if let Some((k, v)) = line.split_once(" = ") {
+            params.insert(k.trim().to_string(), v.trim().to_string());
+        } else if let Some(k) = line.strip_suffix(" =") {
+            params.insert(k.trim().to_string(), String::new());
+        }
+    }
+    domains
+        .split_whitespace()
+        .map(|d| {
+            let read = match DnsName::parse(d) {
+                Ok(dn) => match s.get("rcpt-error") {
+                    Some(e) => Err(e.to_string()),
+                    None => read_domain(&dn, &params, s),
+                },
+                Err(e) => Err(e),
+            };
+            (d.to_string(), read)
+        })
+        .collect()
+}
+
+/// Which address class trivial-rewrite gives the domain.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Class {
+    Local,
+    VirtualAlias,
+    VirtualMailbox,
+}
+
+fn read_domain(
+    d: &DnsName,
+    params: &BTreeMap<String, String>,
+    s: &Sections,
+) -> Result<Accepts, String> {
+    let list = |p: &str| split_list(params.get(p).map_or("", String::as_str));
+    let member = |p: &str| -> Result<bool, String> {
+        for t in list(p) {
+            if t.eq_ignore_ascii_case(d.as_str()) {
+                return Ok(true);
+            }
+            if t.starts_with('/') {
+                if let Some(e) = s.get(&format!("rcpt-err:{t}")) {
+                    return Err(format!("{p}: {e}"));
+                }
+                let text = s.get(&format!("rcpt-file:{t}")).unwrap_or_default();
+                let found = text
+                    .lines()
+                    .map(|l| l.split('#').next().unwrap_or_default())
+                    .flat_map(split_list)
+                    .any(|x| x.eq_ignore_ascii_case(d.as_str()));
+                if found {
+                    return Ok(true);
+                }
+            } else if t.contains(':') {
+                let got = s.get(&format!("rcpt-q:{d}:{t}")).unwrap_or_default();
+                match got.split_once(' ').unwrap_or((got, "")) {
+                    ("0", _) => return Ok(true),
+                    ("1", "") => {}
+                    (_, e) => {
+                        let e = e.lines().last().unwrap_or("no answer");
+                        return Err(format!("{p}: cannot look up {d} in {t}: {e}"));
+                    }
+                }
+            }
+        }
+        Ok(false)
+    };
+    let class = if member("mydestination")? {
+        Class::Local
+    } else if member("virtual_alias_domains")? {
+        Class::VirtualAlias
+    } else if member("virtual_mailbox_domains")? {
+        Class::VirtualMailbox
+    } else if member("relay_domains")? {
+        return Err(format!(
+            "{d} is in relay_domains there: it relays the domain on, so its recipients are not there"
+        ));
+    } else {
+        return Err(format!(
+            "{d} is not in its mydestination, virtual_alias_domains or virtual_mailbox_domains: \
+             it does not accept mail for the domain"
+        ));
+    };
+    let aliases = list("alias_maps");
+    let mut c = Collected::default();
+    let from = |param: &str, bare_local: bool, c: &mut Collected| -> Result<(), String> {
+        for map in list(param) {
+            let keys = keys(s, param, &map)?;
+            let alias = aliases.contains(&map);
+            let keys = keys
+                .iter()
+                .copied()
+                .filter(|k| !(alias && ALIAS_SIGNATURES.contains(k)));
+            collect(d, keys, bare_local, &format!("{param} {map}"), c)?;
+        }
+        Ok(())
+    };
+    match class {
+        Class::Local => {
+            // Empty local_recipient_maps: smtpd accepts every local part.
+            if list("local_recipient_maps").is_empty() {
+                c.catch_all = true;
+            }
+            from("local_recipient_maps", true, &mut c)?;
+            from("virtual_alias_maps", true, &mut c)?;
+        }
+        Class::VirtualAlias => from("virtual_alias_maps", false, &mut c)?,
+        Class::VirtualMailbox => {
+            from("virtual_mailbox_maps", false, &mut c)?;
+            from("virtual_alias_maps", false, &mut c)?;
+        }
+    }
+    Ok(c.accepts())
+}
+
+/// The keys of one table as listed on the host, or why they cannot be.
+fn keys<'a>(s: &'a Sections, param: &str, map: &str) -> Result<Vec<&'a str>, String> {
+    let inner = map.strip_prefix("proxy:").unwrap_or(map);
+    let kind = inner.split_once(':').map_or(inner, |(t, _)| t);
+    if inner != PASSWD && !LISTABLE.contains(&kind) {
+        return Err(format!(
+            "{param} uses {}, which cannot be listed",
+            crate::text::shown(map)
+        ));
+    }
+    if let Some(e) = s.get(&format!("rcpt-err:{map}")) {
+        let e = if e.trim().is_empty() {
+            "no output"
+        } else {
+            e.trim()
+        };
+        return Err(format!("{param}: cannot list {map}: {e}"));
+    }
+    let text = s
+        .get(&format!("rcpt-map:{map}"))
+        .ok_or_else(|| format!("{param}: {map} was not read"))?;
+    Ok(text
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::inventory::Recipient;
+
+    /// Frames as the facts script writes them.
+    fn frames(parts: &[(&str, &str)]) -> Sections {
+        let mut out = String::new();
+        for (n, v) in parts {
+            out.push_str(&format!("@@mxpin {n} {}\n{v}\n", v.len()));
+        }
+        crate::facts::parse(out.as_bytes()).unwrap()
+    }
+
+    fn only(list: &[&str]) -> Accepts {
+        let d = DnsName::parse(list[0].rsplit_once('@').unwrap().1).unwrap();
+        Accepts::Only(
+            list.iter()
+                .map(|a| Recipient::parse(a, &d).unwrap())
+                .collect(),
+        )
+    }
+
+    /// `postconf -x` of a Debian 12 Postfix with one virtual mailbox domain
+    /// in a hash table (captured from the lab's home).
+    const LAB_PARAMS: &str = "mydestination = home.example.net, localhost.example.net, localhost
+virtual_alias_domains =
+virtual_mailbox_domains = example.net
+relay_domains =
+virtual_alias_maps =
+virtual_mailbox_maps = hash:/etc/postfix/vmailbox
+local_recipient_maps = proxy:unix:passwd.byname hash:/etc/aliases
+alias_maps = hash:/etc/aliases";
+
+    /// `postmap -s hash:/etc/postfix/vmailbox` (hash order).
+    const VMAILBOX: &str = "second@example.net\tsecond/\nfirst.last@example.net\tfirst.last/";
+
+    /// `postmap -s hash:/etc/aliases` of Debian's /etc/aliases, with the
+    /// keys postalias adds.
+    const ALIASES: &str =
+        "@\t@\nYP_LAST_MODIFIED\t1796137540\nYP_MASTER_NAME\taliases\npostmaster\troot";
+
+    fn lab(domains: &str) -> Sections {
+        frames(&[
+            ("rcpt-domains", domains),
+            ("rcpt-params", LAB_PARAMS),
+            ("rcpt-map:hash:/etc/postfix/vmailbox", VMAILBOX),
+            (
+                "rcpt-map:proxy:unix:passwd.byname",
+                "root\ndaemon\nmxpinlab",
+            ),
+            ("rcpt-map:hash:/etc/aliases", ALIASES),
+        ])
+    }
+
+    #[test]
+    fn a_virtual_mailbox_domain_is_its_mailbox_keys() {
+        let r = from_sections(&lab("example.net"));
+        assert_eq!(
+            r["example.net"],
+            Ok(only(&["first.last@example.net", "second@example.net"]))
+        );
+    }
+
+    #[test]
+    fn a_local_domain_is_the_passwd_users_and_the_aliases() {
+        let r = from_sections(&lab("home.example.net"));
+        assert_eq!(
+            r["home.example.net"],
+            Ok(only(&[
+                "daemon@home.example.net",
+                "mxpinlab@home.example.net",
+                "postmaster@home.example.net",
+                "root@home.example.net"
+            ]))
+        );
+    }
+
+    #[test]
+    fn a_catch_all_stays_a_catch_all() {
+        let s = frames(&[
+            ("rcpt-domains", "example.net"),
+            (
+                "rcpt-params",
+                &LAB_PARAMS.replace(
+                    "virtual_alias_maps =",
+                    "virtual_alias_maps = texthash:/etc/postfix/virtual",
+                ),
+            ),
+            ("rcpt-map:hash:/etc/postfix/vmailbox", VMAILBOX),
+            (
+                "rcpt-map:texthash:/etc/postfix/virtual",
+                "@example.net\tfirst.last@example.net\n@other.example\tx",
+            ),
+        ]);
+        assert_eq!(from_sections(&s)["example.net"], Ok(Accepts::Any));
+    }
+
+    #[test]
+    fn an_ldap_map_is_refused_naming_parameter_and_map() {
+        let s = frames(&[
+            ("rcpt-domains", "example.net"),
+            (
+                "rcpt-params",
+                &LAB_PARAMS.replace(
+                    "hash:/etc/postfix/vmailbox",
+                    "ldap:/etc/postfix/ldap-users.cf",
+                ),
+            ),
+        ]);
+        assert_eq!(
+            from_sections(&s)["example.net"],
+            Err("virtual_mailbox_maps uses \"ldap:/etc/postfix/ldap-users.cf\", which cannot be listed".into())
+        );
+        for map in [
+            "mysql:/m.cf",
+            "pgsql:/p.cf",
+            "regexp:/r",
+            "pcre:/p",
+            "proxy:ldap:/l.cf",
+            "tcp:localhost:1",
+            "socketmap:inet:localhost:1:x",
+            "inline:{a@example.net=x}",
+        ] {
+            let s = frames(&[
+                ("rcpt-domains", "example.net"),
+                (
+                    "rcpt-params",
+                    &LAB_PARAMS.replace("hash:/etc/postfix/vmailbox", map),
+                ),
+            ]);
+            let e = from_sections(&s)["example.net"].clone().unwrap_err();
+            assert!(e.contains(map) && e.contains("cannot be listed"), "{e}");
+        }
+    }
+
+    #[test]
+    fn an_unlistable_map_of_another_class_does_not_matter() {
+        // The local domain's tables are listable; virtual_mailbox_maps is
+        // not used for it.
+        let s = frames(&[
+            ("rcpt-domains", "home.example.net"),
+            (
+                "rcpt-params",
+                &LAB_PARAMS.replace("hash:/etc/postfix/vmailbox", "ldap:/l.cf"),
+            ),
+            ("rcpt-map:proxy:unix:passwd.byname", "root"),
+            ("rcpt-map:hash:/etc/aliases", ALIASES),
+        ]);
+        assert!(from_sections(&s)["home.example.net"].is_ok());
+    }
+
+    #[test]
+    fn a_table_postmap_cannot_read_is_refused_with_its_error() {
+        let s = frames(&[
+            ("rcpt-domains", "example.net"),
+            ("rcpt-params", LAB_PARAMS),
+            (
+                "rcpt-err:hash:/etc/postfix/vmailbox",
+                "postmap: fatal: open database /etc/postfix/vmailbox.db: No such file or directory",
+            ),
+        ]);
+        assert_eq!(
+            from_sections(&s)["example.net"],
+            Err(
+                "virtual_mailbox_maps: cannot list hash:/etc/postfix/vmailbox: postmap: fatal: \
+                 open database /etc/postfix/vmailbox.db: No such file or directory"
+                    .into()
+            )
+        );
+    }
+
+    #[test]
+    fn domains_in_tables_and_files_are_found_by_lookup() {
+        let params = LAB_PARAMS
+            .replace(
+                "virtual_mailbox_domains = example.net",
+                "virtual_mailbox_domains = /etc/postfix/vdomains, hash:/etc/postfix/vmailbox",
+            )
+            .replace(
+                "virtual_alias_domains =",
+                "virtual_alias_domains = hash:/etc/postfix/valias_domains",
+            );
+        let base = [
+            ("rcpt-domains", "example.net"),
+            ("rcpt-params", params.as_str()),
+            ("rcpt-map:hash:/etc/postfix/vmailbox", VMAILBOX),
+            ("rcpt-q:example.net:hash:/etc/postfix/valias_domains", "1 "),
+        ];
+        // In the file: a virtual mailbox domain.
+        let mut s = base.to_vec();
+        s.push((
+            "rcpt-file:/etc/postfix/vdomains",
+            "# mine\nother.example\n example.net\n",
+        ));
+        s.push(("rcpt-q:example.net:hash:/etc/postfix/vmailbox", "1 "));
+        assert!(matches!(
+            from_sections(&frames(&s))["example.net"],
+            Ok(Accepts::Only(_))
+        ));
+        // In neither: refused.
+        let mut s = base.to_vec();
+        s.push(("rcpt-file:/etc/postfix/vdomains", "other.example\n"));
+        s.push(("rcpt-q:example.net:hash:/etc/postfix/vmailbox", "1 "));
+        let e = from_sections(&frames(&s))["example.net"]
+            .clone()
+            .unwrap_err();
+        assert!(e.contains("does not accept mail for the domain"), "{e}");
+        // Found by `postmap -q` in the table.
+        let mut s = base.to_vec();
+        s.push(("rcpt-file:/etc/postfix/vdomains", ""));
+        s.push(("rcpt-q:example.net:hash:/etc/postfix/vmailbox", "0 "));
+        assert!(from_sections(&frames(&s))["example.net"].is_ok());
+        // A lookup that fails is not a "no".
+        let mut s = base.to_vec();
+        s.push(("rcpt-file:/etc/postfix/vdomains", ""));
+        s.push((
+            "rcpt-q:example.net:hash:/etc/postfix/vmailbox",
+            "1 postmap: fatal: open database /etc/postfix/vmailbox.db: Permission denied",
+        ));
+        let e = from_sections(&frames(&s))["example.net"]
+            .clone()
+            .unwrap_err();
+        assert!(
+            e.contains("cannot look up example.net in hash:/etc/postfix/vmailbox"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_relay_domain_is_refused() {
+        let s = frames(&[
+            ("rcpt-domains", "example.net"),
+            (
+                "rcpt-params",
+                &LAB_PARAMS
+                    .replace(
+                        "virtual_mailbox_domains = example.net",
+                        "virtual_mailbox_domains =",
+                    )
+                    .replace("relay_domains =", "relay_domains = example.net"),
+            ),
+        ]);
+        let e = from_sections(&s)["example.net"].clone().unwrap_err();
+        assert!(e.contains("relay_domains"), "{e}");
+    }
+
+    /// The recipient sections of the real facts of the lab's home, with
+    /// its vmailbox in a hash table (tests/fixtures/recipients).
+    #[test]
+    fn captured_facts_of_the_lab_home() {
+        let out = include_bytes!("../../../tests/fixtures/recipients/postfix-home.facts");
+        let r = from_sections(&crate::facts::parse(out).unwrap());
+        assert_eq!(
+            r["example.net"],
+            Ok(only(&["first.last@example.net", "second@example.net"]))
+        );
+        let Ok(Accepts::Only(local)) = &r["home.example.net"] else {
+            panic!("{r:?}")
+        };
+        let local: Vec<&str> = local.iter().map(|a| a.as_str()).collect();
+        for a in ["root@", "mxpinlab@", "postmaster@", "nobody@"] {
+            assert!(
+                local.contains(&format!("{a}home.example.net").as_str()),
+                "{local:?}"
+            );
+        }
+        assert!(
+            local
+                .iter()
+                .all(|a| !a.starts_with("yp_") && !a.starts_with('@')),
+            "{local:?}"
+        );
+    }
+
+    #[test]
+    fn no_domains_asked_none_read() {
+        assert!(from_sections(&frames(&[("uid", "0")])).is_empty());
+    }
+
+    /// The script itself, run by a real /bin/sh against a fake postconf,
+    /// postmap and getent, writes the sections the parser reads.
+    #[test]
+    fn script_round_trip_with_fake_tools() {
+        let dir = tempfile::tempdir().unwrap();
+        let bin = dir.path().join("bin");
+        std::fs::create_dir(&bin).unwrap();
+        let tool = |name: &str, body: &str| {
+            let p = bin.join(name);
+            std::fs::write(&p, format!("#!/bin/sh\n{body}\n")).unwrap();
+            use std::os::unix::fs::PermissionsExt as _;
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+        };
+        tool("postconf", &format!("cat <<'EOF'\n{LAB_PARAMS}\nEOF"));
+        tool(
+            "postmap",
+            r#"case "$3 $4" in
+  "-s hash:/etc/postfix/vmailbox") printf 'second@example.net\tsecond/\nfirst.last@example.net\tfirst.last/\n' ;;
+  "-s hash:/etc/aliases") printf '@\t@\npostmaster\troot\n' ;;
+  *) exit 1 ;;
+esac"#,
+        );
+        tool(
+            "getent",
+            "printf 'root:x:0:0::/root:/bin/sh\\nalice:x:1000:1000::/home/alice:/bin/sh\\n'",
+        );
+        let inv = crate::inventory::parse(
+            std::path::Path::new("t.toml"),
+            r#"
+[hosts.home]
+ssh = "home"
+mx = "home.example.net"
+[hosts.relay]
+ssh = "relay"
+mx = "relay.example.org"
+[domains."example.net"]
+primary = "home"
+backups = ["relay"]
+recipients = "primary"
+[domains."home.example.net"]
+primary = "home"
+backups = ["relay"]
+recipients = "primary"
+"#,
+        )
+        .unwrap();
+        let home = inv
+            .hosts
+            .iter()
+            .find(|h| h.name.as_str() == "home")
+            .unwrap();
+        let out = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "LC_ALL=C; export LC_ALL\nPATH={}:$PATH\n{}C=/etc/postfix\n{}",
+                bin.display(),
+                crate::facts::SHELL_HELPERS,
+                script(home)
+            ))
+            .output()
+            .unwrap();
+        let s = crate::facts::parse(&out.stdout).unwrap();
+        assert!(
+            s.names().all(known_section),
+            "{:?}",
+            s.names().collect::<Vec<_>>()
+        );
+        let r = from_sections(&s);
+        assert_eq!(
+            r["example.net"],
+            Ok(only(&["first.last@example.net", "second@example.net"]))
+        );
+        assert_eq!(
+            r["home.example.net"],
+            Ok(only(&[
+                "alice@home.example.net",
+                "postmaster@home.example.net",
+                "root@home.example.net"
+            ]))
+        );
+    }
+}
