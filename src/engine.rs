@@ -775,223 +775,31 @@ pub async fn settle(
     templates: &Templates,
     run: Progress<'_>,
     verify: bool,
-) -> (Vec<HostOutcome>, Vec<Check>) {
+) -> (Vec<HostOutcome>, Vec<crate::verify::Check>) {
     let Progress { parallel, monitor } = run;
-    let after = converged(
-        inv, states, externals, intended, templates, parallel, monitor,
-    )
-    .await;
+    // The controller's probes run while the hosts are read again.
+    let (after, probes) = futures::join!(
+        converged(inv, states, externals, intended, templates, parallel, monitor),
+        async {
+            match verify {
+                true => Some(crate::verify::probe(inv).await),
+                false => None,
+            }
+        }
+    );
     monitor.finish();
-    let checks = if verify {
-        verify_report(inv, states, externals, intended, OffsetDateTime::now_utc()).await
-    } else {
-        Vec::new()
+    let checks = match probes {
+        Some(p) => crate::verify::checks(
+            inv,
+            states,
+            externals,
+            intended,
+            &p,
+            OffsetDateTime::now_utc(),
+        ),
+        None => Vec::new(),
     };
     (after, checks)
-}
-
-/// One line of the verification table.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-pub struct Check {
-    /// The host the check is about, and the peer whose route it checks.
-    pub host: HostName,
-    /// The host where a failure is to be fixed: the check's own host,
-    /// or the peer when the peer did not answer (a stopped MTA, a closed
-    /// port).
-    pub fix_on: HostName,
-    pub route: Option<String>,
-    pub ok: bool,
-    /// Passes, but deserves attention (expiry).
-    pub warning: bool,
-    pub what: String,
-}
-
-/// Checks what is served against what is pinned, from the facts (with
-/// checks) of a [`converged`] read and a live probe of every primary from
-/// the controller.
-pub async fn verify_report(
-    inv: &Inventory,
-    states: &[HostState],
-    externals: &[ExternalState],
-    intended: &[HostOutcome],
-    now: OffsetDateTime,
-) -> Vec<Check> {
-    let s = &inv.settings;
-    let mut checks = Vec::new();
-    // Probe every SMTP server some edge pins, once each, all at once.
-    let mut addresses: Vec<(String, Option<&str>)> = trust::edges(inv)
-        .iter()
-        .filter_map(|e| Some((e.probe_address(inv)?, e.server_name())))
-        .collect();
-    addresses.sort();
-    addresses.dedup();
-    let probes = addresses.iter().map(|(addr, name)| async move {
-        let got = crate::probe::probe_named(
-            addr,
-            crate::probe::StartTls::Smtp,
-            std::time::Duration::from_secs(10),
-            *name,
-        )
-        .await
-        .map_err(|e| e.to_string())
-        .map(|chain| chain[0].fingerprint(s.digest, s.pin));
-        (addr.clone(), got)
-    });
-    let served: std::collections::BTreeMap<String, Result<Fingerprint, String>> =
-        futures::future::join_all(probes)
-            .await
-            .into_iter()
-            .collect();
-    for (state, outcome) in states.iter().zip(intended) {
-        let host = &state.host.name;
-        let f = match &state.facts {
-            Ok(f) => f,
-            Err(e) => {
-                checks.push(Check {
-                    host: host.clone(),
-                    fix_on: host.clone(),
-                    route: None,
-                    ok: false,
-                    warning: false,
-                    what: e.clone(),
-                });
-                continue;
-            }
-        };
-        // The host's own keys.
-        let keys = f.stored_keys();
-        for (slot, pair) in [("current", &keys.current), ("next", &keys.next)] {
-            let cert = pair.cert.as_deref().map(crate::tls::Certificate::from_pem);
-            let (ok, warning, what) = match (&pair.key, cert) {
-                (Some(key), Some(Ok(cert))) => {
-                    let matches = crate::tls::key_matches(key, &cert).unwrap_or(false);
-                    let left = (cert.not_after() - now.unix_timestamp()) / 86_400;
-                    let soon = left <= i64::from(s.renew_days);
-                    (
-                        matches && left > 0,
-                        soon,
-                        format!(
-                            "{slot} key {} its certificate, which expires {} ({left} days){}",
-                            if matches { "matches" } else { "DOES NOT match" },
-                            crate::tls::format_time(cert.not_after()),
-                            if soon { ": renew with mxpin apply" } else { "" }
-                        ),
-                    )
-                }
-                _ => (
-                    false,
-                    false,
-                    format!("no usable {slot} key and certificate"),
-                ),
-            };
-            checks.push(Check {
-                host: host.clone(),
-                fix_on: host.clone(),
-                route: None,
-                ok,
-                warning,
-                what,
-            });
-        }
-        let HostOutcome::Planned(plan) = outcome else {
-            continue;
-        };
-        for c in mta::route_checks(plan, f) {
-            // A peer that did not answer is where the fix is.
-            let peer = plan
-                .pinned
-                .iter()
-                .find(|p| p.next_hop.as_deref() == Some(c.route.as_str()))
-                .map(|p| p.pinned.clone());
-            let fix_on = match peer {
-                Some(peer) if c.peer_down => peer,
-                _ => host.clone(),
-            };
-            checks.push(Check {
-                host: host.clone(),
-                fix_on,
-                route: Some(c.route),
-                ok: c.ok,
-                warning: false,
-                what: c.what,
-            });
-        }
-        // External servers this host relays through or polls, as the
-        // controller sees them, against the inventory's pins.
-        let used = state
-            .host
-            .relayhost
-            .iter()
-            .filter_map(crate::inventory::Relayhost::external)
-            .chain(state.host.fetchmail.iter().map(|p| &p.server));
-        let mut seen_ext = Vec::new();
-        for name in used {
-            if seen_ext.contains(&name) {
-                continue;
-            }
-            seen_ext.push(name);
-            let e = inv.external(name);
-            let (ok, what) = match externals.iter().find(|x| &x.name == name) {
-                None => (false, format!("external {name} was not probed")),
-                Some(x) => match x.pinned_leaf(inv) {
-                    Ok(leaf) => (
-                        true,
-                        format!(
-                            "external {name} serves its pinned {} (seen from the controller)",
-                            leaf.fingerprint(s.digest, s.pin)
-                        ),
-                    ),
-                    Err(why) => (false, why),
-                },
-            };
-            checks.push(Check {
-                host: host.clone(),
-                fix_on: host.clone(),
-                route: Some(e.next_hop()),
-                ok,
-                warning: false,
-                what,
-            });
-        }
-        // What the controller sees served, against what this host pins.
-        for p in &plan.pinned {
-            let (Some(addr), Some(hop)) = (&p.probe, &p.next_hop) else {
-                continue;
-            };
-            let pinned = &p.pinned;
-            let (ok, what) = match served.get(addr) {
-                Some(Ok(fp)) if p.pins.first() == Some(&fp.to_string()) => (
-                    true,
-                    format!("{pinned} serves its current key {fp} on {addr} (seen from the controller)"),
-                ),
-                Some(Ok(fp)) if p.pins.contains(&fp.to_string()) => (
-                    true,
-                    format!("{pinned} serves its staged next key {fp} on {addr} (seen from the controller)"),
-                ),
-                Some(Ok(fp)) => (
-                    false,
-                    format!("{pinned} serves {fp} on {addr}, which {host} does not pin (seen from the controller)"),
-                ),
-                Some(Err(e)) => (false, format!("controller cannot probe {pinned} at {addr}: {e}")),
-                None => (false, format!("{pinned} was not probed")),
-            };
-            // Unreachable: the fix is on the pinned host.
-            let fix_on = if matches!(served.get(addr), Some(Err(_))) {
-                pinned.clone()
-            } else {
-                host.clone()
-            };
-            checks.push(Check {
-                host: host.clone(),
-                fix_on,
-                route: Some(hop.clone()),
-                ok,
-                warning: false,
-                what,
-            });
-        }
-    }
-    checks
 }
 
 /// Ends the run on every host: lets go of its lock, then closes the
@@ -1020,6 +828,7 @@ mod tests {
             commands: vec![],
             notes: vec![],
             switches_key: switches,
+            generates_keys: false,
             opens_listener: false,
             pinned: pins_for
                 .iter()

@@ -1,7 +1,8 @@
 //! mxpin: pin self-signed TLS keys between your own mail hosts.
 //!
 //! Data flows one way: [`inventory`] -> [`facts`] -> [`desired`] state ->
-//! [`plan`] -> apply ([`engine`], with the scripts of [`mta`]).
+//! [`plan`] -> apply ([`engine`], with the scripts of [`mta`]) ->
+//! [`verify`].
 
 pub mod desired;
 pub mod engine;
@@ -10,6 +11,7 @@ pub mod facts;
 pub mod fetchmail;
 pub mod fingerprint;
 pub mod inventory;
+pub mod limits;
 pub mod mta;
 pub mod plan;
 pub mod probe;
@@ -20,4 +22,5 @@ pub mod templates;
 pub mod text;
 pub mod tls;
 pub mod trust;
+pub mod verify;
 pub mod words;

@@ -18,6 +18,7 @@ use mxpin::progress::{Lines, Live, Monitor, Phase, Silent};
 use mxpin::templates::Templates;
 use mxpin::tls::{Certificate, Digest, PinKind};
 use mxpin::trust::Purpose;
+use mxpin::verify::{self, Check, Status};
 use mxpin::words::count;
 
 /// Pin self-signed TLS keys between your own mail hosts.
@@ -239,10 +240,9 @@ async fn gather(
     progress: &dyn Monitor,
     access: engine::Access,
 ) -> (Vec<HostState>, Vec<mxpin::external::ExternalState>) {
-    let timeout = std::time::Duration::from_secs(10);
     tokio::join!(
         engine::gather(inv, parallel, progress, access),
-        mxpin::external::gather(inv, timeout)
+        mxpin::external::gather(inv, mxpin::limits::PROBE_TIMEOUT)
     )
 }
 
@@ -416,7 +416,7 @@ async fn run_plan(common: &Common) -> Result<u8, String> {
         show_plan(&fleet, Closing::WouldChange);
         if pending_plans(&fleet.outcomes)
             .iter()
-            .any(|p| p.notes.iter().any(|n| n.starts_with("new ")))
+            .any(|p| p.generates_keys)
         {
             let _ = writeln!(
                 anstream::stdout(),
@@ -460,7 +460,7 @@ struct Change {
 
 /// Prints verification results: every check, or only failures and
 /// warnings when `quiet_success`; returns whether all passed.
-fn show_checks(checks: &[engine::Check], quiet_success: bool) -> bool {
+fn show_checks(checks: &[Check], quiet_success: bool) -> bool {
     let mut out = anstream::stdout();
     let mut hosts: Vec<&HostName> = Vec::new();
     for c in checks {
@@ -471,17 +471,17 @@ fn show_checks(checks: &[engine::Check], quiet_success: bool) -> bool {
     for host in &hosts {
         let mine: Vec<_> = checks
             .iter()
-            .filter(|c| &c.host == *host && (!quiet_success || !c.ok || c.warning))
+            .filter(|c| &c.host == *host && (!quiet_success || c.status != Status::Ok))
             .collect();
         if mine.is_empty() {
             continue;
         }
         let _ = writeln!(out, "{}", host.as_str().bold());
         for c in mine {
-            let status = match (c.ok, c.warning) {
-                (false, _) => "FAIL".red().bold().to_string(),
-                (true, true) => "warn".yellow().to_string(),
-                (true, false) => "ok  ".green().to_string(),
+            let status = match c.status {
+                Status::Fail => "FAIL".red().bold().to_string(),
+                Status::Warn => "warn".yellow().to_string(),
+                Status::Ok => "ok  ".green().to_string(),
             };
             let route = c
                 .route
@@ -491,20 +491,12 @@ fn show_checks(checks: &[engine::Check], quiet_success: bool) -> bool {
             let _ = writeln!(out, "  {status}  {route}{}", c.what);
         }
     }
-    let failed: Vec<&str> = hosts
-        .iter()
-        .filter(|h| checks.iter().any(|c| &&c.fix_on == *h && !c.ok))
-        .map(|h| h.as_str())
-        .collect();
-    let routes = checks
-        .iter()
-        .filter(|c| c.what.contains("(seen from the controller)"))
-        .count();
+    let failed: Vec<&str> = verify::fix_on(checks).iter().map(|h| h.as_str()).collect();
     if failed.is_empty() {
         let _ = writeln!(
             out,
             "Verified: {} and the keys of every host.",
-            count(routes, "pinned route", "pinned routes")
+            count(verify::routes_seen(checks), "pinned route", "pinned routes")
         );
         true
     } else {
@@ -544,36 +536,10 @@ async fn run_verify(common: &Common) -> Result<u8, String> {
     )
     .await;
     engine::close(states).await;
-    for o in &after {
-        match o {
-            HostOutcome::Planned(p) if !p.is_empty() => checks.push(engine::Check {
-                host: p.host.clone(),
-                fix_on: p.host.clone(),
-                route: None,
-                ok: false,
-                warning: false,
-                what: "differs from the inventory: see mxpin plan".into(),
-            }),
-            HostOutcome::Failed { host, error: e } if !checks.iter().any(|c| &c.host == host) => {
-                checks.push(engine::Check {
-                    host: host.clone(),
-                    fix_on: host.clone(),
-                    route: None,
-                    ok: false,
-                    warning: false,
-                    what: e.clone(),
-                })
-            }
-            _ => {}
-        }
-    }
+    verify::add_drift(&mut checks, &after);
     let ok = if common.json {
-        let _ = writeln!(
-            anstream::stdout(),
-            "{:#}",
-            serde_json::json!({ "checks": checks })
-        );
-        checks.iter().all(|c| c.ok)
+        let _ = writeln!(anstream::stdout(), "{:#}", verify::to_json(&checks));
+        checks.iter().all(Check::ok)
     } else {
         show_checks(&checks, false)
     };
@@ -767,7 +733,7 @@ async fn run_change(common: &Common, change: Change) -> Result<u8, String> {
         .collect();
     let verified = checks.is_empty() || common.json || show_checks(&checks, true);
     let failed =
-        failed || (!common.json && !verified) || (common.json && checks.iter().any(|c| !c.ok));
+        failed || (!common.json && !verified) || (common.json && !checks.iter().all(Check::ok));
     let code = if failed || !drift.is_empty() {
         EXIT_ERROR
     } else {
@@ -778,7 +744,7 @@ async fn run_change(common: &Common, change: Change) -> Result<u8, String> {
         applied["pins_after_rotation"] = rotated.into();
     }
     if !checks.is_empty() {
-        applied["checks"] = serde_json::to_value(&checks).unwrap_or_default();
+        applied["checks"] = verify::to_json(&checks)["checks"].take();
     }
     if let (Some(host), 0, false) = (&change.release, code, common.json) {
         let _ = writeln!(

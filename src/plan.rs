@@ -96,6 +96,9 @@ pub struct HostPlan {
     pub notes: Vec<String>,
     /// The key this host serves changes in this plan.
     pub switches_key: bool,
+    /// The plan installs keys it generates: those shown are examples, as
+    /// apply generates its own.
+    pub generates_keys: bool,
     /// This plan opens the port its backups route to (a primary's new
     /// `smtp_port` listener): they go after it.
     pub opens_listener: bool,
@@ -347,6 +350,7 @@ mod tests {
             commands: vec![],
             notes: vec![],
             switches_key: true,
+            generates_keys: false,
             opens_listener: false,
             pinned: vec![],
             transitional: false,

@@ -4,7 +4,6 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
 
 use openssh::{Child, ControlPersist, KnownHosts, SessionBuilder, Stdio};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
@@ -230,7 +229,7 @@ impl Held {
     /// waits (bounded) for it to end.
     pub async fn release(mut self) {
         drop(self.child.stdin().take());
-        let _ = tokio::time::timeout(Duration::from_secs(30), self.child.wait()).await;
+        let _ = tokio::time::timeout(crate::limits::LOCK_RELEASE_WAIT, self.child.wait()).await;
     }
 }
 
@@ -250,8 +249,8 @@ impl SshHost {
             b.port(p);
         }
         b.known_hosts_check(host_key_policy(&host.ssh, config).await)
-            .connect_timeout(Duration::from_secs(15))
-            .server_alive_interval(Duration::from_secs(15))
+            .connect_timeout(crate::limits::SSH_CONNECT_TIMEOUT)
+            .server_alive_interval(crate::limits::SSH_ALIVE_INTERVAL)
             .control_persist(ControlPersist::IdleFor(
                 std::num::NonZeroUsize::new(MASTER_IDLE_SECS).expect("non-zero"),
             ));

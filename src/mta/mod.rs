@@ -162,6 +162,9 @@ pub fn verify_snippet(plan: &HostPlan, facts: &Facts, inv: &Inventory) -> String
 /// A check of one route made on the host itself.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RouteCheck {
+    /// Names the check among the host's checks, the same every run.
+    pub id: String,
+    pub kind: crate::verify::Kind,
     /// The next-hop (or domain) the check is about.
     pub route: String,
     pub ok: bool,
@@ -183,10 +186,7 @@ pub fn route_checks(plan: &HostPlan, facts: &Facts) -> Vec<RouteCheck> {
 /// it owns, and the apply lock.
 pub const OWNED_DIR: &str = "mxpin";
 
-/// How long a run waits for other runs to let go of its hosts, and how
-/// long an apply script waits for another one on the same host: limits in
-/// one place.
-pub const LOCK_WAIT_SECS: u32 = 120;
+pub use crate::limits::LOCK_WAIT_SECS;
 
 /// The script that holds a host for a whole run: it takes an `flock` on the
 /// MTA's configuration directory (shared for read-only commands, exclusive

@@ -553,6 +553,8 @@ pub fn route_checks(steps: &ApplySteps, f: &EximFacts) -> Vec<RouteCheck> {
                 .unwrap_or_default();
             let ok = t.passes(&out);
             RouteCheck {
+                id: format!("routing:{}", t.address),
+                kind: crate::verify::Kind::Routing,
                 route: format!("[{}]:{}", t.mx, t.port),
                 ok,
                 peer_down: false,
@@ -823,6 +825,7 @@ pub fn plan_host(
         commands,
         notes,
         switches_key,
+        generates_keys: d.keys.generates(),
         opens_listener: false,
         pinned: PinnedEdge::of(d, inv),
         transitional: d.transitional,
