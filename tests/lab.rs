@@ -182,6 +182,32 @@ fn unpinned_key_defers_and_apply_recovers() {
             .contains("posttls-finger on relay: posttls-finger: Untrusted TLS connection"),
         "{verify:?}"
     );
+    // The same, for a monitoring system: typed checks, the failing ones
+    // named, and the overall status.
+    let json = lab.mxpin(&["verify", "--json", "-i", &inv]);
+    assert_eq!(json.code, 1, "{json:?}");
+    let v: serde_json::Value = serde_json::from_str(&json.stdout).expect("verify --json is JSON");
+    assert_eq!(v["status"], "fail", "{v:#}");
+    let checks = v["checks"].as_array().expect("checks");
+    let served = checks
+        .iter()
+        .find(|c| c["kind"] == "served" && c["host"] == "relay")
+        .unwrap_or_else(|| panic!("a served check of relay: {v:#}"));
+    assert_eq!(served["status"], "fail", "{served:#}");
+    assert_eq!(served["peer"], "home", "{served:#}");
+    assert_eq!(served["route"], "[home.example.net]:25", "{served:#}");
+    assert!(
+        served["what"]
+            .as_str()
+            .unwrap()
+            .contains("which relay does not pin"),
+        "{served:#}"
+    );
+    let handshake = checks
+        .iter()
+        .find(|c| c["kind"] == "handshake" && c["host"] == "relay")
+        .unwrap_or_else(|| panic!("a handshake check of relay: {v:#}"));
+    assert_eq!(handshake["status"], "fail", "{handshake:#}");
 
     let plan = lab.mxpin(&["plan", "-i", &inv]);
     assert_eq!(plan.code, 2, "plan sees home's main.cf drift: {plan:?}");
@@ -203,6 +229,40 @@ fn unpinned_key_defers_and_apply_recovers() {
     );
     let verify = lab.mxpin(&["verify", "-q", "-i", &inv]);
     assert_eq!(verify.code, 0, "{verify:?}");
+    let json = lab.mxpin(&["verify", "--json", "-i", &inv]);
+    assert_eq!(json.code, 0, "{json:?}");
+    let v: serde_json::Value = serde_json::from_str(&json.stdout).expect("verify --json is JSON");
+    assert_eq!(v["status"], "ok", "{v:#}");
+    let checks = v["checks"].as_array().expect("checks");
+    let mut ids = std::collections::BTreeSet::new();
+    for c in checks {
+        assert_eq!(c["status"], "ok", "{c:#}");
+        assert!(
+            ids.insert(c["id"].as_str().expect("an id").to_string()),
+            "ids are unique: {v:#}"
+        );
+        assert!(c["kind"].is_string() && c["host"].is_string(), "{c:#}");
+    }
+    for host in ["home", "relay"] {
+        let key = checks
+            .iter()
+            .find(|c| c["id"] == format!("{host}:key:current"))
+            .unwrap_or_else(|| panic!("{host}'s current key: {v:#}"));
+        let days = key["days_left"].as_i64().expect("days_left");
+        assert!(
+            days > 300,
+            "a new certificate has most of its life left: {key:#}"
+        );
+        let not_after = key["not_after"].as_str().expect("not_after");
+        assert!(key["what"].as_str().unwrap().contains(not_after), "{key:#}");
+    }
+    let served = checks
+        .iter()
+        .find(|c| c["kind"] == "served" && c["host"] == "relay")
+        .unwrap_or_else(|| panic!("a served check of relay: {v:#}"));
+    assert_eq!(served["route"], "[home.example.net]:25", "{served:#}");
+    assert_eq!(served["peer"], "home", "{served:#}");
+    assert!(served["days_left"].is_i64(), "{served:#}");
     std::thread::sleep(Duration::from_secs(2));
     let flush = lab.ssh("relay", "postqueue -f");
     assert_eq!(flush.code, 0, "{flush:?}");
