@@ -8,6 +8,7 @@ use time::OffsetDateTime;
 use std::collections::BTreeSet;
 
 use crate::desired::{self, HostKeys};
+use crate::error::{ErrorKind, HostError, Stage};
 use crate::external::ExternalState;
 use crate::facts;
 use crate::inventory::{Host, HostName, Inventory};
@@ -25,7 +26,7 @@ pub struct HostState {
     pub host: Host,
     pub conn: Option<SshHost>,
     pub lock: Option<Box<Held>>,
-    pub facts: Result<Facts, String>,
+    pub facts: Result<Facts, HostError>,
 }
 
 /// What a run does to its hosts, which decides the lock it holds on each:
@@ -36,16 +37,31 @@ pub enum Access {
     Change,
 }
 
-fn parse_facts(host: &Host, out: &RemoteOutput) -> Result<Facts, String> {
+fn parse_facts(host: &Host, out: &RemoteOutput) -> Result<Facts, HostError> {
     let sections = facts::parse(&out.stdout).map_err(|e| {
         let hint = if out.stderr.is_empty() {
             String::new()
         } else {
             format!(" (stderr: {})", out.stderr)
         };
-        format!("reading facts: {e}{hint}")
+        facts_error(
+            host,
+            ErrorKind::Unparsable,
+            format!("reading facts: {e}{hint}"),
+        )
     })?;
-    mta::parse_facts(host, &sections)
+    // The host said what stops mxpin (not root, no Postfix), or what it
+    // said cannot be read.
+    let refused = sections.get("error").is_some() || sections.get("uid").is_some_and(|u| u != "0");
+    let kind = match refused {
+        true => ErrorKind::Refused,
+        false => ErrorKind::Unparsable,
+    };
+    mta::parse_facts(host, &sections).map_err(|e| facts_error(host, kind, e))
+}
+
+fn facts_error(host: &Host, kind: ErrorKind, message: String) -> HostError {
+    HostError::new(&host.name, Stage::Facts, kind, message)
 }
 
 async fn read_facts(
@@ -53,12 +69,12 @@ async fn read_facts(
     host: &Host,
     monitor: &dyn Monitor,
     extra: &str,
-) -> Result<Facts, String> {
+) -> Result<Facts, HostError> {
     monitor.event(&host.name, Phase::Reading);
     let out = conn
         .run_script(&mta::facts_script(host, extra))
         .await
-        .map_err(|e| format!("reading facts: {e}"))?;
+        .map_err(|e| facts_error(host, ErrorKind::Unreachable, format!("reading facts: {e}")))?;
     parse_facts(host, &out)
 }
 
@@ -85,28 +101,38 @@ fn backoff(attempt: u32) -> std::time::Duration {
 /// How one attempt to hold a host ended.
 enum Attempt {
     /// Boxed: facts are large, and most attempts are not busy.
-    Held(Box<(Box<Held>, Result<Facts, String>)>),
+    Held(Box<(Box<Held>, Result<Facts, HostError>)>),
     Busy,
-    Failed(String),
+    Failed(HostError),
 }
 
 async fn hold_one(conn: &SshHost, host: &Host, access: Access, marker: &str) -> Attempt {
     let script = mta::hold_script(host, access == Access::Change, marker);
     match conn.hold(&script, marker).await {
-        Err(e) => Attempt::Failed(format!("reading facts: {e}")),
+        Err(e) => Attempt::Failed(facts_error(
+            host,
+            ErrorKind::Unreachable,
+            format!("reading facts: {e}"),
+        )),
         Ok(Hold::Held(held, out)) => {
             let facts = parse_facts(host, &out);
             Attempt::Held(Box::new((held, facts)))
         }
         Ok(Hold::Ended(out)) => match out.stdout.as_slice() {
             b"@@mxpin-busy\n" => Attempt::Busy,
-            b"@@mxpin-noflock\n" => Attempt::Failed(
+            b"@@mxpin-noflock\n" => Attempt::Failed(facts_error(
+                host,
+                ErrorKind::Refused,
                 "flock not found on the host (util-linux): mxpin needs it to keep two runs apart"
                     .into(),
-            ),
+            )),
             _ => Attempt::Failed(match parse_facts(host, &out) {
                 Err(e) => e,
-                Ok(_) => "reading facts: the remote shell ended before taking the lock".into(),
+                Ok(_) => facts_error(
+                    host,
+                    ErrorKind::Unparsable,
+                    "reading facts: the remote shell ended before taking the lock".into(),
+                ),
             }),
         },
     }
@@ -129,22 +155,27 @@ pub async fn gather(
 ) -> Vec<HostState> {
     let config = inv.settings.ssh_config.as_deref();
     let parallel = parallel.max(1);
-    let mut conns: Vec<(usize, Result<SshHost, String>)> =
+    let mut conns: Vec<(usize, Result<SshHost, HostError>)> =
         stream::iter(inv.hosts.iter().enumerate())
             .map(|(i, host)| async move {
                 monitor.event(&host.name, Phase::Connecting);
                 (
                     i,
-                    SshHost::connect(host, config)
-                        .await
-                        .map_err(|e| e.to_string()),
+                    SshHost::connect(host, config).await.map_err(|e| {
+                        HostError::new(
+                            &host.name,
+                            Stage::Connect,
+                            ErrorKind::Unreachable,
+                            e.to_string(),
+                        )
+                    }),
                 )
             })
             .buffer_unordered(parallel)
             .collect()
             .await;
     conns.sort_by_key(|(i, _)| *i);
-    let conns: Vec<Result<SshHost, String>> = conns.into_iter().map(|(_, c)| c).collect();
+    let conns: Vec<Result<SshHost, HostError>> = conns.into_iter().map(|(_, c)| c).collect();
     let marker = hold_marker();
     let deadline =
         std::time::Instant::now() + std::time::Duration::from_secs(mta::LOCK_WAIT_SECS.into());
@@ -191,13 +222,17 @@ pub async fn gather(
                         (Ok(_), Some(Attempt::Busy)) => (
                             None,
                             None,
-                            Err(format!(
+                            Err(facts_error(host, ErrorKind::Busy, format!(
                                 "another mxpin run holds this host (waited {} s); nothing was changed: try again when it is done",
                                 mta::LOCK_WAIT_SECS
-                            )),
+                            ))),
                         ),
                         (Ok(_), Some(Attempt::Failed(e))) => (None, None, Err(e)),
-                        (Ok(_), None) => (None, None, Err("not read".into())),
+                        (Ok(_), None) => (
+                            None,
+                            None,
+                            Err(facts_error(host, ErrorKind::Unparsable, "not read".into())),
+                        ),
                     };
                     HostState {
                         host: host.clone(),
@@ -230,7 +265,7 @@ async fn refresh(
     parallel: usize,
     monitor: &dyn Monitor,
 ) {
-    let fresh: Vec<(usize, Result<Facts, String>)> = stream::iter(states.iter().enumerate())
+    let fresh: Vec<(usize, Result<Facts, HostError>)> = stream::iter(states.iter().enumerate())
         .filter_map(|(i, s)| async move { s.conn.as_ref().map(|c| (i, c, &s.host)) })
         .map(|(i, conn, host)| async move {
             let extra = extras.get(i).map_or("", String::as_str);
@@ -272,7 +307,7 @@ pub struct FleetPlan {
     pub outcomes: Vec<HostOutcome>,
     pub rotated: Vec<Rotated>,
     /// Hosts whose rotation was refused, with the reason (naming the peer).
-    pub refused: Vec<(HostName, String)>,
+    pub refused: Vec<HostError>,
 }
 
 /// The safety rule of rotation, checked on what the pinners really have:
@@ -295,7 +330,7 @@ fn rotation_blocker(
             .expect("every host has a state");
         match &state.facts {
             Err(e) if !compromised => {
-                return Some(format!("peer {peer} cannot be read ({e})"));
+                return Some(format!("peer {peer} cannot be read ({})", e.message));
             }
             Err(_) => {}
             Ok(f) => {
@@ -327,11 +362,12 @@ pub fn plan_all(
     now: OffsetDateTime,
     rotation: &Rotation,
 ) -> FleetPlan {
-    let mut keys: Vec<Result<HostKeys, String>> = states
+    let mut keys: Vec<Result<HostKeys, HostError>> = states
         .iter()
         .map(|s| {
             let f = s.facts.as_ref().map_err(Clone::clone)?;
-            desired::resolve_keys(inv, &s.host, &f.stored_keys(), now).map_err(|e| e.message)
+            desired::resolve_keys(inv, &s.host, &f.stored_keys(), now)
+                .map_err(|e| plan_error(&s.host.name, e.message))
         })
         .collect();
     let mut rotated = Vec::new();
@@ -352,7 +388,7 @@ pub fn plan_all(
         if let Some(why) =
             rotation_blocker(inv, &edges, states, host, &next_pin, rotation.compromised)
         {
-            refused.push((host.name.clone(), format!("{reason} refused: {why}")));
+            refused.push(plan_error(&host.name, format!("{reason} refused: {why}")));
             continue;
         }
         match desired::rotate(inv, host, current, now) {
@@ -368,7 +404,7 @@ pub fn plan_all(
                 });
                 *k = Ok(new);
             }
-            Err(e) => *k = Err(e.message),
+            Err(e) => *k = Err(plan_error(&host.name, e.message)),
         }
     }
     let served: std::collections::BTreeMap<HostName, Result<crate::tls::Certificate, String>> =
@@ -410,20 +446,28 @@ pub fn plan_all(
         })
         .map(|e| (e.pinner.clone(), e.pinned.clone()))
         .collect();
-    let outcomes = desired::desired(inv, keys, &served, &held)
+    let messages = keys
+        .iter()
+        .map(|k| k.clone().map_err(|e| e.message))
+        .collect();
+    let outcomes = desired::desired(inv, messages, &served, &held)
         .into_iter()
         .zip(states)
-        .map(|(d, s)| {
-            let planned = d.and_then(|d| {
+        .zip(&keys)
+        .map(|((d, s), k)| {
+            let planned = match (d, k) {
+                // The host's own error, as it was.
+                (Err(_), Err(e)) => Err(e.clone()),
+                (Err(why), Ok(_)) => Err(plan_error(&s.host.name, why)),
+                (Ok(d), _) => Ok(d),
+            };
+            let planned = planned.and_then(|d| {
                 let f = s.facts.as_ref().map_err(Clone::clone)?;
-                mta::plan_host(&d, f, inv, templates)
+                mta::plan_host(&d, f, inv, templates).map_err(|e| plan_error(&s.host.name, e))
             });
             match planned {
                 Ok(p) => HostOutcome::Planned(Box::new(p)),
-                Err(error) => HostOutcome::Failed {
-                    host: s.host.name.clone(),
-                    error,
-                },
+                Err(error) => HostOutcome::Failed(error),
             }
         })
         .collect();
@@ -432,6 +476,11 @@ pub fn plan_all(
         rotated,
         refused,
     }
+}
+
+/// A host whose plan the inventory or its configuration refuses.
+fn plan_error(host: &HostName, message: String) -> HostError {
+    HostError::new(host, Stage::Plan, ErrorKind::Refused, message)
 }
 
 /// What each pinner of `host` pins for it, edge by edge, as read from
@@ -463,8 +512,8 @@ pub fn peer_pins(
 pub enum ApplyStatus {
     Unchanged,
     Applied { changes: usize },
-    Failed(String),
-    Skipped(String),
+    Failed(HostError),
+    Skipped(HostError),
 }
 
 /// Order of application: a backup that starts pinning a host whose served
@@ -492,10 +541,18 @@ pub fn waves(plans: &[&HostPlan]) -> Vec<usize> {
     wave
 }
 
+fn apply_error(host: &HostName, kind: ErrorKind, message: String) -> HostError {
+    HostError::new(host, Stage::Apply, kind, message)
+}
+
 async fn apply_one(conn: &SshHost, plan: &HostPlan) -> ApplyStatus {
     let script = mta::apply_script(plan);
+    let failed = |kind, message| ApplyStatus::Failed(apply_error(&plan.host, kind, message));
     match conn.run_script(script.text()).await {
-        Err(e) => ApplyStatus::Failed(format!("{e}; state unknown, run plan to see it")),
+        Err(e) => failed(
+            ErrorKind::Unreachable,
+            format!("{e}; state unknown, run plan to see it"),
+        ),
         Ok(out) => match mta::parse_result(&String::from_utf8_lossy(&out.stdout)) {
             Some(mta::ApplyResult::Applied) => ApplyStatus::Applied {
                 changes: plan.changes.len(),
@@ -504,18 +561,24 @@ async fn apply_one(conn: &SshHost, plan: &HostPlan) -> ApplyStatus {
                 step,
                 message,
                 rolled_back,
-            }) => ApplyStatus::Failed(format!(
-                "at step '{step}': {message}{}",
-                if rolled_back {
-                    "; previous files restored"
-                } else {
-                    "; nothing was changed"
-                }
-            )),
-            None => ApplyStatus::Failed(format!(
-                "apply script ended without a verdict (stderr: {}); run plan to see the state",
-                out.stderr
-            )),
+            }) => failed(
+                ErrorKind::Failed,
+                format!(
+                    "at step '{step}': {message}{}",
+                    if rolled_back {
+                        "; previous files restored"
+                    } else {
+                        "; nothing was changed"
+                    }
+                ),
+            ),
+            None => failed(
+                ErrorKind::Unparsable,
+                format!(
+                    "apply script ended without a verdict (stderr: {}); run plan to see the state",
+                    out.stderr
+                ),
+            ),
         },
     }
 }
@@ -559,7 +622,7 @@ pub async fn apply_all(
     let failed: Vec<&HostName> = outcomes
         .iter()
         .filter_map(|o| match o {
-            HostOutcome::Failed { host, .. } => Some(host),
+            HostOutcome::Failed(e) => Some(&e.host),
             HostOutcome::Planned(_) => None,
         })
         .collect();
@@ -586,8 +649,10 @@ pub async fn apply_all(
             if let Some(h) = routes_to_failed {
                 monitor.event(&plan.host, Phase::Skipped);
                 done[i].send_replace(Some(false));
-                return ApplyStatus::Skipped(format!(
-                    "not applied: it routes to {h}, whose plan failed"
+                return ApplyStatus::Skipped(apply_error(
+                    &plan.host,
+                    ErrorKind::Skipped,
+                    format!("not applied: it routes to {h}, whose plan failed"),
                 ));
             }
             for &j in deps {
@@ -600,7 +665,7 @@ pub async fn apply_all(
                 if !applied {
                     monitor.event(&plan.host, Phase::Skipped);
                     done[i].send_replace(Some(false));
-                    return ApplyStatus::Skipped(if plans[j].switches_key {
+                    let why = if plans[j].switches_key {
                         format!(
                             "not applied: it would pin the new key of {}, which was not applied",
                             plans[j].host
@@ -610,14 +675,19 @@ pub async fn apply_all(
                             "not applied: it would route to the port {} opens, which was not applied",
                             plans[j].host
                         )
-                    });
+                    };
+                    return ApplyStatus::Skipped(apply_error(&plan.host, ErrorKind::Skipped, why));
                 }
             }
             let _permit = permits.acquire().await.expect("never closed");
             monitor.event(&plan.host, Phase::Applying);
             let status = match conn {
                 Some(c) => apply_one(c, plan).await,
-                None => ApplyStatus::Failed("no connection".into()),
+                None => ApplyStatus::Failed(apply_error(
+                    &plan.host,
+                    ErrorKind::Unreachable,
+                    "no connection".into(),
+                )),
             };
             let ok = matches!(status, ApplyStatus::Applied { .. });
             monitor.event(
@@ -636,9 +706,7 @@ pub async fn apply_all(
     let mut result: Vec<(HostName, ApplyStatus)> = Vec::new();
     for o in outcomes {
         let (name, s) = match o {
-            HostOutcome::Failed { host, error } => {
-                (host.clone(), ApplyStatus::Failed(error.clone()))
-            }
+            HostOutcome::Failed(e) => (e.host.clone(), ApplyStatus::Failed(e.clone())),
             HostOutcome::Planned(p) if p.is_empty() => (p.host.clone(), ApplyStatus::Unchanged),
             HostOutcome::Planned(p) => {
                 let i = plans.iter().position(|q| q.host == p.host).expect("listed");
@@ -746,9 +814,7 @@ async fn converged(
 pub fn report_planned(outcomes: &[HostOutcome], monitor: &dyn Monitor, settled: Phase) {
     for o in outcomes {
         match o {
-            HostOutcome::Failed { host, .. } => {
-                monitor.event(host, Phase::Failed("see below".into()))
-            }
+            HostOutcome::Failed(e) => monitor.event(&e.host, Phase::Failed("see below".into())),
             HostOutcome::Planned(p) if p.is_empty() => monitor.event(&p.host, settled.clone()),
             HostOutcome::Planned(p) => {
                 monitor.event(&p.host, Phase::Planned(p.changes.len().max(1)))
@@ -842,7 +908,7 @@ mod tests {
                 })
                 .collect(),
             transitional: false,
-            steps: Default::default(),
+            steps: crate::mta::Steps::Postfix(Default::default()),
         }
     }
 
@@ -884,10 +950,10 @@ mod tests {
             group: 0,
         });
         let outcomes = [
-            HostOutcome::Failed {
-                host: HostName::parse("home").unwrap(),
-                error: "smtp_port 26 on an Exim primary: add it to daemon_smtp_ports".into(),
-            },
+            HostOutcome::Failed(plan_error(
+                &HostName::parse("home").unwrap(),
+                "smtp_port 26 on an Exim primary: add it to daemon_smtp_ports".into(),
+            )),
             HostOutcome::Planned(Box::new(relay)),
         ];
         let rt = tokio::runtime::Builder::new_current_thread()
@@ -895,10 +961,14 @@ mod tests {
             .unwrap();
         let results = rt.block_on(apply_all(&[], &outcomes, 2, &crate::progress::Silent));
         let relay = results.iter().find(|(h, _)| h.as_str() == "relay").unwrap();
+        let ApplyStatus::Skipped(e) = &relay.1 else {
+            panic!("{:?}", relay.1)
+        };
         assert_eq!(
-            relay.1,
-            ApplyStatus::Skipped("not applied: it routes to home, whose plan failed".into())
+            e.message,
+            "not applied: it routes to home, whose plan failed"
         );
+        assert_eq!((e.stage, e.kind), (Stage::Apply, ErrorKind::Skipped));
     }
 
     #[test]

@@ -6,6 +6,7 @@
 
 pub mod desired;
 pub mod engine;
+pub mod error;
 pub mod external;
 pub mod facts;
 pub mod fetchmail;

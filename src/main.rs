@@ -300,19 +300,19 @@ fn summarize(fleet: &FleetPlan) -> (bool, bool) {
         || fleet
             .outcomes
             .iter()
-            .any(|o| matches!(o, HostOutcome::Failed { .. }));
+            .any(|o| matches!(o, HostOutcome::Failed(_)));
     (errors, !pending_plans(&fleet.outcomes).is_empty())
 }
 
 /// Errors of a plan, on stderr.
 fn report_errors(fleet: &FleetPlan) {
     for o in &fleet.outcomes {
-        if let HostOutcome::Failed { host, error: e } = o {
-            error(format_args!("{host}: {e}"));
+        if let HostOutcome::Failed(e) = o {
+            error(e);
         }
     }
-    for (host, why) in &fleet.refused {
-        error(format_args!("{host}: {why}"));
+    for e in &fleet.refused {
+        error(e);
     }
 }
 
@@ -382,7 +382,7 @@ fn fleet_json(fleet: &FleetPlan) -> serde_json::Value {
     v["refused"] = fleet
         .refused
         .iter()
-        .map(|(h, why)| serde_json::json!({"host": h, "error": why}))
+        .map(mxpin::error::HostError::to_json)
         .collect();
     v
 }
@@ -665,12 +665,8 @@ async fn run_change(common: &Common, change: Change) -> Result<u8, String> {
             }
             ApplyStatus::Failed(e) | ApplyStatus::Skipped(e) => {
                 // Planning errors were reported above.
-                if !fleet
-                    .outcomes
-                    .iter()
-                    .any(|o| matches!(o, HostOutcome::Failed { host: h, .. } if h == host))
-                {
-                    error(format_args!("{host}: {e}"));
+                if e.stage == mxpin::error::Stage::Apply {
+                    error(e);
                 }
                 failed = true;
             }
@@ -680,7 +676,7 @@ async fn run_change(common: &Common, change: Change) -> Result<u8, String> {
     for o in &after {
         match o {
             HostOutcome::Planned(p) if !p.is_empty() => drift.push(p.host.clone()),
-            HostOutcome::Failed { host, .. } => drift.push(host.clone()),
+            HostOutcome::Failed(e) => drift.push(e.host.clone()),
             _ => {}
         }
     }
@@ -724,10 +720,13 @@ async fn run_change(common: &Common, change: Change) -> Result<u8, String> {
             let (status, detail) = match s {
                 ApplyStatus::Unchanged => ("unchanged", None),
                 ApplyStatus::Applied { .. } => ("applied", None),
-                ApplyStatus::Failed(e) => ("failed", Some(e.as_str())),
-                ApplyStatus::Skipped(e) => ("skipped", Some(e.as_str())),
+                ApplyStatus::Failed(e) => ("failed", Some(e)),
+                ApplyStatus::Skipped(e) => ("skipped", Some(e)),
             };
-            serde_json::json!({"host": h, "status": status, "error": detail,
+            serde_json::json!({"host": h, "status": status,
+                               "error": detail.map(|e| &e.message),
+                               "stage": detail.map(|e| e.stage),
+                               "kind": detail.map(|e| e.kind),
                                "converged": !drift.contains(h)})
         })
         .collect();
@@ -942,7 +941,7 @@ async fn run_tlsa(common: &Common) -> Result<u8, String> {
     for s in &states {
         let name = s.host.name.to_string();
         match &s.facts {
-            Err(e) => errors.push((name, e.to_string())),
+            Err(e) => errors.push((name, e.message.clone())),
             Ok(f) => {
                 let (mine, failed) = fingerprint::host_tlsa(&s.host, &f.stored_keys());
                 records.extend(mine);

@@ -171,7 +171,7 @@ impl HostPlan {
 #[derive(Debug)]
 pub enum HostOutcome {
     Planned(Box<HostPlan>),
-    Failed { host: HostName, error: String },
+    Failed(crate::error::HostError),
 }
 
 #[derive(Serialize)]
@@ -190,6 +190,10 @@ struct JsonHost<'a> {
     status: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
     error: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stage: Option<crate::error::Stage>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    kind: Option<crate::error::ErrorKind>,
     changes: Vec<JsonChange<'a>>,
     commands: &'a [String],
     notes: &'a [String],
@@ -197,10 +201,12 @@ struct JsonHost<'a> {
 
 fn json_host(o: &HostOutcome) -> JsonHost<'_> {
     match o {
-        HostOutcome::Failed { host, error } => JsonHost {
-            host: host.as_str(),
+        HostOutcome::Failed(e) => JsonHost {
+            host: e.host.as_str(),
             status: "error",
-            error: Some(error),
+            error: Some(&e.message),
+            stage: Some(e.stage),
+            kind: Some(e.kind),
             changes: vec![],
             commands: &[],
             notes: &[],
@@ -209,6 +215,8 @@ fn json_host(o: &HostOutcome) -> JsonHost<'_> {
             host: p.host.as_str(),
             status: if p.is_empty() { "unchanged" } else { "changes" },
             error: None,
+            stage: None,
+            kind: None,
             changes: p
                 .changes
                 .iter()
@@ -354,7 +362,7 @@ mod tests {
             opens_listener: false,
             pinned: vec![],
             transitional: false,
-            steps: Default::default(),
+            steps: crate::mta::Steps::Postfix(Default::default()),
         };
         let text = render_host(&plan);
         assert!(

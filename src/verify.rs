@@ -276,7 +276,7 @@ pub fn checks(
         let f = match &state.facts {
             Ok(f) => f,
             Err(e) => {
-                checks.push(Check::host_failed(host, Kind::Facts, e.to_string()));
+                checks.push(Check::host_failed(host, Kind::Facts, e.message.clone()));
                 continue;
             }
         };
@@ -396,8 +396,8 @@ pub fn add_drift(checks: &mut Vec<Check>, after: &[HostOutcome]) {
                 Kind::Drift,
                 "differs from the inventory: see mxpin plan".into(),
             )),
-            HostOutcome::Failed { host, error } if !checks.iter().any(|c| &c.host == host) => {
-                checks.push(Check::host_failed(host, Kind::Facts, error.to_string()))
+            HostOutcome::Failed(e) if !checks.iter().any(|c| c.host == e.host) => {
+                checks.push(Check::host_failed(&e.host, Kind::Facts, e.message.clone()))
             }
             _ => {}
         }

@@ -315,6 +315,32 @@ fn remote_failures_are_named_and_change_nothing() {
         plan.stdout.contains("home (6 changes)"),
         "the healthy host is still planned: {plan:?}"
     );
+    // --json says at which stage each host failed, and how.
+    let json = lab.mxpin(&["plan", "--json", "-i", path]);
+    assert_eq!(json.code, 1, "{json:?}");
+    let v: serde_json::Value = serde_json::from_str(&json.stdout).expect("plan --json is JSON");
+    let host = |name: &str| {
+        v["hosts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|h| h["host"] == name)
+            .cloned()
+            .unwrap_or_else(|| panic!("{name} in {v:#}"))
+    };
+    let relay = host("relay");
+    assert_eq!(
+        (&relay["status"], &relay["stage"], &relay["kind"]),
+        (&"error".into(), &"facts".into(), &"refused".into()),
+        "{relay:#}"
+    );
+    let ghost = host("ghost");
+    assert_eq!(
+        (&ghost["stage"], &ghost["kind"]),
+        (&"connect".into(), &"unreachable".into()),
+        "{ghost:#}"
+    );
+    assert!(host("home")["stage"].is_null(), "{v:#}");
 
     // Apply goes on with the host it can change: one failing host never
     // stops the others, and the exit status says something failed.

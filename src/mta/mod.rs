@@ -1,5 +1,6 @@
-//! MTA-specific code lives in one module per MTA ([`postfix`]); this module
-//! is the dispatch the engine uses, so the engine never names an MTA.
+//! MTA-specific code lives in one module per MTA ([`postfix`], [`exim`]);
+//! this module is the dispatch the engine uses, so the engine never names
+//! an MTA, and the scaffolding both share.
 //!
 //! Every MTA module provides the same pieces: a read-only facts script and
 //! its parser, a pure planner from desired state and facts, an apply script
@@ -81,12 +82,6 @@ pub enum Steps {
     Exim(exim::ApplySteps),
 }
 
-impl Default for Steps {
-    fn default() -> Self {
-        Steps::Postfix(Default::default())
-    }
-}
-
 impl Steps {
     /// Work apply must do even when no file changes (a stale database).
     pub fn has_work(&self) -> bool {
@@ -155,7 +150,9 @@ pub fn verify_snippet(plan: &HostPlan, facts: &Facts, inv: &Inventory) -> String
             postfix::verify_snippet(steps, inv.settings.digest.as_str(), lookup)
         }
         (Steps::Exim(steps), Facts::Exim(_)) => exim::verify_snippet(steps),
-        _ => String::new(),
+        (Steps::Postfix(_), Facts::Exim(_)) | (Steps::Exim(_), Facts::Postfix(_)) => {
+            unreachable!("a plan is made from facts of the same MTA")
+        }
     }
 }
 
@@ -178,7 +175,9 @@ pub fn route_checks(plan: &HostPlan, facts: &Facts) -> Vec<RouteCheck> {
     match (&plan.steps, facts) {
         (Steps::Postfix(steps), Facts::Postfix(f)) => postfix::route_checks(&plan.host, steps, f),
         (Steps::Exim(steps), Facts::Exim(f)) => exim::route_checks(steps, f),
-        _ => Vec::new(),
+        (Steps::Postfix(_), Facts::Exim(_)) | (Steps::Exim(_), Facts::Postfix(_)) => {
+            unreachable!("a plan is made from facts of the same MTA")
+        }
     }
 }
 

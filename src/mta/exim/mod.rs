@@ -595,6 +595,14 @@ pub fn plan_host(
             "smtp_port {port} on an Exim primary: add it to daemon_smtp_ports"
         ));
     }
+    // Exim has no per-destination TLS policy table mxpin could fill: say
+    // so rather than ignore [policies] on this host.
+    if let (Some(p), false) = (inv.policies.first(), d.host.release) {
+        return Err(format!(
+            "[policies] ({}) are supported on Postfix hosts only: this Exim host would not enforce them",
+            p.domain
+        ));
+    }
     let layout = layout(f, dir)?;
     // The file apply checks is unchanged since it was read: the single
     // configuration, or Debian's update-exim4.conf.conf.
