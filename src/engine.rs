@@ -289,6 +289,31 @@ pub struct Rotation {
     pub compromised: bool,
 }
 
+impl Rotation {
+    /// The hosts `mxpin rotate` names, checked against the inventory;
+    /// every host when none is named.
+    pub fn select(inv: &Inventory, hosts: &[String], compromised: bool) -> Result<Self, String> {
+        if compromised && hosts.is_empty() {
+            return Err("--compromised needs the names of the compromised hosts".into());
+        }
+        let mut set = BTreeSet::new();
+        for h in hosts {
+            let name = HostName::parse(h).map_err(|e| format!("rotate: {e}"))?;
+            if !inv.hosts.iter().any(|x| x.name == name) {
+                return Err(format!("rotate: no host {h} in {}", inv.file.display()));
+            }
+            set.insert(name);
+        }
+        if set.is_empty() {
+            set = inv.hosts.iter().map(|h| h.name.clone()).collect();
+        }
+        Ok(Rotation {
+            hosts: set,
+            compromised,
+        })
+    }
+}
+
 /// A host rotated by a plan: fingerprints before and after, in the
 /// inventory's digest and pin kind (as its peers pin them).
 #[derive(Debug, Clone)]
@@ -910,6 +935,29 @@ mod tests {
             transitional: false,
             steps: crate::mta::Steps::Postfix(Default::default()),
         }
+    }
+
+    #[test]
+    fn rotate_selects_named_hosts_or_all() {
+        let text = "[hosts.a]\nssh = \"a\"\nmx = \"a.example\"\n\
+                    [hosts.b]\nssh = \"b\"\nmx = \"b.example\"\n";
+        let inv = crate::inventory::parse(std::path::Path::new("m.toml"), text).unwrap();
+        let names = |r: Rotation| r.hosts.iter().map(|h| h.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            names(Rotation::select(&inv, &[], false).unwrap()),
+            ["a", "b"]
+        );
+        let one = Rotation::select(&inv, &["b".into()], true).unwrap();
+        assert!(one.compromised);
+        assert_eq!(names(one), ["b"]);
+        assert_eq!(
+            Rotation::select(&inv, &["c".into()], false).unwrap_err(),
+            "rotate: no host c in m.toml"
+        );
+        assert_eq!(
+            Rotation::select(&inv, &[], true).unwrap_err(),
+            "--compromised needs the names of the compromised hosts"
+        );
     }
 
     #[test]

@@ -10,6 +10,7 @@ use owo_colors::OwoColorize as _;
 use time::OffsetDateTime;
 
 use mxpin::engine::{self, ApplyStatus, FleetPlan, HostState, Rotation};
+use mxpin::external::PinDecision;
 use mxpin::fingerprint::{self, Format, Source};
 use mxpin::inventory::{self, HostName, Inventory};
 use mxpin::plan::{self, HostOutcome, HostPlan};
@@ -452,7 +453,8 @@ fn confirm(hosts: usize) -> Result<bool, String> {
 struct Change {
     yes: bool,
     dry_run: bool,
-    rotation: Rotation,
+    /// `rotate HOST... [--compromised]`: the hosts named (all when none).
+    rotate: Option<(Vec<String>, bool)>,
     verify: bool,
     /// Give this host back (`mxpin release`).
     release: Option<HostName>,
@@ -574,6 +576,10 @@ async fn run_change(common: &Common, change: Change) -> Result<u8, String> {
         Some(host) => inv.for_release(host)?,
         None => inv,
     };
+    let rotation = match &change.rotate {
+        Some((hosts, compromised)) => Rotation::select(&inv, hosts, *compromised)?,
+        None => Rotation::default(),
+    };
     let parallel = common.parallel.into();
     let progress = monitor(common, &inv);
     // A dry run only reads: it shares the hosts with other readers.
@@ -584,7 +590,7 @@ async fn run_change(common: &Common, change: Change) -> Result<u8, String> {
     };
     let (mut states, externals) = gather(&inv, parallel, &*progress, access).await;
     let now = OffsetDateTime::now_utc();
-    let fleet = engine::plan_all(&inv, &states, &externals, &templates, now, &change.rotation);
+    let fleet = engine::plan_all(&inv, &states, &externals, &templates, now, &rotation);
     engine::report_planned(&fleet.outcomes, &*progress, Phase::Planned(0));
     progress.finish();
     let (plan_errors, pending) = summarize(&fleet);
@@ -755,31 +761,6 @@ async fn run_change(common: &Common, change: Change) -> Result<u8, String> {
     finish(states, common, &fleet, code, applied).await
 }
 
-fn rotation(common: &Common, hosts: &[String], compromised: bool) -> Result<Rotation, String> {
-    let inv = inventory::load(&common.inventory).map_err(|e| e.to_string())?;
-    if compromised && hosts.is_empty() {
-        return Err("--compromised needs the names of the compromised hosts".into());
-    }
-    let mut set = std::collections::BTreeSet::new();
-    for h in hosts {
-        let name = HostName::parse(h).map_err(|e| format!("rotate: {e}"))?;
-        if !inv.hosts.iter().any(|x| x.name == name) {
-            return Err(format!(
-                "rotate: no host {h} in {}",
-                common.inventory.display()
-            ));
-        }
-        set.insert(name);
-    }
-    if set.is_empty() {
-        set = inv.hosts.iter().map(|h| h.name.clone()).collect();
-    }
-    Ok(Rotation {
-        hosts: set,
-        compromised,
-    })
-}
-
 async fn run_fingerprint(
     file: Option<&PathBuf>,
     connect: Option<&str>,
@@ -879,28 +860,17 @@ async fn run_pin(
         );
         let _ = writeln!(out, "{} {kind} fingerprint: {served}", s.digest);
     }
-    let pins = if e.pins.contains(&served) && !replace {
-        if json {
-            let pins: Vec<String> = e.pins.iter().map(|p| p.to_string()).collect();
-            report(&mut out, "already_pinned", &pins);
-        } else {
-            let _ = writeln!(out, "already pinned");
+    let pins = match mxpin::external::pin_decision(e, &served, add, replace)? {
+        PinDecision::AlreadyPinned => {
+            if json {
+                let pins: Vec<String> = e.pins.iter().map(|p| p.to_string()).collect();
+                report(&mut out, "already_pinned", &pins);
+            } else {
+                let _ = writeln!(out, "already pinned");
+            }
+            return Ok(0);
         }
-        return Ok(0);
-    } else if e.pins.is_empty() || replace {
-        vec![served.clone()]
-    } else if add {
-        let mut p = e.pins.clone();
-        p.push(served.clone());
-        p
-    } else {
-        let old: Vec<&str> = e.pins.iter().map(|p| p.as_str()).collect();
-        return Err(format!(
-            "external {name} ({}) serves {served}, but {} is pinned; check with the server's admin, \
-             then run `mxpin pin {name} --replace` (or --add to keep the old pin)",
-            e.address(),
-            old.join(" and ")
-        ));
+        PinDecision::Write(pins) => pins,
     };
     let text = std::fs::read_to_string(file)
         .map_err(|err| format!("{}: cannot read: {err}", file.display()))?;
@@ -1197,7 +1167,7 @@ fn main() -> ExitCode {
                     yes: *yes,
                     dry_run: false,
                     verify: !no_verify,
-                    rotation: Rotation::default(),
+                    rotate: None,
                     release: None,
                 };
                 run_change(&common(opts)?, change).await
@@ -1212,7 +1182,7 @@ fn main() -> ExitCode {
                     yes: *yes,
                     dry_run: *dry_run,
                     verify: false,
-                    rotation: Rotation::default(),
+                    rotate: None,
                     release: Some(HostName::parse(host).map_err(|e| format!("release: {e}"))?),
                 };
                 run_change(&common(opts)?, change).await
@@ -1225,20 +1195,14 @@ fn main() -> ExitCode {
                 compromised,
                 no_verify,
             } => {
-                let common = common(opts)?;
-                match rotation(&common, hosts, *compromised) {
-                    Err(e) => Err(e),
-                    Ok(rotation) => {
-                        let change = Change {
-                            yes: *yes,
-                            dry_run: *dry_run,
-                            verify: !no_verify,
-                            rotation,
-                            release: None,
-                        };
-                        run_change(&common, change).await
-                    }
-                }
+                let change = Change {
+                    yes: *yes,
+                    dry_run: *dry_run,
+                    verify: !no_verify,
+                    rotate: Some((hosts.clone(), *compromised)),
+                    release: None,
+                };
+                run_change(&common(opts)?, change).await
             }
             Command::Completions { shell } => generated(global, "completions", |out| {
                 let shell = match shell {
