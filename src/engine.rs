@@ -893,6 +893,18 @@ pub async fn settle(
     (after, checks)
 }
 
+/// Runs `body` on the hosts of a run, then lets go of every lock and
+/// connection, whatever `body` returned: the one owner of the
+/// connections, so no early return leaves one open.
+pub async fn with_hosts<T>(
+    mut states: Vec<HostState>,
+    body: impl AsyncFnOnce(&mut [HostState]) -> T,
+) -> T {
+    let out = body(&mut states).await;
+    close(states).await;
+    out
+}
+
 /// Ends the run on every host: lets go of its lock, then closes the
 /// connection, all hosts at once.
 pub async fn close(states: Vec<HostState>) {

@@ -398,18 +398,15 @@ async fn run_plan(common: &Common) -> Result<u8, String> {
         engine::Access::Read,
     )
     .await;
-    let now = OffsetDateTime::now_utc();
-    let fleet = engine::plan_all(
-        &inv,
-        &states,
-        &externals,
-        &templates,
-        now,
-        &Rotation::default(),
-    );
-    engine::report_planned(&fleet.outcomes, &*progress, Phase::Planned(0));
-    progress.finish();
-    engine::close(states).await;
+    let fleet = engine::with_hosts(states, async |states: &mut [HostState]| {
+        let now = OffsetDateTime::now_utc();
+        let rotation = Rotation::default();
+        let fleet = engine::plan_all(&inv, states, &externals, &templates, now, &rotation);
+        engine::report_planned(&fleet.outcomes, &*progress, Phase::Planned(0));
+        progress.finish();
+        fleet
+    })
+    .await;
     report_errors(&fleet);
     if common.json {
         let _ = writeln!(anstream::stdout(), "{:#}", fleet_json(&fleet));
@@ -514,30 +511,27 @@ async fn run_verify(common: &Common) -> Result<u8, String> {
     let (inv, templates) = load(common)?;
     let parallel = common.parallel.into();
     let progress = monitor(common, &inv);
-    let (mut states, externals) = gather(&inv, parallel, &*progress, engine::Access::Read).await;
-    let now = OffsetDateTime::now_utc();
-    let fleet = engine::plan_all(
-        &inv,
-        &states,
-        &externals,
-        &templates,
-        now,
-        &Rotation::default(),
-    );
-    let (after, mut checks) = engine::settle(
-        &inv,
-        &mut states,
-        &externals,
-        &fleet.outcomes,
-        &templates,
-        engine::Progress {
+    let (states, externals) = gather(&inv, parallel, &*progress, engine::Access::Read).await;
+    let (after, mut checks) = engine::with_hosts(states, async |states: &mut [HostState]| {
+        let now = OffsetDateTime::now_utc();
+        let rotation = Rotation::default();
+        let fleet = engine::plan_all(&inv, states, &externals, &templates, now, &rotation);
+        let run = engine::Progress {
             parallel,
             monitor: &*progress,
-        },
-        true,
-    )
+        };
+        engine::settle(
+            &inv,
+            states,
+            &externals,
+            &fleet.outcomes,
+            &templates,
+            run,
+            true,
+        )
+        .await
+    })
     .await;
-    engine::close(states).await;
     verify::add_drift(&mut checks, &after);
     let ok = if common.json {
         let _ = writeln!(anstream::stdout(), "{:#}", verify::to_json(&checks));
@@ -548,16 +542,14 @@ async fn run_verify(common: &Common) -> Result<u8, String> {
     Ok(if ok { 0 } else { EXIT_ERROR })
 }
 
-/// Closes the connections and, for --json, prints the one document: the
-/// plan plus the fields of `results` (an object).
-async fn finish(
-    states: Vec<HostState>,
+/// For --json, prints the one document: the plan plus the fields of
+/// `results` (an object).
+fn finish(
     common: &Common,
     fleet: &FleetPlan,
     code: u8,
     results: serde_json::Value,
 ) -> Result<u8, String> {
-    engine::close(states).await;
     if common.json {
         let mut doc = serde_json::json!({ "plan": fleet_json(fleet), "applied": [] });
         if let serde_json::Value::Object(fields) = results {
@@ -588,10 +580,49 @@ async fn run_change(common: &Common, change: Change) -> Result<u8, String> {
     } else {
         engine::Access::Change
     };
-    let (mut states, externals) = gather(&inv, parallel, &*progress, access).await;
+    let (states, externals) = gather(&inv, parallel, &*progress, access).await;
+    let run = Run {
+        common,
+        change: &change,
+        inv: &inv,
+        templates: &templates,
+        externals: &externals,
+    };
+    engine::with_hosts(states, async |states: &mut [HostState]| {
+        change_hosts(run, &rotation, states, &*progress).await
+    })
+    .await
+}
+
+/// What a changing run works with, once the hosts are read.
+#[derive(Clone, Copy)]
+struct Run<'a> {
+    common: &'a Common,
+    change: &'a Change,
+    inv: &'a Inventory,
+    templates: &'a Templates,
+    externals: &'a [mxpin::external::ExternalState],
+}
+
+/// Plans, confirms, applies, settles and reports a changing run on the
+/// hosts read.
+async fn change_hosts(
+    run: Run<'_>,
+    rotation: &Rotation,
+    states: &mut [HostState],
+    progress: &dyn Monitor,
+) -> Result<u8, String> {
+    let Run {
+        common,
+        change,
+        inv,
+        templates,
+        externals,
+    } = run;
+    let parallel = common.parallel.into();
     let now = OffsetDateTime::now_utc();
-    let fleet = engine::plan_all(&inv, &states, &externals, &templates, now, &rotation);
-    engine::report_planned(&fleet.outcomes, &*progress, Phase::Planned(0));
+    let fleet = engine::plan_all(inv, states, externals, templates, now, rotation);
+    engine::report_planned(&fleet.outcomes, progress, Phase::Planned(0));
     progress.finish();
     let (plan_errors, pending) = summarize(&fleet);
     report_errors(&fleet);
@@ -613,7 +644,7 @@ async fn run_change(common: &Common, change: Change) -> Result<u8, String> {
         } else {
             failed_code
         };
-        return finish(states, common, &fleet, code, serde_json::json!({})).await;
+        return finish(common, &fleet, code, serde_json::json!({}));
     }
     let hosts = pending_plans(&fleet.outcomes).len();
     // Off the async threads: a signal must be able to end the wait.
@@ -622,20 +653,19 @@ async fn run_change(common: &Common, change: Change) -> Result<u8, String> {
             .await
             .map_err(|e| format!("reading answer: {e}"))??;
     if !confirmed {
-        engine::close(states).await;
         return Err("cancelled; nothing changed".into());
     }
-    let progress = monitor(common, &inv);
-    let results = engine::apply_all(&states, &fleet.outcomes, parallel, &*progress).await;
+    let progress = monitor(common, inv);
+    let results = engine::apply_all(states, &fleet.outcomes, parallel, &*progress).await;
     let run = engine::Progress {
         parallel,
         monitor: &*progress,
     };
     let (results, second) = engine::finish_transition(
-        &inv,
-        &mut states,
-        &externals,
-        &templates,
+        inv,
+        states,
+        externals,
+        templates,
         run,
         &fleet.outcomes,
         results,
@@ -643,11 +673,11 @@ async fn run_change(common: &Common, change: Change) -> Result<u8, String> {
     .await;
     let intended = second.as_deref().unwrap_or(&fleet.outcomes);
     let (after, checks) = engine::settle(
-        &inv,
-        &mut states,
-        &externals,
+        inv,
+        states,
+        externals,
         intended,
-        &templates,
+        templates,
         engine::Progress {
             parallel,
             monitor: &*progress,
@@ -696,7 +726,7 @@ async fn run_change(common: &Common, change: Change) -> Result<u8, String> {
     // What a rotation left behind, read from the hosts.
     let mut rotated = Vec::new();
     for r in &fleet.rotated {
-        let peers = engine::peer_pins(&inv, &states, &r.host);
+        let peers = engine::peer_pins(inv, states, &r.host);
         if !common.json {
             // The inventory's digest and pin kind, as the peers' pins below.
             let kind = match inv.settings.pin {
@@ -758,7 +788,7 @@ async fn run_change(common: &Common, change: Change) -> Result<u8, String> {
             inv.file.display()
         );
     }
-    finish(states, common, &fleet, code, applied).await
+    finish(common, &fleet, code, applied)
 }
 
 async fn run_fingerprint(
@@ -906,20 +936,10 @@ async fn run_tlsa(common: &Common) -> Result<u8, String> {
     )
     .await;
     progress.finish();
-    let mut records = Vec::new();
-    let mut errors = Vec::new();
-    for s in &states {
-        let name = s.host.name.to_string();
-        match &s.facts {
-            Err(e) => errors.push((name, e.message.clone())),
-            Ok(f) => {
-                let (mine, failed) = fingerprint::host_tlsa(&s.host, &f.stored_keys());
-                records.extend(mine);
-                errors.extend(failed.into_iter().map(|e| (name.clone(), e)));
-            }
-        }
-    }
-    engine::close(states).await;
+    let (records, errors) = engine::with_hosts(states, async |states: &mut [HostState]| {
+        fingerprint::fleet_tlsa(states)
+    })
+    .await;
     for (host, e) in &errors {
         error(format_args!("{host}: {e}"));
     }
