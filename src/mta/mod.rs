@@ -516,6 +516,38 @@ pub fn keep_final_newline(original: &str, mut edited: String) -> String {
 /// Refuses an answer with a section no facts script writes (`known` says
 /// which names it writes): a garbled name, say `file:next.kez`, would
 /// otherwise read as a host without that file.
+/// The checks every MTA's facts parser starts with: the header (see
+/// [`check_header`]), and only sections its facts script writes.
+pub fn check_facts(s: &Sections, known: impl Fn(&str) -> bool) -> Result<(), String> {
+    check_header(s)?;
+    check_names(s, known)
+}
+
+/// The start of every MTA's facts script (inside its function): the C
+/// locale, a PATH with the sbin directories, the helpers, `C` (the
+/// configuration directory, quoted), `M` (mxpin's directory in it), and
+/// who the script runs as.
+pub fn facts_prelude(host: &Host) -> String {
+    format!(
+        r#"LC_ALL=C; export LC_ALL
+PATH=/usr/sbin:/usr/bin:/sbin:/bin:/usr/local/sbin:/usr/local/bin:$PATH; export PATH
+{SHELL_HELPERS}C={c}
+M="$C/{OWNED_DIR}"
+u=$(id -u); put uid "$u"
+if [ "$u" != 0 ]; then put user "$(id -un 2>/dev/null)"; fi
+"#,
+        SHELL_HELPERS = crate::facts::SHELL_HELPERS,
+        c = crate::shell::quote(host.config_dir.as_str()),
+    )
+}
+
+/// A section the facts must hold.
+pub fn need(s: &Sections, name: &str) -> Result<String, String> {
+    s.get(name)
+        .map(str::to_string)
+        .ok_or_else(|| format!("facts lack {name}"))
+}
+
 pub fn check_names(s: &Sections, known: impl Fn(&str) -> bool) -> Result<(), String> {
     match s.names().find(|n| !known(n)) {
         Some(n) => Err(format!(

@@ -17,7 +17,7 @@ pub mod script;
 use std::collections::BTreeMap;
 
 use crate::desired::{HostDesired, StoredKeys};
-use crate::facts::{Sections, SHELL_HELPERS};
+use crate::facts::Sections;
 use crate::inventory::{Host, Inventory, Settings};
 use crate::mta::{change_for, FoundFile, RouteCheck, Steps};
 use crate::plan::{Action, Content, FileChange, HostPlan, PinnedEdge};
@@ -76,13 +76,7 @@ pub fn facts_script(host: &Host, extra: &str) -> String {
         .collect();
     format!(
         r#"mxpin_facts() {{
-LC_ALL=C; export LC_ALL
-PATH=/usr/sbin:/usr/bin:/sbin:/bin:/usr/local/sbin:/usr/local/bin:$PATH; export PATH
-{SHELL_HELPERS}C={c}
-M="$C/{OWNED_DIR}"
-u=$(id -u); put uid "$u"
-if [ "$u" != 0 ]; then put user "$(id -un 2>/dev/null)"; fi
-X=$(command -v exim4 || command -v exim) || {{ put error "exim4 not found: is Exim installed?"; return 0; }}
+{prelude}X=$(command -v exim4 || command -v exim) || {{ put error "exim4 not found: is Exim installed?"; return 0; }}
 put bin "$X"
 v=$("$X" -bV 2>&1) || {{ put error "exim4 -bV failed: $(printf '%s' "$v" | head -n 3)"; return 0; }}
 put version "$v"
@@ -118,7 +112,7 @@ done
 }}
 mxpin_facts
 "#,
-        c = quote(host.config_dir.as_str()),
+        prelude = crate::mta::facts_prelude(host),
         files = files.join(" "),
         confd = CONFD.iter().map(|(f, _)| *f).collect::<Vec<_>>().join(" "),
         macros = DEBIAN_MACROS.join(" "),
@@ -250,13 +244,8 @@ fn known_section(name: &str) -> bool {
 
 impl EximFacts {
     pub fn from_sections(s: &Sections) -> Result<Self, String> {
-        crate::mta::check_header(s)?;
-        crate::mta::check_names(s, known_section)?;
-        let need = |name: &str| {
-            s.get(name)
-                .map(str::to_string)
-                .ok_or_else(|| format!("facts lack {name}"))
-        };
+        crate::mta::check_facts(s, known_section)?;
+        let need = |name: &str| crate::mta::need(s, name);
         let v = need("version")?;
         let version = v
             .lines()
