@@ -17,6 +17,7 @@ pub mod mta;
 pub mod plan;
 pub mod probe;
 pub mod progress;
+pub mod report;
 pub mod shell;
 pub mod ssh;
 pub mod templates;

@@ -10,12 +10,14 @@ use owo_colors::OwoColorize as _;
 use time::OffsetDateTime;
 
 use mxpin::engine::{self, ApplyStatus, FleetPlan, HostState, Rotation};
+use mxpin::error::Stage;
 use mxpin::external::PinDecision;
 use mxpin::fingerprint::{self, Format, Source};
 use mxpin::inventory::{self, HostName, Inventory};
 use mxpin::plan::{self, HostOutcome, HostPlan};
 use mxpin::probe::{self, StartTls};
 use mxpin::progress::{Lines, Live, Monitor, Phase, Silent};
+use mxpin::report;
 use mxpin::templates::Templates;
 use mxpin::tls::{Certificate, Digest, PinKind};
 use mxpin::trust::Purpose;
@@ -685,7 +687,6 @@ async fn change_hosts(
         change.verify,
     )
     .await;
-    let mut failed = plan_errors;
     let mut out = anstream::stdout();
     for (host, status) in &results {
         match status {
@@ -699,23 +700,13 @@ async fn change_hosts(
                     );
                 }
             }
-            ApplyStatus::Failed(e) | ApplyStatus::Skipped(e) => {
-                // Planning errors were reported above.
-                if e.stage == mxpin::error::Stage::Apply {
-                    error(e);
-                }
-                failed = true;
-            }
+            // Planning errors were reported above.
+            ApplyStatus::Failed(e) | ApplyStatus::Skipped(e) if e.stage == Stage::Apply => error(e),
+            ApplyStatus::Failed(_) | ApplyStatus::Skipped(_) => {}
         }
     }
-    let mut drift: Vec<HostName> = Vec::new();
-    for o in &after {
-        match o {
-            HostOutcome::Planned(p) if !p.is_empty() => drift.push(p.host.clone()),
-            HostOutcome::Failed(e) => drift.push(e.host.clone()),
-            _ => {}
-        }
-    }
+    let failed = plan_errors || report::apply_failed(&results);
+    let drift = report::drift(&after);
     if !failed && !drift.is_empty() {
         let names: Vec<&str> = drift.iter().map(HostName::as_str).collect();
         error(format_args!(
@@ -725,8 +716,7 @@ async fn change_hosts(
     }
     // What a rotation left behind, read from the hosts.
     let mut rotated = Vec::new();
-    for r in &fleet.rotated {
-        let peers = engine::peer_pins(inv, states, &r.host);
+    for report::ReadBack { rotated: r, peers } in report::rotation_read_back(inv, states, &fleet) {
         if !common.json {
             // The inventory's digest and pin kind, as the peers' pins below.
             let kind = match inv.settings.pin {
@@ -769,11 +759,7 @@ async fn change_hosts(
     let verified = checks.is_empty() || common.json || show_checks(&checks, true);
     let failed =
         failed || (!common.json && !verified) || (common.json && !checks.iter().all(Check::ok));
-    let code = if failed || !drift.is_empty() {
-        EXIT_ERROR
-    } else {
-        0
-    };
+    let code = report::exit_code(failed, &drift);
     let mut applied = serde_json::json!({ "applied": applied });
     if !rotated.is_empty() {
         applied["pins_after_rotation"] = rotated.into();
