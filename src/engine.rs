@@ -15,7 +15,7 @@ use crate::inventory::{Host, HostName, Inventory};
 use crate::mta::{self, Facts};
 use crate::plan::{HostOutcome, HostPlan};
 use crate::progress::{Monitor, Phase};
-use crate::ssh::{Held, Hold, RemoteOutput, SshHost, Transport as _};
+use crate::ssh::{Held, Hold, RemoteOutput, SshHost};
 use crate::templates::Templates;
 use crate::tls::Fingerprint;
 use crate::trust::{self, Edge, Purpose};

@@ -29,15 +29,6 @@ pub struct RemoteOutput {
     pub stderr: String,
 }
 
-/// Runs a script on a host. Implemented by SSH sessions; the seam for tests
-/// and other transports.
-pub trait Transport {
-    fn run_script(
-        &self,
-        script: &str,
-    ) -> impl std::future::Future<Output = Result<RemoteOutput, SshError>> + Send;
-}
-
 fn chain(e: &dyn std::error::Error) -> String {
     let mut msg = e.to_string();
     let mut src = e.source();
@@ -399,8 +390,9 @@ impl SshHost {
     }
 }
 
-impl Transport for SshHost {
-    async fn run_script(&self, script: &str) -> Result<RemoteOutput, SshError> {
+impl SshHost {
+    /// Runs `script` with the remote shell, its stdin the script.
+    pub async fn run_script(&self, script: &str) -> Result<RemoteOutput, SshError> {
         let (child, mut stdin) = self.spawn_shell().await?;
         let write = async {
             stdin.write_all(script.as_bytes()).await?;
