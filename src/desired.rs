@@ -57,6 +57,15 @@ pub struct HostKeys {
 }
 
 impl HostKeys {
+    /// Some slot holds a key generated for this plan.
+    pub fn generates(&self) -> bool {
+        [&self.current, &self.next]
+            .iter()
+            .any(|s| s.origin == Origin::Generated)
+    }
+}
+
+impl HostKeys {
     /// Whether this plan changes the key the host serves (as pinned).
     pub fn switches(&self, inv: &Inventory) -> bool {
         let s = &inv.settings;

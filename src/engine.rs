@@ -8,13 +8,14 @@ use time::OffsetDateTime;
 use std::collections::BTreeSet;
 
 use crate::desired::{self, HostKeys};
+use crate::error::{ErrorKind, HostError, Stage};
 use crate::external::ExternalState;
 use crate::facts;
 use crate::inventory::{Host, HostName, Inventory};
 use crate::mta::{self, Facts};
 use crate::plan::{HostOutcome, HostPlan};
 use crate::progress::{Monitor, Phase};
-use crate::ssh::{Held, Hold, RemoteOutput, SshHost, Transport as _};
+use crate::ssh::{Held, Hold, RemoteOutput, SshHost};
 use crate::templates::Templates;
 use crate::tls::Fingerprint;
 use crate::trust::{self, Edge, Purpose};
@@ -25,7 +26,7 @@ pub struct HostState {
     pub host: Host,
     pub conn: Option<SshHost>,
     pub lock: Option<Box<Held>>,
-    pub facts: Result<Facts, String>,
+    pub facts: Result<Facts, HostError>,
 }
 
 /// What a run does to its hosts, which decides the lock it holds on each:
@@ -36,16 +37,31 @@ pub enum Access {
     Change,
 }
 
-fn parse_facts(host: &Host, out: &RemoteOutput) -> Result<Facts, String> {
+fn parse_facts(host: &Host, out: &RemoteOutput) -> Result<Facts, HostError> {
     let sections = facts::parse(&out.stdout).map_err(|e| {
         let hint = if out.stderr.is_empty() {
             String::new()
         } else {
             format!(" (stderr: {})", out.stderr)
         };
-        format!("reading facts: {e}{hint}")
+        facts_error(
+            host,
+            ErrorKind::Unparsable,
+            format!("reading facts: {e}{hint}"),
+        )
     })?;
-    mta::parse_facts(host, &sections)
+    // The host said what stops mxpin (not root, no Postfix), or what it
+    // said cannot be read.
+    let refused = sections.get("error").is_some() || sections.get("uid").is_some_and(|u| u != "0");
+    let kind = match refused {
+        true => ErrorKind::Refused,
+        false => ErrorKind::Unparsable,
+    };
+    mta::parse_facts(host, &sections).map_err(|e| facts_error(host, kind, e))
+}
+
+fn facts_error(host: &Host, kind: ErrorKind, message: String) -> HostError {
+    HostError::new(&host.name, Stage::Facts, kind, message)
 }
 
 async fn read_facts(
@@ -53,12 +69,12 @@ async fn read_facts(
     host: &Host,
     monitor: &dyn Monitor,
     extra: &str,
-) -> Result<Facts, String> {
+) -> Result<Facts, HostError> {
     monitor.event(&host.name, Phase::Reading);
     let out = conn
         .run_script(&mta::facts_script(host, extra))
         .await
-        .map_err(|e| format!("reading facts: {e}"))?;
+        .map_err(|e| facts_error(host, ErrorKind::Unreachable, format!("reading facts: {e}")))?;
     parse_facts(host, &out)
 }
 
@@ -85,28 +101,38 @@ fn backoff(attempt: u32) -> std::time::Duration {
 /// How one attempt to hold a host ended.
 enum Attempt {
     /// Boxed: facts are large, and most attempts are not busy.
-    Held(Box<(Box<Held>, Result<Facts, String>)>),
+    Held(Box<(Box<Held>, Result<Facts, HostError>)>),
     Busy,
-    Failed(String),
+    Failed(HostError),
 }
 
 async fn hold_one(conn: &SshHost, host: &Host, access: Access, marker: &str) -> Attempt {
     let script = mta::hold_script(host, access == Access::Change, marker);
     match conn.hold(&script, marker).await {
-        Err(e) => Attempt::Failed(format!("reading facts: {e}")),
+        Err(e) => Attempt::Failed(facts_error(
+            host,
+            ErrorKind::Unreachable,
+            format!("reading facts: {e}"),
+        )),
         Ok(Hold::Held(held, out)) => {
             let facts = parse_facts(host, &out);
             Attempt::Held(Box::new((held, facts)))
         }
         Ok(Hold::Ended(out)) => match out.stdout.as_slice() {
             b"@@mxpin-busy\n" => Attempt::Busy,
-            b"@@mxpin-noflock\n" => Attempt::Failed(
+            b"@@mxpin-noflock\n" => Attempt::Failed(facts_error(
+                host,
+                ErrorKind::Refused,
                 "flock not found on the host (util-linux): mxpin needs it to keep two runs apart"
                     .into(),
-            ),
+            )),
             _ => Attempt::Failed(match parse_facts(host, &out) {
                 Err(e) => e,
-                Ok(_) => "reading facts: the remote shell ended before taking the lock".into(),
+                Ok(_) => facts_error(
+                    host,
+                    ErrorKind::Unparsable,
+                    "reading facts: the remote shell ended before taking the lock".into(),
+                ),
             }),
         },
     }
@@ -129,22 +155,27 @@ pub async fn gather(
 ) -> Vec<HostState> {
     let config = inv.settings.ssh_config.as_deref();
     let parallel = parallel.max(1);
-    let mut conns: Vec<(usize, Result<SshHost, String>)> =
+    let mut conns: Vec<(usize, Result<SshHost, HostError>)> =
         stream::iter(inv.hosts.iter().enumerate())
             .map(|(i, host)| async move {
                 monitor.event(&host.name, Phase::Connecting);
                 (
                     i,
-                    SshHost::connect(host, config)
-                        .await
-                        .map_err(|e| e.to_string()),
+                    SshHost::connect(host, config).await.map_err(|e| {
+                        HostError::new(
+                            &host.name,
+                            Stage::Connect,
+                            ErrorKind::Unreachable,
+                            e.to_string(),
+                        )
+                    }),
                 )
             })
             .buffer_unordered(parallel)
             .collect()
             .await;
     conns.sort_by_key(|(i, _)| *i);
-    let conns: Vec<Result<SshHost, String>> = conns.into_iter().map(|(_, c)| c).collect();
+    let conns: Vec<Result<SshHost, HostError>> = conns.into_iter().map(|(_, c)| c).collect();
     let marker = hold_marker();
     let deadline =
         std::time::Instant::now() + std::time::Duration::from_secs(mta::LOCK_WAIT_SECS.into());
@@ -191,13 +222,17 @@ pub async fn gather(
                         (Ok(_), Some(Attempt::Busy)) => (
                             None,
                             None,
-                            Err(format!(
+                            Err(facts_error(host, ErrorKind::Busy, format!(
                                 "another mxpin run holds this host (waited {} s); nothing was changed: try again when it is done",
                                 mta::LOCK_WAIT_SECS
-                            )),
+                            ))),
                         ),
                         (Ok(_), Some(Attempt::Failed(e))) => (None, None, Err(e)),
-                        (Ok(_), None) => (None, None, Err("not read".into())),
+                        (Ok(_), None) => (
+                            None,
+                            None,
+                            Err(facts_error(host, ErrorKind::Unparsable, "not read".into())),
+                        ),
                     };
                     HostState {
                         host: host.clone(),
@@ -230,7 +265,7 @@ async fn refresh(
     parallel: usize,
     monitor: &dyn Monitor,
 ) {
-    let fresh: Vec<(usize, Result<Facts, String>)> = stream::iter(states.iter().enumerate())
+    let fresh: Vec<(usize, Result<Facts, HostError>)> = stream::iter(states.iter().enumerate())
         .filter_map(|(i, s)| async move { s.conn.as_ref().map(|c| (i, c, &s.host)) })
         .map(|(i, conn, host)| async move {
             let extra = extras.get(i).map_or("", String::as_str);
@@ -254,6 +289,31 @@ pub struct Rotation {
     pub compromised: bool,
 }
 
+impl Rotation {
+    /// The hosts `mxpin rotate` names, checked against the inventory;
+    /// every host when none is named.
+    pub fn select(inv: &Inventory, hosts: &[String], compromised: bool) -> Result<Self, String> {
+        if compromised && hosts.is_empty() {
+            return Err("--compromised needs the names of the compromised hosts".into());
+        }
+        let mut set = BTreeSet::new();
+        for h in hosts {
+            let name = HostName::parse(h).map_err(|e| format!("rotate: {e}"))?;
+            if !inv.hosts.iter().any(|x| x.name == name) {
+                return Err(format!("rotate: no host {h} in {}", inv.file.display()));
+            }
+            set.insert(name);
+        }
+        if set.is_empty() {
+            set = inv.hosts.iter().map(|h| h.name.clone()).collect();
+        }
+        Ok(Rotation {
+            hosts: set,
+            compromised,
+        })
+    }
+}
+
 /// A host rotated by a plan: fingerprints before and after, in the
 /// inventory's digest and pin kind (as its peers pin them).
 #[derive(Debug, Clone)]
@@ -272,7 +332,7 @@ pub struct FleetPlan {
     pub outcomes: Vec<HostOutcome>,
     pub rotated: Vec<Rotated>,
     /// Hosts whose rotation was refused, with the reason (naming the peer).
-    pub refused: Vec<(HostName, String)>,
+    pub refused: Vec<HostError>,
     /// How its fingerprints are shown.
     pub pin_style: crate::plan::PinStyle,
 }
@@ -297,7 +357,7 @@ fn rotation_blocker(
             .expect("every host has a state");
         match &state.facts {
             Err(e) if !compromised => {
-                return Some(format!("peer {peer} cannot be read ({e})"));
+                return Some(format!("peer {peer} cannot be read ({})", e.message));
             }
             Err(_) => {}
             Ok(f) => {
@@ -329,11 +389,12 @@ pub fn plan_all(
     now: OffsetDateTime,
     rotation: &Rotation,
 ) -> FleetPlan {
-    let mut keys: Vec<Result<HostKeys, String>> = states
+    let mut keys: Vec<Result<HostKeys, HostError>> = states
         .iter()
         .map(|s| {
             let f = s.facts.as_ref().map_err(Clone::clone)?;
-            desired::resolve_keys(inv, &s.host, &f.stored_keys(), now).map_err(|e| e.message)
+            desired::resolve_keys(inv, &s.host, &f.stored_keys(), now)
+                .map_err(|e| plan_error(&s.host.name, e.message))
         })
         .collect();
     let mut rotated = Vec::new();
@@ -354,7 +415,7 @@ pub fn plan_all(
         if let Some(why) =
             rotation_blocker(inv, &edges, states, host, &next_pin, rotation.compromised)
         {
-            refused.push((host.name.clone(), format!("{reason} refused: {why}")));
+            refused.push(plan_error(&host.name, format!("{reason} refused: {why}")));
             continue;
         }
         match desired::rotate(inv, host, current, now) {
@@ -370,7 +431,7 @@ pub fn plan_all(
                 });
                 *k = Ok(new);
             }
-            Err(e) => *k = Err(e.message),
+            Err(e) => *k = Err(plan_error(&host.name, e.message)),
         }
     }
     let served: std::collections::BTreeMap<HostName, Result<crate::tls::Certificate, String>> =
@@ -412,27 +473,36 @@ pub fn plan_all(
         })
         .map(|e| (e.pinner.clone(), e.pinned.clone()))
         .collect();
-    let outcomes = desired::desired(inv, keys, &served, &held)
+    let messages = keys
+        .iter()
+        .map(|k| k.clone().map_err(|e| e.message))
+        .collect();
+    let outcomes = desired::desired(inv, messages, &served, &held)
         .into_iter()
         .zip(states)
-        .map(|(d, s)| {
-            let planned = d.and_then(|d| {
+        .zip(&keys)
+        .map(|((d, s), k)| {
+            let planned = match (d, k) {
+                // The host's own error, as it was.
+                (Err(_), Err(e)) => Err(e.clone()),
+                (Err(why), Ok(_)) => Err(plan_error(&s.host.name, why)),
+                (Ok(d), _) => Ok(d),
+            };
+            let planned = planned.and_then(|d| {
                 let f = s.facts.as_ref().map_err(Clone::clone)?;
                 let d = crate::recipients::resolve(inv, d, f, |h| {
                     let peer = states.iter().find(|x| &x.host.name == h);
                     peer.ok_or_else(String::new)?
                         .facts
                         .as_ref()
-                        .map_err(Clone::clone)
-                })?;
-                mta::plan_host(&d, f, inv, templates)
+                        .map_err(|e| e.message.clone())
+                })
+                .map_err(|e| plan_error(&s.host.name, e))?;
+                mta::plan_host(&d, f, inv, templates).map_err(|e| plan_error(&s.host.name, e))
             });
             match planned {
                 Ok(p) => HostOutcome::Planned(Box::new(p)),
-                Err(error) => HostOutcome::Failed {
-                    host: s.host.name.clone(),
-                    error,
-                },
+                Err(error) => HostOutcome::Failed(error),
             }
         })
         .collect();
@@ -442,6 +512,11 @@ pub fn plan_all(
         refused,
         pin_style: (&inv.settings).into(),
     }
+}
+
+/// A host whose plan the inventory or its configuration refuses.
+fn plan_error(host: &HostName, message: String) -> HostError {
+    HostError::new(host, Stage::Plan, ErrorKind::Refused, message)
 }
 
 /// What each pinner of `host` pins for it, edge by edge, as read from
@@ -473,8 +548,8 @@ pub fn peer_pins(
 pub enum ApplyStatus {
     Unchanged,
     Applied { changes: usize },
-    Failed(String),
-    Skipped(String),
+    Failed(HostError),
+    Skipped(HostError),
 }
 
 /// Order of application: a backup that starts pinning a host whose served
@@ -502,10 +577,18 @@ pub fn waves(plans: &[&HostPlan]) -> Vec<usize> {
     wave
 }
 
+fn apply_error(host: &HostName, kind: ErrorKind, message: String) -> HostError {
+    HostError::new(host, Stage::Apply, kind, message)
+}
+
 async fn apply_one(conn: &SshHost, plan: &HostPlan) -> ApplyStatus {
     let script = mta::apply_script(plan);
+    let failed = |kind, message| ApplyStatus::Failed(apply_error(&plan.host, kind, message));
     match conn.run_script(script.text()).await {
-        Err(e) => ApplyStatus::Failed(format!("{e}; state unknown, run plan to see it")),
+        Err(e) => failed(
+            ErrorKind::Unreachable,
+            format!("{e}; state unknown, run plan to see it"),
+        ),
         Ok(out) => match mta::parse_result(&String::from_utf8_lossy(&out.stdout)) {
             Some(mta::ApplyResult::Applied) => ApplyStatus::Applied {
                 changes: plan.changes.len(),
@@ -514,18 +597,24 @@ async fn apply_one(conn: &SshHost, plan: &HostPlan) -> ApplyStatus {
                 step,
                 message,
                 rolled_back,
-            }) => ApplyStatus::Failed(format!(
-                "at step '{step}': {message}{}",
-                if rolled_back {
-                    "; previous files restored"
-                } else {
-                    "; nothing was changed"
-                }
-            )),
-            None => ApplyStatus::Failed(format!(
-                "apply script ended without a verdict (stderr: {}); run plan to see the state",
-                out.stderr
-            )),
+            }) => failed(
+                ErrorKind::Failed,
+                format!(
+                    "at step '{step}': {message}{}",
+                    if rolled_back {
+                        "; previous files restored"
+                    } else {
+                        "; nothing was changed"
+                    }
+                ),
+            ),
+            None => failed(
+                ErrorKind::Unparsable,
+                format!(
+                    "apply script ended without a verdict (stderr: {}); run plan to see the state",
+                    out.stderr
+                ),
+            ),
         },
     }
 }
@@ -569,7 +658,7 @@ pub async fn apply_all(
     let failed: Vec<&HostName> = outcomes
         .iter()
         .filter_map(|o| match o {
-            HostOutcome::Failed { host, .. } => Some(host),
+            HostOutcome::Failed(e) => Some(&e.host),
             HostOutcome::Planned(_) => None,
         })
         .collect();
@@ -596,8 +685,10 @@ pub async fn apply_all(
             if let Some(h) = routes_to_failed {
                 monitor.event(&plan.host, Phase::Skipped);
                 done[i].send_replace(Some(false));
-                return ApplyStatus::Skipped(format!(
-                    "not applied: it routes to {h}, whose plan failed"
+                return ApplyStatus::Skipped(apply_error(
+                    &plan.host,
+                    ErrorKind::Skipped,
+                    format!("not applied: it routes to {h}, whose plan failed"),
                 ));
             }
             for &j in deps {
@@ -610,7 +701,7 @@ pub async fn apply_all(
                 if !applied {
                     monitor.event(&plan.host, Phase::Skipped);
                     done[i].send_replace(Some(false));
-                    return ApplyStatus::Skipped(if plans[j].switches_key {
+                    let why = if plans[j].switches_key {
                         format!(
                             "not applied: it would pin the new key of {}, which was not applied",
                             plans[j].host
@@ -620,14 +711,19 @@ pub async fn apply_all(
                             "not applied: it would route to the port {} opens, which was not applied",
                             plans[j].host
                         )
-                    });
+                    };
+                    return ApplyStatus::Skipped(apply_error(&plan.host, ErrorKind::Skipped, why));
                 }
             }
             let _permit = permits.acquire().await.expect("never closed");
             monitor.event(&plan.host, Phase::Applying);
             let status = match conn {
                 Some(c) => apply_one(c, plan).await,
-                None => ApplyStatus::Failed("no connection".into()),
+                None => ApplyStatus::Failed(apply_error(
+                    &plan.host,
+                    ErrorKind::Unreachable,
+                    "no connection".into(),
+                )),
             };
             let ok = matches!(status, ApplyStatus::Applied { .. });
             monitor.event(
@@ -646,9 +742,7 @@ pub async fn apply_all(
     let mut result: Vec<(HostName, ApplyStatus)> = Vec::new();
     for o in outcomes {
         let (name, s) = match o {
-            HostOutcome::Failed { host, error } => {
-                (host.clone(), ApplyStatus::Failed(error.clone()))
-            }
+            HostOutcome::Failed(e) => (e.host.clone(), ApplyStatus::Failed(e.clone())),
             HostOutcome::Planned(p) if p.is_empty() => (p.host.clone(), ApplyStatus::Unchanged),
             HostOutcome::Planned(p) => {
                 let i = plans.iter().position(|q| q.host == p.host).expect("listed");
@@ -756,9 +850,7 @@ async fn converged(
 pub fn report_planned(outcomes: &[HostOutcome], monitor: &dyn Monitor, settled: Phase) {
     for o in outcomes {
         match o {
-            HostOutcome::Failed { host, .. } => {
-                monitor.event(host, Phase::Failed("see below".into()))
-            }
+            HostOutcome::Failed(e) => monitor.event(&e.host, Phase::Failed("see below".into())),
             HostOutcome::Planned(p) if p.is_empty() => monitor.event(&p.host, settled.clone()),
             HostOutcome::Planned(p) => {
                 monitor.event(&p.host, Phase::Planned(p.changes.len().max(1)))
@@ -785,223 +877,43 @@ pub async fn settle(
     templates: &Templates,
     run: Progress<'_>,
     verify: bool,
-) -> (Vec<HostOutcome>, Vec<Check>) {
+) -> (Vec<HostOutcome>, Vec<crate::verify::Check>) {
     let Progress { parallel, monitor } = run;
-    let after = converged(
-        inv, states, externals, intended, templates, parallel, monitor,
-    )
-    .await;
+    // The controller's probes run while the hosts are read again.
+    let (after, probes) = futures::join!(
+        converged(inv, states, externals, intended, templates, parallel, monitor),
+        async {
+            match verify {
+                true => Some(crate::verify::probe(inv).await),
+                false => None,
+            }
+        }
+    );
     monitor.finish();
-    let checks = if verify {
-        verify_report(inv, states, externals, intended, OffsetDateTime::now_utc()).await
-    } else {
-        Vec::new()
+    let checks = match probes {
+        Some(p) => crate::verify::checks(
+            inv,
+            states,
+            externals,
+            intended,
+            &p,
+            OffsetDateTime::now_utc(),
+        ),
+        None => Vec::new(),
     };
     (after, checks)
 }
 
-/// One line of the verification table.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-pub struct Check {
-    /// The host the check is about, and the peer whose route it checks.
-    pub host: HostName,
-    /// The host where a failure is to be fixed: the check's own host,
-    /// or the peer when the peer did not answer (a stopped MTA, a closed
-    /// port).
-    pub fix_on: HostName,
-    pub route: Option<String>,
-    pub ok: bool,
-    /// Passes, but deserves attention (expiry).
-    pub warning: bool,
-    pub what: String,
-}
-
-/// Checks what is served against what is pinned, from the facts (with
-/// checks) of a [`converged`] read and a live probe of every primary from
-/// the controller.
-pub async fn verify_report(
-    inv: &Inventory,
-    states: &[HostState],
-    externals: &[ExternalState],
-    intended: &[HostOutcome],
-    now: OffsetDateTime,
-) -> Vec<Check> {
-    let s = &inv.settings;
-    let mut checks = Vec::new();
-    // Probe every SMTP server some edge pins, once each, all at once.
-    let mut addresses: Vec<(String, Option<&str>)> = trust::edges(inv)
-        .iter()
-        .filter_map(|e| Some((e.probe_address(inv)?, e.server_name())))
-        .collect();
-    addresses.sort();
-    addresses.dedup();
-    let probes = addresses.iter().map(|(addr, name)| async move {
-        let got = crate::probe::probe_named(
-            addr,
-            crate::probe::StartTls::Smtp,
-            std::time::Duration::from_secs(10),
-            *name,
-        )
-        .await
-        .map_err(|e| e.to_string())
-        .map(|chain| chain[0].fingerprint(s.digest, s.pin));
-        (addr.clone(), got)
-    });
-    let served: std::collections::BTreeMap<String, Result<Fingerprint, String>> =
-        futures::future::join_all(probes)
-            .await
-            .into_iter()
-            .collect();
-    for (state, outcome) in states.iter().zip(intended) {
-        let host = &state.host.name;
-        let f = match &state.facts {
-            Ok(f) => f,
-            Err(e) => {
-                checks.push(Check {
-                    host: host.clone(),
-                    fix_on: host.clone(),
-                    route: None,
-                    ok: false,
-                    warning: false,
-                    what: e.clone(),
-                });
-                continue;
-            }
-        };
-        // The host's own keys.
-        let keys = f.stored_keys();
-        for (slot, pair) in [("current", &keys.current), ("next", &keys.next)] {
-            let cert = pair.cert.as_deref().map(crate::tls::Certificate::from_pem);
-            let (ok, warning, what) = match (&pair.key, cert) {
-                (Some(key), Some(Ok(cert))) => {
-                    let matches = crate::tls::key_matches(key, &cert).unwrap_or(false);
-                    let left = (cert.not_after() - now.unix_timestamp()) / 86_400;
-                    let soon = left <= i64::from(s.renew_days);
-                    (
-                        matches && left > 0,
-                        soon,
-                        format!(
-                            "{slot} key {} its certificate, which expires {} ({left} days){}",
-                            if matches { "matches" } else { "DOES NOT match" },
-                            crate::tls::format_time(cert.not_after()),
-                            if soon { ": renew with mxpin apply" } else { "" }
-                        ),
-                    )
-                }
-                _ => (
-                    false,
-                    false,
-                    format!("no usable {slot} key and certificate"),
-                ),
-            };
-            checks.push(Check {
-                host: host.clone(),
-                fix_on: host.clone(),
-                route: None,
-                ok,
-                warning,
-                what,
-            });
-        }
-        let HostOutcome::Planned(plan) = outcome else {
-            continue;
-        };
-        for c in mta::route_checks(plan, f) {
-            // A peer that did not answer is where the fix is.
-            let peer = plan
-                .pinned
-                .iter()
-                .find(|p| p.next_hop.as_deref() == Some(c.route.as_str()))
-                .map(|p| p.pinned.clone());
-            let fix_on = match peer {
-                Some(peer) if c.peer_down => peer,
-                _ => host.clone(),
-            };
-            checks.push(Check {
-                host: host.clone(),
-                fix_on,
-                route: Some(c.route),
-                ok: c.ok,
-                warning: false,
-                what: c.what,
-            });
-        }
-        // External servers this host relays through or polls, as the
-        // controller sees them, against the inventory's pins.
-        let used = state
-            .host
-            .relayhost
-            .iter()
-            .filter_map(crate::inventory::Relayhost::external)
-            .chain(state.host.fetchmail.iter().map(|p| &p.server));
-        let mut seen_ext = Vec::new();
-        for name in used {
-            if seen_ext.contains(&name) {
-                continue;
-            }
-            seen_ext.push(name);
-            let e = inv.external(name);
-            let (ok, what) = match externals.iter().find(|x| &x.name == name) {
-                None => (false, format!("external {name} was not probed")),
-                Some(x) => match x.pinned_leaf(inv) {
-                    Ok(leaf) => (
-                        true,
-                        format!(
-                            "external {name} serves its pinned {} (seen from the controller)",
-                            leaf.fingerprint(s.digest, s.pin)
-                        ),
-                    ),
-                    Err(why) => (false, why),
-                },
-            };
-            checks.push(Check {
-                host: host.clone(),
-                fix_on: host.clone(),
-                route: Some(e.next_hop()),
-                ok,
-                warning: false,
-                what,
-            });
-        }
-        // What the controller sees served, against what this host pins.
-        for p in &plan.pinned {
-            let (Some(addr), Some(hop)) = (&p.probe, &p.next_hop) else {
-                continue;
-            };
-            let pinned = &p.pinned;
-            let (ok, what) = match served.get(addr) {
-                Some(Ok(fp)) if p.pins.first() == Some(&fp.to_string()) => (
-                    true,
-                    format!("{pinned} serves its current key {fp} on {addr} (seen from the controller)"),
-                ),
-                Some(Ok(fp)) if p.pins.contains(&fp.to_string()) => (
-                    true,
-                    format!("{pinned} serves its staged next key {fp} on {addr} (seen from the controller)"),
-                ),
-                Some(Ok(fp)) => (
-                    false,
-                    format!("{pinned} serves {fp} on {addr}, which {host} does not pin (seen from the controller)"),
-                ),
-                Some(Err(e)) => (false, format!("controller cannot probe {pinned} at {addr}: {e}")),
-                None => (false, format!("{pinned} was not probed")),
-            };
-            // Unreachable: the fix is on the pinned host.
-            let fix_on = if matches!(served.get(addr), Some(Err(_))) {
-                pinned.clone()
-            } else {
-                host.clone()
-            };
-            checks.push(Check {
-                host: host.clone(),
-                fix_on,
-                route: Some(hop.clone()),
-                ok,
-                warning: false,
-                what,
-            });
-        }
-    }
-    checks
+/// Runs `body` on the hosts of a run, then lets go of every lock and
+/// connection, whatever `body` returned: the one owner of the
+/// connections, so no early return leaves one open.
+pub async fn with_hosts<T>(
+    mut states: Vec<HostState>,
+    body: impl AsyncFnOnce(&mut [HostState]) -> T,
+) -> T {
+    let out = body(&mut states).await;
+    close(states).await;
+    out
 }
 
 /// Ends the run on every host: lets go of its lock, then closes the
@@ -1030,6 +942,7 @@ mod tests {
             commands: vec![],
             notes: vec![],
             switches_key: switches,
+            generates_keys: false,
             opens_listener: false,
             pinned: pins_for
                 .iter()
@@ -1043,8 +956,31 @@ mod tests {
                 })
                 .collect(),
             transitional: false,
-            steps: Default::default(),
+            steps: crate::mta::Steps::Postfix(Default::default()),
         }
+    }
+
+    #[test]
+    fn rotate_selects_named_hosts_or_all() {
+        let text = "[hosts.a]\nssh = \"a\"\nmx = \"a.example\"\n\
+                    [hosts.b]\nssh = \"b\"\nmx = \"b.example\"\n";
+        let inv = crate::inventory::parse(std::path::Path::new("m.toml"), text).unwrap();
+        let names = |r: Rotation| r.hosts.iter().map(|h| h.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            names(Rotation::select(&inv, &[], false).unwrap()),
+            ["a", "b"]
+        );
+        let one = Rotation::select(&inv, &["b".into()], true).unwrap();
+        assert!(one.compromised);
+        assert_eq!(names(one), ["b"]);
+        assert_eq!(
+            Rotation::select(&inv, &["c".into()], false).unwrap_err(),
+            "rotate: no host c in m.toml"
+        );
+        assert_eq!(
+            Rotation::select(&inv, &[], true).unwrap_err(),
+            "--compromised needs the names of the compromised hosts"
+        );
     }
 
     #[test]
@@ -1085,10 +1021,10 @@ mod tests {
             group: 0,
         });
         let outcomes = [
-            HostOutcome::Failed {
-                host: HostName::parse("home").unwrap(),
-                error: "smtp_port 26 on an Exim primary: add it to daemon_smtp_ports".into(),
-            },
+            HostOutcome::Failed(plan_error(
+                &HostName::parse("home").unwrap(),
+                "smtp_port 26 on an Exim primary: add it to daemon_smtp_ports".into(),
+            )),
             HostOutcome::Planned(Box::new(relay)),
         ];
         let rt = tokio::runtime::Builder::new_current_thread()
@@ -1096,10 +1032,14 @@ mod tests {
             .unwrap();
         let results = rt.block_on(apply_all(&[], &outcomes, 2, &crate::progress::Silent));
         let relay = results.iter().find(|(h, _)| h.as_str() == "relay").unwrap();
+        let ApplyStatus::Skipped(e) = &relay.1 else {
+            panic!("{:?}", relay.1)
+        };
         assert_eq!(
-            relay.1,
-            ApplyStatus::Skipped("not applied: it routes to home, whose plan failed".into())
+            e.message,
+            "not applied: it routes to home, whose plan failed"
         );
+        assert_eq!((e.stage, e.kind), (Stage::Apply, ErrorKind::Skipped));
     }
 
     #[test]

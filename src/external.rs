@@ -109,10 +109,98 @@ pub fn check_pins(
     ))
 }
 
+/// What `mxpin pin NAME` does with the fingerprint an external serves.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PinDecision {
+    /// The served fingerprint is pinned already: nothing to write.
+    AlreadyPinned,
+    /// Write these pins into `[external.NAME] pins`.
+    Write(Vec<Fingerprint>),
+}
+
+/// Trust on first use, like ssh: the first fingerprint is pinned; a
+/// different one only with `replace` (pin only it) or `add` (keep the old
+/// pins too, for a server rolling over); else a one-line refusal that
+/// shows both.
+pub fn pin_decision(
+    e: &External,
+    served: &Fingerprint,
+    add: bool,
+    replace: bool,
+) -> Result<PinDecision, String> {
+    if e.pins.contains(served) && !replace {
+        Ok(PinDecision::AlreadyPinned)
+    } else if e.pins.is_empty() || replace {
+        Ok(PinDecision::Write(vec![served.clone()]))
+    } else if add {
+        let mut p = e.pins.clone();
+        p.push(served.clone());
+        Ok(PinDecision::Write(p))
+    } else {
+        let old: Vec<&str> = e.pins.iter().map(|p| p.as_str()).collect();
+        let name = &e.name;
+        Err(format!(
+            "external {name} ({}) serves {served}, but {} is pinned; check with the server's admin, \
+             then run `mxpin pin {name} --replace` (or --add to keep the old pin)",
+            e.address(),
+            old.join(" and ")
+        ))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::tls::{generate, KeyAlgorithm};
+
+    #[test]
+    fn pin_on_first_use_and_refuse_a_change_unless_told() {
+        let now = time::OffsetDateTime::from_unix_timestamp(1_790_000_000).unwrap();
+        let s = inv("").settings;
+        let fp = |_| {
+            generate(KeyAlgorithm::EcdsaP256, "mail.isp.example", 30, now)
+                .unwrap()
+                .cert
+                .fingerprint(s.digest, s.pin)
+        };
+        let (fa, fb) = (fp(0), fp(1));
+        let none = inv("");
+        let first = &none.externals[0];
+        assert_eq!(
+            pin_decision(first, &fa, false, false),
+            Ok(PinDecision::Write(vec![fa.clone()]))
+        );
+        let pinned = inv(&format!("\"{fa}\""));
+        let e = &pinned.externals[0];
+        assert_eq!(
+            pin_decision(e, &fa, false, false),
+            Ok(PinDecision::AlreadyPinned)
+        );
+        assert_eq!(
+            pin_decision(e, &fa, true, false),
+            Ok(PinDecision::AlreadyPinned)
+        );
+        assert_eq!(
+            pin_decision(e, &fa, false, true),
+            Ok(PinDecision::Write(vec![fa.clone()]))
+        );
+        let refused = pin_decision(e, &fb, false, false).unwrap_err();
+        assert_eq!(
+            refused,
+            format!(
+                "external isp (mail.isp.example:465) serves {fb}, but {fa} is pinned; check with the \
+                 server's admin, then run `mxpin pin isp --replace` (or --add to keep the old pin)"
+            )
+        );
+        assert_eq!(
+            pin_decision(e, &fb, true, false),
+            Ok(PinDecision::Write(vec![fa.clone(), fb.clone()]))
+        );
+        assert_eq!(
+            pin_decision(e, &fb, false, true),
+            Ok(PinDecision::Write(vec![fb.clone()]))
+        );
+    }
 
     fn inv(pins: &str) -> Inventory {
         let text = format!(

@@ -120,6 +120,25 @@ pub fn host_tlsa(host: &Host, keys: &StoredKeys) -> (Vec<TlsaRecord>, Vec<String
 /// `mxpin tlsa`'s output: zone-file lines, or one JSON document
 /// `{"records": [...], "errors": [{"host", "error"}]}` (errors go to stderr
 /// as well).
+/// The TLSA records of every host read, and the hosts (by name) whose
+/// keys could not be read, with why.
+pub fn fleet_tlsa(states: &[crate::engine::HostState]) -> (Vec<TlsaRecord>, Vec<(String, String)>) {
+    let mut records = Vec::new();
+    let mut errors = Vec::new();
+    for s in states {
+        let name = s.host.name.to_string();
+        match &s.facts {
+            Err(e) => errors.push((name, e.message.clone())),
+            Ok(f) => {
+                let (mine, failed) = host_tlsa(&s.host, &f.stored_keys());
+                records.extend(mine);
+                errors.extend(failed.into_iter().map(|e| (name.clone(), e)));
+            }
+        }
+    }
+    (records, errors)
+}
+
 pub fn render_tlsa(records: &[TlsaRecord], errors: &[(String, String)], json: bool) -> String {
     if json {
         let errors: Vec<_> = errors
@@ -234,6 +253,40 @@ pub fn render(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A host that cannot be read is named with why, and only its records
+    /// are missing; the engine's owner of the connections closes them
+    /// whatever the body returns.
+    #[test]
+    fn fleet_tlsa_names_unreadable_hosts() {
+        let text = "[hosts.a]\nssh = \"a\"\nmx = \"a.example\"\n";
+        let inv = crate::inventory::parse(std::path::Path::new("m.toml"), text).unwrap();
+        let host = inv.hosts[0].clone();
+        let err = crate::error::HostError::new(
+            &host.name,
+            crate::error::Stage::Connect,
+            crate::error::ErrorKind::Unreachable,
+            "ssh a: connection refused",
+        );
+        let states = vec![crate::engine::HostState {
+            host,
+            conn: None,
+            lock: None,
+            facts: Err(err),
+        }];
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let (records, errors) = rt.block_on(crate::engine::with_hosts(
+            states,
+            async |s: &mut [crate::engine::HostState]| fleet_tlsa(s),
+        ));
+        assert!(records.is_empty());
+        assert_eq!(
+            errors,
+            [("a".to_string(), "ssh a: connection refused".to_string())]
+        );
+    }
     use crate::tls::{generate, KeyAlgorithm};
     use time::OffsetDateTime;
 

@@ -1,24 +1,29 @@
 //! mxpin: pin self-signed TLS keys between your own mail hosts.
 //!
 //! Data flows one way: [`inventory`] -> [`facts`] -> [`desired`] state ->
-//! [`plan`] -> apply ([`engine`], with the scripts of [`mta`]).
+//! [`plan`] -> apply ([`engine`], with the scripts of [`mta`]) ->
+//! [`verify`].
 
 pub mod desired;
 pub mod engine;
+pub mod error;
 pub mod external;
 pub mod facts;
 pub mod fetchmail;
 pub mod fingerprint;
 pub mod inventory;
+pub mod limits;
 pub mod mta;
 pub mod plan;
 pub mod probe;
 pub mod progress;
 pub mod recipients;
+pub mod report;
 pub mod shell;
 pub mod ssh;
 pub mod templates;
 pub mod text;
 pub mod tls;
 pub mod trust;
+pub mod verify;
 pub mod words;

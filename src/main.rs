@@ -10,14 +10,18 @@ use owo_colors::OwoColorize as _;
 use time::OffsetDateTime;
 
 use mxpin::engine::{self, ApplyStatus, FleetPlan, HostState, Rotation};
+use mxpin::error::Stage;
+use mxpin::external::PinDecision;
 use mxpin::fingerprint::{self, Format, Source};
 use mxpin::inventory::{self, HostName, Inventory};
 use mxpin::plan::{self, HostOutcome, HostPlan};
 use mxpin::probe::{self, StartTls};
 use mxpin::progress::{Lines, Live, Monitor, Phase, Silent};
+use mxpin::report;
 use mxpin::templates::Templates;
 use mxpin::tls::{Certificate, Digest, PinKind};
 use mxpin::trust::Purpose;
+use mxpin::verify::{self, Check, Status};
 use mxpin::words::count;
 
 /// Pin self-signed TLS keys between your own mail hosts.
@@ -239,10 +243,9 @@ async fn gather(
     progress: &dyn Monitor,
     access: engine::Access,
 ) -> (Vec<HostState>, Vec<mxpin::external::ExternalState>) {
-    let timeout = std::time::Duration::from_secs(10);
     tokio::join!(
         engine::gather(inv, parallel, progress, access),
-        mxpin::external::gather(inv, timeout)
+        mxpin::external::gather(inv, mxpin::limits::PROBE_TIMEOUT)
     )
 }
 
@@ -300,19 +303,19 @@ fn summarize(fleet: &FleetPlan) -> (bool, bool) {
         || fleet
             .outcomes
             .iter()
-            .any(|o| matches!(o, HostOutcome::Failed { .. }));
+            .any(|o| matches!(o, HostOutcome::Failed(_)));
     (errors, !pending_plans(&fleet.outcomes).is_empty())
 }
 
 /// Errors of a plan, on stderr.
 fn report_errors(fleet: &FleetPlan) {
     for o in &fleet.outcomes {
-        if let HostOutcome::Failed { host, error: e } = o {
-            error(format_args!("{host}: {e}"));
+        if let HostOutcome::Failed(e) = o {
+            error(e);
         }
     }
-    for (host, why) in &fleet.refused {
-        error(format_args!("{host}: {why}"));
+    for e in &fleet.refused {
+        error(e);
     }
 }
 
@@ -382,7 +385,7 @@ fn fleet_json(fleet: &FleetPlan) -> serde_json::Value {
     v["refused"] = fleet
         .refused
         .iter()
-        .map(|(h, why)| serde_json::json!({"host": h, "error": why}))
+        .map(mxpin::error::HostError::to_json)
         .collect();
     v
 }
@@ -397,18 +400,15 @@ async fn run_plan(common: &Common) -> Result<u8, String> {
         engine::Access::Read,
     )
     .await;
-    let now = OffsetDateTime::now_utc();
-    let fleet = engine::plan_all(
-        &inv,
-        &states,
-        &externals,
-        &templates,
-        now,
-        &Rotation::default(),
-    );
-    engine::report_planned(&fleet.outcomes, &*progress, Phase::Planned(0));
-    progress.finish();
-    engine::close(states).await;
+    let fleet = engine::with_hosts(states, async |states: &mut [HostState]| {
+        let now = OffsetDateTime::now_utc();
+        let rotation = Rotation::default();
+        let fleet = engine::plan_all(&inv, states, &externals, &templates, now, &rotation);
+        engine::report_planned(&fleet.outcomes, &*progress, Phase::Planned(0));
+        progress.finish();
+        fleet
+    })
+    .await;
     report_errors(&fleet);
     if common.json {
         let _ = writeln!(anstream::stdout(), "{:#}", fleet_json(&fleet));
@@ -416,7 +416,7 @@ async fn run_plan(common: &Common) -> Result<u8, String> {
         show_plan(&fleet, Closing::WouldChange);
         if pending_plans(&fleet.outcomes)
             .iter()
-            .any(|p| p.notes.iter().any(|n| n.starts_with("new ")))
+            .any(|p| p.generates_keys)
         {
             let _ = writeln!(
                 anstream::stdout(),
@@ -452,7 +452,8 @@ fn confirm(hosts: usize) -> Result<bool, String> {
 struct Change {
     yes: bool,
     dry_run: bool,
-    rotation: Rotation,
+    /// `rotate HOST... [--compromised]`: the hosts named (all when none).
+    rotate: Option<(Vec<String>, bool)>,
     verify: bool,
     /// Give this host back (`mxpin release`).
     release: Option<HostName>,
@@ -460,7 +461,7 @@ struct Change {
 
 /// Prints verification results: every check, or only failures and
 /// warnings when `quiet_success`; returns whether all passed.
-fn show_checks(checks: &[engine::Check], quiet_success: bool) -> bool {
+fn show_checks(checks: &[Check], quiet_success: bool) -> bool {
     let mut out = anstream::stdout();
     let mut hosts: Vec<&HostName> = Vec::new();
     for c in checks {
@@ -471,17 +472,17 @@ fn show_checks(checks: &[engine::Check], quiet_success: bool) -> bool {
     for host in &hosts {
         let mine: Vec<_> = checks
             .iter()
-            .filter(|c| &c.host == *host && (!quiet_success || !c.ok || c.warning))
+            .filter(|c| &c.host == *host && (!quiet_success || c.status != Status::Ok))
             .collect();
         if mine.is_empty() {
             continue;
         }
         let _ = writeln!(out, "{}", host.as_str().bold());
         for c in mine {
-            let status = match (c.ok, c.warning) {
-                (false, _) => "FAIL".red().bold().to_string(),
-                (true, true) => "warn".yellow().to_string(),
-                (true, false) => "ok  ".green().to_string(),
+            let status = match c.status {
+                Status::Fail => "FAIL".red().bold().to_string(),
+                Status::Warn => "warn".yellow().to_string(),
+                Status::Ok => "ok  ".green().to_string(),
             };
             let route = c
                 .route
@@ -491,20 +492,12 @@ fn show_checks(checks: &[engine::Check], quiet_success: bool) -> bool {
             let _ = writeln!(out, "  {status}  {route}{}", c.what);
         }
     }
-    let failed: Vec<&str> = hosts
-        .iter()
-        .filter(|h| checks.iter().any(|c| &&c.fix_on == *h && !c.ok))
-        .map(|h| h.as_str())
-        .collect();
-    let routes = checks
-        .iter()
-        .filter(|c| c.what.contains("(seen from the controller)"))
-        .count();
+    let failed: Vec<&str> = verify::fix_on(checks).iter().map(|h| h.as_str()).collect();
     if failed.is_empty() {
         let _ = writeln!(
             out,
             "Verified: {} and the keys of every host.",
-            count(routes, "pinned route", "pinned routes")
+            count(verify::routes_seen(checks), "pinned route", "pinned routes")
         );
         true
     } else {
@@ -520,76 +513,45 @@ async fn run_verify(common: &Common) -> Result<u8, String> {
     let (inv, templates) = load(common)?;
     let parallel = common.parallel.into();
     let progress = monitor(common, &inv);
-    let (mut states, externals) = gather(&inv, parallel, &*progress, engine::Access::Read).await;
-    let now = OffsetDateTime::now_utc();
-    let fleet = engine::plan_all(
-        &inv,
-        &states,
-        &externals,
-        &templates,
-        now,
-        &Rotation::default(),
-    );
-    let (after, mut checks) = engine::settle(
-        &inv,
-        &mut states,
-        &externals,
-        &fleet.outcomes,
-        &templates,
-        engine::Progress {
+    let (states, externals) = gather(&inv, parallel, &*progress, engine::Access::Read).await;
+    let (after, mut checks) = engine::with_hosts(states, async |states: &mut [HostState]| {
+        let now = OffsetDateTime::now_utc();
+        let rotation = Rotation::default();
+        let fleet = engine::plan_all(&inv, states, &externals, &templates, now, &rotation);
+        let run = engine::Progress {
             parallel,
             monitor: &*progress,
-        },
-        true,
-    )
+        };
+        engine::settle(
+            &inv,
+            states,
+            &externals,
+            &fleet.outcomes,
+            &templates,
+            run,
+            true,
+        )
+        .await
+    })
     .await;
-    engine::close(states).await;
-    for o in &after {
-        match o {
-            HostOutcome::Planned(p) if !p.is_empty() => checks.push(engine::Check {
-                host: p.host.clone(),
-                fix_on: p.host.clone(),
-                route: None,
-                ok: false,
-                warning: false,
-                what: "differs from the inventory: see mxpin plan".into(),
-            }),
-            HostOutcome::Failed { host, error: e } if !checks.iter().any(|c| &c.host == host) => {
-                checks.push(engine::Check {
-                    host: host.clone(),
-                    fix_on: host.clone(),
-                    route: None,
-                    ok: false,
-                    warning: false,
-                    what: e.clone(),
-                })
-            }
-            _ => {}
-        }
-    }
+    verify::add_drift(&mut checks, &after);
     let ok = if common.json {
-        let _ = writeln!(
-            anstream::stdout(),
-            "{:#}",
-            serde_json::json!({ "checks": checks })
-        );
-        checks.iter().all(|c| c.ok)
+        let _ = writeln!(anstream::stdout(), "{:#}", verify::to_json(&checks));
+        checks.iter().all(Check::ok)
     } else {
         show_checks(&checks, false)
     };
     Ok(if ok { 0 } else { EXIT_ERROR })
 }
 
-/// Closes the connections and, for --json, prints the one document: the
-/// plan plus the fields of `results` (an object).
-async fn finish(
-    states: Vec<HostState>,
+/// For --json, prints the one document: the plan plus the fields of
+/// `results` (an object).
+fn finish(
     common: &Common,
     fleet: &FleetPlan,
     code: u8,
     results: serde_json::Value,
 ) -> Result<u8, String> {
-    engine::close(states).await;
     if common.json {
         let mut doc = serde_json::json!({ "plan": fleet_json(fleet), "applied": [] });
         if let serde_json::Value::Object(fields) = results {
@@ -608,6 +570,10 @@ async fn run_change(common: &Common, change: Change) -> Result<u8, String> {
         Some(host) => inv.for_release(host)?,
         None => inv,
     };
+    let rotation = match &change.rotate {
+        Some((hosts, compromised)) => Rotation::select(&inv, hosts, *compromised)?,
+        None => Rotation::default(),
+    };
     let parallel = common.parallel.into();
     let progress = monitor(common, &inv);
     // A dry run only reads: it shares the hosts with other readers.
@@ -616,10 +582,49 @@ async fn run_change(common: &Common, change: Change) -> Result<u8, String> {
     } else {
         engine::Access::Change
     };
-    let (mut states, externals) = gather(&inv, parallel, &*progress, access).await;
+    let (states, externals) = gather(&inv, parallel, &*progress, access).await;
+    let run = Run {
+        common,
+        change: &change,
+        inv: &inv,
+        templates: &templates,
+        externals: &externals,
+    };
+    engine::with_hosts(states, async |states: &mut [HostState]| {
+        change_hosts(run, &rotation, states, &*progress).await
+    })
+    .await
+}
+
+/// What a changing run works with, once the hosts are read.
+#[derive(Clone, Copy)]
+struct Run<'a> {
+    common: &'a Common,
+    change: &'a Change,
+    inv: &'a Inventory,
+    templates: &'a Templates,
+    externals: &'a [mxpin::external::ExternalState],
+}
+
+/// Plans, confirms, applies, settles and reports a changing run on the
+/// hosts read.
+async fn change_hosts(
+    run: Run<'_>,
+    rotation: &Rotation,
+    states: &mut [HostState],
+    progress: &dyn Monitor,
+) -> Result<u8, String> {
+    let Run {
+        common,
+        change,
+        inv,
+        templates,
+        externals,
+    } = run;
+    let parallel = common.parallel.into();
     let now = OffsetDateTime::now_utc();
-    let fleet = engine::plan_all(&inv, &states, &externals, &templates, now, &change.rotation);
-    engine::report_planned(&fleet.outcomes, &*progress, Phase::Planned(0));
+    let fleet = engine::plan_all(inv, states, externals, templates, now, rotation);
+    engine::report_planned(&fleet.outcomes, progress, Phase::Planned(0));
     progress.finish();
     let (plan_errors, pending) = summarize(&fleet);
     report_errors(&fleet);
@@ -641,7 +646,7 @@ async fn run_change(common: &Common, change: Change) -> Result<u8, String> {
         } else {
             failed_code
         };
-        return finish(states, common, &fleet, code, serde_json::json!({})).await;
+        return finish(common, &fleet, code, serde_json::json!({}));
     }
     let hosts = pending_plans(&fleet.outcomes).len();
     // Off the async threads: a signal must be able to end the wait.
@@ -650,20 +655,19 @@ async fn run_change(common: &Common, change: Change) -> Result<u8, String> {
             .await
             .map_err(|e| format!("reading answer: {e}"))??;
     if !confirmed {
-        engine::close(states).await;
         return Err("cancelled; nothing changed".into());
     }
-    let progress = monitor(common, &inv);
-    let results = engine::apply_all(&states, &fleet.outcomes, parallel, &*progress).await;
+    let progress = monitor(common, inv);
+    let results = engine::apply_all(states, &fleet.outcomes, parallel, &*progress).await;
     let run = engine::Progress {
         parallel,
         monitor: &*progress,
     };
     let (results, second) = engine::finish_transition(
-        &inv,
-        &mut states,
-        &externals,
-        &templates,
+        inv,
+        states,
+        externals,
+        templates,
         run,
         &fleet.outcomes,
         results,
@@ -671,11 +675,11 @@ async fn run_change(common: &Common, change: Change) -> Result<u8, String> {
     .await;
     let intended = second.as_deref().unwrap_or(&fleet.outcomes);
     let (after, checks) = engine::settle(
-        &inv,
-        &mut states,
-        &externals,
+        inv,
+        states,
+        externals,
         intended,
-        &templates,
+        templates,
         engine::Progress {
             parallel,
             monitor: &*progress,
@@ -683,7 +687,6 @@ async fn run_change(common: &Common, change: Change) -> Result<u8, String> {
         change.verify,
     )
     .await;
-    let mut failed = plan_errors;
     let mut out = anstream::stdout();
     for (host, status) in &results {
         match status {
@@ -697,27 +700,13 @@ async fn run_change(common: &Common, change: Change) -> Result<u8, String> {
                     );
                 }
             }
-            ApplyStatus::Failed(e) | ApplyStatus::Skipped(e) => {
-                // Planning errors were reported above.
-                if !fleet
-                    .outcomes
-                    .iter()
-                    .any(|o| matches!(o, HostOutcome::Failed { host: h, .. } if h == host))
-                {
-                    error(format_args!("{host}: {e}"));
-                }
-                failed = true;
-            }
+            // Planning errors were reported above.
+            ApplyStatus::Failed(e) | ApplyStatus::Skipped(e) if e.stage == Stage::Apply => error(e),
+            ApplyStatus::Failed(_) | ApplyStatus::Skipped(_) => {}
         }
     }
-    let mut drift: Vec<HostName> = Vec::new();
-    for o in &after {
-        match o {
-            HostOutcome::Planned(p) if !p.is_empty() => drift.push(p.host.clone()),
-            HostOutcome::Failed { host, .. } => drift.push(host.clone()),
-            _ => {}
-        }
-    }
+    let failed = plan_errors || report::apply_failed(&results);
+    let drift = report::drift(&after);
     if !failed && !drift.is_empty() {
         let names: Vec<&str> = drift.iter().map(HostName::as_str).collect();
         error(format_args!(
@@ -727,8 +716,7 @@ async fn run_change(common: &Common, change: Change) -> Result<u8, String> {
     }
     // What a rotation left behind, read from the hosts.
     let mut rotated = Vec::new();
-    for r in &fleet.rotated {
-        let peers = engine::peer_pins(&inv, &states, &r.host);
+    for report::ReadBack { rotated: r, peers } in report::rotation_read_back(inv, states, &fleet) {
         if !common.json {
             // The inventory's digest and pin kind, as the peers' pins below.
             let kind = match inv.settings.pin {
@@ -758,27 +746,26 @@ async fn run_change(common: &Common, change: Change) -> Result<u8, String> {
             let (status, detail) = match s {
                 ApplyStatus::Unchanged => ("unchanged", None),
                 ApplyStatus::Applied { .. } => ("applied", None),
-                ApplyStatus::Failed(e) => ("failed", Some(e.as_str())),
-                ApplyStatus::Skipped(e) => ("skipped", Some(e.as_str())),
+                ApplyStatus::Failed(e) => ("failed", Some(e)),
+                ApplyStatus::Skipped(e) => ("skipped", Some(e)),
             };
-            serde_json::json!({"host": h, "status": status, "error": detail,
+            serde_json::json!({"host": h, "status": status,
+                               "error": detail.map(|e| &e.message),
+                               "stage": detail.map(|e| e.stage),
+                               "kind": detail.map(|e| e.kind),
                                "converged": !drift.contains(h)})
         })
         .collect();
     let verified = checks.is_empty() || common.json || show_checks(&checks, true);
     let failed =
-        failed || (!common.json && !verified) || (common.json && checks.iter().any(|c| !c.ok));
-    let code = if failed || !drift.is_empty() {
-        EXIT_ERROR
-    } else {
-        0
-    };
+        failed || (!common.json && !verified) || (common.json && !checks.iter().all(Check::ok));
+    let code = report::exit_code(failed, &drift);
     let mut applied = serde_json::json!({ "applied": applied });
     if !rotated.is_empty() {
         applied["pins_after_rotation"] = rotated.into();
     }
     if !checks.is_empty() {
-        applied["checks"] = serde_json::to_value(&checks).unwrap_or_default();
+        applied["checks"] = verify::to_json(&checks)["checks"].take();
     }
     if let (Some(host), 0, false) = (&change.release, code, common.json) {
         let _ = writeln!(
@@ -787,32 +774,7 @@ async fn run_change(common: &Common, change: Change) -> Result<u8, String> {
             inv.file.display()
         );
     }
-    finish(states, common, &fleet, code, applied).await
-}
-
-fn rotation(common: &Common, hosts: &[String], compromised: bool) -> Result<Rotation, String> {
-    let inv = inventory::load(&common.inventory).map_err(|e| e.to_string())?;
-    if compromised && hosts.is_empty() {
-        return Err("--compromised needs the names of the compromised hosts".into());
-    }
-    let mut set = std::collections::BTreeSet::new();
-    for h in hosts {
-        let name = HostName::parse(h).map_err(|e| format!("rotate: {e}"))?;
-        if !inv.hosts.iter().any(|x| x.name == name) {
-            return Err(format!(
-                "rotate: no host {h} in {}",
-                common.inventory.display()
-            ));
-        }
-        set.insert(name);
-    }
-    if set.is_empty() {
-        set = inv.hosts.iter().map(|h| h.name.clone()).collect();
-    }
-    Ok(Rotation {
-        hosts: set,
-        compromised,
-    })
+    finish(common, &fleet, code, applied)
 }
 
 async fn run_fingerprint(
@@ -914,28 +876,17 @@ async fn run_pin(
         );
         let _ = writeln!(out, "{} {kind} fingerprint: {served}", s.digest);
     }
-    let pins = if e.pins.contains(&served) && !replace {
-        if json {
-            let pins: Vec<String> = e.pins.iter().map(|p| p.to_string()).collect();
-            report(&mut out, "already_pinned", &pins);
-        } else {
-            let _ = writeln!(out, "already pinned");
+    let pins = match mxpin::external::pin_decision(e, &served, add, replace)? {
+        PinDecision::AlreadyPinned => {
+            if json {
+                let pins: Vec<String> = e.pins.iter().map(|p| p.to_string()).collect();
+                report(&mut out, "already_pinned", &pins);
+            } else {
+                let _ = writeln!(out, "already pinned");
+            }
+            return Ok(0);
         }
-        return Ok(0);
-    } else if e.pins.is_empty() || replace {
-        vec![served.clone()]
-    } else if add {
-        let mut p = e.pins.clone();
-        p.push(served.clone());
-        p
-    } else {
-        let old: Vec<&str> = e.pins.iter().map(|p| p.as_str()).collect();
-        return Err(format!(
-            "external {name} ({}) serves {served}, but {} is pinned; check with the server's admin, \
-             then run `mxpin pin {name} --replace` (or --add to keep the old pin)",
-            e.address(),
-            old.join(" and ")
-        ));
+        PinDecision::Write(pins) => pins,
     };
     let text = std::fs::read_to_string(file)
         .map_err(|err| format!("{}: cannot read: {err}", file.display()))?;
@@ -971,20 +922,10 @@ async fn run_tlsa(common: &Common) -> Result<u8, String> {
     )
     .await;
     progress.finish();
-    let mut records = Vec::new();
-    let mut errors = Vec::new();
-    for s in &states {
-        let name = s.host.name.to_string();
-        match &s.facts {
-            Err(e) => errors.push((name, e.to_string())),
-            Ok(f) => {
-                let (mine, failed) = fingerprint::host_tlsa(&s.host, &f.stored_keys());
-                records.extend(mine);
-                errors.extend(failed.into_iter().map(|e| (name.clone(), e)));
-            }
-        }
-    }
-    engine::close(states).await;
+    let (records, errors) = engine::with_hosts(states, async |states: &mut [HostState]| {
+        fingerprint::fleet_tlsa(states)
+    })
+    .await;
     for (host, e) in &errors {
         error(format_args!("{host}: {e}"));
     }
@@ -1232,7 +1173,7 @@ fn main() -> ExitCode {
                     yes: *yes,
                     dry_run: false,
                     verify: !no_verify,
-                    rotation: Rotation::default(),
+                    rotate: None,
                     release: None,
                 };
                 run_change(&common(opts)?, change).await
@@ -1247,7 +1188,7 @@ fn main() -> ExitCode {
                     yes: *yes,
                     dry_run: *dry_run,
                     verify: false,
-                    rotation: Rotation::default(),
+                    rotate: None,
                     release: Some(HostName::parse(host).map_err(|e| format!("release: {e}"))?),
                 };
                 run_change(&common(opts)?, change).await
@@ -1260,20 +1201,14 @@ fn main() -> ExitCode {
                 compromised,
                 no_verify,
             } => {
-                let common = common(opts)?;
-                match rotation(&common, hosts, *compromised) {
-                    Err(e) => Err(e),
-                    Ok(rotation) => {
-                        let change = Change {
-                            yes: *yes,
-                            dry_run: *dry_run,
-                            verify: !no_verify,
-                            rotation,
-                            release: None,
-                        };
-                        run_change(&common, change).await
-                    }
-                }
+                let change = Change {
+                    yes: *yes,
+                    dry_run: *dry_run,
+                    verify: !no_verify,
+                    rotate: Some((hosts.clone(), *compromised)),
+                    release: None,
+                };
+                run_change(&common(opts)?, change).await
             }
             Command::Completions { shell } => generated(global, "completions", |out| {
                 let shell = match shell {

@@ -242,6 +242,9 @@ pub struct HostPlan {
     pub notes: Vec<String>,
     /// The key this host serves changes in this plan.
     pub switches_key: bool,
+    /// The plan installs keys it generates: those shown are examples, as
+    /// apply generates its own.
+    pub generates_keys: bool,
     /// This plan opens the port its backups route to (a primary's new
     /// `smtp_port` listener): they go after it.
     pub opens_listener: bool,
@@ -314,7 +317,7 @@ impl HostPlan {
 #[derive(Debug)]
 pub enum HostOutcome {
     Planned(Box<HostPlan>),
-    Failed { host: HostName, error: String },
+    Failed(crate::error::HostError),
 }
 
 #[derive(Serialize)]
@@ -342,6 +345,10 @@ struct JsonHost<'a> {
     status: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
     error: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stage: Option<crate::error::Stage>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    kind: Option<crate::error::ErrorKind>,
     changes: Vec<JsonChange<'a>>,
     commands: &'a [String],
     notes: &'a [String],
@@ -349,10 +356,12 @@ struct JsonHost<'a> {
 
 fn json_host(o: &HostOutcome, style: PinStyle) -> JsonHost<'_> {
     match o {
-        HostOutcome::Failed { host, error } => JsonHost {
-            host: host.as_str(),
+        HostOutcome::Failed(e) => JsonHost {
+            host: e.host.as_str(),
             status: "error",
-            error: Some(error),
+            error: Some(&e.message),
+            stage: Some(e.stage),
+            kind: Some(e.kind),
             changes: vec![],
             commands: &[],
             notes: &[],
@@ -361,6 +370,8 @@ fn json_host(o: &HostOutcome, style: PinStyle) -> JsonHost<'_> {
             host: p.host.as_str(),
             status: if p.is_empty() { "unchanged" } else { "changes" },
             error: None,
+            stage: None,
+            kind: None,
             changes: p
                 .changes
                 .iter()
@@ -511,10 +522,11 @@ mod tests {
             commands: vec![],
             notes: vec![],
             switches_key: true,
+            generates_keys: false,
             opens_listener: false,
             pinned: vec![],
             transitional: false,
-            steps: Default::default(),
+            steps: crate::mta::Steps::Postfix(Default::default()),
         };
         let text = render_host(&plan, PinStyle::SHA256_KEY);
         assert!(
@@ -555,7 +567,8 @@ mod tests {
             opens_listener: false,
             pinned: vec![],
             transitional: false,
-            steps: Default::default(),
+            generates_keys: false,
+            steps: crate::mta::Steps::Postfix(Default::default()),
         };
         let style = PinStyle {
             digest: Digest::Md5,

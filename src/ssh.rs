@@ -4,7 +4,6 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
 
 use openssh::{Child, ControlPersist, KnownHosts, SessionBuilder, Stdio};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
@@ -28,15 +27,6 @@ pub enum SshError {
 pub struct RemoteOutput {
     pub stdout: Vec<u8>,
     pub stderr: String,
-}
-
-/// Runs a script on a host. Implemented by SSH sessions; the seam for tests
-/// and other transports.
-pub trait Transport {
-    fn run_script(
-        &self,
-        script: &str,
-    ) -> impl std::future::Future<Output = Result<RemoteOutput, SshError>> + Send;
 }
 
 fn chain(e: &dyn std::error::Error) -> String {
@@ -230,7 +220,7 @@ impl Held {
     /// waits (bounded) for it to end.
     pub async fn release(mut self) {
         drop(self.child.stdin().take());
-        let _ = tokio::time::timeout(Duration::from_secs(30), self.child.wait()).await;
+        let _ = tokio::time::timeout(crate::limits::LOCK_RELEASE_WAIT, self.child.wait()).await;
     }
 }
 
@@ -250,8 +240,8 @@ impl SshHost {
             b.port(p);
         }
         b.known_hosts_check(host_key_policy(&host.ssh, config).await)
-            .connect_timeout(Duration::from_secs(15))
-            .server_alive_interval(Duration::from_secs(15))
+            .connect_timeout(crate::limits::SSH_CONNECT_TIMEOUT)
+            .server_alive_interval(crate::limits::SSH_ALIVE_INTERVAL)
             .control_persist(ControlPersist::IdleFor(
                 std::num::NonZeroUsize::new(MASTER_IDLE_SECS).expect("non-zero"),
             ));
@@ -400,8 +390,9 @@ impl SshHost {
     }
 }
 
-impl Transport for SshHost {
-    async fn run_script(&self, script: &str) -> Result<RemoteOutput, SshError> {
+impl SshHost {
+    /// Runs `script` with the remote shell, its stdin the script.
+    pub async fn run_script(&self, script: &str) -> Result<RemoteOutput, SshError> {
         let (child, mut stdin) = self.spawn_shell().await?;
         let write = async {
             stdin.write_all(script.as_bytes()).await?;

@@ -193,6 +193,32 @@ fn unpinned_key_defers_and_apply_recovers() {
             .contains("posttls-finger on relay: posttls-finger: Untrusted TLS connection"),
         "{verify:?}"
     );
+    // The same, for a monitoring system: typed checks, the failing ones
+    // named, and the overall status.
+    let json = lab.mxpin(&["verify", "--json", "-i", &inv]);
+    assert_eq!(json.code, 1, "{json:?}");
+    let v: serde_json::Value = serde_json::from_str(&json.stdout).expect("verify --json is JSON");
+    assert_eq!(v["status"], "fail", "{v:#}");
+    let checks = v["checks"].as_array().expect("checks");
+    let served = checks
+        .iter()
+        .find(|c| c["kind"] == "served" && c["host"] == "relay")
+        .unwrap_or_else(|| panic!("a served check of relay: {v:#}"));
+    assert_eq!(served["status"], "fail", "{served:#}");
+    assert_eq!(served["peer"], "home", "{served:#}");
+    assert_eq!(served["route"], "[home.example.net]:25", "{served:#}");
+    assert!(
+        served["what"]
+            .as_str()
+            .unwrap()
+            .contains("which relay does not pin"),
+        "{served:#}"
+    );
+    let handshake = checks
+        .iter()
+        .find(|c| c["kind"] == "handshake" && c["host"] == "relay")
+        .unwrap_or_else(|| panic!("a handshake check of relay: {v:#}"));
+    assert_eq!(handshake["status"], "fail", "{handshake:#}");
 
     let plan = lab.mxpin(&["plan", "-i", &inv]);
     assert_eq!(plan.code, 2, "plan sees home's main.cf drift: {plan:?}");
@@ -214,6 +240,40 @@ fn unpinned_key_defers_and_apply_recovers() {
     );
     let verify = lab.mxpin(&["verify", "-q", "-i", &inv]);
     assert_eq!(verify.code, 0, "{verify:?}");
+    let json = lab.mxpin(&["verify", "--json", "-i", &inv]);
+    assert_eq!(json.code, 0, "{json:?}");
+    let v: serde_json::Value = serde_json::from_str(&json.stdout).expect("verify --json is JSON");
+    assert_eq!(v["status"], "ok", "{v:#}");
+    let checks = v["checks"].as_array().expect("checks");
+    let mut ids = std::collections::BTreeSet::new();
+    for c in checks {
+        assert_eq!(c["status"], "ok", "{c:#}");
+        assert!(
+            ids.insert(c["id"].as_str().expect("an id").to_string()),
+            "ids are unique: {v:#}"
+        );
+        assert!(c["kind"].is_string() && c["host"].is_string(), "{c:#}");
+    }
+    for host in ["home", "relay"] {
+        let key = checks
+            .iter()
+            .find(|c| c["id"] == format!("{host}:key:current"))
+            .unwrap_or_else(|| panic!("{host}'s current key: {v:#}"));
+        let days = key["days_left"].as_i64().expect("days_left");
+        assert!(
+            days > 300,
+            "a new certificate has most of its life left: {key:#}"
+        );
+        let not_after = key["not_after"].as_str().expect("not_after");
+        assert!(key["what"].as_str().unwrap().contains(not_after), "{key:#}");
+    }
+    let served = checks
+        .iter()
+        .find(|c| c["kind"] == "served" && c["host"] == "relay")
+        .unwrap_or_else(|| panic!("a served check of relay: {v:#}"));
+    assert_eq!(served["route"], "[home.example.net]:25", "{served:#}");
+    assert_eq!(served["peer"], "home", "{served:#}");
+    assert!(served["days_left"].is_i64(), "{served:#}");
     std::thread::sleep(Duration::from_secs(2));
     let flush = lab.ssh("relay", "postqueue -f");
     assert_eq!(flush.code, 0, "{flush:?}");
@@ -266,6 +326,32 @@ fn remote_failures_are_named_and_change_nothing() {
         plan.stdout.contains("home (6 changes)"),
         "the healthy host is still planned: {plan:?}"
     );
+    // --json says at which stage each host failed, and how.
+    let json = lab.mxpin(&["plan", "--json", "-i", path]);
+    assert_eq!(json.code, 1, "{json:?}");
+    let v: serde_json::Value = serde_json::from_str(&json.stdout).expect("plan --json is JSON");
+    let host = |name: &str| {
+        v["hosts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|h| h["host"] == name)
+            .cloned()
+            .unwrap_or_else(|| panic!("{name} in {v:#}"))
+    };
+    let relay = host("relay");
+    assert_eq!(
+        (&relay["status"], &relay["stage"], &relay["kind"]),
+        (&"error".into(), &"facts".into(), &"refused".into()),
+        "{relay:#}"
+    );
+    let ghost = host("ghost");
+    assert_eq!(
+        (&ghost["stage"], &ghost["kind"]),
+        (&"connect".into(), &"unreachable".into()),
+        "{ghost:#}"
+    );
+    assert!(host("home")["stage"].is_null(), "{v:#}");
 
     // Apply goes on with the host it can change: one failing host never
     // stops the others, and the exit status says something failed.

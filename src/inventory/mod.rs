@@ -126,13 +126,6 @@ pub enum Mta {
 }
 
 impl Mta {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Mta::Postfix => "postfix",
-            Mta::Exim => "exim",
-        }
-    }
-
     fn default_config_dir(self) -> &'static str {
         match self {
             Mta::Postfix => "/etc/postfix",

@@ -1,5 +1,6 @@
-//! MTA-specific code lives in one module per MTA ([`postfix`]); this module
-//! is the dispatch the engine uses, so the engine never names an MTA.
+//! MTA-specific code lives in one module per MTA ([`postfix`], [`exim`]);
+//! this module is the dispatch the engine uses, so the engine never names
+//! an MTA, and the scaffolding both share.
 //!
 //! Every MTA module provides the same pieces: a read-only facts script and
 //! its parser, a pure planner from desired state and facts, an apply script
@@ -81,12 +82,6 @@ pub enum Steps {
     Exim(exim::ApplySteps),
 }
 
-impl Default for Steps {
-    fn default() -> Self {
-        Steps::Postfix(Default::default())
-    }
-}
-
 impl Steps {
     /// Work apply must do even when no file changes (a stale database).
     pub fn has_work(&self) -> bool {
@@ -155,13 +150,18 @@ pub fn verify_snippet(plan: &HostPlan, facts: &Facts, inv: &Inventory) -> String
             postfix::verify_snippet(steps, inv.settings.digest.as_str(), lookup)
         }
         (Steps::Exim(steps), Facts::Exim(_)) => exim::verify_snippet(steps),
-        _ => String::new(),
+        (Steps::Postfix(_), Facts::Exim(_)) | (Steps::Exim(_), Facts::Postfix(_)) => {
+            unreachable!("a plan is made from facts of the same MTA")
+        }
     }
 }
 
 /// A check of one route made on the host itself.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RouteCheck {
+    /// Names the check among the host's checks, the same every run.
+    pub id: String,
+    pub kind: crate::verify::Kind,
     /// The next-hop (or domain) the check is about.
     pub route: String,
     pub ok: bool,
@@ -175,7 +175,9 @@ pub fn route_checks(plan: &HostPlan, facts: &Facts) -> Vec<RouteCheck> {
     match (&plan.steps, facts) {
         (Steps::Postfix(steps), Facts::Postfix(f)) => postfix::route_checks(&plan.host, steps, f),
         (Steps::Exim(steps), Facts::Exim(f)) => exim::route_checks(steps, f),
-        _ => Vec::new(),
+        (Steps::Postfix(_), Facts::Exim(_)) | (Steps::Exim(_), Facts::Postfix(_)) => {
+            unreachable!("a plan is made from facts of the same MTA")
+        }
     }
 }
 
@@ -183,10 +185,7 @@ pub fn route_checks(plan: &HostPlan, facts: &Facts) -> Vec<RouteCheck> {
 /// it owns, and the apply lock.
 pub const OWNED_DIR: &str = "mxpin";
 
-/// How long a run waits for other runs to let go of its hosts, and how
-/// long an apply script waits for another one on the same host: limits in
-/// one place.
-pub const LOCK_WAIT_SECS: u32 = 120;
+pub use crate::limits::LOCK_WAIT_SECS;
 
 /// The script that holds a host for a whole run: it takes an `flock` on the
 /// MTA's configuration directory (shared for read-only commands, exclusive
@@ -517,6 +516,38 @@ pub fn keep_final_newline(original: &str, mut edited: String) -> String {
 /// Refuses an answer with a section no facts script writes (`known` says
 /// which names it writes): a garbled name, say `file:next.kez`, would
 /// otherwise read as a host without that file.
+/// The checks every MTA's facts parser starts with: the header (see
+/// [`check_header`]), and only sections its facts script writes.
+pub fn check_facts(s: &Sections, known: impl Fn(&str) -> bool) -> Result<(), String> {
+    check_header(s)?;
+    check_names(s, known)
+}
+
+/// The start of every MTA's facts script (inside its function): the C
+/// locale, a PATH with the sbin directories, the helpers, `C` (the
+/// configuration directory, quoted), `M` (mxpin's directory in it), and
+/// who the script runs as.
+pub fn facts_prelude(host: &Host) -> String {
+    format!(
+        r#"LC_ALL=C; export LC_ALL
+PATH=/usr/sbin:/usr/bin:/sbin:/bin:/usr/local/sbin:/usr/local/bin:$PATH; export PATH
+{SHELL_HELPERS}C={c}
+M="$C/{OWNED_DIR}"
+u=$(id -u); put uid "$u"
+if [ "$u" != 0 ]; then put user "$(id -un 2>/dev/null)"; fi
+"#,
+        SHELL_HELPERS = crate::facts::SHELL_HELPERS,
+        c = crate::shell::quote(host.config_dir.as_str()),
+    )
+}
+
+/// A section the facts must hold.
+pub fn need(s: &Sections, name: &str) -> Result<String, String> {
+    s.get(name)
+        .map(str::to_string)
+        .ok_or_else(|| format!("facts lack {name}"))
+}
+
 pub fn check_names(s: &Sections, known: impl Fn(&str) -> bool) -> Result<(), String> {
     match s.names().find(|n| !known(n)) {
         Some(n) => Err(format!(

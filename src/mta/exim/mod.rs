@@ -18,7 +18,7 @@ pub mod script;
 use std::collections::BTreeMap;
 
 use crate::desired::{HostDesired, StoredKeys};
-use crate::facts::{Sections, SHELL_HELPERS};
+use crate::facts::Sections;
 use crate::inventory::{Host, Inventory, Settings};
 use crate::mta::{change_for, FoundFile, RouteCheck, Steps};
 use crate::plan::{Action, Content, FileChange, HostPlan, PinnedEdge};
@@ -77,13 +77,7 @@ pub fn facts_script(host: &Host, extra: &str) -> String {
         .collect();
     format!(
         r#"mxpin_facts() {{
-LC_ALL=C; export LC_ALL
-PATH=/usr/sbin:/usr/bin:/sbin:/bin:/usr/local/sbin:/usr/local/bin:$PATH; export PATH
-{SHELL_HELPERS}C={c}
-M="$C/{OWNED_DIR}"
-u=$(id -u); put uid "$u"
-if [ "$u" != 0 ]; then put user "$(id -un 2>/dev/null)"; fi
-X=$(command -v exim4 || command -v exim) || {{ put error "exim4 not found: is Exim installed?"; return 0; }}
+{prelude}X=$(command -v exim4 || command -v exim) || {{ put error "exim4 not found: is Exim installed?"; return 0; }}
 put bin "$X"
 v=$("$X" -bV 2>&1) || {{ put error "exim4 -bV failed: $(printf '%s' "$v" | head -n 3)"; return 0; }}
 put version "$v"
@@ -119,7 +113,7 @@ done
 }}
 mxpin_facts
 "#,
-        c = quote(host.config_dir.as_str()),
+        prelude = crate::mta::facts_prelude(host),
         rcpt = recipients::script(host),
         files = files.join(" "),
         confd = CONFD.iter().map(|(f, _)| *f).collect::<Vec<_>>().join(" "),
@@ -259,13 +253,8 @@ fn known_section(name: &str) -> bool {
 
 impl EximFacts {
     pub fn from_sections(s: &Sections) -> Result<Self, String> {
-        crate::mta::check_header(s)?;
-        crate::mta::check_names(s, known_section)?;
-        let need = |name: &str| {
-            s.get(name)
-                .map(str::to_string)
-                .ok_or_else(|| format!("facts lack {name}"))
-        };
+        crate::mta::check_facts(s, known_section)?;
+        let need = |name: &str| crate::mta::need(s, name);
         let v = need("version")?;
         let version = v
             .lines()
@@ -565,6 +554,8 @@ pub fn route_checks(steps: &ApplySteps, f: &EximFacts) -> Vec<RouteCheck> {
                 .unwrap_or_default();
             let ok = t.passes(&out);
             RouteCheck {
+                id: format!("routing:{}", t.address),
+                kind: crate::verify::Kind::Routing,
                 route: format!("[{}]:{}", t.mx, t.port),
                 ok,
                 peer_down: false,
@@ -596,6 +587,14 @@ pub fn plan_host(
     let dir = d.host.config_dir.as_str();
     let owned = format!("{dir}/{OWNED_DIR}");
     let port = d.host.smtp_port;
+    // Exim has no per-destination TLS policy table mxpin could fill: say
+    // so rather than ignore [policies] on this host.
+    if let (Some(p), false) = (inv.policies.first(), d.host.release) {
+        return Err(format!(
+            "[policies] ({}) are supported on Postfix hosts only: this Exim host would not enforce them",
+            p.domain
+        ));
+    }
     let layout = layout(f, dir)?;
     // A primary on another port listens there: mxpin adds the port to the
     // admin's daemon_smtp_ports in a single exim4.conf. Debian's generated
@@ -857,6 +856,7 @@ pub fn plan_host(
         commands,
         notes,
         switches_key,
+        generates_keys: d.keys.generates(),
         opens_listener: opens_listener.is_some(),
         pinned: PinnedEdge::of(d, inv),
         transitional: d.transitional,

@@ -391,6 +391,21 @@ fn listening_ports_are_read_from_exims_lists() {
     assert_eq!(exim("facts-relay-fresh.out").unwrap().listen_ports, [25]);
 }
 
+/// Issue 14: [policies] on an Exim host are refused at plan in one line,
+/// not silently ignored; without them the host plans.
+#[test]
+fn policies_on_an_exim_host_are_refused() {
+    let text = format!("{LAB}\n[policies]\n\"example.org\" = \"secure\"\n");
+    let inv = inventory::parse(Path::new("mxpin.toml"), &text).unwrap();
+    let f = exim("facts-relay-fresh.out").unwrap();
+    assert_eq!(
+        plan_relay(&inv, &f).unwrap_err(),
+        "[policies] (example.org) are supported on Postfix hosts only: this Exim host would not enforce them"
+    );
+    let inv = inventory::parse(Path::new("mxpin.toml"), LAB).unwrap();
+    assert!(plan_relay(&inv, &f).is_ok());
+}
+
 /// An Exim primary on a port it does not listen on: in a single
 /// exim4.conf, mxpin adds the port to the admin's daemon_smtp_ports (their
 /// line commented out, given back when the port goes back to 25), and the

@@ -4,14 +4,13 @@ use std::collections::BTreeMap;
 
 use super::maincf::split_list;
 use super::{
-    db_suffix, owned_files, policy_pins, table_keys, table_value, FoundFile, CLIENT_CERTS,
-    OWNED_DIR, SCALARS, SNAKEOIL, TABLES,
+    db_suffix, owned_files, policy_pins, table_keys, table_value, FoundFile, CLIENT_CERTS, SCALARS,
+    SNAKEOIL, TABLES,
 };
 use crate::desired::StoredKeys;
-use crate::facts::{Sections, SHELL_HELPERS};
+use crate::facts::Sections;
 use crate::inventory::Host;
 use crate::plan::Content;
-use crate::shell::quote;
 use crate::tls::SecretPem;
 use crate::trust::PinSite;
 
@@ -32,13 +31,7 @@ pub fn facts_script_with(host: &Host, extra: &str) -> String {
         .collect();
     format!(
         r#"mxpin_facts() {{
-LC_ALL=C; export LC_ALL
-PATH=/usr/sbin:/usr/bin:/sbin:/bin:/usr/local/sbin:/usr/local/bin:$PATH; export PATH
-{SHELL_HELPERS}C={c}
-M="$C/{OWNED_DIR}"
-u=$(id -u); put uid "$u"
-if [ "$u" != 0 ]; then put user "$(id -un 2>/dev/null)"; fi
-if ! command -v postconf >/dev/null 2>&1; then put error "postconf not found: is Postfix installed?"; return 0; fi
+{prelude}if ! command -v postconf >/dev/null 2>&1; then put error "postconf not found: is Postfix installed?"; return 0; fi
 if [ ! -f "$C/main.cf" ]; then put error "$C/main.cf not found"; return 0; fi
 v=$(postconf -c "$C" -x mail_version default_database_type queue_directory {params} 2>/dev/null)
 put effective "$v"
@@ -79,7 +72,7 @@ done
 }}
 mxpin_facts
 "#,
-        c = quote(host.config_dir.as_str()),
+        prelude = crate::mta::facts_prelude(host),
         params = params.join(" "),
         files = files.join(" "),
         rcpt = super::recipients::script(host),
@@ -154,13 +147,8 @@ fn known_section(name: &str) -> bool {
 
 impl PostfixFacts {
     pub fn from_sections(s: &Sections) -> Result<Self, String> {
-        crate::mta::check_header(s)?;
-        crate::mta::check_names(s, known_section)?;
-        let need = |name: &str| {
-            s.get(name)
-                .map(str::to_string)
-                .ok_or_else(|| format!("facts lack {name}"))
-        };
+        crate::mta::check_facts(s, known_section)?;
+        let need = |name: &str| crate::mta::need(s, name);
         // One `postconf -x` gives the version, the database type and the
         // effective values of every parameter mxpin edits.
         let mut effective = BTreeMap::new();

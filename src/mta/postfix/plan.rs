@@ -864,6 +864,7 @@ pub fn plan_host(
         commands,
         notes,
         switches_key,
+        generates_keys: !d.host.release && d.keys.generates(),
         opens_listener: opens_listener.is_some(),
         pinned: PinnedEdge::of(d, inv),
         transitional: d.transitional,

@@ -2224,7 +2224,14 @@ fn fleet(relay: Result<PostfixFacts, String>) -> (Inventory, Vec<engine::HostSta
             facts: if h.name.as_str() == "home" {
                 Ok(crate::mta::Facts::Postfix(fixture_facts(HOME_APPLIED)))
             } else {
-                relay.clone().map(crate::mta::Facts::Postfix)
+                relay.clone().map(crate::mta::Facts::Postfix).map_err(|e| {
+                    crate::error::HostError::new(
+                        &h.name,
+                        crate::error::Stage::Connect,
+                        crate::error::ErrorKind::Unreachable,
+                        e,
+                    )
+                })
             },
         })
         .collect();
@@ -2330,7 +2337,7 @@ fn fleet_rotation_is_refused_when_a_peer_lags_or_cannot_be_read() {
     assert!(f.rotated.is_empty());
     assert_eq!(f.refused.len(), 1);
     assert_eq!(
-        f.refused[0].1,
+        f.refused[0].message,
         "rotation refused: peer relay does not pin home's next key yet; run `mxpin apply` first"
     );
     assert!(
@@ -2341,7 +2348,7 @@ fn fleet_rotation_is_refused_when_a_peer_lags_or_cannot_be_read() {
     let (inv, states) = fleet(Err("ssh relay: connection refused".into()));
     let f = engine::plan_all(&inv, &states, &[], &t, now(), &rotate_home(false));
     assert!(
-        f.refused[0].1.contains("peer relay cannot be read"),
+        f.refused[0].message.contains("peer relay cannot be read"),
         "{:?}",
         f.refused
     );
@@ -2707,7 +2714,7 @@ fn pair_states(inv: &Inventory, facts: &[PostfixFacts; 2]) -> Vec<engine::HostSt
 fn apply_fleet(fleet: &engine::FleetPlan, facts: &[PostfixFacts; 2]) -> [PostfixFacts; 2] {
     let plan = |i: usize| match &fleet.outcomes[i] {
         HostOutcome::Planned(p) => simulate_apply(&facts[i], p),
-        HostOutcome::Failed { error, .. } => panic!("{error}"),
+        HostOutcome::Failed(error) => panic!("{error}"),
     };
     [plan(0), plan(1)]
 }
@@ -2821,7 +2828,7 @@ fn the_pair_rotates_both_ways_through_a_transitional_pin_and_the_rule_reads_ever
         &home_only,
     );
     assert_eq!(
-        f.refused[0].1,
+        f.refused[0].message,
         "rotation refused: peer vps does not pin home's next key yet as its client certificate; \
          run `mxpin apply` first"
     );

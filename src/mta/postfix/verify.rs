@@ -6,6 +6,7 @@ use super::{ApplySteps, PostfixFacts, CLIENT_CERTS, OWNED_DIR};
 use crate::inventory::HostName;
 use crate::mta::RouteCheck;
 use crate::shell::quote;
+use crate::verify::Kind;
 
 /// The fingerprints of a TLS policy value (`fingerprint match=A|B ...`),
 /// uppercase as Postfix prints them.
@@ -73,6 +74,8 @@ pub fn route_checks(host: &HostName, steps: &ApplySteps, f: &PostfixFacts) -> Ve
             .map(|v| v.trim().to_string());
         let ok = got.as_deref() == Some(l.expected.as_str());
         checks.push(RouteCheck {
+            id: format!("lookup:{}:{}", l.table, l.key),
+            kind: Kind::Lookup,
             route: if l.table == CLIENT_CERTS {
                 "client certificates".into()
             } else {
@@ -105,6 +108,8 @@ pub fn route_checks(host: &HostName, steps: &ApplySteps, f: &PostfixFacts) -> Ve
             .find(|x| x.contains("TLS connection established"));
         let ok = verified.is_some_and(|x| x.contains("Verified TLS connection established"));
         checks.push(RouteCheck {
+            id: format!("handshake:{}", l.key),
+            kind: Kind::Handshake,
             route: l.key.clone(),
             ok,
             // No TLS connection at all: the peer did not answer.

@@ -1,0 +1,20 @@
+//! Every limit and timeout of a run, in one place.
+
+use std::time::Duration;
+
+/// A TLS probe from the controller (a primary's SMTP port, an external
+/// server): connect, STARTTLS and handshake.
+pub const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Opening an SSH connection to a host.
+pub const SSH_CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// SSH keep-alive: a host silent for this long is asked whether it lives.
+pub const SSH_ALIVE_INTERVAL: Duration = Duration::from_secs(15);
+
+/// How long the shell holding a host's lock may take to end once let go.
+pub const LOCK_RELEASE_WAIT: Duration = Duration::from_secs(30);
+
+/// How long a run waits for other runs to let go of its hosts, and how
+/// long an apply script waits for another one on the same host, in seconds.
+pub const LOCK_WAIT_SECS: u32 = 120;
