@@ -273,6 +273,8 @@ pub struct FleetPlan {
     pub rotated: Vec<Rotated>,
     /// Hosts whose rotation was refused, with the reason (naming the peer).
     pub refused: Vec<(HostName, String)>,
+    /// The keys each planned host ends with, for its DANE records.
+    pub tlsa: Vec<crate::dns::HostTlsa>,
 }
 
 /// The safety rule of rotation, checked on what the pinners really have:
@@ -410,6 +412,23 @@ pub fn plan_all(
         })
         .map(|e| (e.pinner.clone(), e.pinned.clone()))
         .collect();
+    let tlsa = states
+        .iter()
+        .zip(&keys)
+        .filter_map(|(s, k)| {
+            let k = k.as_ref().ok()?;
+            let switched = k
+                .before
+                .as_ref()
+                .filter(|b| b.spki_der() != k.current.identity.cert.spki_der());
+            Some(crate::dns::HostTlsa {
+                host: s.host.name.clone(),
+                current: k.current.identity.cert.clone(),
+                next: k.next.identity.cert.clone(),
+                retired: switched.cloned(),
+            })
+        })
+        .collect();
     let outcomes = desired::desired(inv, keys, &served, &held)
         .into_iter()
         .zip(states)
@@ -431,6 +450,7 @@ pub fn plan_all(
         outcomes,
         rotated,
         refused,
+        tlsa,
     }
 }
 

@@ -4,6 +4,7 @@
 //! [`plan`] -> apply ([`engine`], with the scripts of [`mta`]).
 
 pub mod desired;
+pub mod dns;
 pub mod engine;
 pub mod external;
 pub mod facts;
