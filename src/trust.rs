@@ -247,10 +247,16 @@ backups = ["vps"]
     #[test]
     fn dns_pins_every_host_receiving_mail() {
         assert!(dane_edges(&inv(PAIR)).is_empty(), "no [dns], no DANE edge");
+        let dir = tempfile::tempdir().unwrap();
+        let secret = dir.path().join("tsig.key");
+        std::fs::write(&secret, "c2VjcmV0\n").unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).unwrap();
         let text = format!(
             "{PAIR}\n[dns]\nserver = \"127.0.0.53:53\"\nzones = [{{ name = \"example.net\" }}, \
              {{ name = \"example.org\", server = \"127.0.0.99\" }}]\ntsig_key_name = \"mxpin\"\n\
-             tsig_secret_file = \"tsig.key\"\nresolver = \"127.0.0.54:53\"\n"
+             tsig_secret_file = \"{}\"\nresolver = \"127.0.0.54:53\"\n",
+            secret.display()
         );
         let inv = inv(&text);
         let e = dane_edges(&inv);

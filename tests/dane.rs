@@ -460,3 +460,40 @@ fn rotation_waits_for_dns_and_defers_nothing() {
     want.sort();
     assert_eq!(served_tlsa(&lab, OWNER), want, "old key's record removed");
 }
+
+/// A TSIG secret group or others may read is refused before anything
+/// runs: one line naming the file, exit 1, the secret never shown.
+#[test]
+fn a_readable_tsig_secret_is_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("tsig.key");
+    std::fs::write(&secret, "c2VjcmV0LXNlY3JldA==\n").unwrap();
+    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let inv = dir.path().join("mxpin.toml");
+    std::fs::write(
+        &inv,
+        format!(
+            "{}\n[domains.\"example.net\"]\nprimary = \"home\"\nbackups = [\"relay\"]\n{}",
+            "[hosts.home]\nssh = \"home\"\nmx = \"home.example.net\"\n\
+             [hosts.relay]\nssh = \"relay\"\nmx = \"relay.example.org\"\n",
+            DNS_SECTION.replace("dns/tsig.key", "tsig.key")
+        ),
+    )
+    .unwrap();
+    let out = std::process::Command::new(common::mxpin_bin())
+        .args(["plan", "-i", inv.to_str().unwrap()])
+        .env("NO_COLOR", "1")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains("mxpin.toml:")
+            && stderr.contains("group or others may read it (mode 0644)"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("c2VjcmV0"), "{stderr}");
+    assert!(out.stdout.is_empty());
+}

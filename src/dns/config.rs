@@ -172,6 +172,9 @@ pub(crate) fn check(
         ));
     }
     let tsig_secret_file = base.join(secret_path);
+    // Checked now (exists, mode, form), so that a bad secret stops the run
+    // before any host changes; read again when an update is sent.
+    Secret::read(&tsig_secret_file).map_err(|m| at(start(&r.tsig_secret_file), m))?;
     let resolver = server(r.resolver.get_ref()).map_err(|m| at(start(&r.resolver), m))?;
     let ttl = match &r.ttl {
         None => 3600,
