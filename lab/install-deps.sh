@@ -20,6 +20,9 @@
 set -euo pipefail
 packages=(openssh-server openssh-client postfix swaks libnet-ssleay-perl sudo openssl iproute2 util-linux fetchmail)
 packages+=(dovecot-core dovecot-imapd dovecot-pop3d)
+# DNS for `lab.sh up ... --dane`: knot (authoritative, signs, TSIG updates),
+# unbound (validating resolver). Like Dovecot, lab.sh runs its own instances.
+packages+=(knot knot-dnsutils unbound)
 # Runtime libraries of exim4-daemon-light 4.96 (its Depends, minus debconf and
 # exim4-base). Most are there already with postfix installed.
 packages+=(libidn12 libidn2-0 libgnutls30 libgnutls-dane0 libpcre2-8-0 libdb5.3 libnsl2 libcrypt1)
@@ -33,7 +36,7 @@ if ((${#need[@]})); then
     apt-get update -q >/dev/null
     updated=1
     dovecot_new=0
-    if [[ " ${need[*]} " == *" dovecot-core "* ]]; then
+    if [[ " ${need[*]} " == *" dovecot-core "* || " ${need[*]} " == *" knot "* || " ${need[*]} " == *" unbound "* ]]; then
         dovecot_new=1
     fi
     policy=/usr/sbin/policy-rc.d
@@ -50,7 +53,7 @@ if ((${#need[@]})); then
         trap - EXIT
     fi
     if ((dovecot_new)) && [[ -d /run/systemd/system ]]; then
-        systemctl disable --now dovecot.service dovecot.socket >/dev/null 2>&1 || true
+        systemctl disable --now dovecot.service dovecot.socket knot.service unbound.service >/dev/null 2>&1 || true
     fi
 fi
 

@@ -13,6 +13,9 @@
 #                                      vps: home, vps, world, stranger (Postfix)
 #   lab/lab.sh up DIR NAME --dovecot HOST  also a Dovecot (IMAP, POP3) on HOST's
 #                                      address, for fetchmail and the probe
+#   lab/lab.sh up DIR NAME --dane      also DNS (knot signing example.net and
+#                                      example.org, unbound validating) and a
+#                                      third Postfix host, sender, sending by DANE
 #   lab/lab.sh down DIR         stop everything the lab started, delete its netns
 #   lab/lab.sh exec DIR CMD...  run CMD inside the lab's network namespace
 #   lab/lab.sh dovecot-cert DIR a new certificate for the lab's Dovecot (reloaded)
@@ -42,6 +45,8 @@ SUDO_HOST=relay
 PAIR=0
 # 0: the two-host lab; N: a fleet of N hosts.
 FLEET=0
+# 1: --dane (DNS in the netns and the DANE sender host).
+DANE=0
 FLEET_MAX=60
 SUDO_USER_NAME=mxpinlab
 # --exim HOST: HOST runs Exim (Debian's exim4 4.96, unpacked by
@@ -70,6 +75,7 @@ usage: lab/lab.sh up DIR NAME       # build and start a lab under DIR (absolute)
        lab/lab.sh up DIR NAME --exim-debian HOST # the same with Debian's split config (conf.d)
        lab/lab.sh up DIR NAME --pair      # home, vps (home's relay), world, stranger
        lab/lab.sh up DIR NAME --dovecot HOST # + Dovecot IMAP/POP3 on HOST's address (with any of the above)
+       lab/lab.sh up DIR NAME --dane      # + knot, unbound and a DANE sender (two-host lab only)
        lab/lab.sh down DIR          # stop it and delete its netns (idempotent)
        lab/lab.sh exec DIR CMD...   # run CMD in the lab's netns (lab hosts file as /etc/hosts)
        lab/lab.sh dovecot-cert DIR  # --dovecot: a new certificate for Dovecot, reloaded
@@ -148,6 +154,23 @@ use_pair() {
     SUDO_HOST=vps
 }
 
+# --dane: a third Postfix host, sender (127.0.0.6, sender.example.com, not in
+# mxpin.toml), looks up MX, A and TLSA records through the lab's validating
+# resolver and delivers by DANE (smtp_tls_security_level = dane). DNS: knot
+# on 127.0.0.53 signs example.net and example.org and takes TSIG-signed
+# updates; unbound on 127.0.0.54 validates them with their trust anchors.
+DNS_AUTH=127.0.0.53
+DNS_RESOLVER=127.0.0.54
+DNS_ZONES=(example.net example.org)
+DNS_TSIG_NAME=mxpin
+use_dane() {
+    DANE=1
+    HOSTS+=(sender)
+    ADDR[sender]=127.0.0.6
+    MAILNAME[sender]=sender.example.com
+    MYDOMAIN[sender]=example.com
+}
+
 # The topology of an existing lab: a fleet lab records N in DIR/fleet, a
 # pair lab its hosts in DIR/pair.
 load_topology() {
@@ -158,6 +181,9 @@ load_topology() {
     fi
     if [[ -f $dir/pair ]]; then
         use_pair
+    fi
+    if [[ -f $dir/dane ]]; then
+        use_dane
     fi
     if [[ -f $dir/exim ]]; then
         local h
@@ -502,6 +528,16 @@ setup_postfix() {
         # the SMTP server on localhost:25, its default: home also listens on
         # loopback, as a Postfix with Debian's inet_interfaces = all does.
         params+=("inet_interfaces = ${ADDR[$host]}, 127.0.0.1")
+    fi
+    if ((DANE)) && [[ $host == sender ]]; then
+        # Recipe 3's DANE client: DNS (resolv.conf -> unbound, bind-mounted
+        # in start_host), DNSSEC-validated lookups, DANE where TLSA exist.
+        params+=(
+            "smtp_host_lookup = dns"
+            "smtp_dns_support_level = dnssec"
+            "smtp_tls_security_level = dane"
+            "dnssec_probe = ns:example.net"
+        )
     fi
     if ((PAIR)) && [[ $host == stranger ]]; then
         setup_stranger "$dir" "$host"
@@ -902,6 +938,9 @@ start_host() {
         fi
         mount --bind "$2/hosts" /etc/hosts
         mount --bind "$2/sudoers" /etc/sudoers
+        if [ -f "$1/resolv.conf" ]; then
+            mount --bind "$1/resolv.conf" /etc/resolv.conf
+        fi
         if [ -d "$1/root" ]; then
             mount --bind "$1/root" /root
         fi
@@ -1061,14 +1100,18 @@ self_checks() {
     if ((PAIR)); then
         delivery_check "$dir" "$name" world selfcheck-world.eml
     fi
+    if ((DANE)); then
+        # sender finds home by DNS (MX, A) through the validating resolver.
+        delivery_check "$dir" "$name" home selfcheck-dane.eml sender
+    fi
 }
 
 # The virtual Maildir user of HOST accepts a message submitted by swaks from
 # the controller straight to HOST:25, which lands in DIR/HOST/mail/USER/new;
 # it is moved to DIR/SAVE so that tests start with an empty maildir.
 delivery_check() {
-    local dir=$1 name=$2 host=$3 save=$4
-    local rcpt=${VMAIL_USER[$host]}@${VMAIL_DOMAIN[$host]} a=${ADDR[$host]}
+    local dir=$1 name=$2 host=$3 save=$4 via=${5:-$3}
+    local rcpt=${VMAIL_USER[$host]}@${VMAIL_DOMAIN[$host]} a=${ADDR[$via]}
     local newdir=$dir/$host/mail/${VMAIL_USER[$host]}/new
     if ! in_netns "$dir" "$name" swaks --server "$a" --to "$rcpt" \
         --from "test@${MAILNAME[$SUDO_HOST]}" --header "Subject: mxpin lab self-check" >>"$LOG" 2>&1; then
@@ -1076,7 +1119,7 @@ delivery_check() {
         show_host_logs "$dir" "$host"
         return 1
     fi
-    check_line ok "swaks: $rcpt accepted by $host ($a:25)"
+    check_line ok "swaks: $rcpt accepted by $via ($a:25)"
     local i f=
     for ((i = 0; i < WAIT_STEPS; i++)); do
         f=$(find "$newdir" -maxdepth 1 -type f 2>/dev/null | head -n 1 || true)
@@ -1162,9 +1205,15 @@ cmd_up() {
     local dir=$1 name=$2 host
     shift 2
     while (($#)); do
+        if [[ $1 == --dane ]]; then
+            ((FLEET == 0 && PAIR == 0 && DANE == 0)) || die "--dane is for the two-host lab (no --fleet, no --pair), once"
+            use_dane
+            shift
+            continue
+        fi
         if [[ $1 == --pair ]]; then
-            ((FLEET == 0 && ${#EXIM[@]} == 0 && PAIR == 0)) ||
-                die "--pair goes alone (no --fleet, no --exim, no --exim-debian)"
+            ((FLEET == 0 && ${#EXIM[@]} == 0 && PAIR == 0 && DANE == 0)) ||
+                die "--pair goes alone (no --fleet, no --exim, no --exim-debian, no --dane)"
             use_pair
             shift
             continue
@@ -1173,6 +1222,7 @@ cmd_up() {
         case $1 in
         --fleet)
             ((PAIR == 0)) || die "--pair goes alone (no --fleet, no --exim, no --exim-debian)"
+            ((DANE == 0)) || die "--dane is for the two-host lab (no --fleet, no --pair), once"
             ((FLEET == 0 && ${#EXIM[@]} == 0)) || die "--fleet goes alone (no second --fleet, no --exim)"
             use_fleet "$2"
             ;;
@@ -1225,6 +1275,9 @@ cmd_up() {
     if ((${#EXIM[@]})); then
         check_exim_prereqs "$dir"
     fi
+    if ((DANE)); then
+        check_dane_prereqs
+    fi
 
     mkdir -p "$dir"
     # Postfix (as user postfix), virtual delivery (as nobody) and sshd's
@@ -1238,6 +1291,9 @@ cmd_up() {
     fi
     if ((PAIR)); then
         printf '%s\n' "${HOSTS[@]}" >"$dir/pair"
+    fi
+    if ((DANE)); then
+        echo sender >"$dir/dane"
     fi
     if ((${#EXIM[@]})); then
         printf '%s\n' "${!EXIM[@]}" | sort >"$dir/exim"
@@ -1280,6 +1336,9 @@ cmd_up() {
     if [[ -n $DOVECOT_HOST ]]; then
         setup_dovecot "$dir"
     fi
+    if ((DANE)); then
+        setup_dns "$dir"
+    fi
 
     # Only a netns we created ourselves may be torn down on failure.
     quiet ip netns add "$name" || die "could not create network namespace $name"
@@ -1289,6 +1348,11 @@ cmd_up() {
         # inet_interfaces needs the address really on an interface.
         quiet ip -n "$name" addr add "${ADDR[$host]}/8" dev lo
     done
+    if ((DANE)); then
+        quiet ip -n "$name" addr add "$DNS_AUTH/8" dev lo
+        quiet ip -n "$name" addr add "$DNS_RESOLVER/8" dev lo
+        start_dns "$dir" "$name"
+    fi
     for host in "${HOSTS[@]}"; do
         start_host "$dir" "$name" "$host"
     done
@@ -1498,6 +1562,148 @@ start_dovecot() {
     check_line ok "dovecot: user $DOVECOT_USER logs in (password in $d/password), 1 message in its Maildir"
 }
 
+# ---------------------------------------------------------------- --dane
+# What --dane needs (lab/install-deps.sh installs it).
+check_dane_prereqs() {
+    local c
+    for c in knotd knotc keymgr unbound unbound-control kdig openssl; do
+        command -v "$c" >/dev/null 2>&1 || [[ -x /usr/sbin/$c ]] ||
+            die "--dane: missing command $c (knot, knot-dnsutils, unbound: run lab/install-deps.sh as root)"
+    done
+}
+
+# DIR/dns: knot.conf, the zones, the TSIG secret (DIR/dns/tsig.key, 0600,
+# base64 as knot's `secret:`), unbound.conf; sender's resolv.conf. Recipe 3
+# (shared/recipes.md) with the lab's names. TTL 5 s and negative TTL 2 s
+# (SOA minimum): caches forget quickly, and tests wait in bounded loops.
+setup_dns() {
+    local dir=$1 d=$1/dns z secret
+    mkdir -p "$d/run" "$d/db" "$d/zones"
+    chmod 0700 "$d/db"
+    secret=$(openssl rand -base64 32)
+    (umask 077 && echo "$secret" >"$d/tsig.key")
+    cat >"$d/knot.conf" <<CONF
+# knot for lab/lab.sh --dane: authoritative for ${DNS_ZONES[*]}, signs them
+# (default policy: ECDSAP256SHA256, KSK + ZSK, NSEC), RFC 2136 updates signed
+# with TSIG key $DNS_TSIG_NAME. Started as: knotd -c $d/knot.conf
+server:
+    rundir: "$d/run"
+    pidfile: "$d/knot.pid"
+    listen: $DNS_AUTH@53
+    udp-workers: 1
+    tcp-workers: 1
+    background-workers: 1
+log:
+  - target: "$d/knot.log"
+    any: info
+database:
+    storage: "$d/db"
+key:
+  - id: $DNS_TSIG_NAME
+    algorithm: hmac-sha256
+    secret: $secret
+acl:
+  - id: update
+    address: 127.0.0.0/8
+    key: $DNS_TSIG_NAME
+    action: update
+template:
+  - id: default
+    storage: "$d/zones"
+    file: "%s.zone"
+zone:
+CONF
+    for z in "${DNS_ZONES[@]}"; do
+        printf '  - domain: %s\n    dnssec-signing: on\n    acl: update\n' "$z" >>"$d/knot.conf"
+    done
+    chmod 0600 "$d/knot.conf"
+    cat >"$d/zones/example.net.zone" <<ZONE
+\$ORIGIN example.net.
+\$TTL 5
+@    SOA ns.example.net. hostmaster.example.net. 1 60 60 3600 2
+@    NS  ns.example.net.
+@    MX  10 home.example.net.
+ns   A   $DNS_AUTH
+home A   ${ADDR[home]}
+ZONE
+    cat >"$d/zones/example.org.zone" <<ZONE
+\$ORIGIN example.org.
+\$TTL 5
+@     SOA ns.example.net. hostmaster.example.org. 1 60 60 3600 2
+@     NS  ns.example.net.
+relay A   ${ADDR[relay]}
+ZONE
+    cat >"$d/unbound.conf" <<CONF
+# unbound for lab/lab.sh --dane: validating resolver with the trust anchors
+# of ${DNS_ZONES[*]} (written by start_dns from keymgr ... ds).
+server:
+    interface: $DNS_RESOLVER
+    port: 53
+    access-control: 127.0.0.0/8 allow
+    do-not-query-localhost: no
+    local-zone: "test." nodefault
+    chroot: ""
+    username: ""
+    directory: "$d"
+    pidfile: "$d/unbound.pid"
+    logfile: "$d/unbound.log"
+    use-syslog: no
+    num-threads: 1
+    verbosity: 1
+    module-config: "validator iterator"
+    trust-anchor-file: "$d/anchors"
+    val-log-level: 2
+CONF
+    for z in "${DNS_ZONES[@]}"; do
+        printf 'stub-zone:\n    name: "%s"\n    stub-addr: %s\n' "$z" "$DNS_AUTH" >>"$d/unbound.conf"
+    done
+    cat >>"$d/unbound.conf" <<CONF
+remote-control:
+    control-enable: yes
+    control-interface: "$d/unbound.ctl"
+CONF
+    # sender's /etc/resolv.conf (bind-mounted in start_host).
+    printf 'nameserver %s\noptions trust-ad\n' "$DNS_RESOLVER" >"$dir/sender/resolv.conf"
+}
+
+# Starts knot, waits until every zone is signed, writes the trust anchors
+# (DS, digest type 2) and starts unbound; checks that answers validate.
+start_dns() {
+    local dir=$1 name=$2 d=$1/dns z i ds out
+    setsid ip netns exec "$name" knotd -c "$d/knot.conf" >>"$LOG" 2>&1 </dev/null &
+    : >"$d/anchors"
+    for z in "${DNS_ZONES[@]}"; do
+        ds=
+        for ((i = 0; i < WAIT_STEPS; i++)); do
+            if out=$(ip netns exec "$name" kdig +short @"$DNS_AUTH" "$z" DNSKEY 2>/dev/null) && [[ -n $out ]]; then
+                ds=$(keymgr -c "$d/knot.conf" "$z" ds 2>>"$LOG" | awk '$4 == 13 && $5 == 2' || true)
+                [[ -n $ds ]] && break
+            fi
+            sleep 0.1
+        done
+        if [[ -z $ds ]]; then
+            check_line FAIL "knot: $z not signed after $((WAIT_STEPS / 10)) s (see $d/knot.log)"
+            tail -n 15 "$d/knot.log" >&2 || true
+            return 1
+        fi
+        echo "$ds" >>"$d/anchors"
+        check_line ok "knot on $DNS_AUTH: $z signed; trust anchor $(cut -d' ' -f1-5 <<<"$ds") ..."
+    done
+    setsid ip netns exec "$name" unbound -d -c "$d/unbound.conf" >>"$LOG" 2>&1 </dev/null &
+    for ((i = 0; i < WAIT_STEPS; i++)); do
+        out=$(ip netns exec "$name" kdig +dnssec @"$DNS_RESOLVER" example.net MX 2>/dev/null || true)
+        [[ $out == *"Flags: qr rd ra ad;"* ]] && break
+        sleep 0.1
+    done
+    if [[ $out != *"Flags: qr rd ra ad;"* ]]; then
+        check_line FAIL "unbound on $DNS_RESOLVER: example.net MX not validated (see $d/unbound.log)"
+        echo "$out" >&2
+        tail -n 15 "$d/unbound.log" >&2 || true
+        return 1
+    fi
+    check_line ok "unbound on $DNS_RESOLVER: example.net MX validated (ad)"
+}
+
 # ---------------------------------------------------------------- down
 cmd_down() {
     (($# == 1)) || usage
@@ -1524,6 +1730,14 @@ cmd_down() {
             p=$(cat "$dir/$host/ns.pid" 2>/dev/null || true)
             if [[ -n $p ]] && kill -0 "$p" 2>/dev/null &&
                 [[ $(cat "/proc/$p/comm" 2>/dev/null) == sleep ]]; then
+                echo "$p"
+            fi
+        done
+        # --dane: knotd and unbound (normally gone with the netns' pids).
+        for p in "$dir/dns/knot.pid" "$dir/dns/unbound.pid"; do
+            p=$(cat "$p" 2>/dev/null || true)
+            if [[ -n $p ]] && kill -0 "$p" 2>/dev/null &&
+                [[ $(cat "/proc/$p/comm" 2>/dev/null) == @(knotd|unbound) ]]; then
                 echo "$p"
             fi
         done

@@ -335,6 +335,8 @@ pub struct FleetPlan {
     pub refused: Vec<HostError>,
     /// How its fingerprints are shown.
     pub pin_style: crate::plan::PinStyle,
+    /// The keys each planned host ends with, for its DANE records.
+    pub tlsa: Vec<crate::dns::HostTlsa>,
 }
 
 /// The safety rule of rotation, checked on what the pinners really have:
@@ -473,6 +475,23 @@ pub fn plan_all(
         })
         .map(|e| (e.pinner.clone(), e.pinned.clone()))
         .collect();
+    let tlsa = states
+        .iter()
+        .zip(&keys)
+        .filter_map(|(s, k)| {
+            let k = k.as_ref().ok()?;
+            let switched = k
+                .before
+                .as_ref()
+                .filter(|b| b.spki_der() != k.current.identity.cert.spki_der());
+            Some(crate::dns::HostTlsa {
+                host: s.host.name.clone(),
+                current: k.current.identity.cert.clone(),
+                next: k.next.identity.cert.clone(),
+                retired: switched.cloned(),
+            })
+        })
+        .collect();
     let messages = keys
         .iter()
         .map(|k| k.clone().map_err(|e| e.message))
@@ -511,6 +530,7 @@ pub fn plan_all(
         rotated,
         refused,
         pin_style: (&inv.settings).into(),
+        tlsa,
     }
 }
 

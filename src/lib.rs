@@ -5,6 +5,7 @@
 //! [`verify`].
 
 pub mod desired;
+pub mod dns;
 pub mod engine;
 pub mod error;
 pub mod external;

@@ -410,6 +410,7 @@ async fn run_plan(common: &Common) -> Result<u8, String> {
     })
     .await;
     report_errors(&fleet);
+    let (dns_failed, dns_pending) = show_dns(&inv, &fleet, common.json).await;
     if common.json {
         let _ = writeln!(anstream::stdout(), "{:#}", fleet_json(&fleet));
     } else {
@@ -426,9 +427,31 @@ async fn run_plan(common: &Common) -> Result<u8, String> {
     }
     Ok(match summarize(&fleet) {
         (true, _) => EXIT_ERROR,
+        _ if dns_failed => EXIT_ERROR,
         (false, true) => EXIT_PENDING,
+        (false, false) if dns_pending => EXIT_PENDING,
         (false, false) => 0,
     })
+}
+
+/// The DNS part of a plan (`[dns]`), after the hosts' plans: records added
+/// and removed per zone. Returns (failed, changes pending).
+async fn show_dns(inv: &Inventory, fleet: &FleetPlan, json: bool) -> (bool, bool) {
+    match mxpin::dns::plan_fleet(inv, &fleet.tlsa).await {
+        Err(e) => {
+            error(format_args!("dns: {e}"));
+            (true, false)
+        }
+        Ok(plans) => {
+            let pending = plans.iter().any(|p| !p.is_empty());
+            if !json {
+                for p in plans.iter().filter(|p| !p.is_empty()) {
+                    let _ = write!(anstream::stdout(), "{}", p.render());
+                }
+            }
+            (false, pending)
+        }
+    }
 }
 
 fn confirm(hosts: usize) -> Result<bool, String> {
@@ -522,7 +545,7 @@ async fn run_verify(common: &Common) -> Result<u8, String> {
             parallel,
             monitor: &*progress,
         };
-        engine::settle(
+        let (after, mut checks) = engine::settle(
             &inv,
             states,
             &externals,
@@ -531,7 +554,9 @@ async fn run_verify(common: &Common) -> Result<u8, String> {
             run,
             true,
         )
-        .await
+        .await;
+        checks.extend(mxpin::dns::verify(&inv, states).await);
+        (after, checks)
     })
     .await;
     verify::add_drift(&mut checks, &after);
@@ -623,11 +648,16 @@ async fn change_hosts(
     } = run;
     let parallel = common.parallel.into();
     let now = OffsetDateTime::now_utc();
-    let fleet = engine::plan_all(inv, states, externals, templates, now, rotation);
+    // DNS pins like a peer: no switch before the world sees the next key.
+    let (rotation, dns_refused) = mxpin::dns::gate_rotation(inv, states, rotation).await;
+    let mut fleet = engine::plan_all(inv, states, externals, templates, now, &rotation);
+    fleet.refused.extend(dns_refused);
     engine::report_planned(&fleet.outcomes, progress, Phase::Planned(0));
     progress.finish();
     let (plan_errors, pending) = summarize(&fleet);
     report_errors(&fleet);
+    let (dns_failed, dns_pending) = show_dns(inv, &fleet, common.json).await;
+    let (plan_errors, pending) = (plan_errors || dns_failed, pending || dns_pending);
     if !common.json {
         // Only apply --yes goes ahead without a question; dry runs and a
         // confirmation say what would change.
@@ -688,6 +718,20 @@ async fn change_hosts(
     )
     .await;
     let mut out = anstream::stdout();
+    let dns_failed = match mxpin::dns::publish(inv, states, &fleet.tlsa).await {
+        Ok(lines) => {
+            if !common.json {
+                for l in &lines {
+                    let _ = writeln!(out, "{l}");
+                }
+            }
+            false
+        }
+        Err(e) => {
+            error(format_args!("dns: {e}"));
+            true
+        }
+    };
     for (host, status) in &results {
         match status {
             ApplyStatus::Unchanged => {}
@@ -705,7 +749,7 @@ async fn change_hosts(
             ApplyStatus::Failed(_) | ApplyStatus::Skipped(_) => {}
         }
     }
-    let failed = plan_errors || report::apply_failed(&results);
+    let failed = plan_errors || dns_failed || report::apply_failed(&results);
     let drift = report::drift(&after);
     if !failed && !drift.is_empty() {
         let names: Vec<&str> = drift.iter().map(HostName::as_str).collect();

@@ -118,6 +118,53 @@ pub fn edges(inv: &Inventory) -> Vec<Edge> {
     out
 }
 
+/// DANE (RFC 7672): the zone pins a host's key for every sender on the
+/// internet, through the TLSA RRset at `_PORT._tcp.MX.`. One edge per host
+/// that receives mail on its `smtp_port` (primaries and backups alike: a
+/// backup without DANE is a downgrade path), when the inventory has `[dns]`.
+/// Like any pinner, it must accept the next key before the host switches.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct DaneEdge {
+    pub pinned: HostName,
+    /// The zone that holds the record.
+    pub zone: crate::inventory::DnsName,
+    /// `_PORT._tcp.MX.`
+    pub owner: String,
+}
+
+/// Every DANE edge of the inventory, sorted.
+pub fn dane_edges(inv: &Inventory) -> Vec<DaneEdge> {
+    let Some(dns) = &inv.dns else {
+        return Vec::new();
+    };
+    let mut out: Vec<DaneEdge> = inv
+        .hosts
+        .iter()
+        .filter(|h| {
+            inv.domains
+                .iter()
+                .any(|d| d.primary == h.name || d.backups.contains(&h.name))
+        })
+        .filter_map(|h| {
+            Some(DaneEdge {
+                pinned: h.name.clone(),
+                zone: dns.zone_of(h.mx.as_str())?.name.clone(),
+                owner: format!("_{}._tcp.{}.", h.smtp_port, h.mx.as_str()),
+            })
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// The DANE edges on which `host` is pinned.
+pub fn dane_pinners_of<'a>(
+    edges: &'a [DaneEdge],
+    host: &'a HostName,
+) -> impl Iterator<Item = &'a DaneEdge> {
+    edges.iter().filter(move |e| &e.pinned == host)
+}
+
 /// The edges on which `host` is pinned: whom to ask before it may switch
 /// to its next key.
 pub fn pinners_of<'a>(edges: &'a [Edge], host: &'a HostName) -> impl Iterator<Item = &'a Edge> {
@@ -195,6 +242,42 @@ backups = ["vps"]
             Some("vps.example.org:2626")
         );
         assert_eq!(e[2].probe_address(&inv), None);
+    }
+
+    #[test]
+    fn dns_pins_every_host_receiving_mail() {
+        assert!(dane_edges(&inv(PAIR)).is_empty(), "no [dns], no DANE edge");
+        let dir = tempfile::tempdir().unwrap();
+        let secret = dir.path().join("tsig.key");
+        std::fs::write(&secret, "c2VjcmV0\n").unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let text = format!(
+            "{PAIR}\n[dns]\nserver = \"127.0.0.53:53\"\nzones = [{{ name = \"example.net\" }}, \
+             {{ name = \"example.org\", server = \"127.0.0.99\" }}]\ntsig_key_name = \"mxpin\"\n\
+             tsig_secret_file = \"{}\"\nresolver = \"127.0.0.54:53\"\n",
+            secret.display()
+        );
+        let inv = inv(&text);
+        let e = dane_edges(&inv);
+        let got: Vec<(&str, &str, &str)> = e
+            .iter()
+            .map(|e| (e.pinned.as_str(), e.zone.as_str(), e.owner.as_str()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("home", "example.net", "_25._tcp.home.example.net."),
+                ("vps", "example.org", "_25._tcp.vps.example.org."),
+            ]
+        );
+        let dns = inv.dns.as_ref().unwrap();
+        assert_eq!(
+            dns.zone_of("vps.example.org").unwrap().server,
+            "127.0.0.99:53"
+        );
+        let home = HostName::parse("home").unwrap();
+        assert_eq!(dane_pinners_of(&e, &home).count(), 1);
     }
 
     #[test]

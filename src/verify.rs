@@ -56,6 +56,9 @@ pub enum Kind {
     Served,
     /// The host still differs from the inventory.
     Drift,
+    /// The TLSA records the validating resolver returns for the host
+    /// (validated) hold its served and staged keys (`[dns]`).
+    Dane,
 }
 
 /// One line of the verification table.
@@ -102,6 +105,14 @@ impl Check {
             not_after: None,
             days_left: None,
         }
+    }
+
+    /// A DANE check of `host`'s records at `owner` (`_25._tcp.MX.`).
+    pub fn dane(host: &HostName, owner: &str, ok: bool, what: String) -> Self {
+        let status = if ok { Status::Ok } else { Status::Fail };
+        let mut c = Check::new(host, Kind::Dane, owner, status, what);
+        c.route = Some(owner.to_string());
+        c
     }
 
     /// A failing check about the whole host.

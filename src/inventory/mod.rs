@@ -281,6 +281,8 @@ pub struct Inventory {
     pub externals: Vec<External>,
     /// Sorted by domain.
     pub policies: Vec<Policy>,
+    /// `[dns]`: DANE TLSA records to publish (see [`crate::dns`]).
+    pub dns: Option<crate::dns::DnsConfig>,
 }
 
 impl Inventory {
@@ -353,6 +355,7 @@ impl Inventory {
             domains: Vec::new(),
             externals: Vec::new(),
             policies: Vec::new(),
+            dns: None,
         })
     }
 
@@ -399,6 +402,7 @@ struct RawInventory {
     external: BTreeMap<Spanned<String>, RawExternal>,
     #[serde(default)]
     policies: BTreeMap<Spanned<String>, Spanned<RawPolicy>>,
+    dns: Option<Spanned<crate::dns::RawDns>>,
 }
 
 /// An external during checking: where it was named, and whether its
@@ -841,6 +845,16 @@ impl Context<'_> {
             }
         }
         let policies = self.check_policies(&raw, &settings, &domains)?;
+        let dns = match &raw.dns {
+            None => None,
+            Some(d) => Some(crate::dns::check(
+                d,
+                &|offset, message| self.error_at(offset, message),
+                self.file.parent().unwrap_or(Path::new(".")),
+                &hosts,
+                &domains,
+            )?),
+        };
         Ok(Inventory {
             file: self.file.to_path_buf(),
             settings,
@@ -848,6 +862,7 @@ impl Context<'_> {
             domains,
             externals: externals.into_iter().map(|e| e.checked).collect(),
             policies,
+            dns,
         })
     }
 

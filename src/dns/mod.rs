@@ -1,0 +1,516 @@
+//! DANE: the inventory's `[dns]` section. mxpin publishes `_PORT._tcp.MX.
+//! TLSA 3 1 1` records (SHA-256 of the public key) for the current and the
+//! next key of every host that receives mail on its `smtp_port`, through
+//! RFC 2136 updates signed with TSIG, and keeps every record it did not
+//! write. In the trust model ([`crate::trust::dane_edges`]) the zone is one
+//! more pinner: a host switches to its next key only once the validating
+//! resolver returns that key's record with the AD bit, and the RRset the
+//! world may have cached before the change has expired.
+
+pub mod client;
+mod config;
+mod state;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+
+pub(crate) use config::check;
+pub use config::{DnsConfig, RawDns, Secret, Zone};
+
+use crate::inventory::{HostName, Inventory};
+use crate::tls::{Certificate, Digest, PinKind};
+use crate::trust::{self, DaneEdge};
+
+/// The data of one TLSA record.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct TlsaData {
+    pub usage: u8,
+    pub selector: u8,
+    pub matching: u8,
+    pub data: Vec<u8>,
+}
+
+impl TlsaData {
+    /// DANE-EE, SPKI, SHA-256 (`3 1 1`) of a certificate's public key.
+    pub fn of(cert: &Certificate) -> TlsaData {
+        let hex = cert
+            .fingerprint(Digest::Sha256, PinKind::PublicKey)
+            .as_str()
+            .replace(':', "");
+        TlsaData {
+            usage: 3,
+            selector: 1,
+            matching: 1,
+            data: (0..hex.len() / 2)
+                .filter_map(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).ok())
+                .collect(),
+        }
+    }
+
+    pub fn hex(&self) -> String {
+        self.data.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    /// `3 1 1 HEX`, as in a zone file.
+    pub fn text(&self) -> String {
+        format!(
+            "{} {} {} {}",
+            self.usage,
+            self.selector,
+            self.matching,
+            self.hex()
+        )
+    }
+}
+
+/// A host's keys as a plan leaves them: what its TLSA records must be.
+#[derive(Debug, Clone)]
+pub struct HostTlsa {
+    pub host: HostName,
+    pub current: Certificate,
+    pub next: Certificate,
+    /// The key it served before the plan, when the plan switches it.
+    pub retired: Option<Certificate>,
+}
+
+/// One record added or removed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordChange {
+    pub owner: String,
+    pub ttl: u32,
+    pub data: TlsaData,
+    /// Whose key, for the reader: `home current`, `home next`.
+    pub about: String,
+}
+
+/// What changes in one zone.
+#[derive(Debug, Clone, Default)]
+pub struct ZonePlan {
+    pub zone: String,
+    pub server: String,
+    pub add: Vec<RecordChange>,
+    pub remove: Vec<RecordChange>,
+    /// Per owner of an added record: how long the world may have cached
+    /// the RRset as it was (its TTL, or the zone's negative TTL).
+    waits: BTreeMap<String, u32>,
+}
+
+impl ZonePlan {
+    pub fn is_empty(&self) -> bool {
+        self.add.is_empty() && self.remove.is_empty()
+    }
+
+    /// The plan as people read it: records added and removed.
+    pub fn render(&self) -> String {
+        let mut out = format!("dns zone {} ({}):\n", self.zone, self.server);
+        for r in &self.remove {
+            let _ = writeln!(out, "- {} IN TLSA {} ; {}", r.owner, r.data.text(), r.about);
+        }
+        for r in &self.add {
+            let _ = writeln!(
+                out,
+                "+ {} {} IN TLSA {} ; {}",
+                r.owner,
+                r.ttl,
+                r.data.text(),
+                r.about
+            );
+        }
+        out
+    }
+}
+
+async fn resolve(server: &str) -> Result<SocketAddr, String> {
+    tokio::net::lookup_host(server)
+        .await
+        .map_err(|e| format!("DNS server {server}: {e}"))?
+        .next()
+        .ok_or_else(|| format!("DNS server {server}: no address"))
+}
+
+/// What the zones hold now and what they must hold: one plan per zone
+/// (empty plans included). Only the owners of `hosts` are looked at.
+pub async fn plan(
+    cfg: &DnsConfig,
+    inv: &Inventory,
+    hosts: &[HostTlsa],
+) -> Result<Vec<ZonePlan>, String> {
+    let edges = trust::dane_edges(inv);
+    let state = state::load();
+    let mut plans = Vec::new();
+    for zone in &cfg.zones {
+        let server = resolve(&zone.server).await?;
+        let (_, negative_ttl) = client::soa(server, zone.name.as_str()).await?;
+        let mut p = ZonePlan {
+            zone: zone.name.to_string(),
+            server: zone.server.clone(),
+            ..ZonePlan::default()
+        };
+        for edge in edges.iter().filter(|e| e.zone == zone.name) {
+            let Some(h) = hosts.iter().find(|h| h.host == edge.pinned) else {
+                continue;
+            };
+            let now = client::tlsa(server, &edge.owner, false).await?;
+            let want = [("current", &h.current), ("next", &h.next)];
+            let wanted: Vec<TlsaData> = want.iter().map(|(_, c)| TlsaData::of(c)).collect();
+            for ((role, _), data) in want.iter().zip(&wanted) {
+                if !now.records.contains(data)
+                    && !p
+                        .add
+                        .iter()
+                        .any(|r| &r.data == data && r.owner == edge.owner)
+                {
+                    p.add.push(RecordChange {
+                        owner: edge.owner.clone(),
+                        ttl: cfg.ttl,
+                        data: data.clone(),
+                        about: format!("{} {role} key", h.host),
+                    });
+                }
+            }
+            let retired = h.retired.as_ref().map(TlsaData::of);
+            for r in &now.records {
+                let ours = state.wrote(&edge.owner, r) || retired.as_ref() == Some(r);
+                if ours && !wanted.contains(r) {
+                    p.remove.push(RecordChange {
+                        owner: edge.owner.clone(),
+                        ttl: 0,
+                        data: r.clone(),
+                        about: format!("{} retired key", h.host),
+                    });
+                }
+            }
+            let wait = if now.records.is_empty() {
+                negative_ttl
+            } else {
+                now.ttl
+            };
+            p.waits.insert(edge.owner.clone(), wait);
+        }
+        plans.push(p);
+    }
+    Ok(plans)
+}
+
+/// Sends each non-empty plan as one update and remembers, on the
+/// controller, which records mxpin wrote and since when.
+pub async fn apply(cfg: &DnsConfig, plans: &[ZonePlan]) -> Result<Vec<String>, String> {
+    let pending: Vec<&ZonePlan> = plans.iter().filter(|p| !p.is_empty()).collect();
+    if pending.is_empty() {
+        return Ok(Vec::new());
+    }
+    let secret = Secret::read(&cfg.tsig_secret_file)?;
+    let mut state = state::load();
+    let mut done = Vec::new();
+    for p in pending {
+        let server = resolve(&p.server).await?;
+        let mut changes: Vec<client::Change<'_>> = p
+            .remove
+            .iter()
+            .map(|r| client::Change::Delete {
+                owner: &r.owner,
+                data: &r.data,
+            })
+            .collect();
+        changes.extend(p.add.iter().map(|r| client::Change::Add {
+            owner: &r.owner,
+            ttl: r.ttl,
+            data: &r.data,
+        }));
+        client::update(
+            server,
+            &p.zone,
+            &cfg.tsig_key_name,
+            &cfg.tsig_algorithm,
+            &secret,
+            &changes,
+        )
+        .await?;
+        let now = state::now();
+        for r in &p.remove {
+            state.forget(&r.owner, &r.data);
+        }
+        for r in &p.add {
+            let wait = p.waits.get(&r.owner).copied().unwrap_or(r.ttl);
+            state.record(&r.owner, &r.data, now, wait);
+        }
+        state.save()?;
+        done.push(format!(
+            "dns zone {}: added {}, removed {}",
+            p.zone,
+            crate::words::count(p.add.len(), "record", "records"),
+            p.remove.len()
+        ));
+    }
+    Ok(done)
+}
+
+/// The DANE gate of a rotation, one per DANE edge of `host`: the
+/// validating resolver returns, with AD, a TLSA RRset at the edge's owner
+/// that holds `next`'s record, and the RRset the world may have cached
+/// before that record was added has expired. `None` when it may switch.
+pub async fn rotation_blocker(
+    cfg: &DnsConfig,
+    edge: &DaneEdge,
+    next: &Certificate,
+) -> Option<String> {
+    let want = TlsaData::of(next);
+    let resolver = match resolve(&cfg.resolver).await {
+        Ok(r) => r,
+        Err(e) => return Some(e),
+    };
+    let seen = match client::tlsa(resolver, &edge.owner, true).await {
+        Ok(a) => a,
+        Err(e) => return Some(format!("resolver {}: {e}", cfg.resolver)),
+    };
+    let record = format!("{} TLSA {}", edge.owner, want.text());
+    if !seen.records.contains(&want) {
+        return Some(format!(
+            "the resolver {} does not return {record} (the next key's record) yet; run `mxpin apply` first",
+            cfg.resolver
+        ));
+    }
+    if !seen.authentic {
+        return Some(format!(
+            "the resolver {} returns {record} without the AD bit (not validated by DNSSEC)",
+            cfg.resolver
+        ));
+    }
+    let mut state = state::load();
+    let now = state::now();
+    let (since, wait) = match state.since(&edge.owner, &want) {
+        Some(x) => x,
+        None => {
+            // Published by someone else (or another controller): count
+            // from now, as long as the RRset's TTL.
+            state.record(&edge.owner, &want, now, seen.ttl.max(cfg.ttl));
+            if let Err(e) = state.save() {
+                return Some(e);
+            }
+            (now, seen.ttl.max(cfg.ttl))
+        }
+    };
+    let left = (since + u64::from(wait)).saturating_sub(now);
+    (left > 0).then(|| {
+        format!(
+            "wait {left} s more: caches may still hold {}'s TLSA RRset from before its next key's record was added (TTL {wait} s)",
+            edge.owner
+        )
+    })
+}
+
+/// The keys each host has now (as read), for publishing after apply; the
+/// retired key of each host the run rotated.
+pub fn hosts_from_facts(
+    states: &[crate::engine::HostState],
+    planned: &[HostTlsa],
+) -> Vec<HostTlsa> {
+    states
+        .iter()
+        .filter_map(|s| {
+            let keys = s.facts.as_ref().ok()?.stored_keys();
+            let cert = |p: &crate::desired::StoredPair| {
+                p.cert
+                    .as_deref()
+                    .and_then(|c| Certificate::from_pem(c).ok())
+            };
+            let (current, next) = (cert(&keys.current)?, cert(&keys.next)?);
+            let retired = planned
+                .iter()
+                .find(|h| h.host == s.host.name)
+                .and_then(|h| h.retired.clone());
+            Some(HostTlsa {
+                host: s.host.name.clone(),
+                current,
+                next,
+                retired,
+            })
+        })
+        .collect()
+}
+
+/// The hosts a run is about to rotate, less those DNS does not allow yet
+/// (with the reason, as `rotation refused: ...`).
+pub async fn gate_rotation(
+    inv: &Inventory,
+    states: &[crate::engine::HostState],
+    rotation: &crate::engine::Rotation,
+) -> (crate::engine::Rotation, Vec<crate::error::HostError>) {
+    let mut allowed = rotation.clone();
+    let mut refused = Vec::new();
+    let Some(cfg) = &inv.dns else {
+        return (allowed, refused);
+    };
+    if rotation.compromised {
+        return (allowed, refused);
+    }
+    let edges = trust::dane_edges(inv);
+    let names: BTreeSet<HostName> = rotation.hosts.clone();
+    for host in names {
+        let Some(next) = states
+            .iter()
+            .find(|s| s.host.name == host)
+            .and_then(|s| s.facts.as_ref().ok())
+            .and_then(|f| f.stored_keys().next.cert)
+            .and_then(|c| Certificate::from_pem(&c).ok())
+        else {
+            continue;
+        };
+        for edge in trust::dane_pinners_of(&edges, &host) {
+            if let Some(why) = rotation_blocker(cfg, edge, &next).await {
+                allowed.hosts.remove(&host);
+                refused.push(crate::error::HostError::new(
+                    &host,
+                    crate::error::Stage::Plan,
+                    crate::error::ErrorKind::Refused,
+                    format!("rotation refused: {why}"),
+                ));
+                break;
+            }
+        }
+    }
+    (allowed, refused)
+}
+
+/// The DNS part of a plan: per zone, the records a run would add and
+/// remove for the keys the hosts end with (none without `[dns]`).
+pub async fn plan_fleet(inv: &Inventory, hosts: &[HostTlsa]) -> Result<Vec<ZonePlan>, String> {
+    match &inv.dns {
+        None => Ok(Vec::new()),
+        Some(cfg) => plan(cfg, inv, hosts).await,
+    }
+}
+
+/// After apply: publishes the records of the keys the hosts now have (read
+/// back from them), and removes those of the keys the run retired.
+pub async fn publish(
+    inv: &Inventory,
+    states: &[crate::engine::HostState],
+    planned: &[HostTlsa],
+) -> Result<Vec<String>, String> {
+    let Some(cfg) = &inv.dns else {
+        return Ok(Vec::new());
+    };
+    let hosts = hosts_from_facts(states, planned);
+    let plans = plan(cfg, inv, &hosts).await?;
+    apply(cfg, &plans).await
+}
+
+/// `verify`: per DANE edge, the TLSA RRset the validating resolver returns
+/// is validated (AD) and holds the records of the key the host serves
+/// (current) and of the one it stages (next).
+pub async fn verify(
+    inv: &Inventory,
+    states: &[crate::engine::HostState],
+) -> Vec<crate::verify::Check> {
+    let Some(cfg) = &inv.dns else {
+        return Vec::new();
+    };
+    let hosts = hosts_from_facts(states, &[]);
+    let mut checks = Vec::new();
+    for edge in trust::dane_edges(inv) {
+        let Some(h) = hosts.iter().find(|h| h.host == edge.pinned) else {
+            continue;
+        };
+        let seen = match resolve(&cfg.resolver).await {
+            Ok(r) => client::tlsa(r, &edge.owner, true).await,
+            Err(e) => Err(e),
+        };
+        let (ok, what) = match seen {
+            Err(e) => (false, format!("DANE: resolver {}: {e}", cfg.resolver)),
+            Ok(a) if !a.authentic => (
+                false,
+                format!(
+                    "DANE: {} TLSA not validated by the resolver {} (no AD bit)",
+                    edge.owner, cfg.resolver
+                ),
+            ),
+            Ok(a) => {
+                let missing: Vec<String> = [("current", &h.current), ("next", &h.next)]
+                    .iter()
+                    .filter(|(_, c)| !a.records.contains(&TlsaData::of(c)))
+                    .map(|(role, c)| format!("{role} key ({})", TlsaData::of(c).text()))
+                    .collect();
+                if missing.is_empty() {
+                    (
+                        true,
+                        format!(
+                            "DANE: {} TLSA validated, holds the served and the staged key",
+                            edge.owner
+                        ),
+                    )
+                } else {
+                    (
+                        false,
+                        format!(
+                            "DANE: {} TLSA (validated) lacks the {}: run mxpin apply",
+                            edge.owner,
+                            missing.join(" and the ")
+                        ),
+                    )
+                }
+            }
+        };
+        checks.push(crate::verify::Check::dane(&h.host, &edge.owner, ok, what));
+    }
+    checks
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tlsa_data_is_the_spki_sha256() {
+        let id = crate::tls::generate(
+            crate::tls::KeyAlgorithm::EcdsaP256,
+            "home.example.net",
+            30,
+            time::OffsetDateTime::now_utc(),
+        )
+        .unwrap();
+        let t = TlsaData::of(&id.cert);
+        let want = id
+            .cert
+            .fingerprint(Digest::Sha256, PinKind::PublicKey)
+            .as_str()
+            .replace(':', "")
+            .to_ascii_lowercase();
+        assert_eq!(t.hex(), want);
+        assert_eq!(t.text(), format!("3 1 1 {want}"));
+    }
+
+    #[test]
+    fn a_zone_plan_shows_records_added_and_removed() {
+        let d = |b: u8| TlsaData {
+            usage: 3,
+            selector: 1,
+            matching: 1,
+            data: vec![b; 2],
+        };
+        let p = ZonePlan {
+            zone: "example.net".into(),
+            server: "127.0.0.53:53".into(),
+            add: vec![RecordChange {
+                owner: "_25._tcp.home.example.net.".into(),
+                ttl: 300,
+                data: d(0xab),
+                about: "home next key".into(),
+            }],
+            remove: vec![RecordChange {
+                owner: "_25._tcp.home.example.net.".into(),
+                ttl: 0,
+                data: d(1),
+                about: "home retired key".into(),
+            }],
+            waits: BTreeMap::new(),
+        };
+        assert_eq!(
+            p.render(),
+            "dns zone example.net (127.0.0.53:53):\n\
+             - _25._tcp.home.example.net. IN TLSA 3 1 1 0101 ; home retired key\n\
+             + _25._tcp.home.example.net. 300 IN TLSA 3 1 1 abab ; home next key\n"
+        );
+    }
+}
