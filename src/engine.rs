@@ -318,7 +318,8 @@ fn rotation_blocker(
 
 /// Plans every host from the facts read, rotating the hosts `rotation`
 /// names and those whose renewal needs a rotation. Pure apart from key
-/// generation.
+/// generation (each new key generated when needed; see
+/// [`crate::keys::plan_fleet`] for dry runs and parallel generation).
 pub fn plan_all(
     inv: &Inventory,
     states: &[HostState],
@@ -327,11 +328,33 @@ pub fn plan_all(
     now: OffsetDateTime,
     rotation: &Rotation,
 ) -> FleetPlan {
+    plan_all_with(
+        inv,
+        states,
+        externals,
+        templates,
+        now,
+        rotation,
+        &crate::keys::Generate,
+    )
+}
+
+/// [`plan_all`], with every new key from `new_keys`.
+pub fn plan_all_with(
+    inv: &Inventory,
+    states: &[HostState],
+    externals: &[ExternalState],
+    templates: &Templates,
+    now: OffsetDateTime,
+    rotation: &Rotation,
+    new_keys: &dyn crate::keys::NewKeys,
+) -> FleetPlan {
     let mut keys: Vec<Result<HostKeys, String>> = states
         .iter()
         .map(|s| {
             let f = s.facts.as_ref().map_err(Clone::clone)?;
-            desired::resolve_keys(inv, &s.host, &f.stored_keys(), now).map_err(|e| e.message)
+            desired::resolve_keys_with(inv, &s.host, &f.stored_keys(), now, new_keys)
+                .map_err(|e| e.message)
         })
         .collect();
     let mut rotated = Vec::new();
@@ -355,7 +378,7 @@ pub fn plan_all(
             refused.push((host.name.clone(), format!("{reason} refused: {why}")));
             continue;
         }
-        match desired::rotate(inv, host, current, now) {
+        match desired::rotate_with(inv, host, current, now, new_keys) {
             Ok(new) => {
                 let (old_current, _) = current.pin_pair(s);
                 let (new_current, new_next) = new.pin_pair(s);
@@ -656,14 +679,16 @@ fn replan(
     states: &[HostState],
     externals: &[ExternalState],
     templates: &Templates,
+    new_keys: &dyn crate::keys::NewKeys,
 ) -> FleetPlan {
-    plan_all(
+    plan_all_with(
         inv,
         states,
         externals,
         templates,
         OffsetDateTime::now_utc(),
         &Rotation::default(),
+        new_keys,
     )
 }
 
@@ -693,7 +718,7 @@ pub async fn finish_transition(
         return (results, None);
     }
     refresh(states, &[], run.parallel, run.monitor).await;
-    let second = replan(inv, states, externals, templates);
+    let second = replan(inv, states, externals, templates, &crate::keys::Generate);
     let again = apply_all(states, &second.outcomes, run.parallel, run.monitor).await;
     let statuses = results
         .into_iter()
@@ -736,7 +761,9 @@ async fn converged(
         })
         .collect();
     refresh(states, &extras, parallel, monitor).await;
-    let outcomes = replan(inv, states, externals, templates).outcomes;
+    // Only whether anything is left to do: no key needs to be real.
+    let placeholders = crate::keys::Placeholders::default();
+    let outcomes = replan(inv, states, externals, templates, &placeholders).outcomes;
     report_planned(&outcomes, monitor, Phase::Done);
     outcomes
 }

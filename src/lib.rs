@@ -10,6 +10,7 @@ pub mod facts;
 pub mod fetchmail;
 pub mod fingerprint;
 pub mod inventory;
+pub mod keys;
 pub mod mta;
 pub mod plan;
 pub mod probe;
