@@ -129,42 +129,62 @@ pub async fn gather(
 ) -> Vec<HostState> {
     let config = inv.settings.ssh_config.as_deref();
     let parallel = parallel.max(1);
-    let mut conns: Vec<(usize, Result<SshHost, String>)> =
+    let marker = hold_marker();
+    // Each host is held as soon as it is connected: a master that waited
+    // for every other host's connection could idle out first (its
+    // ControlPersist) on a large fleet.
+    let mut first: Vec<(usize, Result<SshHost, String>, Option<Attempt>)> =
         stream::iter(inv.hosts.iter().enumerate())
-            .map(|(i, host)| async move {
-                monitor.event(&host.name, Phase::Connecting);
-                (
-                    i,
-                    SshHost::connect(host, config)
-                        .await
-                        .map_err(|e| e.to_string()),
-                )
+            .map(|(i, host)| {
+                let marker = &marker;
+                async move {
+                    monitor.event(&host.name, Phase::Connecting);
+                    match SshHost::connect(host, config).await {
+                        Err(e) => (i, Err(e.to_string()), None),
+                        Ok(conn) => {
+                            monitor.event(&host.name, Phase::Reading);
+                            let attempt = hold_one(&conn, host, access, marker).await;
+                            (i, Ok(conn), Some(attempt))
+                        }
+                    }
+                }
             })
             .buffer_unordered(parallel)
             .collect()
             .await;
-    conns.sort_by_key(|(i, _)| *i);
-    let conns: Vec<Result<SshHost, String>> = conns.into_iter().map(|(_, c)| c).collect();
-    let marker = hold_marker();
+    first.sort_by_key(|(i, _, _)| *i);
+    let mut first_held: Vec<(usize, Attempt)> = Vec::new();
+    let mut conns: Vec<Result<SshHost, String>> = Vec::new();
+    for (i, conn, attempt) in first {
+        conns.push(conn);
+        if let Some(a) = attempt {
+            first_held.push((i, a));
+        }
+    }
+    let mut first_held = Some(first_held);
     let deadline =
         std::time::Instant::now() + std::time::Duration::from_secs(mta::LOCK_WAIT_SECS.into());
     let mut attempt = 0;
     loop {
-        let mut held: Vec<(usize, Attempt)> =
-            stream::iter(inv.hosts.iter().zip(&conns).enumerate())
-                .filter_map(
-                    |(i, (host, conn))| async move { conn.as_ref().ok().map(|c| (i, host, c)) },
-                )
-                .map(|(i, host, conn)| {
-                    let marker = &marker;
-                    async move {
-                        monitor.event(&host.name, Phase::Reading);
-                        (i, hold_one(conn, host, access, marker).await)
-                    }
-                })
-                .buffer_unordered(parallel)
-                .collect()
-                .await;
+        let mut held: Vec<(usize, Attempt)> = match first_held.take() {
+            Some(h) => h,
+            None => {
+                stream::iter(inv.hosts.iter().zip(&conns).enumerate())
+                    .filter_map(|(i, (host, conn))| async move {
+                        conn.as_ref().ok().map(|c| (i, host, c))
+                    })
+                    .map(|(i, host, conn)| {
+                        let marker = &marker;
+                        async move {
+                            monitor.event(&host.name, Phase::Reading);
+                            (i, hold_one(conn, host, access, marker).await)
+                        }
+                    })
+                    .buffer_unordered(parallel)
+                    .collect()
+                    .await
+            }
+        };
         held.sort_by_key(|(i, _)| *i);
         let busy: Vec<usize> = held
             .iter()
