@@ -4,7 +4,7 @@
 # or, with --pair, four hosts: home, vps (its relay), world, stranger.
 #
 #   lab/lab.sh up DIR NAME      build and start a lab under DIR using netns NAME
-#   lab/lab.sh up DIR NAME --fleet N   the same with a fleet of N hosts (N even, 2..60)
+#   lab/lab.sh up DIR NAME --fleet N   the same with a fleet of N hosts (N even, 2..200)
 #   lab/lab.sh up DIR NAME --exim HOST the two-host lab with Exim instead of
 #                                      Postfix on HOST (home or relay; repeatable)
 #   lab/lab.sh up DIR NAME --exim-debian HOST  the same, with Debian's generated
@@ -47,7 +47,7 @@ PAIR=0
 FLEET=0
 # 1: --dane (DNS in the netns and the DANE sender host).
 DANE=0
-FLEET_MAX=60
+FLEET_MAX=200
 SUDO_USER_NAME=mxpinlab
 # --exim HOST: HOST runs Exim (Debian's exim4 4.96, unpacked by
 # lab/install-deps.sh, never installed) instead of Postfix. EXIM[host]=1.
@@ -70,7 +70,7 @@ die() {
 usage() {
     cat >&2 <<'EOF'
 usage: lab/lab.sh up DIR NAME       # build and start a lab under DIR (absolute), netns NAME
-       lab/lab.sh up DIR NAME --fleet N   # N hosts h01..hNN (N even, 2..60), N/2 domains
+       lab/lab.sh up DIR NAME --fleet N   # N hosts h01..hNN (N even, 2..200), N/2 domains
        lab/lab.sh up DIR NAME --exim HOST # HOST (home|relay) runs Exim, not Postfix; repeatable
        lab/lab.sh up DIR NAME --exim-debian HOST # the same with Debian's split config (conf.d)
        lab/lab.sh up DIR NAME --pair      # home, vps (home's relay), world, stranger
@@ -113,7 +113,7 @@ netns_exists() {
 # on few cores), but stay bounded.
 use_fleet() {
     local n=$1 i h
-    if ! [[ $n =~ ^[0-9]{1,2}$ ]] || ((10#$n < 2 || 10#$n > FLEET_MAX || 10#$n % 2 != 0)); then
+    if ! [[ $n =~ ^[0-9]{1,3}$ ]] || ((10#$n < 2 || 10#$n > FLEET_MAX || 10#$n % 2 != 0)); then
         die "--fleet N: N must be even, 2..$FLEET_MAX: $n"
     fi
     n=$((10#$n))

@@ -273,8 +273,19 @@ pub fn resolve_keys(
     stored: &StoredKeys,
     now: OffsetDateTime,
 ) -> Result<HostKeys, DesiredError> {
+    resolve_keys_with(inv, host, stored, now, &crate::keys::Generate)
+}
+
+/// [`resolve_keys`], with new keys from `new_keys` (see [`crate::keys`]).
+pub fn resolve_keys_with(
+    inv: &Inventory,
+    host: &Host,
+    stored: &StoredKeys,
+    now: OffsetDateTime,
+    new_keys: &dyn crate::keys::NewKeys,
+) -> Result<HostKeys, DesiredError> {
     let s = &inv.settings;
-    let mut generate = || tls::generate(s.key, host.mx.as_str(), s.valid_days, now);
+    let mut generate = || new_keys.new_key(s, host, now);
     let (current, renewal_due) = resolve_slot(
         inv,
         host,
@@ -306,6 +317,17 @@ pub fn rotate(
     keys: &HostKeys,
     now: OffsetDateTime,
 ) -> Result<HostKeys, DesiredError> {
+    rotate_with(inv, host, keys, now, &crate::keys::Generate)
+}
+
+/// [`rotate`], with the fresh next key from `new_keys`.
+pub fn rotate_with(
+    inv: &Inventory,
+    host: &Host,
+    keys: &HostKeys,
+    now: OffsetDateTime,
+    new_keys: &dyn crate::keys::NewKeys,
+) -> Result<HostKeys, DesiredError> {
     let s = &inv.settings;
     let err = |e: tls::TlsError| DesiredError {
         host: host.name.clone(),
@@ -327,7 +349,7 @@ pub fn rotate(
             origin: Origin::Promoted,
         },
         next: Slot {
-            identity: tls::generate(s.key, host.mx.as_str(), s.valid_days, now).map_err(err)?,
+            identity: new_keys.new_key(s, host, now).map_err(err)?,
             origin: Origin::Generated,
         },
         renewal_due: false,

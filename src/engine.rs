@@ -155,47 +155,70 @@ pub async fn gather(
 ) -> Vec<HostState> {
     let config = inv.settings.ssh_config.as_deref();
     let parallel = parallel.max(1);
-    let mut conns: Vec<(usize, Result<SshHost, HostError>)> =
+    let marker = hold_marker();
+    // Each host is held as soon as it is connected: a master that waited
+    // for every other host's connection could idle out first (its
+    // ControlPersist) on a large fleet.
+    let mut first: Vec<(usize, Result<SshHost, HostError>, Option<Attempt>)> =
         stream::iter(inv.hosts.iter().enumerate())
-            .map(|(i, host)| async move {
-                monitor.event(&host.name, Phase::Connecting);
-                (
-                    i,
-                    SshHost::connect(host, config).await.map_err(|e| {
-                        HostError::new(
-                            &host.name,
-                            Stage::Connect,
-                            ErrorKind::Unreachable,
-                            e.to_string(),
-                        )
-                    }),
-                )
+            .map(|(i, host)| {
+                let marker = &marker;
+                async move {
+                    monitor.event(&host.name, Phase::Connecting);
+                    match SshHost::connect(host, config).await {
+                        Err(e) => {
+                            let e = HostError::new(
+                                &host.name,
+                                Stage::Connect,
+                                ErrorKind::Unreachable,
+                                e.to_string(),
+                            );
+                            (i, Err(e), None)
+                        }
+                        Ok(conn) => {
+                            monitor.event(&host.name, Phase::Reading);
+                            let attempt = hold_one(&conn, host, access, marker).await;
+                            (i, Ok(conn), Some(attempt))
+                        }
+                    }
+                }
             })
             .buffer_unordered(parallel)
             .collect()
             .await;
-    conns.sort_by_key(|(i, _)| *i);
-    let conns: Vec<Result<SshHost, HostError>> = conns.into_iter().map(|(_, c)| c).collect();
-    let marker = hold_marker();
+    first.sort_by_key(|(i, _, _)| *i);
+    let mut first_held: Vec<(usize, Attempt)> = Vec::new();
+    let mut conns: Vec<Result<SshHost, HostError>> = Vec::new();
+    for (i, conn, attempt) in first {
+        conns.push(conn);
+        if let Some(a) = attempt {
+            first_held.push((i, a));
+        }
+    }
+    let mut first_held = Some(first_held);
     let deadline =
         std::time::Instant::now() + std::time::Duration::from_secs(mta::LOCK_WAIT_SECS.into());
     let mut attempt = 0;
     loop {
-        let mut held: Vec<(usize, Attempt)> =
-            stream::iter(inv.hosts.iter().zip(&conns).enumerate())
-                .filter_map(
-                    |(i, (host, conn))| async move { conn.as_ref().ok().map(|c| (i, host, c)) },
-                )
-                .map(|(i, host, conn)| {
-                    let marker = &marker;
-                    async move {
-                        monitor.event(&host.name, Phase::Reading);
-                        (i, hold_one(conn, host, access, marker).await)
-                    }
-                })
-                .buffer_unordered(parallel)
-                .collect()
-                .await;
+        let mut held: Vec<(usize, Attempt)> = match first_held.take() {
+            Some(h) => h,
+            None => {
+                stream::iter(inv.hosts.iter().zip(&conns).enumerate())
+                    .filter_map(|(i, (host, conn))| async move {
+                        conn.as_ref().ok().map(|c| (i, host, c))
+                    })
+                    .map(|(i, host, conn)| {
+                        let marker = &marker;
+                        async move {
+                            monitor.event(&host.name, Phase::Reading);
+                            (i, hold_one(conn, host, access, marker).await)
+                        }
+                    })
+                    .buffer_unordered(parallel)
+                    .collect()
+                    .await
+            }
+        };
         held.sort_by_key(|(i, _)| *i);
         let busy: Vec<usize> = held
             .iter()
@@ -337,6 +360,9 @@ pub struct FleetPlan {
     pub pin_style: crate::plan::PinStyle,
     /// The keys each planned host ends with, for its DANE records.
     pub tlsa: Vec<crate::dns::HostTlsa>,
+    /// The stand-in certificates of a plan that is only shown (see
+    /// [`crate::keys`]): what they stand for is known after apply.
+    pub placeholders: Vec<crate::tls::Certificate>,
 }
 
 /// The safety rule of rotation, checked on what the pinners really have:
@@ -382,7 +408,8 @@ fn rotation_blocker(
 
 /// Plans every host from the facts read, rotating the hosts `rotation`
 /// names and those whose renewal needs a rotation. Pure apart from key
-/// generation.
+/// generation (each new key generated when needed; see
+/// [`crate::keys::plan_fleet`] for dry runs and parallel generation).
 pub fn plan_all(
     inv: &Inventory,
     states: &[HostState],
@@ -391,11 +418,32 @@ pub fn plan_all(
     now: OffsetDateTime,
     rotation: &Rotation,
 ) -> FleetPlan {
+    plan_all_with(
+        inv,
+        states,
+        externals,
+        templates,
+        now,
+        rotation,
+        &crate::keys::Generate,
+    )
+}
+
+/// [`plan_all`], with every new key from `new_keys`.
+pub fn plan_all_with(
+    inv: &Inventory,
+    states: &[HostState],
+    externals: &[ExternalState],
+    templates: &Templates,
+    now: OffsetDateTime,
+    rotation: &Rotation,
+    new_keys: &dyn crate::keys::NewKeys,
+) -> FleetPlan {
     let mut keys: Vec<Result<HostKeys, HostError>> = states
         .iter()
         .map(|s| {
             let f = s.facts.as_ref().map_err(Clone::clone)?;
-            desired::resolve_keys(inv, &s.host, &f.stored_keys(), now)
+            desired::resolve_keys_with(inv, &s.host, &f.stored_keys(), now, new_keys)
                 .map_err(|e| plan_error(&s.host.name, e.message))
         })
         .collect();
@@ -420,7 +468,7 @@ pub fn plan_all(
             refused.push(plan_error(&host.name, format!("{reason} refused: {why}")));
             continue;
         }
-        match desired::rotate(inv, host, current, now) {
+        match desired::rotate_with(inv, host, current, now, new_keys) {
             Ok(new) => {
                 let (old_current, _) = current.pin_pair(s);
                 let (new_current, new_next) = new.pin_pair(s);
@@ -531,6 +579,7 @@ pub fn plan_all(
         refused,
         pin_style: (&inv.settings).into(),
         tlsa,
+        placeholders: Vec::new(),
     }
 }
 
@@ -780,14 +829,16 @@ fn replan(
     states: &[HostState],
     externals: &[ExternalState],
     templates: &Templates,
+    new_keys: &dyn crate::keys::NewKeys,
 ) -> FleetPlan {
-    plan_all(
+    plan_all_with(
         inv,
         states,
         externals,
         templates,
         OffsetDateTime::now_utc(),
         &Rotation::default(),
+        new_keys,
     )
 }
 
@@ -817,7 +868,7 @@ pub async fn finish_transition(
         return (results, None);
     }
     refresh(states, &[], run.parallel, run.monitor).await;
-    let second = replan(inv, states, externals, templates);
+    let second = replan(inv, states, externals, templates, &crate::keys::Generate);
     let again = apply_all(states, &second.outcomes, run.parallel, run.monitor).await;
     let statuses = results
         .into_iter()
@@ -860,7 +911,9 @@ async fn converged(
         })
         .collect();
     refresh(states, &extras, parallel, monitor).await;
-    let outcomes = replan(inv, states, externals, templates).outcomes;
+    // Only whether anything is left to do: no key needs to be real.
+    let placeholders = crate::keys::Placeholders::default();
+    let outcomes = replan(inv, states, externals, templates, &placeholders).outcomes;
     report_planned(&outcomes, monitor, Phase::Done);
     outcomes
 }

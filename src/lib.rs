@@ -13,6 +13,7 @@ pub mod facts;
 pub mod fetchmail;
 pub mod fingerprint;
 pub mod inventory;
+pub mod keys;
 pub mod limits;
 pub mod mta;
 pub mod plan;

@@ -4,11 +4,12 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
-use openssh::{Child, ControlPersist, KnownHosts, SessionBuilder, Stdio};
+use openssh::{Child, Stdio};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
-use crate::inventory::{Host, SshDestination};
+use crate::inventory::Host;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SshError {
@@ -101,37 +102,6 @@ fn with_fix(message: String) -> String {
     }
 }
 
-/// The host-key policy the user's ssh config asks for. openssh always
-/// passes `-o StrictHostKeyChecking`, which would override the config, so
-/// read the effective value with `ssh -G` (local, no connection) and pass it
-/// on. Unset means strict.
-async fn host_key_policy(dest: &SshDestination, config: Option<&Path>) -> KnownHosts {
-    let mut cmd = tokio::process::Command::new("ssh");
-    if let Some(c) = config {
-        cmd.arg("-F").arg(c);
-    }
-    if let Some(p) = dest.port() {
-        cmd.arg("-p").arg(p.to_string());
-    }
-    if let Some(u) = dest.user() {
-        cmd.arg("-l").arg(u);
-    }
-    cmd.arg("-G").arg("--").arg(dest.host());
-    let Ok(out) = cmd.output().await else {
-        return KnownHosts::Strict;
-    };
-    let text = String::from_utf8_lossy(&out.stdout);
-    let value = text
-        .lines()
-        .find_map(|l| l.strip_prefix("stricthostkeychecking "))
-        .unwrap_or("true");
-    match value.trim() {
-        "accept-new" => KnownHosts::Add,
-        "false" | "no" | "off" => KnownHosts::Accept,
-        _ => KnownHosts::Strict,
-    }
-}
-
 /// How long an ssh master outlives its last session. Every run keeps a
 /// session open on each host it holds (its lock, see [`SshHost::hold`]), so
 /// this only ends the masters of a run that was killed (SIGKILL) and could
@@ -198,6 +168,9 @@ pub fn remove_control_dir() {
 pub struct SshHost {
     session: Arc<openssh::Session>,
     sudo: bool,
+    /// The master's directory (control socket and log); the master is
+    /// told to exit, and the directory removed, on close or drop.
+    master: Option<tempfile::TempDir>,
 }
 
 /// What a hold on a host's lock found.
@@ -225,45 +198,81 @@ impl Held {
 }
 
 impl SshHost {
+    /// Starts the host's ssh master, as openssh's `SessionBuilder` does,
+    /// but without `-o StrictHostKeyChecking` (which would override the
+    /// user's ssh config): ssh applies the config's own host-key policy,
+    /// which is strict unless it says otherwise (BatchMode turns "ask"
+    /// into a refusal). One process per host, no `ssh -G` first.
     pub async fn connect(host: &Host, config: Option<&Path>) -> Result<Self, SshError> {
         let dest = host.ssh.as_str();
-        let mut b = SessionBuilder::default();
-        if let Some(c) = config {
-            b.config_file(PathBuf::from(c));
-        }
+        let err = |message: String| SshError::Connect {
+            dest: dest.to_string(),
+            message: with_fix(message),
+        };
+        let base = control_dir()
+            .map(Path::to_path_buf)
+            .unwrap_or_else(std::env::temp_dir);
+        let dir = tempfile::Builder::new()
+            .prefix(".ssh-connection")
+            .tempdir_in(&base)
+            .map_err(|e| err(format!("control directory in {}: {e}", base.display())))?;
+        let log = dir.path().join("log");
+        let ctl = dir.path().join("master");
+        let mut cmd = tokio::process::Command::new("ssh");
+        cmd.stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .arg("-E")
+            .arg(&log)
+            .arg("-S")
+            .arg(&ctl)
+            .args(["-M", "-f", "-N", "-o"])
+            .arg(format!("ControlPersist={MASTER_IDLE_SECS}s"))
+            .args(["-o", "BatchMode=yes"])
+            .arg("-o")
+            .arg(format!(
+                "ConnectTimeout={}",
+                crate::limits::SSH_CONNECT_TIMEOUT.as_secs()
+            ))
+            .arg("-o")
+            .arg(format!(
+                "ServerAliveInterval={}",
+                crate::limits::SSH_ALIVE_INTERVAL.as_secs()
+            ));
         // User and port go to ssh as -l and -p: `user@host:port` as one
         // destination is not a form ssh knows.
-        if let Some(u) = host.ssh.user() {
-            b.user(u.to_string());
-        }
         if let Some(p) = host.ssh.port() {
-            b.port(p);
+            cmd.arg("-p").arg(p.to_string());
         }
-        b.known_hosts_check(host_key_policy(&host.ssh, config).await)
-            .connect_timeout(crate::limits::SSH_CONNECT_TIMEOUT)
-            .server_alive_interval(crate::limits::SSH_ALIVE_INTERVAL)
-            .control_persist(ControlPersist::IdleFor(
-                std::num::NonZeroUsize::new(MASTER_IDLE_SECS).expect("non-zero"),
-            ));
-        if let Some(dir) = control_dir() {
-            b.control_directory(dir);
+        if let Some(u) = host.ssh.user() {
+            cmd.arg("-l").arg(u);
         }
-        let session = b
-            .connect(host.ssh.host())
+        if let Some(c) = config {
+            cmd.arg("-F").arg(c);
+        }
+        cmd.arg("--").arg(host.ssh.host());
+        // ssh forks into the background once it is connected and
+        // authenticated, so its exit status says whether it got there.
+        let status = cmd
+            .status()
             .await
-            .map_err(|e| SshError::Connect {
-                dest: dest.to_string(),
-                message: with_fix(chain(&e)),
-            })?;
+            .map_err(|e| err(format!("cannot run ssh: {e}")))?;
+        if !status.success() {
+            let said = std::fs::read_to_string(&log).unwrap_or_default();
+            return Err(err(connect_error(&said)));
+        }
+        let session = openssh::Session::resume(ctl.into_boxed_path(), Some(log.into_boxed_path()));
         Ok(SshHost {
             session: Arc::new(session),
             sudo: host.sudo,
+            master: Some(dir),
         })
     }
 
-    pub async fn close(self) {
-        if let Ok(session) = Arc::try_unwrap(self.session) {
-            let _ = session.close().await;
+    /// Tells the master to exit and removes its directory.
+    pub async fn close(mut self) {
+        if let Some(dir) = self.master.take() {
+            let _ = tokio::task::spawn_blocking(move || end_master(dir)).await;
         }
     }
 
@@ -387,6 +396,103 @@ impl SshHost {
             }
         }
         Ok(RemoteOutput { stdout, stderr })
+    }
+}
+
+impl Drop for SshHost {
+    /// A run cut short (a signal) still ends its masters.
+    fn drop(&mut self) {
+        if let Some(dir) = self.master.take() {
+            end_master(dir);
+        }
+    }
+}
+
+/// What ssh logged when it could not connect, as one message: the words
+/// openssh's own error gives (`failed to connect to the remote host: ...`),
+/// without ssh's "ssh: " prefix or a known-hosts notice before the error.
+fn connect_error(log: &str) -> String {
+    let mut said = log.trim();
+    said = said.strip_prefix("ssh: ").unwrap_or(said);
+    if said.starts_with("Warning: Permanently added ") {
+        said = said.split_once('\n').map_or("", |x| x.1.trim());
+    }
+    let mut msg = format!("failed to connect to the remote host: {said}");
+    if let Some(summary) = host_key_changed(&msg) {
+        let banner = msg.find("@@@").unwrap_or(0);
+        msg = format!("{}{summary}", &msg[..banner]);
+    }
+    msg.replace('\n', " ").trim().to_string()
+}
+
+/// Ends a master: the mux protocol's terminate request on its control
+/// socket (what `ssh -O exit` sends, without starting a process), or
+/// `ssh -O exit` if the socket does not take it; then removes its
+/// directory.
+fn end_master(dir: tempfile::TempDir) {
+    let ctl = dir.path().join("master");
+    if ctl.exists() && mux_terminate(&ctl).is_err() {
+        let _ = std::process::Command::new("ssh")
+            .arg("-S")
+            .arg(&ctl)
+            .args(["-o", "BatchMode=yes", "-O", "exit", "none"])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status();
+    }
+    let _ = dir.close();
+}
+
+/// OpenSSH's control protocol (PROTOCOL.mux): hello (version 4) both
+/// ways, then `MUX_C_TERMINATE`, answered by `MUX_S_OK`.
+fn mux_terminate(ctl: &Path) -> std::io::Result<()> {
+    use std::io::{Read as _, Write as _};
+    const HELLO: u32 = 0x0000_0001;
+    const TERMINATE: u32 = 0x1000_0005;
+    const OK: u32 = 0x8000_0001;
+    fn packet(words: &[u32]) -> Vec<u8> {
+        let body: Vec<u8> = words.iter().flat_map(|w| w.to_be_bytes()).collect();
+        let mut p = u32::try_from(body.len())
+            .expect("small")
+            .to_be_bytes()
+            .to_vec();
+        p.extend(body);
+        p
+    }
+    fn read_type(s: &mut std::os::unix::net::UnixStream) -> std::io::Result<u32> {
+        let mut len = [0u8; 4];
+        s.read_exact(&mut len)?;
+        let len = u32::from_be_bytes(len) as usize;
+        if !(4..=256 * 1024).contains(&len) {
+            return Err(std::io::Error::other("bad mux packet"));
+        }
+        let mut body = vec![0u8; len];
+        s.read_exact(&mut body)?;
+        Ok(u32::from_be_bytes([body[0], body[1], body[2], body[3]]))
+    }
+    let mut s = std::os::unix::net::UnixStream::connect(ctl)?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    s.set_write_timeout(Some(Duration::from_secs(5)))?;
+    s.write_all(&packet(&[HELLO, 4]))?;
+    if read_type(&mut s)? != HELLO {
+        return Err(std::io::Error::other("no mux hello"));
+    }
+    s.write_all(&packet(&[TERMINATE, 1]))?;
+    // The master may exit before its answer is out (OpenSSH says so in
+    // mux.c): the socket closing is the answer then, as for `ssh -O exit`.
+    match read_type(&mut s) {
+        Ok(OK) => Ok(()),
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::UnexpectedEof | std::io::ErrorKind::ConnectionReset
+            ) =>
+        {
+            Ok(())
+        }
+        Ok(_) => Err(std::io::Error::other("terminate refused")),
+        Err(e) => Err(e),
     }
 }
 

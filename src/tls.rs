@@ -184,6 +184,12 @@ impl Fingerprint {
         Ok(Fingerprint(bytes.join(":")))
     }
 
+    /// What a dry run shows for a key that only apply generates
+    /// ([`crate::keys::KNOWN_AFTER_APPLY`]): never a pin.
+    pub fn known_after_apply() -> Self {
+        Fingerprint(crate::keys::KNOWN_AFTER_APPLY.to_string())
+    }
+
     pub fn as_str(&self) -> &str {
         &self.0
     }

@@ -252,6 +252,25 @@ fn apply_publishes_tlsa_and_the_dane_sender_verifies() {
         !plan.stdout.contains("- "),
         "nothing of mxpin's to remove: {plan:?}"
     );
+    // The hosts are up to date; the closing line says what is pending.
+    assert!(
+        plan.stdout
+            .ends_with("DNS records would change in 2 zones; 2 hosts up to date.\n"),
+        "{plan:?}"
+    );
+    let json = lab.mxpin(&["plan", "--json", "-i", &inv]);
+    assert_eq!(json.code, 2, "{json:?}");
+    let v: serde_json::Value = serde_json::from_str(&json.stdout).unwrap();
+    assert_eq!(v["changes_pending"], true, "{v}");
+    let zones = v["dns"].as_array().unwrap();
+    assert_eq!(zones.len(), 2, "{v}");
+    assert!(
+        zones
+            .iter()
+            .flat_map(|z| z["add"].as_array().unwrap())
+            .any(|r| r["data"] == format!("3 1 1 {next}") && r["owner"] == OWNER),
+        "{v}"
+    );
 
     let before = serial(&lab, "example.net");
     assert_eq!(served_tlsa(&lab, OWNER), std::slice::from_ref(&foreign));

@@ -101,11 +101,38 @@ impl ZonePlan {
         self.add.is_empty() && self.remove.is_empty()
     }
 
-    /// The plan as people read it: records added and removed.
-    pub fn render(&self) -> String {
+    /// The plan for `--json`: zone, server, records added and removed
+    /// (`data` null for a key known only after apply).
+    pub fn to_json(&self, unknown: &[Certificate]) -> serde_json::Value {
+        let unknown: Vec<TlsaData> = unknown.iter().map(TlsaData::of).collect();
+        let records = |rs: &[RecordChange]| -> Vec<serde_json::Value> {
+            rs.iter()
+                .map(|r| {
+                    let data = (!unknown.contains(&r.data)).then(|| r.data.text());
+                    serde_json::json!({"owner": r.owner, "ttl": r.ttl, "type": "TLSA",
+                                       "data": data, "about": r.about})
+                })
+                .collect()
+        };
+        serde_json::json!({"zone": self.zone, "server": self.server,
+                           "add": records(&self.add), "remove": records(&self.remove)})
+    }
+
+    /// The plan as people read it: records added and removed. The record
+    /// of a key in `unknown` (a dry run's stand-in) shows as known after
+    /// apply.
+    pub fn render(&self, unknown: &[Certificate]) -> String {
+        let unknown: Vec<TlsaData> = unknown.iter().map(TlsaData::of).collect();
+        let data = |d: &TlsaData| {
+            if unknown.contains(d) {
+                format!("3 1 1 {}", crate::keys::KNOWN_AFTER_APPLY)
+            } else {
+                d.text()
+            }
+        };
         let mut out = format!("dns zone {} ({}):\n", self.zone, self.server);
         for r in &self.remove {
-            let _ = writeln!(out, "- {} IN TLSA {} ; {}", r.owner, r.data.text(), r.about);
+            let _ = writeln!(out, "- {} IN TLSA {} ; {}", r.owner, data(&r.data), r.about);
         }
         for r in &self.add {
             let _ = writeln!(
@@ -113,7 +140,7 @@ impl ZonePlan {
                 "+ {} {} IN TLSA {} ; {}",
                 r.owner,
                 r.ttl,
-                r.data.text(),
+                data(&r.data),
                 r.about
             );
         }
@@ -507,7 +534,7 @@ mod tests {
             waits: BTreeMap::new(),
         };
         assert_eq!(
-            p.render(),
+            p.render(&[]),
             "dns zone example.net (127.0.0.53:53):\n\
              - _25._tcp.home.example.net. IN TLSA 3 1 1 0101 ; home retired key\n\
              + _25._tcp.home.example.net. 300 IN TLSA 3 1 1 abab ; home next key\n"

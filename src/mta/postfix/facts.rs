@@ -45,16 +45,20 @@ if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then put running yes; else put r
 # The certificates the admin's smtpd serves, certificates only (no private
 # key leaves the host): complete PEM blocks of the files named.
 certs_of() {{
+  o_ifs=$IFS; IFS=", $NL	"
   for x in $1; do
     case "$x" in "$M"/*) ;; *)
       if [ -r "$x" ]; then awk '/-----BEGIN /{{b=""; i=0}} /-----BEGIN CERTIFICATE-----/{{i=1}} i{{b=b $0 "\n"}} i&&/-----END CERTIFICATE-----/{{printf "%s", b; i=0}}' "$x"
       else printf 'unreadable: %s\n' "$x"; fi ;;
     esac
   done
+  IFS=$o_ifs
 }}
+# The value of parameter $1 in $v, in the shell (no process per lookup).
+val() {{ r=''; case "$v" in *"$NL$1 = "*) r=${{v#*"$NL$1 = "}}; r=${{r%%"$NL"*}} ;; esac; }}
 set -f
-put certs:smtpd_tls_chain_files "$(certs_of "$(printf '%s\n' "$v" | sed -n 's/^smtpd_tls_chain_files = //p' | tr ',' ' ')")"
-put certs:smtpd_tls_cert_file "$(certs_of "$(printf '%s\n' "$v" | sed -n 's/^smtpd_tls_cert_file = //p')")"
+val smtpd_tls_chain_files; put certs:smtpd_tls_chain_files "$(certs_of "$r")"
+val smtpd_tls_cert_file; put certs:smtpd_tls_cert_file "$(certs_of "$r")"
 set +f
 putfile main.cf "$C/main.cf"
 if [ -f "$C/master.cf" ]; then putfile master.cf "$C/master.cf"; fi

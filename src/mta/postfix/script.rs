@@ -180,15 +180,23 @@ before=$(warnings "$(postconf -c "$C" 2>&1 >/dev/null)")
         let _ = writeln!(s, "remove {}", quote(&c.path));
     }
 
-    // Validate what Postfix now sees.
+    // Validate what Postfix now sees. `postfix check` (about 0.3 s of CPU:
+    // it walks the queue and the configuration directories) only when the
+    // configuration itself changes: keys and tables alone are checked by
+    // the planner and the lookups below.
     s.push_str(
         r#"step='postconf warnings'
 new=$(new_warnings "$(postconf -c "$C" 2>&1 >/dev/null)")
 [ -z "$new" ] || fail "$new"
-step='postfix check'
-out=$(postfix -c "$C" check 2>&1) || fail "${out:-exit status $?}"
 "#,
     );
+    if writes.iter().any(|c| is_admin_file(&c.path)) {
+        s.push_str(
+            r#"step='postfix check'
+out=$(postfix -c "$C" check 2>&1) || fail "${out:-exit status $?}"
+"#,
+        );
+    }
     for l in &steps.lookups {
         let table = format!(
             "{}:{}/{}/{}",

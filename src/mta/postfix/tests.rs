@@ -2935,6 +2935,12 @@ mod drain;
 /// The admin's main.cf and master.cf bytes, through edit and give-back.
 mod admin_bytes;
 
+/// Issue 15: new keys are generated only for a plan that is applied.
+mod new_keys;
+
+/// Issue 15: what an apply script leaves out when it is not needed.
+mod fast_paths;
+
 /// Issue 16: a primary with `smtp_port = 26` gets an smtpd there (the
 /// admin's port-25 one copied), noted, ordered before its backups, and
 /// gives master.cf back byte for byte when the port goes back to 25.

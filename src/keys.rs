@@ -1,0 +1,297 @@
+//! New keys: where a plan gets the keys it stages. A dry run needs no real
+//! key: it plans with cheap placeholders and shows
+//! [`KNOWN_AFTER_APPLY`] wherever one of their fingerprints (or
+//! certificates) would appear, as terraform shows values known only after
+//! apply. A plan that will be applied gets real keys, generated in parallel
+//! on blocking threads, and only as many as the plan uses.
+//!
+//! Planning is deterministic given the facts: the same facts ask for the
+//! same number of keys per host, in the same order, so a plan with
+//! placeholders counts exactly the keys a real plan needs.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+
+use time::OffsetDateTime;
+
+use crate::engine::{self, FleetPlan, HostState, Rotation};
+use crate::external::ExternalState;
+use crate::inventory::{Host, HostName, Inventory, Settings};
+use crate::plan::{Content, HostOutcome};
+use crate::templates::Templates;
+use crate::tls::{self, Certificate, Digest, Identity, KeyAlgorithm, PinKind, TlsError};
+
+/// What a dry run shows in place of a fingerprint of a key that apply
+/// generates.
+pub const KNOWN_AFTER_APPLY: &str = "(new key: known after apply)";
+
+/// What a dry run shows in place of a certificate for a key that apply
+/// generates.
+pub const CERTIFICATE_AFTER_APPLY: &str = "(new certificate: known after apply)";
+
+/// A source of new keys for a plan.
+pub trait NewKeys: Sync {
+    /// A new key and certificate for `host`, as [`tls::generate`] makes
+    /// them from the inventory's settings.
+    fn new_key(&self, s: &Settings, host: &Host, now: OffsetDateTime)
+        -> Result<Identity, TlsError>;
+}
+
+/// Generates each key when asked, on the calling thread.
+pub struct Generate;
+
+impl NewKeys for Generate {
+    fn new_key(
+        &self,
+        s: &Settings,
+        host: &Host,
+        now: OffsetDateTime,
+    ) -> Result<Identity, TlsError> {
+        tls::generate(s.key, host.mx.as_str(), s.valid_days, now)
+    }
+}
+
+/// Placeholders: an ECDSA P-256 key (well under a millisecond, whatever the
+/// inventory's key type), with the certificate a real key would get. Every
+/// one handed out is recorded, per host, so that its fingerprints can be
+/// masked and the real keys counted. Never applied.
+#[derive(Default)]
+pub struct Placeholders {
+    issued: Mutex<Vec<(HostName, Certificate)>>,
+}
+
+impl Placeholders {
+    /// The placeholders handed out, in order.
+    pub fn issued(self) -> Vec<(HostName, Certificate)> {
+        self.issued.into_inner().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl NewKeys for Placeholders {
+    fn new_key(
+        &self,
+        s: &Settings,
+        host: &Host,
+        now: OffsetDateTime,
+    ) -> Result<Identity, TlsError> {
+        let id = tls::generate(KeyAlgorithm::EcdsaP256, host.mx.as_str(), s.valid_days, now)?;
+        self.issued
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push((host.name.clone(), id.cert.clone()));
+        Ok(id)
+    }
+}
+
+/// Keys generated beforehand, handed out per host in the order they were
+/// made. A host asking for more than were made (which a deterministic plan
+/// never does) gets one generated on the spot.
+pub struct Pregenerated {
+    keys: Mutex<BTreeMap<HostName, Vec<Result<Identity, TlsError>>>>,
+}
+
+impl NewKeys for Pregenerated {
+    fn new_key(
+        &self,
+        s: &Settings,
+        host: &Host,
+        now: OffsetDateTime,
+    ) -> Result<Identity, TlsError> {
+        let made = self
+            .keys
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get_mut(&host.name)
+            .and_then(|v| (!v.is_empty()).then(|| v.remove(0)));
+        made.unwrap_or_else(|| Generate.new_key(s, host, now))
+    }
+}
+
+impl Pregenerated {
+    /// Generates `count` keys for each host named, all at once, each on a
+    /// blocking thread (RSA-4096 costs about a second of CPU per key).
+    pub async fn generate(
+        inv: &Inventory,
+        wanted: &BTreeMap<HostName, usize>,
+        now: OffsetDateTime,
+    ) -> Self {
+        let s = &inv.settings;
+        let jobs = wanted.iter().flat_map(|(name, &n)| {
+            let host = inv.host(name);
+            let (alg, mx, days) = (s.key, host.mx.as_str().to_string(), s.valid_days);
+            (0..n).map(move |_| {
+                let (name, mx) = (name.clone(), mx.clone());
+                async move {
+                    let made =
+                        tokio::task::spawn_blocking(move || tls::generate(alg, &mx, days, now))
+                            .await
+                            .unwrap_or_else(|e| {
+                                Err(TlsError::Issue(format!("key generation: {e}")))
+                            });
+                    (name, made)
+                }
+            })
+        });
+        let mut keys: BTreeMap<HostName, Vec<Result<Identity, TlsError>>> = BTreeMap::new();
+        for (name, made) in futures::future::join_all(jobs).await {
+            keys.entry(name).or_default().push(made);
+        }
+        Pregenerated {
+            keys: Mutex::new(keys),
+        }
+    }
+}
+
+/// Whether a plan is only shown or will be applied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Use {
+    /// Shown only (plan, dry runs): no key is generated, their
+    /// fingerprints are [`KNOWN_AFTER_APPLY`].
+    Show,
+    /// Applied (possibly after a confirmation): real keys, generated in
+    /// parallel, and only if the plan uses any.
+    Apply,
+}
+
+/// Plans every host (see [`engine::plan_all`]) with the new keys `usage`
+/// calls for.
+pub async fn plan_fleet(
+    inv: &Inventory,
+    states: &[HostState],
+    externals: &[ExternalState],
+    templates: &Templates,
+    now: OffsetDateTime,
+    rotation: &Rotation,
+    usage: Use,
+) -> FleetPlan {
+    let placeholders = Placeholders::default();
+    let mut fleet = engine::plan_all_with(
+        inv,
+        states,
+        externals,
+        templates,
+        now,
+        rotation,
+        &placeholders,
+    );
+    let issued = placeholders.issued();
+    if issued.is_empty() {
+        return fleet;
+    }
+    match usage {
+        Use::Show => {
+            mask(&mut fleet, &issued);
+            fleet
+        }
+        Use::Apply => {
+            let mut wanted: BTreeMap<HostName, usize> = BTreeMap::new();
+            for (host, _) in &issued {
+                *wanted.entry(host.clone()).or_default() += 1;
+            }
+            let real = Pregenerated::generate(inv, &wanted, now).await;
+            engine::plan_all_with(inv, states, externals, templates, now, rotation, &real)
+        }
+    }
+}
+
+/// Every form in which a placeholder certificate can appear in a plan: its
+/// PEM, and its fingerprints in every digest and pin kind (Postfix's
+/// colon-separated form, and Exim's plain uppercase hex).
+fn replacements(issued: &[(HostName, Certificate)]) -> Vec<(String, &'static str)> {
+    let mut out = Vec::new();
+    for (_, cert) in issued {
+        out.push((cert.pem().trim_end().to_string(), CERTIFICATE_AFTER_APPLY));
+        for digest in [Digest::Md5, Digest::Sha1, Digest::Sha256, Digest::Sha512] {
+            for kind in [PinKind::PublicKey, PinKind::Certificate] {
+                let fp = cert.fingerprint(digest, kind).to_string();
+                out.push((fp.replace(':', ""), KNOWN_AFTER_APPLY));
+                out.push((fp, KNOWN_AFTER_APPLY));
+            }
+        }
+    }
+    // Longest first: a colon-less form is never a part of a longer one,
+    // but a PEM must go before anything inside it.
+    out.sort_by_key(|(from, _)| std::cmp::Reverse(from.len()));
+    out
+}
+
+fn masked(text: &str, with: &[(String, &'static str)]) -> String {
+    let mut t = text.to_string();
+    for (from, to) in with {
+        if t.contains(from.as_str()) {
+            t = t.replace(from.as_str(), to);
+        }
+    }
+    t
+}
+
+/// Replaces, in a plan that is only shown, every placeholder's
+/// certificate and fingerprint with what apply will know.
+pub fn mask(fleet: &mut FleetPlan, issued: &[(HostName, Certificate)]) {
+    let with = replacements(issued);
+    let text = |c: &mut Option<Content>| {
+        if let Some(Content::Text(t)) = c {
+            *t = masked(t, &with);
+        }
+    };
+    for o in &mut fleet.outcomes {
+        let HostOutcome::Planned(p) = o else { continue };
+        for ch in &mut p.changes {
+            text(&mut ch.new);
+            text(&mut ch.old);
+        }
+        for n in p.notes.iter_mut().chain(p.commands.iter_mut()) {
+            *n = masked(n, &with);
+        }
+        for e in &mut p.pinned {
+            for pin in &mut e.pins {
+                *pin = masked(pin, &with);
+            }
+        }
+    }
+    let unknown = |f: &mut tls::Fingerprint| {
+        if with.iter().any(|(from, _)| from == f.as_str()) {
+            *f = tls::Fingerprint::known_after_apply();
+        }
+    };
+    for r in &mut fleet.rotated {
+        unknown(&mut r.new_current);
+        unknown(&mut r.new_next);
+    }
+    fleet.placeholders = issued.iter().map(|(_, c)| c.clone()).collect();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn now() -> OffsetDateTime {
+        OffsetDateTime::from_unix_timestamp(1_790_000_000).unwrap()
+    }
+
+    #[test]
+    fn placeholders_are_recorded_and_masked_in_every_form() {
+        let inv = crate::inventory::parse(
+            std::path::Path::new("t.toml"),
+            "[hosts.home]\nssh = \"home\"\nmx = \"home.example.net\"\n",
+        )
+        .unwrap();
+        let p = Placeholders::default();
+        let id = p.new_key(&inv.settings, &inv.hosts[0], now()).unwrap();
+        assert_eq!(id.cert.dns_names(), ["home.example.net"]);
+        let issued = p.issued();
+        assert_eq!(issued.len(), 1);
+        let with = replacements(&issued);
+        let spki = id.cert.fingerprint(Digest::Sha256, PinKind::PublicKey);
+        let cert = id.cert.fingerprint(Digest::Sha1, PinKind::Certificate);
+        let text = format!(
+            "match={spki}|AB:CD\nexim {}\n{}",
+            cert.as_str().replace(':', ""),
+            id.cert.pem()
+        );
+        assert_eq!(
+            masked(&text, &with),
+            format!("match={KNOWN_AFTER_APPLY}|AB:CD\nexim {KNOWN_AFTER_APPLY}\n{CERTIFICATE_AFTER_APPLY}\n")
+        );
+    }
+}
