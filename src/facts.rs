@@ -100,6 +100,17 @@ pub fn parse(output: &[u8]) -> Result<Sections, FramingError> {
     Ok(sections)
 }
 
+/// Frames as the facts script writes them (`@@mxpin NAME LEN`), for
+/// tests built on captured or made-up sections.
+#[cfg(test)]
+pub fn frames(parts: &[(&str, &str)]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for (n, v) in parts {
+        out.extend_from_slice(format!("@@mxpin {n} {}\n{v}\n", v.len()).as_bytes());
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -428,18 +428,7 @@ async fn run_plan(common: &Common) -> Result<u8, String> {
     )
     .await;
     let fleet = engine::with_hosts(states, async |states: &mut [HostState]| {
-        let now = OffsetDateTime::now_utc();
-        let rotation = Rotation::default();
-        let fleet = mxpin::keys::plan_fleet(
-            &inv,
-            states,
-            &externals,
-            &templates,
-            now,
-            &rotation,
-            mxpin::keys::Use::Show,
-        )
-        .await;
+        let fleet = plan_as_is(&inv, states, &externals, &templates).await;
         engine::report_planned(&fleet.outcomes, &*progress, Phase::Planned(0));
         progress.finish();
         fleet
@@ -474,6 +463,28 @@ async fn run_plan(common: &Common) -> Result<u8, String> {
         (false, false) if dns_pending => EXIT_PENDING,
         (false, false) => 0,
     })
+}
+
+/// The fleet's plan as it stands (no rotation asked for), with no key
+/// generated: what plan and verify compare the hosts with.
+async fn plan_as_is(
+    inv: &Inventory,
+    states: &[HostState],
+    externals: &[mxpin::external::ExternalState],
+    templates: &Templates,
+) -> FleetPlan {
+    let now = OffsetDateTime::now_utc();
+    let rotation = Rotation::default();
+    mxpin::keys::plan_fleet(
+        inv,
+        states,
+        externals,
+        templates,
+        now,
+        &rotation,
+        mxpin::keys::Use::Show,
+    )
+    .await
 }
 
 /// The DNS part of a plan (`[dns]`): the zones whose records change, or
@@ -572,18 +583,7 @@ async fn run_verify(common: &Common) -> Result<u8, String> {
     let progress = monitor(common, &inv);
     let (states, externals) = gather(&inv, parallel, &*progress, engine::Access::Read).await;
     let (after, mut checks) = engine::with_hosts(states, async |states: &mut [HostState]| {
-        let now = OffsetDateTime::now_utc();
-        let rotation = Rotation::default();
-        let fleet = mxpin::keys::plan_fleet(
-            &inv,
-            states,
-            &externals,
-            &templates,
-            now,
-            &rotation,
-            mxpin::keys::Use::Show,
-        )
-        .await;
+        let fleet = plan_as_is(&inv, states, &externals, &templates).await;
         let run = engine::Progress {
             parallel,
             monitor: &*progress,

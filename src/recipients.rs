@@ -375,13 +375,7 @@ recipients = "primary"
         facts_with(&fixture("postfix/facts-debian12-fresh.out"), rcpt)
     }
 
-    fn frames(parts: &[(&str, &str)]) -> Vec<u8> {
-        let mut out = Vec::new();
-        for (n, v) in parts {
-            out.extend_from_slice(format!("@@mxpin {n} {}\n{v}\n", v.len()).as_bytes());
-        }
-        out
-    }
+    use crate::facts::frames;
 
     const PARAMS: &str =
         "mydestination = home.example.net\nvirtual_mailbox_domains = example.net\n\

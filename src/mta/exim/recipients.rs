@@ -253,11 +253,7 @@ mod tests {
     use crate::inventory::Recipient;
 
     fn frames(parts: &[(&str, &str)]) -> Sections {
-        let mut out = String::new();
-        for (n, v) in parts {
-            out.push_str(&format!("@@mxpin {n} {}\n{v}\n", v.len()));
-        }
-        crate::facts::parse(out.as_bytes()).unwrap()
+        crate::facts::parse(&crate::facts::frames(parts)).unwrap()
     }
 
     /// `exim4 -bP routers` of the lab's Debian-layout home (the options

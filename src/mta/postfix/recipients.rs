@@ -270,13 +270,8 @@ mod tests {
     use super::*;
     use crate::inventory::Recipient;
 
-    /// Frames as the facts script writes them.
     fn frames(parts: &[(&str, &str)]) -> Sections {
-        let mut out = String::new();
-        for (n, v) in parts {
-            out.push_str(&format!("@@mxpin {n} {}\n{v}\n", v.len()));
-        }
-        crate::facts::parse(out.as_bytes()).unwrap()
+        crate::facts::parse(&crate::facts::frames(parts)).unwrap()
     }
 
     fn only(list: &[&str]) -> Accepts {
