@@ -5,7 +5,7 @@
 use futures::stream::{self, StreamExt as _};
 use time::OffsetDateTime;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use crate::desired::{self, HostKeys};
 use crate::error::{ErrorKind, HostError, Stage};
@@ -310,6 +310,10 @@ pub struct Rotation {
     /// The old key must stop being trusted now: rotate even when a peer
     /// does not pin the next key yet (it is updated in the same run).
     pub compromised: bool,
+    /// Hosts the world does not see the next key of yet, with the reason
+    /// (the DNS pinner, see [`crate::dns::gate_rotation`]): no switch,
+    /// whether asked for or due to a renewal under certificate pins.
+    pub held_by_dns: BTreeMap<HostName, String>,
 }
 
 impl Rotation {
@@ -333,6 +337,7 @@ impl Rotation {
         Ok(Rotation {
             hosts: set,
             compromised,
+            held_by_dns: BTreeMap::new(),
         })
     }
 }
@@ -460,6 +465,10 @@ pub fn plan_all_with(
         } else {
             continue;
         };
+        if let Some(why) = rotation.held_by_dns.get(&host.name) {
+            refused.push(plan_error(&host.name, format!("{reason} refused: {why}")));
+            continue;
+        }
         let s = &inv.settings;
         let next_pin = current.next.identity.cert.fingerprint(s.digest, s.pin);
         if let Some(why) =

@@ -692,16 +692,15 @@ async fn change_hosts(
     let parallel = common.parallel.into();
     let now = OffsetDateTime::now_utc();
     // DNS pins like a peer: no switch before the world sees the next key.
-    let (rotation, dns_refused) = mxpin::dns::gate_rotation(inv, states, rotation).await;
+    let rotation = mxpin::dns::gate_rotation(inv, states, rotation, now).await;
     // A dry run generates no key; apply generates those it uses, in parallel.
     let usage = if change.dry_run {
         mxpin::keys::Use::Show
     } else {
         mxpin::keys::Use::Apply
     };
-    let mut fleet =
+    let fleet =
         mxpin::keys::plan_fleet(inv, states, externals, templates, now, &rotation, usage).await;
-    fleet.refused.extend(dns_refused);
     engine::report_planned(&fleet.outcomes, progress, Phase::Planned(0));
     progress.finish();
     let (plan_errors, pending) = summarize(&fleet);

@@ -11,7 +11,7 @@ pub mod client;
 mod config;
 mod state;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 
@@ -357,47 +357,49 @@ pub fn hosts_from_facts(
         .collect()
 }
 
-/// The hosts a run is about to rotate, less those DNS does not allow yet
-/// (with the reason, as `rotation refused: ...`).
+/// The DNS pinner's part of the rotation rule: every host that may switch
+/// keys in this run (named by `rotation`, or whose current certificate is
+/// within `renew_days` of expiry, which under certificate pins rotates it)
+/// and whose next key's record the validating resolver does not return
+/// yet, or not long enough, is held, with the reason. The engine then
+/// refuses its switch as it refuses one a peer does not pin yet.
 pub async fn gate_rotation(
     inv: &Inventory,
     states: &[crate::engine::HostState],
     rotation: &crate::engine::Rotation,
-) -> (crate::engine::Rotation, Vec<crate::error::HostError>) {
-    let mut allowed = rotation.clone();
-    let mut refused = Vec::new();
+    now: time::OffsetDateTime,
+) -> crate::engine::Rotation {
+    let mut gated = rotation.clone();
     let Some(cfg) = &inv.dns else {
-        return (allowed, refused);
+        return gated;
     };
     if rotation.compromised {
-        return (allowed, refused);
+        return gated;
     }
+    let renew_at = now.unix_timestamp() + i64::from(inv.settings.renew_days) * 86_400;
     let edges = trust::dane_edges(inv);
-    let names: BTreeSet<HostName> = rotation.hosts.clone();
-    for host in names {
-        let Some(next) = states
-            .iter()
-            .find(|s| s.host.name == host)
-            .and_then(|s| s.facts.as_ref().ok())
-            .and_then(|f| f.stored_keys().next.cert)
-            .and_then(|c| Certificate::from_pem(&c).ok())
-        else {
+    for s in states {
+        let host = &s.host.name;
+        let Some(stored) = s.facts.as_ref().ok().map(|f| f.stored_keys()) else {
             continue;
         };
-        for edge in trust::dane_pinners_of(&edges, &host) {
+        let cert =
+            |pem: &Option<String>| pem.as_deref().and_then(|c| Certificate::from_pem(c).ok());
+        let renewing = cert(&stored.current.cert).is_some_and(|c| c.not_after() <= renew_at);
+        if !rotation.hosts.contains(host) && !renewing {
+            continue;
+        }
+        let Some(next) = cert(&stored.next.cert) else {
+            continue;
+        };
+        for edge in trust::dane_pinners_of(&edges, host) {
             if let Some(why) = rotation_blocker(cfg, edge, &next).await {
-                allowed.hosts.remove(&host);
-                refused.push(crate::error::HostError::new(
-                    &host,
-                    crate::error::Stage::Plan,
-                    crate::error::ErrorKind::Refused,
-                    format!("rotation refused: {why}"),
-                ));
+                gated.held_by_dns.insert(host.clone(), why);
                 break;
             }
         }
     }
-    (allowed, refused)
+    gated
 }
 
 /// The DNS part of a plan: per zone, the records a run would add and

@@ -2242,6 +2242,7 @@ fn rotate_home(compromised: bool) -> engine::Rotation {
     engine::Rotation {
         hosts: [inventory::HostName::parse("home").unwrap()].into(),
         compromised,
+        ..Default::default()
     }
 }
 
@@ -2759,6 +2760,7 @@ fn the_pair_rotates_both_ways_through_a_transitional_pin_and_the_rule_reads_ever
             .map(|h| inventory::HostName::parse(h).unwrap())
             .collect(),
         compromised: false,
+        ..Default::default()
     };
     let states = pair_states(&inv, &applied);
     let f = engine::plan_all(&inv, &states, &[], &t, now(), &both);
@@ -2818,6 +2820,7 @@ fn the_pair_rotates_both_ways_through_a_transitional_pin_and_the_rule_reads_ever
     let home_only = engine::Rotation {
         hosts: [inventory::HostName::parse("home").unwrap()].into(),
         compromised: false,
+        ..Default::default()
     };
     let f = engine::plan_all(
         &inv,
@@ -3008,4 +3011,43 @@ fn an_admins_service_on_smtp_port_is_used_as_it_is() {
         .changes
         .iter()
         .any(|c| c.path == format!("{DIR}/master.cf")));
+}
+
+/// Issue 13: the DNS pinner holds a host's switch, asked for or due to a
+/// renewal under certificate pins, with its reason; nothing rotates.
+#[test]
+fn the_dns_pinner_holds_a_switch_asked_for_or_due_to_a_renewal() {
+    let (mut inv, states) = fleet(Ok(fixture_facts(RELAY_APPLIED)));
+    let t = Templates::load(None).unwrap();
+    let home = inventory::HostName::parse("home").unwrap();
+    let why = "the resolver 127.0.0.54:53 does not return the next key's record yet".to_string();
+    let mut asked = rotate_home(false);
+    asked.held_by_dns.insert(home.clone(), why.clone());
+    let f = engine::plan_all(&inv, &states, &[], &t, now(), &asked);
+    assert!(f.rotated.is_empty(), "{:?}", f.rotated);
+    assert_eq!(
+        f.refused.iter().map(|e| e.to_string()).collect::<Vec<_>>(),
+        [format!("home: rotation refused: {why}")]
+    );
+
+    // Home's current certificate within renew_days, certificate pins: a
+    // renewal would rotate it, and DNS holds that too.
+    inv.settings.pin = PinKind::Certificate;
+    let current = Certificate::from_pem(
+        fixture_facts(HOME_APPLIED).files["current.crt"]
+            .content
+            .raw(),
+    )
+    .unwrap();
+    let late = OffsetDateTime::from_unix_timestamp(current.not_after() - 86_400).unwrap();
+    let mut renewal = engine::Rotation::default();
+    renewal.held_by_dns.insert(home, why.clone());
+    let f = engine::plan_all(&inv, &states, &[], &t, late, &renewal);
+    assert!(
+        f.refused.iter().any(|e| e.to_string()
+            == format!("home: certificate renewal (certificate pins) refused: {why}")),
+        "{:?}",
+        f.refused
+    );
+    assert!(!f.rotated.iter().any(|r| r.host.as_str() == "home"));
 }

@@ -138,6 +138,7 @@ fn a_rotation_dry_run_shows_the_staged_key_and_an_unknown_new_next() {
     let rotation = engine::Rotation {
         hosts: [inventory::HostName::parse("home").unwrap()].into(),
         compromised: false,
+        ..Default::default()
     };
     let dry = plan_fleet(&inv, &states, &rotation, Use::Show);
     assert_eq!(dry.rotated.len(), 1, "{:?}", dry.refused);
