@@ -369,6 +369,20 @@ fn apply_publishes_tlsa_and_the_dane_sender_verifies() {
         hit
     });
     assert!(failed, "{last:?}");
+
+    // relay moves to port 26: its records move with it, and what mxpin
+    // wrote at the old name goes (the DANE sender would find stale keys).
+    lab.inventory_add("hosts.relay", "smtp_port = 26");
+    let moved = lab.mxpin(&["apply", "--yes", "--no-verify", "-i", &inv]);
+    assert_eq!(moved.code, 0, "{moved:?}");
+    assert_eq!(served_tlsa(&lab, relay), Vec::<String>::new(), "{moved:?}");
+    assert_eq!(
+        served_tlsa(&lab, "_26._tcp.relay.example.org."),
+        want_relay,
+        "{moved:?}"
+    );
+    let settled = lab.mxpin(&["plan", "-i", &inv]);
+    assert!(!settled.stdout.contains("dns zone"), "{settled:?}");
 }
 
 /// A rotation before the world can see the next key's record is refused,

@@ -215,9 +215,54 @@ pub async fn plan(
             };
             p.waits.insert(edge.owner.clone(), wait);
         }
+        // Names mxpin wrote at for a host of this inventory that no longer
+        // receives mail there (out of its domains, released, or on another
+        // smtp_port): mxpin's records go, anything else stays.
+        for (owner, host) in stale_owners(inv, &edges, &state) {
+            if cfg.zone_of(owner_mx(owner)).map(|z| &z.name) != Some(&zone.name) {
+                continue;
+            }
+            let now = client::tlsa(server, owner, false).await?;
+            for r in now.records.iter().filter(|r| state.wrote(owner, r)) {
+                p.remove.push(RecordChange {
+                    owner: owner.to_string(),
+                    ttl: 0,
+                    data: r.clone(),
+                    about: format!("{host} no longer receives mail here"),
+                });
+            }
+        }
         plans.push(p);
     }
     Ok(plans)
+}
+
+/// The MX name of a TLSA owner name (`_25._tcp.home.example.net.`).
+fn owner_mx(owner: &str) -> &str {
+    let rest = owner.strip_prefix('_').unwrap_or(owner);
+    rest.split_once("._tcp.").map_or(owner, |(_, mx)| mx)
+}
+
+/// Owners in the state that belong to a host of the inventory (by its MX
+/// name) but to none of its DANE edges, with that host. Owners of names no
+/// host has are left alone: another inventory on this controller may own
+/// them.
+fn stale_owners<'a>(
+    inv: &'a Inventory,
+    edges: &[trust::DaneEdge],
+    state: &'a state::State,
+) -> Vec<(&'a str, &'a HostName)> {
+    state
+        .owners()
+        .filter(|o| !edges.iter().any(|e| e.owner == *o))
+        .filter_map(|o| {
+            let mx = owner_mx(o).trim_end_matches('.');
+            inv.hosts
+                .iter()
+                .find(|h| h.mx.as_str() == mx)
+                .map(|h| (o, &h.name))
+        })
+        .collect()
 }
 
 /// Sends each non-empty plan as one update and remembers, on the
@@ -489,6 +534,48 @@ pub async fn verify(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn owners_of_hosts_that_no_longer_receive_mail_are_stale() {
+        assert_eq!(owner_mx("_26._tcp.home.example.net."), "home.example.net.");
+        let inv = crate::inventory::parse(
+            std::path::Path::new("t.toml"),
+            "[hosts.home]\nssh = \"home\"\nmx = \"home.example.net\"\n\
+             [hosts.relay]\nssh = \"relay\"\nmx = \"relay.example.org\"\n",
+        )
+        .unwrap();
+        let edges = vec![trust::DaneEdge {
+            pinned: crate::inventory::HostName::parse("home").unwrap(),
+            zone: crate::inventory::DnsName::parse("example.net").unwrap(),
+            owner: "_26._tcp.home.example.net.".into(),
+        }];
+        let mut state = state::State::default();
+        let d = TlsaData {
+            usage: 3,
+            selector: 1,
+            matching: 1,
+            data: vec![1],
+        };
+        for o in [
+            "_25._tcp.home.example.net.",
+            "_26._tcp.home.example.net.",
+            "_25._tcp.relay.example.org.",
+            "_25._tcp.other.example.com.",
+        ] {
+            state.record(o, &d, 0, 0);
+        }
+        let stale: Vec<(&str, &str)> = stale_owners(&inv, &edges, &state)
+            .into_iter()
+            .map(|(o, h)| (o, h.as_str()))
+            .collect();
+        assert_eq!(
+            stale,
+            [
+                ("_25._tcp.home.example.net.", "home"),
+                ("_25._tcp.relay.example.org.", "relay")
+            ]
+        );
+    }
 
     #[test]
     fn tlsa_data_is_the_spki_sha256() {

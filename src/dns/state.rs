@@ -48,6 +48,11 @@ impl State {
         self.owners.get(owner)?.get(&r.text()).copied()
     }
 
+    /// Every owner name mxpin wrote records at.
+    pub fn owners(&self) -> impl Iterator<Item = &str> {
+        self.owners.keys().map(String::as_str)
+    }
+
     pub fn record(&mut self, owner: &str, r: &TlsaData, at: u64, wait: u32) {
         self.owners
             .entry(owner.to_string())
