@@ -546,6 +546,10 @@ pub fn plan_all_with(
                 current: k.current.identity.cert.clone(),
                 next: k.next.identity.cert.clone(),
                 retired: switched.cloned(),
+                admin_cert: s
+                    .facts
+                    .as_ref()
+                    .is_ok_and(|f| f.serves_admin_certificate(&s.host)),
             })
         })
         .collect();

@@ -108,8 +108,7 @@ impl Check {
     }
 
     /// A DANE check of `host`'s records at `owner` (`_25._tcp.MX.`).
-    pub fn dane(host: &HostName, owner: &str, ok: bool, what: String) -> Self {
-        let status = if ok { Status::Ok } else { Status::Fail };
+    pub fn dane(host: &HostName, owner: &str, status: Status, what: String) -> Self {
         let mut c = Check::new(host, Kind::Dane, owner, status, what);
         c.route = Some(owner.to_string());
         c

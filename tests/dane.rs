@@ -530,3 +530,70 @@ fn a_readable_tsig_secret_is_refused() {
     assert!(!stderr.contains("c2VjcmV0"), "{stderr}");
     assert!(out.stdout.is_empty());
 }
+
+/// home serves a certificate of the admin's own to its MX name (mxpin's
+/// key only to its peers, by SNI): a DANE sender gets the admin's, so
+/// mxpin publishes no record of its keys for home, removes those it wrote
+/// before, and sender still delivers (no TLSA, no DANE: nothing deferred).
+/// relay's records stay; verify warns about home and passes.
+#[test]
+fn a_host_serving_the_admins_certificate_gets_no_records_of_mxpins_keys() {
+    let Some(lab) = Lab::up_with(&["--dane"]) else {
+        return;
+    };
+    let inv = inv(&lab);
+    add_dns_section(&lab);
+    let first = lab.mxpin(&["apply", "--yes", "-i", &inv]);
+    assert_eq!(first.code, 0, "{first:?}");
+    assert_eq!(served_tlsa(&lab, OWNER).len(), 2, "{first:?}");
+
+    let own = lab.ssh(
+        "home",
+        "cd /etc/postfix && openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 \
+         -nodes -days 30 -subj /CN=home.example.net -addext subjectAltName=DNS:home.example.net \
+         -keyout admin.key -out admin.crt 2>/dev/null && chmod 600 admin.key \
+         && postconf -X smtpd_tls_chain_files \
+         && postconf -e smtpd_tls_cert_file=/etc/postfix/admin.crt \
+            smtpd_tls_key_file=/etc/postfix/admin.key && postfix reload",
+    );
+    assert_eq!(own.code, 0, "{own:?}");
+    let plan = lab.mxpin(&["plan", "-i", &inv]);
+    assert!(
+        plan.stdout.contains(&format!(
+            "- {OWNER} IN TLSA 3 1 1 {} ; home serves the admin's own certificate",
+            tlsa_of(&lab, "home", "current")
+        )),
+        "{plan:?}"
+    );
+    let apply = lab.mxpin(&["apply", "--yes", "-i", &inv]);
+    assert_eq!(apply.code, 0, "{apply:?}");
+    assert_eq!(served_tlsa(&lab, OWNER), Vec::<String>::new(), "{apply:?}");
+    assert_eq!(
+        served_tlsa(&lab, "_25._tcp.relay.example.org.").len(),
+        2,
+        "relay's records stay"
+    );
+
+    forget_dns(&lab);
+    send_via_sender(&lab, "beside the admin's certificate 4715");
+    assert!(
+        wait_for(Duration::from_secs(30), || delivered_count(
+            &lab,
+            "beside the admin's certificate 4715"
+        ) == 1),
+        "{}",
+        lab.maillog("sender")
+    );
+    let log = lab.maillog("sender");
+    assert_eq!(log.matches("status=deferred").count(), 0, "{log}");
+
+    let verify = lab.mxpin(&["verify", "-i", &inv]);
+    assert_eq!(verify.code, 0, "{verify:?}");
+    assert!(
+        verify.stdout.contains(&format!(
+            "DANE: no TLSA records at {OWNER}: home serves the admin's own certificate"
+        )),
+        "{verify:?}"
+    );
+    assert_eq!(lab.mxpin(&["plan", "-i", &inv]).code, 0);
+}

@@ -72,6 +72,10 @@ pub struct HostTlsa {
     pub next: Certificate,
     /// The key it served before the plan, when the plan switches it.
     pub retired: Option<Certificate>,
+    /// It serves the admin's own certificate to its MX name (mxpin's key
+    /// only to its peers, by SNI): DANE senders never see mxpin's keys, so
+    /// no record of them is published, and those mxpin wrote go.
+    pub admin_cert: bool,
 }
 
 /// One record added or removed.
@@ -179,6 +183,17 @@ pub async fn plan(
                 continue;
             };
             let now = client::tlsa(server, &edge.owner, false).await?;
+            if h.admin_cert {
+                for r in now.records.iter().filter(|r| state.wrote(&edge.owner, r)) {
+                    p.remove.push(RecordChange {
+                        owner: edge.owner.clone(),
+                        ttl: 0,
+                        data: r.clone(),
+                        about: format!("{} serves the admin's own certificate", h.host),
+                    });
+                }
+                continue;
+            }
             let want = [("current", &h.current), ("next", &h.next)];
             let wanted: Vec<TlsaData> = want.iter().map(|(_, c)| TlsaData::of(c)).collect();
             for ((role, _), data) in want.iter().zip(&wanted) {
@@ -397,6 +412,10 @@ pub fn hosts_from_facts(
                 current,
                 next,
                 retired,
+                admin_cert: s
+                    .facts
+                    .as_ref()
+                    .is_ok_and(|f| f.serves_admin_certificate(&s.host)),
             })
         })
         .collect()
@@ -425,9 +444,15 @@ pub async fn gate_rotation(
     let edges = trust::dane_edges(inv);
     for s in states {
         let host = &s.host.name;
-        let Some(stored) = s.facts.as_ref().ok().map(|f| f.stored_keys()) else {
+        let Ok(facts) = s.facts.as_ref() else {
             continue;
         };
+        // Its records are not published (DANE senders get the admin's
+        // certificate): nothing to wait for.
+        if facts.serves_admin_certificate(&s.host) {
+            continue;
+        }
+        let stored = facts.stored_keys();
         let cert =
             |pem: &Option<String>| pem.as_deref().and_then(|c| Certificate::from_pem(c).ok());
         let renewing = cert(&stored.current.cert).is_some_and(|c| c.not_after() <= renew_at);
@@ -487,6 +512,19 @@ pub async fn verify(
         let Some(h) = hosts.iter().find(|h| h.host == edge.pinned) else {
             continue;
         };
+        if h.admin_cert {
+            checks.push(crate::verify::Check::dane(
+                &h.host,
+                &edge.owner,
+                crate::verify::Status::Warn,
+                format!(
+                    "DANE: no TLSA records at {}: {} serves the admin's own certificate to \
+                     DANE senders (mxpin's keys only to its peers)",
+                    edge.owner, h.host
+                ),
+            ));
+            continue;
+        }
         let seen = match resolve(&cfg.resolver).await {
             Ok(r) => client::tlsa(r, &edge.owner, true).await,
             Err(e) => Err(e),
@@ -526,7 +564,17 @@ pub async fn verify(
                 }
             }
         };
-        checks.push(crate::verify::Check::dane(&h.host, &edge.owner, ok, what));
+        let status = if ok {
+            crate::verify::Status::Ok
+        } else {
+            crate::verify::Status::Fail
+        };
+        checks.push(crate::verify::Check::dane(
+            &h.host,
+            &edge.owner,
+            status,
+            what,
+        ));
     }
     checks
 }

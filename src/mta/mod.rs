@@ -31,6 +31,21 @@ pub enum Facts {
 }
 
 impl Facts {
+    /// Whether the host's smtpd serves a certificate of the admin's own to
+    /// every client but mxpin's peers (see "The admin's own certificate"):
+    /// a DANE sender, asking for the MX name, gets that one, not mxpin's.
+    pub fn serves_admin_certificate(&self, host: &crate::inventory::Host) -> bool {
+        let owned = host.config_dir.join(OWNED_DIR);
+        match self {
+            Facts::Postfix(f) => f.admin_cert(&owned).is_some(),
+            Facts::Exim(f) => f
+                .config
+                .as_deref()
+                .and_then(|c| exim::conf::edited(c, &owned, &f.rcpt_acl).ok())
+                .is_some_and(|e| e.admin_cert.is_some()),
+        }
+    }
+
     /// The keys mxpin finds in its slots on the host.
     pub fn stored_keys(&self) -> StoredKeys {
         match self {
