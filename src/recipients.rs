@@ -80,6 +80,20 @@ impl Collected {
     }
 }
 
+/// The domains `host` reads the recipients of (`recipients = "primary"`),
+/// each quoted for the facts script; `None` when there are none.
+pub fn quoted_domains(host: &crate::inventory::Host) -> Option<String> {
+    if host.reads_recipients.is_empty() {
+        return None;
+    }
+    let domains: Vec<String> = host
+        .reads_recipients
+        .iter()
+        .map(|d| crate::shell::quote(d.as_str()))
+        .collect();
+    Some(domains.join(" "))
+}
+
 /// The two ways out of a refusal, said after it.
 pub const ALTERNATIVES: &str =
     "list the recipients in the inventory (recipients = [...]), or set recipients = \"any\" (backups accept any address: backscatter)";

@@ -16,7 +16,6 @@
 use crate::facts::Sections;
 use crate::inventory::{DnsName, Host};
 use crate::recipients::{collect, Accepts, Collected, Read};
-use crate::shell::quote;
 
 /// The local part of the probe: an address no table holds.
 pub const PROBE: &str = "mxpin-probe-no-such-user";
@@ -52,15 +51,9 @@ const DECIDING: [&str; 4] = ["local_parts", "data", "condition", "address_data"]
 
 /// Shell for the facts script (after `X`, the exim binary, is set).
 pub fn script(host: &Host) -> String {
-    if host.reads_recipients.is_empty() {
+    let Some(domains) = crate::recipients::quoted_domains(host) else {
         return String::new();
-    }
-    let domains: Vec<String> = host
-        .reads_recipients
-        .iter()
-        .map(|d| quote(d.as_str()))
-        .collect();
-    let domains = domains.join(" ");
+    };
     format!(
         r#"set -f
 put rcpt-domains "$(printf '%s\n' {domains})"

@@ -18,7 +18,6 @@ use std::collections::BTreeMap;
 use crate::facts::Sections;
 use crate::inventory::{DnsName, Host};
 use crate::recipients::{collect, Accepts, Collected, Read};
-use crate::shell::quote;
 
 use super::maincf::split_list;
 
@@ -51,15 +50,9 @@ const ALIAS_SIGNATURES: [&str; 3] = ["@", "YP_LAST_MODIFIED", "YP_MASTER_NAME"];
 /// `host` is the primary of with `recipients = "primary"` (nothing when
 /// there are none). Read-only, like the rest of the facts.
 pub fn script(host: &Host) -> String {
-    if host.reads_recipients.is_empty() {
+    let Some(domains) = crate::recipients::quoted_domains(host) else {
         return String::new();
-    }
-    let domains: Vec<String> = host
-        .reads_recipients
-        .iter()
-        .map(|d| quote(d.as_str()))
-        .collect();
-    let domains = domains.join(" ");
+    };
     let params: Vec<&str> = CLASSES
         .iter()
         .chain(MAPS.iter())
