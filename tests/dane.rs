@@ -83,6 +83,22 @@ fn delivered_count(lab: &Lab, body: &str) -> usize {
     lab.delivered().iter().filter(|m| m.contains(body)).count()
 }
 
+/// What sender logs of a delivery to home that DANE verified.
+const VERIFIED_HOME: &str = "Verified TLS connection established to home.example.net[127.0.0.2]:25";
+
+/// Sends BODY from the DANE sender once unbound's and sender's caches are
+/// flushed, waits until home has it, and returns sender's log.
+fn deliver_from_sender(lab: &Lab, body: &str) -> String {
+    forget_dns(lab);
+    send_via_sender(lab, body);
+    assert!(
+        wait_for(Duration::from_secs(30), || delivered_count(lab, body) == 1),
+        "{}",
+        lab.maillog("sender")
+    );
+    lab.maillog("sender")
+}
+
 /// By hand, no mxpin: the TLSA of the key home serves makes sender's
 /// delivery Verified; a wrong one makes it defer (dsn 4.7.5), not fall back.
 #[test]
@@ -101,21 +117,8 @@ fn lab_dane_by_hand_verifies_and_a_wrong_record_defers() {
         "{:?}",
         resolved_tlsa(&lab, OWNER)
     );
-    forget_dns(&lab);
-    send_via_sender(&lab, "dane by hand");
-    assert!(
-        wait_for(Duration::from_secs(30), || delivered_count(
-            &lab,
-            "dane by hand"
-        ) == 1),
-        "{}",
-        lab.maillog("sender")
-    );
-    let log = lab.maillog("sender");
-    assert!(
-        log.contains("Verified TLS connection established to home.example.net[127.0.0.2]:25"),
-        "{log}"
-    );
+    let log = deliver_from_sender(&lab, "dane by hand");
+    assert!(log.contains(VERIFIED_HOME), "{log}");
 
     let wrong = "00".repeat(32);
     nsupdate(
@@ -298,21 +301,8 @@ fn apply_publishes_tlsa_and_the_dane_sender_verifies() {
     let again = lab.mxpin(&["plan", "-i", &inv]);
     assert_eq!(again.code, 0, "{again:?}");
 
-    forget_dns(&lab);
-    send_via_sender(&lab, "dane after apply");
-    assert!(
-        wait_for(Duration::from_secs(30), || delivered_count(
-            &lab,
-            "dane after apply"
-        ) == 1),
-        "{}",
-        lab.maillog("sender")
-    );
-    let log = lab.maillog("sender");
-    assert!(
-        log.contains("Verified TLS connection established to home.example.net[127.0.0.2]:25"),
-        "{log}"
-    );
+    let log = deliver_from_sender(&lab, "dane after apply");
+    assert!(log.contains(VERIFIED_HOME), "{log}");
     assert_eq!(served_key(&lab, "127.0.0.2", 25), cur);
 
     // A dry run of a rotation shows the DNS change and makes none (it
@@ -574,17 +564,7 @@ fn a_host_serving_the_admins_certificate_gets_no_records_of_mxpins_keys() {
         "relay's records stay"
     );
 
-    forget_dns(&lab);
-    send_via_sender(&lab, "beside the admin's certificate 4715");
-    assert!(
-        wait_for(Duration::from_secs(30), || delivered_count(
-            &lab,
-            "beside the admin's certificate 4715"
-        ) == 1),
-        "{}",
-        lab.maillog("sender")
-    );
-    let log = lab.maillog("sender");
+    let log = deliver_from_sender(&lab, "beside the admin's certificate 4715");
     assert_eq!(log.matches("status=deferred").count(), 0, "{log}");
 
     let verify = lab.mxpin(&["verify", "-i", &inv]);
