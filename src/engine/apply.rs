@@ -1,0 +1,436 @@
+//! Apply: the order of the hosts, one apply script each, the second round
+//! of a transitional run, and the read-back that proves convergence.
+
+use super::connect::refresh;
+use super::plan::{plan_all_with, FleetPlan, Rotation};
+use super::{report_planned, HostState, Progress};
+use time::OffsetDateTime;
+
+use crate::error::{ErrorKind, HostError, Stage};
+use crate::external::ExternalState;
+use crate::inventory::{HostName, Inventory};
+use crate::mta::{self};
+use crate::plan::{HostOutcome, HostPlan};
+use crate::progress::{Monitor, Phase};
+use crate::ssh::SshHost;
+use crate::templates::Templates;
+use crate::trust::Purpose;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ApplyStatus {
+    Unchanged,
+    Applied { changes: usize },
+    Failed(HostError),
+    Skipped(HostError),
+}
+
+/// Order of application: a backup that starts pinning a host whose served
+/// key changes in this run, or that opens the port the backup routes to,
+/// goes after that host, so it never pins a key that is not served yet nor
+/// routes to a closed port. Returns a wave number per plan.
+pub fn waves(plans: &[&HostPlan]) -> Vec<usize> {
+    let mut wave = vec![0usize; plans.len()];
+    let index = |h: &HostName| plans.iter().position(|p| &p.host == h);
+    // Bounded: a wave number only grows, and never past the plan count.
+    for _ in 0..plans.len() {
+        let mut moved = false;
+        for (i, p) in plans.iter().enumerate() {
+            for dep in p.pins_for().filter_map(&index) {
+                if plans[dep].goes_first() && wave[i] <= wave[dep] && wave[dep] < plans.len() {
+                    wave[i] = wave[dep] + 1;
+                    moved = true;
+                }
+            }
+        }
+        if !moved {
+            break;
+        }
+    }
+    wave
+}
+
+fn apply_error(host: &HostName, kind: ErrorKind, message: String) -> HostError {
+    HostError::new(host, Stage::Apply, kind, message)
+}
+
+async fn apply_one(conn: &SshHost, plan: &HostPlan) -> ApplyStatus {
+    let script = mta::apply_script(plan);
+    let failed = |kind, message| ApplyStatus::Failed(apply_error(&plan.host, kind, message));
+    match conn.run_script(script.text()).await {
+        Err(e) => failed(
+            ErrorKind::Unreachable,
+            format!("{e}; state unknown, run plan to see it"),
+        ),
+        Ok(out) => match mta::parse_result(&String::from_utf8_lossy(&out.stdout)) {
+            Some(mta::ApplyResult::Applied) => ApplyStatus::Applied {
+                changes: plan.changes.len(),
+            },
+            Some(mta::ApplyResult::Failed {
+                step,
+                message,
+                rolled_back,
+            }) => failed(
+                ErrorKind::Failed,
+                format!(
+                    "at step '{step}': {message}{}",
+                    if rolled_back {
+                        "; previous files restored"
+                    } else {
+                        "; nothing was changed"
+                    }
+                ),
+            ),
+            None => failed(
+                ErrorKind::Unparsable,
+                format!(
+                    "apply script ended without a verdict (stderr: {}); run plan to see the state",
+                    out.stderr
+                ),
+            ),
+        },
+    }
+}
+
+/// For each plan, the plans it must wait for: the hosts whose new key it
+/// will pin, when they go first by [`waves`]. Edges only point to earlier
+/// waves, so there is no cycle.
+fn dependencies(plans: &[&HostPlan]) -> Vec<Vec<usize>> {
+    let wave = waves(plans);
+    plans
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            p.pins_for()
+                .filter_map(|h| plans.iter().position(|q| &q.host == h))
+                .filter(|&j| plans[j].goes_first() && wave[j] < wave[i])
+                .collect()
+        })
+        .collect()
+}
+
+/// Applies non-empty plans, `parallel` at a time. A host starts as soon as
+/// the hosts it depends on (see [`dependencies`]) are done, never waiting
+/// for unrelated slow hosts; a host whose dependency failed is skipped.
+pub async fn apply_all(
+    states: &[HostState],
+    outcomes: &[HostOutcome],
+    parallel: usize,
+    monitor: &dyn Monitor,
+) -> Vec<(HostName, ApplyStatus)> {
+    let plans: Vec<&HostPlan> = outcomes
+        .iter()
+        .filter_map(|o| match o {
+            HostOutcome::Planned(p) if !p.is_empty() => Some(p.as_ref()),
+            _ => None,
+        })
+        .collect();
+    let deps = dependencies(&plans);
+    // A host that routes to a host whose plan failed stays as it is: that
+    // host's key or port may not be there (issue 16).
+    let failed: Vec<&HostName> = outcomes
+        .iter()
+        .filter_map(|o| match o {
+            HostOutcome::Failed(e) => Some(&e.host),
+            HostOutcome::Planned(_) => None,
+        })
+        .collect();
+    // Some(true) once a plan is applied, Some(false) once it failed or was
+    // skipped.
+    let done: Vec<tokio::sync::watch::Sender<Option<bool>>> = plans
+        .iter()
+        .map(|_| tokio::sync::watch::channel(None).0)
+        .collect();
+    let permits = tokio::sync::Semaphore::new(parallel.max(1));
+    let tasks = plans.iter().enumerate().map(|(i, plan)| {
+        let (deps, done, permits, plans) = (&deps[i], &done, &permits, &plans);
+        let conn = states
+            .iter()
+            .find(|s| s.host.name == plan.host)
+            .and_then(|s| s.conn.as_ref());
+        let routes_to_failed = plan
+            .pinned
+            .iter()
+            .filter(|e| e.purpose != Purpose::ClientCertificate)
+            .find(|e| failed.contains(&&e.pinned))
+            .map(|e| e.pinned.clone());
+        async move {
+            if let Some(h) = routes_to_failed {
+                monitor.event(&plan.host, Phase::Skipped);
+                done[i].send_replace(Some(false));
+                return ApplyStatus::Skipped(apply_error(
+                    &plan.host,
+                    ErrorKind::Skipped,
+                    format!("not applied: it routes to {h}, whose plan failed"),
+                ));
+            }
+            for &j in deps {
+                let mut rx = done[j].subscribe();
+                let applied = rx
+                    .wait_for(Option::is_some)
+                    .await
+                    .map(|v| *v == Some(true))
+                    .unwrap_or(false);
+                if !applied {
+                    monitor.event(&plan.host, Phase::Skipped);
+                    done[i].send_replace(Some(false));
+                    let why = if plans[j].switches_key {
+                        format!(
+                            "not applied: it would pin the new key of {}, which was not applied",
+                            plans[j].host
+                        )
+                    } else {
+                        format!(
+                            "not applied: it would route to the port {} opens, which was not applied",
+                            plans[j].host
+                        )
+                    };
+                    return ApplyStatus::Skipped(apply_error(&plan.host, ErrorKind::Skipped, why));
+                }
+            }
+            let _permit = permits.acquire().await.expect("never closed");
+            monitor.event(&plan.host, Phase::Applying);
+            let status = match conn {
+                Some(c) => apply_one(c, plan).await,
+                None => ApplyStatus::Failed(apply_error(
+                    &plan.host,
+                    ErrorKind::Unreachable,
+                    "no connection".into(),
+                )),
+            };
+            let ok = matches!(status, ApplyStatus::Applied { .. });
+            monitor.event(
+                &plan.host,
+                if ok {
+                    Phase::Applied
+                } else {
+                    Phase::Failed("apply".into())
+                },
+            );
+            done[i].send_replace(Some(ok));
+            status
+        }
+    });
+    let status: Vec<ApplyStatus> = futures::future::join_all(tasks).await;
+    let mut result: Vec<(HostName, ApplyStatus)> = Vec::new();
+    for o in outcomes {
+        let (name, s) = match o {
+            HostOutcome::Failed(e) => (e.host.clone(), ApplyStatus::Failed(e.clone())),
+            HostOutcome::Planned(p) if p.is_empty() => (p.host.clone(), ApplyStatus::Unchanged),
+            HostOutcome::Planned(p) => {
+                let i = plans.iter().position(|q| q.host == p.host).expect("listed");
+                (p.host.clone(), status[i].clone())
+            }
+        };
+        result.push((name, s));
+    }
+    result
+}
+
+/// Plans again from facts just read, rotating nothing: what is left to do.
+fn replan(
+    inv: &Inventory,
+    states: &[HostState],
+    externals: &[ExternalState],
+    templates: &Templates,
+    new_keys: &dyn crate::keys::NewKeys,
+) -> FleetPlan {
+    plan_all_with(
+        inv,
+        states,
+        externals,
+        templates,
+        OffsetDateTime::now_utc(),
+        &Rotation::default(),
+        new_keys,
+    )
+}
+
+/// The second round of a run whose plans were transitional (hosts on a
+/// cycle of edges that all switched keys kept the old pins; a client did
+/// not take a relay that did not accept its key yet): the first round is
+/// done, so read the hosts again, plan (rotating nothing) and apply what
+/// is left: the old pins go, the client takes its relay. Returns the results of both rounds merged
+/// per host, and the plans of the second round (what the run now intends,
+/// for the checks that follow); `None` when the first round needs no second.
+pub async fn finish_transition(
+    inv: &Inventory,
+    states: &mut [HostState],
+    externals: &[ExternalState],
+    templates: &Templates,
+    run: Progress<'_>,
+    first: &[HostOutcome],
+    results: Vec<(HostName, ApplyStatus)>,
+) -> (Vec<(HostName, ApplyStatus)>, Option<Vec<HostOutcome>>) {
+    let transitional = first
+        .iter()
+        .any(|o| matches!(o, HostOutcome::Planned(p) if p.transitional));
+    let applied = results
+        .iter()
+        .any(|(_, s)| matches!(s, ApplyStatus::Applied { .. }));
+    if !(transitional && applied) {
+        return (results, None);
+    }
+    refresh(states, &[], run.parallel, run.monitor).await;
+    let second = replan(inv, states, externals, templates, &crate::keys::Generate);
+    let again = apply_all(states, &second.outcomes, run.parallel, run.monitor).await;
+    let statuses = results
+        .into_iter()
+        .zip(again)
+        .map(|((host, a), (_, b))| {
+            let merged = match (a, b) {
+                (a @ (ApplyStatus::Failed(_) | ApplyStatus::Skipped(_)), _) => a,
+                (_, b @ (ApplyStatus::Failed(_) | ApplyStatus::Skipped(_))) => b,
+                (ApplyStatus::Applied { changes: x }, ApplyStatus::Applied { changes: y }) => {
+                    ApplyStatus::Applied { changes: x + y }
+                }
+                (a @ ApplyStatus::Applied { .. }, ApplyStatus::Unchanged) => a,
+                (ApplyStatus::Unchanged, b) => b,
+            };
+            (host, merged)
+        })
+        .collect();
+    (statuses, Some(second.outcomes))
+}
+
+/// After apply (or for `verify`): read every host again, running on each
+/// backup the verification checks of the routes `intended` planned, and
+/// plan again (rotating nothing); hosts that still have changes did not
+/// converge.
+pub(super) async fn converged(
+    inv: &Inventory,
+    states: &mut [HostState],
+    externals: &[ExternalState],
+    intended: &[HostOutcome],
+    templates: &Templates,
+    parallel: usize,
+    monitor: &dyn Monitor,
+) -> Vec<HostOutcome> {
+    let extras: Vec<String> = states
+        .iter()
+        .zip(intended)
+        .map(|(s, o)| match (o, &s.facts) {
+            (HostOutcome::Planned(p), Ok(f)) => mta::verify_snippet(p, f, inv),
+            _ => String::new(),
+        })
+        .collect();
+    refresh(states, &extras, parallel, monitor).await;
+    // Only whether anything is left to do: no key needs to be real.
+    let placeholders = crate::keys::Placeholders::default();
+    let outcomes = replan(inv, states, externals, templates, &placeholders).outcomes;
+    report_planned(&outcomes, monitor, Phase::Done);
+    outcomes
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::plan::plan_error;
+    use crate::plan::HostPlan;
+
+    fn plan(host: &str, switches: bool, pins_for: &[&str]) -> HostPlan {
+        HostPlan {
+            host: HostName::parse(host).unwrap(),
+            changes: vec![],
+            commands: vec![],
+            notes: vec![],
+            switches_key: switches,
+            generates_keys: false,
+            opens_listener: false,
+            pinned: pins_for
+                .iter()
+                .map(|h| crate::plan::PinnedEdge {
+                    pinned: HostName::parse(h).unwrap(),
+                    purpose: Purpose::BackupRoute,
+                    next_hop: Some(format!("[{h}]:25")),
+                    probe: Some(format!("{h}:25")),
+                    server_name: None,
+                    pins: vec![],
+                })
+                .collect(),
+            transitional: false,
+            steps: crate::mta::Steps::Postfix(Default::default()),
+        }
+    }
+
+    #[test]
+    fn pinning_backup_waits_for_the_key_switch() {
+        let home = plan("home", true, &[]);
+        let relay = plan("relay", true, &["home"]);
+        assert_eq!(waves(&[&relay, &home]), [1, 0]);
+    }
+
+    #[test]
+    fn steady_keys_need_no_ordering() {
+        let home = plan("home", false, &[]);
+        let relay = plan("relay", true, &["home"]);
+        assert_eq!(waves(&[&home, &relay]), [0, 0]);
+    }
+
+    /// Issue 16: a backup routing to a primary's new smtp_port listener
+    /// goes after it, even when no key changes.
+    #[test]
+    fn backup_waits_for_the_primarys_new_listener() {
+        let mut home = plan("home", false, &[]);
+        home.opens_listener = true;
+        let relay = plan("relay", false, &["home"]);
+        assert_eq!(waves(&[&relay, &home]), [1, 0]);
+        assert_eq!(dependencies(&[&relay, &home]), [vec![1], vec![]]);
+    }
+
+    /// A backup whose primary failed to plan does not route to it.
+    #[test]
+    fn a_host_routing_to_a_failed_plan_is_skipped() {
+        let mut relay = plan("relay", false, &["home"]);
+        relay.changes.push(crate::plan::FileChange {
+            path: "/etc/postfix/main.cf".into(),
+            action: crate::plan::Action::Modify,
+            old: None,
+            new: None,
+            mode: 0o644,
+            group: 0,
+        });
+        let outcomes = [
+            HostOutcome::Failed(plan_error(
+                &HostName::parse("home").unwrap(),
+                "smtp_port 26 on an Exim primary: add it to daemon_smtp_ports".into(),
+            )),
+            HostOutcome::Planned(Box::new(relay)),
+        ];
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let results = rt.block_on(apply_all(&[], &outcomes, 2, &crate::progress::Silent));
+        let relay = results.iter().find(|(h, _)| h.as_str() == "relay").unwrap();
+        let ApplyStatus::Skipped(e) = &relay.1 else {
+            panic!("{:?}", relay.1)
+        };
+        assert_eq!(
+            e.message,
+            "not applied: it routes to home, whose plan failed"
+        );
+        assert_eq!((e.stage, e.kind), (Stage::Apply, ErrorKind::Skipped));
+    }
+
+    #[test]
+    fn dependencies_point_only_to_earlier_hosts() {
+        let home = plan("home", true, &[]);
+        let relay = plan("relay", true, &["home"]);
+        let other = plan("other", false, &[]);
+        assert_eq!(
+            dependencies(&[&relay, &home, &other]),
+            [vec![1], vec![], vec![]]
+        );
+        let a = plan("a", true, &["b"]);
+        let b = plan("b", true, &["a"]);
+        let d = dependencies(&[&a, &b]);
+        assert!(d[0].is_empty() || d[1].is_empty(), "no cycle: {d:?}");
+    }
+
+    #[test]
+    fn mutual_backups_with_new_keys_terminate() {
+        let a = plan("a", true, &["b"]);
+        let b = plan("b", true, &["a"]);
+        let w = waves(&[&a, &b]);
+        assert!(w.iter().all(|&x| x <= 2), "{w:?}");
+    }
+}
