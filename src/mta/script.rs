@@ -1,0 +1,281 @@
+//! Shell shared by every MTA's scripts: the hold of a run's lock, the
+//! apply script's prelude, lock, check of what it changes, staging and
+//! chmods, and the verdict protocol read back from its output.
+
+use super::{facts_script, LOCK_WAIT_SECS, OWNED_DIR};
+use std::fmt;
+
+use zeroize::Zeroizing;
+
+use crate::inventory::Host;
+use crate::plan::{Action, FileChange};
+
+/// The script that holds a host for a whole run: it takes an `flock` on the
+/// MTA's configuration directory (shared for read-only commands, exclusive
+/// for changes), reads the facts, prints `marker`, and keeps the lock until
+/// the controller closes its standard input (the run ends, or mxpin dies
+/// and its ssh connection with it). It never waits for the lock: a host
+/// another run holds prints `@@mxpin-busy` and ends, and the controller
+/// lets go of every host and tries again (so two runs never wait on each
+/// other in a cycle). Before letting go it waits for any apply script still
+/// running on the host (the apply lock, [`script_prepare_and_lock`]), so a
+/// killed run's last apply ends, or rolls back, before the next run reads.
+///
+/// The directory itself is locked (an open descriptor, nothing written): a
+/// dry run leaves the host byte-identical, and the lock survives main.cf
+/// being replaced by rename.
+pub fn hold_script(host: &Host, exclusive: bool, marker: &str) -> String {
+    let facts = facts_script(host, "");
+    let body = facts
+        .strip_suffix("mxpin_facts\n")
+        .expect("facts scripts end with their call");
+    let mode = if exclusive { "-x" } else { "-s" };
+    format!(
+        r#"{body}mxpin_hold() {{
+C={c}
+if [ -d "$C" ]; then
+  command -v flock >/dev/null 2>&1 || {{ printf '@@mxpin-noflock\n'; exit 0; }}
+  exec 9<"$C"
+  flock -n {mode} 9 || {{ printf '@@mxpin-busy\n'; exit 0; }}
+fi
+mxpin_facts
+printf '%s\n' {marker}
+cat >/dev/null
+if [ -d "$C/{OWNED_DIR}" ]; then exec 8<"$C/{OWNED_DIR}"; flock -w 600 8; fi
+}}
+mxpin_hold
+exit 0
+"#,
+        c = crate::shell::quote(host.config_dir.as_str()),
+        marker = crate::shell::quote(marker),
+    )
+}
+
+/// Shell for apply scripts, after `C` is set: creates mxpin's directory
+/// (removed again on failure if this run made it), then takes the apply
+/// lock, an exclusive `flock` on that directory held to the end of the
+/// script, rollback included. Staging names are fixed because only the
+/// holder of this lock uses them. A second script finds the files changed
+/// ([`script_check_unchanged`]) and refuses before writing anything.
+pub fn script_prepare_and_lock(s: &mut String) {
+    use std::fmt::Write as _;
+    let _ = write!(
+        s,
+        r#"step='prepare'
+if [ -d "$C/{OWNED_DIR}" ]; then made_dir=''; else made_dir="$C/{OWNED_DIR}"; fi
+mkdir -p "$C/{OWNED_DIR}" && chown 0:0 "$C/{OWNED_DIR}" && chmod 755 "$C/{OWNED_DIR}" || fail "cannot create $C/{OWNED_DIR}"
+step=lock
+command -v flock >/dev/null 2>&1 || fail "flock not found (util-linux)"
+exec 8<"$C/{OWNED_DIR}"
+flock -w {LOCK_WAIT_SECS} 8 || fail "another mxpin run has been changing this host for {LOCK_WAIT_SECS} s; nothing was changed"
+"#
+    );
+}
+
+/// Shell that refuses, before anything is written, when a file the plan
+/// changes is no longer what the facts read saw (another run, or an admin,
+/// changed it since): compared by SHA-256, so private keys are never
+/// echoed back.
+pub fn script_check_unchanged(s: &mut String, changes: &[FileChange]) {
+    use crate::shell::quote;
+    use sha2::Digest as _;
+    use std::fmt::Write as _;
+    let _ = writeln!(s, "step='check files'");
+    for c in changes {
+        let p = quote(&c.path);
+        match &c.old {
+            Some(old) => {
+                let hex: String = sha2::Sha256::digest(old.raw().as_bytes())
+                    .iter()
+                    .map(|b| format!("{b:02x}"))
+                    .collect();
+                let _ = writeln!(
+                    s,
+                    "[ \"$(sha256sum < {p} 2>/dev/null)\" = '{hex}  -' ] || fail {}",
+                    quote(&format!(
+                        "{} changed since mxpin read it (another run?); plan again",
+                        c.path
+                    ))
+                );
+            }
+            None => {
+                let _ = writeln!(
+                    s,
+                    "[ ! -e {p} ] || fail {}",
+                    quote(&format!(
+                        "{} appeared since mxpin read it (another run?); plan again",
+                        c.path
+                    ))
+                );
+            }
+        }
+    }
+}
+
+/// Shell shared by every apply script: strict environment, the `fail`,
+/// `rollback`, `swap` and `remove` helpers. The MTA script defines `C`,
+/// `cleanup_staged` and `reload_after_rollback` (the MTA's reload, run only
+/// when something was swapped in and rolled back).
+pub const SCRIPT_PRELUDE: &str = r#"LC_ALL=C; export LC_ALL
+PATH=/usr/sbin:/usr/bin:/sbin:/bin:/usr/local/sbin:/usr/local/bin:$PATH; export PATH
+umask 077
+NL='
+'
+step=prepare
+swapped=''
+trap '' PIPE
+trap 'fail "interrupted by a signal"' HUP INT TERM
+fail() {
+  printf '@@mxpin-failed %s: %s\n' "$step" "$(printf '%s' "$1" | tr '\n' ' ')"
+  rollback
+  exit 1
+}
+rollback() {
+  trap '' HUP INT TERM
+  for t in $swapped; do
+    if [ -e "$t.mxpin-old" ]; then mv -f "$t.mxpin-old" "$t"; else rm -f "$t"; fi
+  done
+  cleanup_staged
+  if [ -n "${made_dir:-}" ]; then rmdir "$made_dir" 2>/dev/null || :; fi
+  if [ -n "$swapped" ]; then
+    reload_after_rollback
+    printf '@@mxpin-rolled-back\n'
+  fi
+}
+swap() {
+  if [ -e "$2" ]; then ln -f "$2" "$2.mxpin-old" || fail "cannot keep a copy of $2"; fi
+  swapped="$2 $swapped"
+  mv -f "$1" "$2" || fail "cannot move $1 into place"
+}
+remove() {
+  [ -e "$1" ] || return 0
+  ln -f "$1" "$1.mxpin-old" || fail "cannot keep a copy of $1"
+  swapped="$1 $swapped"
+  rm -f "$1" || fail "cannot remove $1"
+}
+"#;
+
+/// Script text. It holds private keys, so it is never printed or logged.
+pub struct ApplyScript(Zeroizing<String>);
+
+impl ApplyScript {
+    pub fn new(text: Zeroizing<String>) -> Self {
+        ApplyScript(text)
+    }
+
+    pub fn text(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for ApplyScript {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ApplyScript(hidden)")
+    }
+}
+
+/// How a run of the apply script ended, read from its output.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ApplyResult {
+    Applied,
+    Failed {
+        step: String,
+        message: String,
+        rolled_back: bool,
+    },
+}
+
+/// Reads the script's verdict from its output.
+pub fn parse_result(stdout: &str) -> Option<ApplyResult> {
+    let mut result = None;
+    let mut rolled_back = false;
+    for line in stdout.lines() {
+        if line == "@@mxpin-ok" {
+            result = Some(ApplyResult::Applied);
+        } else if line == "@@mxpin-rolled-back" {
+            rolled_back = true;
+        } else if let Some(rest) = line.strip_prefix("@@mxpin-failed ") {
+            let (step, message) = rest.split_once(": ").unwrap_or((rest, ""));
+            result = Some(ApplyResult::Failed {
+                step: step.to_string(),
+                message: message.trim().to_string(),
+                rolled_back: false,
+            });
+        }
+    }
+    match result {
+        Some(ApplyResult::Failed { step, message, .. }) => Some(ApplyResult::Failed {
+            step,
+            message,
+            rolled_back,
+        }),
+        other => other,
+    }
+}
+
+/// Where an apply script stages the new version of `path`: beside it,
+/// hidden, so a rename swaps it in atomically.
+pub fn staged(path: &str) -> String {
+    let (dir, name) = path.rsplit_once('/').expect("absolute path");
+    format!("{dir}/.{name}.mxpin-new")
+}
+
+/// Shell that fixes mode and owner of the files `changes` only chmods (in
+/// place: rewriting a table source would make it newer than its database).
+pub fn script_chmods(s: &mut String, changes: &[FileChange]) {
+    use crate::shell::quote;
+    use std::fmt::Write as _;
+    for c in changes.iter().filter(|c| c.action == Action::Chmod) {
+        let _ = writeln!(
+            s,
+            "step={}\nchown 0:{} {p} && chmod {:o} {p} || fail \"cannot set mode\"",
+            quote(&format!("set mode of {}", c.path)),
+            c.group,
+            c.mode,
+            p = quote(&c.path)
+        );
+    }
+}
+
+/// Shell that writes each new file beside its target ([`staged`]). The
+/// admin's own files (`admin`: main.cf, exim4.conf...) keep their mode and
+/// owner (`cp -p`); mxpin's get root and the change's group and mode.
+pub fn script_stage(s: &mut String, writes: &[&FileChange], admin: impl Fn(&str) -> bool) {
+    use crate::shell::quote;
+    use std::fmt::Write as _;
+    for c in writes {
+        let new = c.new.as_ref().expect("writes have content");
+        let st = quote(&staged(&c.path));
+        let _ = writeln!(s, "step={}", quote(&format!("stage {}", c.path)));
+        if admin(&c.path) {
+            let _ = writeln!(
+                s,
+                "cp -p {} {st} || fail \"cannot copy {}\"",
+                quote(&c.path),
+                c.path
+            );
+        }
+        let _ = writeln!(
+            s,
+            "printf '%s' {} > {st} || fail \"cannot write {}\"",
+            quote(new.raw()),
+            c.path
+        );
+        if !admin(&c.path) {
+            let _ = writeln!(
+                s,
+                "chown 0:{} {st} && chmod {:o} {st} || fail \"cannot set mode of {}\"",
+                c.group, c.mode, c.path
+            );
+        }
+    }
+}
+
+/// Whether `changes` change the key this host serves (its current key or
+/// certificate; a mode fix does not).
+pub fn changes_served_key(changes: &[FileChange]) -> bool {
+    changes
+        .iter()
+        .filter(|c| c.action != Action::Chmod)
+        .any(|c| c.path.ends_with("/current.key") || c.path.ends_with("/current.crt"))
+}
