@@ -279,3 +279,23 @@ pub fn changes_served_key(changes: &[FileChange]) -> bool {
         .filter(|c| c.action != Action::Chmod)
         .any(|c| c.path.ends_with("/current.key") || c.path.ends_with("/current.crt"))
 }
+
+/// Shell that back-dates a staged main.cf, completely written, by 2 s
+/// before it is renamed into place. Postfix's `dict_load_file` re-reads a
+/// file whose mtime is not older than 1 s before the read started, dozing
+/// 300 ms each time (a guard against reading a file mid-write), so every
+/// Postfix program reading a main.cf written less than about 2 s ago
+/// waits: `postconf`, `postfix check`, the reload, the read-back. A file
+/// swapped in by rename is never seen mid-write, so the guard has nothing
+/// to protect; nothing else reads this mtime (the check for changes since
+/// the read compares SHA-256, and Postfix's master does not watch
+/// main.cf). GNU `touch -d @SECONDS`; where it fails, Postfix just waits.
+pub fn script_cool_down(s: &mut String, staged: &str) {
+    use std::fmt::Write as _;
+    let _ = writeln!(
+        s,
+        "touch -d \"@$(($(date +%s) - 2))\" {} 2>/dev/null || :",
+        crate::shell::quote(staged)
+    );
+}
+

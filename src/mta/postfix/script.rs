@@ -172,6 +172,9 @@ before=$(warnings "$(postconf -c "$C" 2>&1 >/dev/null)")
     }
     for name in ["/master.cf", "/main.cf"] {
         if let Some(m) = writes.iter().find(|c| c.path.ends_with(name)) {
+            if name == "/main.cf" {
+                crate::mta::script_cool_down(&mut s, &staged(&m.path));
+            }
             let _ = writeln!(s, "swap {} {}", quote(&staged(&m.path)), quote(&m.path));
         }
     }

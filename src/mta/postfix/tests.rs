@@ -3051,3 +3051,29 @@ fn the_dns_pinner_holds_a_switch_asked_for_or_due_to_a_renewal() {
     );
     assert!(!f.rotated.iter().any(|r| r.host.as_str() == "home"));
 }
+
+/// Postfix re-reads a main.cf written less than about 2 s ago, dozing
+/// 300 ms each time; apply swaps in a main.cf that is already older than
+/// that (written completely, then back-dated before the rename), so the
+/// validation, the reload and the next read never wait for it.
+#[test]
+fn live_apply_swaps_in_a_main_cf_postfix_reads_at_once() {
+    require_root_and_postfix!();
+    let lab = Lab::new();
+    let inv = inventory(&lab.conf, true);
+    let home = new_keys("home.example.net");
+    let started = SystemTime::now();
+    let plan = converge(&inv, &lab, "relay", &home);
+    assert!(main_cf_change(&plan).is_some(), "the apply rewrites main.cf");
+    let mtime = std::fs::metadata(lab.path("main.cf"))
+        .unwrap()
+        .modified()
+        .unwrap();
+    // Written by this apply (the lab's main.cf was an hour old)...
+    assert!(mtime > started - Duration::from_secs(60), "{mtime:?}");
+    // ...and already cool for Postfix's dict_load_file.
+    assert!(
+        mtime <= SystemTime::now() - Duration::from_secs(2),
+        "{mtime:?}"
+    );
+}
