@@ -271,6 +271,7 @@ mod tests {
         let states = vec![crate::engine::HostState {
             host,
             conn: None,
+            stale: false,
             lock: None,
             facts: Err(err),
         }];

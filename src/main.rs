@@ -742,7 +742,7 @@ async fn change_hosts(
         return Err("cancelled; nothing changed".into());
     }
     let progress = monitor(common, inv);
-    let results = engine::apply_all(states, &fleet.outcomes, parallel, &*progress).await;
+    let results = engine::apply_all(inv, states, &fleet.outcomes, parallel, &*progress).await;
     let run = engine::Progress {
         parallel,
         monitor: &*progress,

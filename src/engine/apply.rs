@@ -1,18 +1,18 @@
 //! Apply: the order of the hosts, one apply script each, the second round
 //! of a transitional run, and the read-back that proves convergence.
 
-use super::connect::refresh;
+use super::connect::{parse_facts, refresh_some};
 use super::plan::{plan_all_with, FleetPlan, Rotation};
 use super::{report_planned, HostState, Progress};
 use time::OffsetDateTime;
 
 use crate::error::{ErrorKind, HostError, Stage};
 use crate::external::ExternalState;
-use crate::inventory::{HostName, Inventory};
-use crate::mta::{self};
+use crate::inventory::{Host, HostName, Inventory};
+use crate::mta::{self, Facts};
 use crate::plan::{HostOutcome, HostPlan};
 use crate::progress::{Monitor, Phase};
-use crate::ssh::SshHost;
+use crate::ssh::{RemoteOutput, SshHost};
 use crate::templates::Templates;
 use crate::trust::Purpose;
 
@@ -53,42 +53,77 @@ fn apply_error(host: &HostName, kind: ErrorKind, message: String) -> HostError {
     HostError::new(host, Stage::Apply, kind, message)
 }
 
-async fn apply_one(conn: &SshHost, plan: &HostPlan) -> ApplyStatus {
-    let script = mta::apply_script(plan);
+/// What one apply script did, and the facts it read back (with the
+/// checks `extra` ran) when it applied.
+type Applied = (ApplyStatus, Option<Result<Facts, HostError>>);
+
+async fn apply_one(conn: &SshHost, host: &Host, plan: &HostPlan, extra: &str) -> Applied {
+    let script = mta::apply_and_read_script(plan, host, extra);
     let failed = |kind, message| ApplyStatus::Failed(apply_error(&plan.host, kind, message));
     match conn.run_script(script.text()).await {
-        Err(e) => failed(
-            ErrorKind::Unreachable,
-            format!("{e}; state unknown, run plan to see it"),
+        Err(e) => (
+            failed(
+                ErrorKind::Unreachable,
+                format!("{e}; state unknown, run plan to see it"),
+            ),
+            None,
         ),
-        Ok(out) => match mta::parse_result(&String::from_utf8_lossy(&out.stdout)) {
-            Some(mta::ApplyResult::Applied) => ApplyStatus::Applied {
-                changes: plan.changes.len(),
-            },
-            Some(mta::ApplyResult::Failed {
-                step,
-                message,
-                rolled_back,
-            }) => failed(
-                ErrorKind::Failed,
-                format!(
-                    "at step '{step}': {message}{}",
-                    if rolled_back {
-                        "; previous files restored"
-                    } else {
-                        "; nothing was changed"
-                    }
+        Ok(out) => {
+            let (verdict, read_back) = mta::split_read_back(&out.stdout);
+            let status = match mta::parse_result(&String::from_utf8_lossy(verdict)) {
+                Some(mta::ApplyResult::Applied) => ApplyStatus::Applied {
+                    changes: plan.changes.len(),
+                },
+                Some(mta::ApplyResult::Failed {
+                    step,
+                    message,
+                    rolled_back,
+                }) => failed(
+                    ErrorKind::Failed,
+                    format!(
+                        "at step '{step}': {message}{}",
+                        if rolled_back {
+                            "; previous files restored"
+                        } else {
+                            "; nothing was changed"
+                        }
+                    ),
                 ),
-            ),
-            None => failed(
-                ErrorKind::Unparsable,
-                format!(
-                    "apply script ended without a verdict (stderr: {}); run plan to see the state",
-                    out.stderr
+                None => failed(
+                    ErrorKind::Unparsable,
+                    format!(
+                        "apply script ended without a verdict (stderr: {}); run plan to see the state",
+                        out.stderr
+                    ),
                 ),
-            ),
-        },
+            };
+            let facts = match (&status, read_back) {
+                (ApplyStatus::Applied { .. }, Some(bytes)) => Some(parse_facts(
+                    host,
+                    &RemoteOutput {
+                        stdout: bytes.to_vec(),
+                        stderr: out.stderr.clone(),
+                    },
+                )),
+                _ => None,
+            };
+            (status, facts)
+        }
     }
+}
+
+/// Whether the checks `plans[i]` read back with its apply still hold at
+/// the end of the round: every host it routes to either changed nothing
+/// in this run or was done before it started (a dependency). Otherwise a
+/// peer may have switched its key after the checks ran.
+fn checks_hold(plans: &[&HostPlan], deps: &[Vec<usize>], i: usize) -> bool {
+    plans[i]
+        .pinned
+        .iter()
+        .all(|e| match plans.iter().position(|q| q.host == e.pinned) {
+            None => true,
+            Some(j) => deps[i].contains(&j),
+        })
 }
 
 /// For each plan, the plans it must wait for: the hosts whose new key it
@@ -111,8 +146,14 @@ fn dependencies(plans: &[&HostPlan]) -> Vec<Vec<usize>> {
 /// Applies non-empty plans, `parallel` at a time. A host starts as soon as
 /// the hosts it depends on (see [`dependencies`]) are done, never waiting
 /// for unrelated slow hosts; a host whose dependency failed is skipped.
+///
+/// Each apply script reads its host back in the same remote command (with
+/// the verification checks of its plan): those facts replace the host's,
+/// and a host that ran a script without reading back is marked stale, to
+/// be read again before anything is planned from it.
 pub async fn apply_all(
-    states: &[HostState],
+    inv: &Inventory,
+    states: &mut [HostState],
     outcomes: &[HostOutcome],
     parallel: usize,
     monitor: &dyn Monitor,
@@ -143,10 +184,12 @@ pub async fn apply_all(
     let permits = tokio::sync::Semaphore::new(parallel.max(1));
     let tasks = plans.iter().enumerate().map(|(i, plan)| {
         let (deps, done, permits, plans) = (&deps[i], &done, &permits, &plans);
-        let conn = states
-            .iter()
-            .find(|s| s.host.name == plan.host)
-            .and_then(|s| s.conn.as_ref());
+        let state = states.iter().find(|s| s.host.name == plan.host);
+        let conn = state.and_then(|s| s.conn.as_ref().map(|c| (c, &s.host)));
+        let extra = match state.map(|s| &s.facts) {
+            Some(Ok(f)) => mta::verify_snippet(plan, f, inv),
+            _ => String::new(),
+        };
         let routes_to_failed = plan
             .pinned
             .iter()
@@ -157,11 +200,12 @@ pub async fn apply_all(
             if let Some(h) = routes_to_failed {
                 monitor.event(&plan.host, Phase::Skipped);
                 done[i].send_replace(Some(false));
-                return ApplyStatus::Skipped(apply_error(
+                let e = apply_error(
                     &plan.host,
                     ErrorKind::Skipped,
                     format!("not applied: it routes to {h}, whose plan failed"),
-                ));
+                );
+                return (ApplyStatus::Skipped(e), None);
             }
             for &j in deps {
                 let mut rx = done[j].subscribe();
@@ -184,18 +228,22 @@ pub async fn apply_all(
                             plans[j].host
                         )
                     };
-                    return ApplyStatus::Skipped(apply_error(&plan.host, ErrorKind::Skipped, why));
+                    let e = apply_error(&plan.host, ErrorKind::Skipped, why);
+                    return (ApplyStatus::Skipped(e), None);
                 }
             }
             let _permit = permits.acquire().await.expect("never closed");
             monitor.event(&plan.host, Phase::Applying);
-            let status = match conn {
-                Some(c) => apply_one(c, plan).await,
-                None => ApplyStatus::Failed(apply_error(
-                    &plan.host,
-                    ErrorKind::Unreachable,
-                    "no connection".into(),
-                )),
+            let (status, facts) = match conn {
+                Some((c, host)) => apply_one(c, host, plan, &extra).await,
+                None => (
+                    ApplyStatus::Failed(apply_error(
+                        &plan.host,
+                        ErrorKind::Unreachable,
+                        "no connection".into(),
+                    )),
+                    None,
+                ),
             };
             let ok = matches!(status, ApplyStatus::Applied { .. });
             monitor.event(
@@ -207,10 +255,28 @@ pub async fn apply_all(
                 },
             );
             done[i].send_replace(Some(ok));
-            status
+            (status, facts)
         }
     });
-    let status: Vec<ApplyStatus> = futures::future::join_all(tasks).await;
+    let ran: Vec<Applied> = futures::future::join_all(tasks).await;
+    let mut status: Vec<ApplyStatus> = Vec::with_capacity(ran.len());
+    for (i, (st, facts)) in ran.into_iter().enumerate() {
+        if let Some(s) = states.iter_mut().find(|s| s.host.name == plans[i].host) {
+            match (facts, &st) {
+                (Some(Ok(mut f)), _) => {
+                    if !checks_hold(&plans, &deps, i) {
+                        mta::clear_checks(&mut f);
+                    }
+                    s.facts = Ok(f);
+                    s.stale = false;
+                }
+                // Nothing ran on the host.
+                (_, ApplyStatus::Skipped(_)) => {}
+                _ => s.stale = true,
+            }
+        }
+        status.push(st);
+    }
     let mut result: Vec<(HostName, ApplyStatus)> = Vec::new();
     for o in outcomes {
         let (name, s) = match o {
@@ -270,9 +336,18 @@ pub async fn finish_transition(
     if !(transitional && applied) {
         return (results, None);
     }
-    refresh(states, &[], run.parallel, run.monitor).await;
+    // The first round's hosts read themselves back; the others held
+    // their lock and did not change. Their checks ran before the second
+    // round: forget them.
+    let stale: Vec<bool> = states.iter().map(|s| s.stale).collect();
+    refresh_some(states, &stale, &[], run.parallel, run.monitor).await;
+    for s in states.iter_mut() {
+        if let Ok(f) = &mut s.facts {
+            mta::clear_checks(f);
+        }
+    }
     let second = replan(inv, states, externals, templates, &crate::keys::Generate);
-    let again = apply_all(states, &second.outcomes, run.parallel, run.monitor).await;
+    let again = apply_all(inv, states, &second.outcomes, run.parallel, run.monitor).await;
     let statuses = results
         .into_iter()
         .zip(again)
@@ -292,19 +367,23 @@ pub async fn finish_transition(
     (statuses, Some(second.outcomes))
 }
 
-/// After apply (or for `verify`): read every host again, running on each
-/// backup the verification checks of the routes `intended` planned, and
-/// plan again (rotating nothing); hosts that still have changes did not
-/// converge.
+/// After apply (or for `verify`): read again the hosts whose facts are
+/// stale, or lack the results of the verification checks of the routes
+/// `intended` planned (when `verify`), running those checks with the
+/// facts; then plan again (rotating nothing): hosts that still have
+/// changes did not converge. A host read back by its apply script, or one
+/// that held the run's lock and changed nothing, is not read again for
+/// its facts alone: nothing else could change it.
 pub(super) async fn converged(
     inv: &Inventory,
     states: &mut [HostState],
     externals: &[ExternalState],
     intended: &[HostOutcome],
     templates: &Templates,
-    parallel: usize,
-    monitor: &dyn Monitor,
+    run: Progress<'_>,
+    verify: bool,
 ) -> Vec<HostOutcome> {
+    let Progress { parallel, monitor } = run;
     let extras: Vec<String> = states
         .iter()
         .zip(intended)
@@ -313,7 +392,17 @@ pub(super) async fn converged(
             _ => String::new(),
         })
         .collect();
-    refresh(states, &extras, parallel, monitor).await;
+    let which: Vec<bool> = states
+        .iter()
+        .zip(intended)
+        .map(|(s, o)| match (o, &s.facts) {
+            _ if s.stale => true,
+            (_, Err(_)) => true,
+            (HostOutcome::Planned(p), Ok(f)) => verify && !mta::checks_ran(p, f),
+            (HostOutcome::Failed(_), Ok(_)) => false,
+        })
+        .collect();
+    refresh_some(states, &which, &extras, parallel, monitor).await;
     // Only whether anything is left to do: no key needs to be real.
     let placeholders = crate::keys::Placeholders::default();
     let outcomes = replan(inv, states, externals, templates, &placeholders).outcomes;
@@ -399,7 +488,18 @@ mod tests {
         let rt = tokio::runtime::Builder::new_current_thread()
             .build()
             .unwrap();
-        let results = rt.block_on(apply_all(&[], &outcomes, 2, &crate::progress::Silent));
+        let inv = crate::inventory::parse(
+            std::path::Path::new("t.toml"),
+            "[hosts.relay]\nssh = \"relay\"\nmx = \"relay.example\"\n",
+        )
+        .unwrap();
+        let results = rt.block_on(apply_all(
+            &inv,
+            &mut [],
+            &outcomes,
+            2,
+            &crate::progress::Silent,
+        ));
         let relay = results.iter().find(|(h, _)| h.as_str() == "relay").unwrap();
         let ApplyStatus::Skipped(e) = &relay.1 else {
             panic!("{:?}", relay.1)

@@ -11,7 +11,7 @@ use crate::mta::{self, Facts};
 use crate::progress::{Monitor, Phase};
 use crate::ssh::{Held, Hold, RemoteOutput, SshHost};
 
-fn parse_facts(host: &Host, out: &RemoteOutput) -> Result<Facts, HostError> {
+pub(super) fn parse_facts(host: &Host, out: &RemoteOutput) -> Result<Facts, HostError> {
     let sections = facts::parse(&out.stdout).map_err(|e| {
         let hint = if out.stderr.is_empty() {
             String::new()
@@ -236,6 +236,7 @@ pub async fn gather(
                         conn,
                         lock,
                         facts,
+                        stale: false,
                     }
                 })
                 .collect();
@@ -254,15 +255,18 @@ pub async fn gather(
     }
 }
 
-/// Re-reads facts over the open connections; `extras[i]` is shell run with
-/// host i's facts (verification checks), in the same remote command.
-pub(super) async fn refresh(
+/// Re-reads facts over the open connections, of the hosts `which` names;
+/// `extras[i]` is shell run with host i's facts (verification checks), in
+/// the same remote command.
+pub(super) async fn refresh_some(
     states: &mut [HostState],
+    which: &[bool],
     extras: &[String],
     parallel: usize,
     monitor: &dyn Monitor,
 ) {
     let fresh: Vec<(usize, Result<Facts, HostError>)> = stream::iter(states.iter().enumerate())
+        .filter(|(i, _)| std::future::ready(which.get(*i).copied().unwrap_or(false)))
         .filter_map(|(i, s)| async move { s.conn.as_ref().map(|c| (i, c, &s.host)) })
         .map(|(i, conn, host)| async move {
             let extra = extras.get(i).map_or("", String::as_str);
@@ -273,5 +277,6 @@ pub(super) async fn refresh(
         .await;
     for (i, f) in fresh {
         states[i].facts = f;
+        states[i].stale = false;
     }
 }

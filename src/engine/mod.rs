@@ -33,6 +33,9 @@ pub struct HostState {
     pub conn: Option<SshHost>,
     pub lock: Option<Box<Held>>,
     pub facts: Result<Facts, HostError>,
+    /// The facts no longer say what is on the host: an apply script ran
+    /// there and did not read it back. Read again before planning.
+    pub stale: bool,
 }
 
 /// What a run does to its hosts, which decides the lock it holds on each:
@@ -64,9 +67,10 @@ pub struct Progress<'a> {
     pub monitor: &'a dyn Monitor,
 }
 
-/// The end of every changing run: read every host again (with the
-/// backups' verification checks), plan again to prove convergence, and,
-/// when `verify`, check the pinned routes live.
+/// The end of every changing run (and of `verify`): read again the hosts
+/// whose facts are stale or lack the verification checks they need (an
+/// applied host reads itself back in its apply script), plan again to
+/// prove convergence, and, when `verify`, check the pinned routes live.
 pub async fn settle(
     inv: &Inventory,
     states: &mut [HostState],
@@ -76,10 +80,10 @@ pub async fn settle(
     run: Progress<'_>,
     verify: bool,
 ) -> (Vec<HostOutcome>, Vec<crate::verify::Check>) {
-    let Progress { parallel, monitor } = run;
+    let Progress { monitor, .. } = run;
     // The controller's probes run while the hosts are read again.
     let (after, probes) = futures::join!(
-        converged(inv, states, externals, intended, templates, parallel, monitor),
+        converged(inv, states, externals, intended, templates, run, verify),
         async {
             match verify {
                 true => Some(crate::verify::probe(inv).await),

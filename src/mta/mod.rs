@@ -177,6 +177,29 @@ pub fn verify_snippet(plan: &HostPlan, facts: &Facts, inv: &Inventory) -> String
     }
 }
 
+/// Whether `facts` hold the results of every check [`verify_snippet`]
+/// runs for `plan` (they were read with its checks): then they need no
+/// second read for them.
+pub fn checks_ran(plan: &HostPlan, facts: &Facts) -> bool {
+    match (&plan.steps, facts) {
+        (Steps::Postfix(steps), Facts::Postfix(f)) => postfix::checks_ran(steps, f),
+        (Steps::Exim(steps), Facts::Exim(f)) => steps
+            .route_tests
+            .iter()
+            .all(|t| f.checks.contains_key(&format!("bt:{}", t.address))),
+        (Steps::Postfix(_), Facts::Exim(_)) | (Steps::Exim(_), Facts::Postfix(_)) => false,
+    }
+}
+
+/// Forgets the results of the checks read with `facts` (they may be out of
+/// date: a peer changed after they ran).
+pub fn clear_checks(facts: &mut Facts) {
+    match facts {
+        Facts::Postfix(f) => f.checks.clear(),
+        Facts::Exim(f) => f.checks.clear(),
+    }
+}
+
 /// A check of one route made on the host itself.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RouteCheck {

@@ -299,3 +299,86 @@ pub fn script_cool_down(s: &mut String, staged: &str) {
     );
 }
 
+/// The line an apply script prints, after its verdict, before the facts it
+/// reads back in the same remote command ([`apply_and_read_script`]).
+pub const READ_BACK: &str = "@@mxpin-read-back";
+
+/// An apply script that, once applied, reads the host's facts again in the
+/// same remote command, with `extra` (the verification checks) run before
+/// their closing frame: the read-back that proves convergence, without a
+/// round trip of its own. Both functions are defined before the one line
+/// that calls them, so an answer cut short while it was sent runs nothing.
+/// A failed apply exits before the read-back.
+pub fn apply_and_read_script(
+    plan: &crate::plan::HostPlan,
+    host: &Host,
+    extra: &str,
+) -> ApplyScript {
+    let apply = super::apply_script(plan);
+    let facts = facts_script(host, extra);
+    let mut s = Zeroizing::new(String::with_capacity(apply.text().len() + facts.len() + 64));
+    s.push_str(
+        apply
+            .text()
+            .strip_suffix("mxpin_apply\n")
+            .expect("apply scripts end with their call"),
+    );
+    s.push_str(
+        facts
+            .strip_suffix("mxpin_facts\n")
+            .expect("facts scripts end with their call"),
+    );
+    s.push_str(&format!(
+        "mxpin_apply; printf '%s\\n' {READ_BACK}; mxpin_facts\n"
+    ));
+    ApplyScript::new(s)
+}
+
+/// Splits the output of [`apply_and_read_script`] at the read-back line:
+/// the verdict before it, the facts after it (`None` when the script ended
+/// before reading back: it failed, or was cut short).
+pub fn split_read_back(stdout: &[u8]) -> (&[u8], Option<&[u8]>) {
+    let line = format!("{READ_BACK}\n");
+    let line = line.as_bytes();
+    let mut start = 0;
+    while start < stdout.len() {
+        let end = stdout[start..]
+            .iter()
+            .position(|&b| b == b'\n')
+            .map_or(stdout.len(), |n| start + n + 1);
+        if &stdout[start..end] == line {
+            return (&stdout[..start], Some(&stdout[end..]));
+        }
+        start = end;
+    }
+    (stdout, None)
+}
+
+#[cfg(test)]
+mod read_back_tests {
+    use super::*;
+
+    #[test]
+    fn the_verdict_and_the_facts_are_split_at_the_read_back_line() {
+        let out =
+            b"@@mxpin-ok\n@@mxpin-note flush example.net: x\n@@mxpin-read-back\n@@mxpin uid 1\n0\n";
+        let (verdict, facts) = split_read_back(out);
+        assert_eq!(verdict, b"@@mxpin-ok\n@@mxpin-note flush example.net: x\n");
+        assert_eq!(facts, Some(&b"@@mxpin uid 1\n0\n"[..]));
+        assert_eq!(
+            parse_result(std::str::from_utf8(verdict).unwrap()),
+            Some(ApplyResult::Applied)
+        );
+    }
+
+    #[test]
+    fn a_failed_apply_has_no_read_back() {
+        let out = b"@@mxpin-failed swap: cannot move\n@@mxpin-rolled-back\n";
+        assert_eq!(split_read_back(out), (&out[..], None));
+        // Only a whole line counts, and only the first one.
+        let out = b"x@@mxpin-read-back\n@@mxpin-read-back\n@@mxpin-read-back\n";
+        let (verdict, facts) = split_read_back(out);
+        assert_eq!(verdict, b"x@@mxpin-read-back\n");
+        assert_eq!(facts, Some(&b"@@mxpin-read-back\n"[..]));
+    }
+}

@@ -2221,6 +2221,7 @@ fn fleet(relay: Result<PostfixFacts, String>) -> (Inventory, Vec<engine::HostSta
             lock: None,
             host: h.clone(),
             conn: None,
+            stale: false,
             facts: if h.name.as_str() == "home" {
                 Ok(crate::mta::Facts::Postfix(fixture_facts(HOME_APPLIED)))
             } else {
@@ -2706,6 +2707,7 @@ fn pair_states(inv: &Inventory, facts: &[PostfixFacts; 2]) -> Vec<engine::HostSt
             lock: None,
             host: h.clone(),
             conn: None,
+            stale: false,
             facts: Ok(crate::mta::Facts::Postfix(f.clone())),
         })
         .collect()
@@ -3064,7 +3066,10 @@ fn live_apply_swaps_in_a_main_cf_postfix_reads_at_once() {
     let home = new_keys("home.example.net");
     let started = SystemTime::now();
     let plan = converge(&inv, &lab, "relay", &home);
-    assert!(main_cf_change(&plan).is_some(), "the apply rewrites main.cf");
+    assert!(
+        main_cf_change(&plan).is_some(),
+        "the apply rewrites main.cf"
+    );
     let mtime = std::fs::metadata(lab.path("main.cf"))
         .unwrap()
         .modified()
@@ -3076,4 +3081,63 @@ fn live_apply_swaps_in_a_main_cf_postfix_reads_at_once() {
         mtime <= SystemTime::now() - Duration::from_secs(2),
         "{mtime:?}"
     );
+}
+
+/// Apply reads the host back in the same remote command: what it reads,
+/// with the checks, is what a separate read finds; a failed apply reads
+/// nothing back.
+#[test]
+fn live_apply_reads_the_host_back_in_the_same_command() {
+    require_root_and_postfix!();
+    let lab = Lab::new();
+    let inv = inventory(&lab.conf, true);
+    let home = new_keys("home.example.net");
+    let before = capture(&lab.conf);
+    let plan = plan_for(&inv, "relay", &before, &home);
+    let host = host_at(&lab.conf);
+    let facts = crate::mta::Facts::Postfix(before);
+    let extra = crate::mta::verify_snippet(&plan, &facts, &inv);
+    let out = run_sh_s(crate::mta::apply_and_read_script(&plan, &host, &extra).text());
+    let (verdict, back) = crate::mta::split_read_back(&out.stdout);
+    assert_eq!(
+        parse_result(std::str::from_utf8(verdict).unwrap()),
+        Some(ApplyResult::Applied)
+    );
+    let back = facts_from(back.expect("read back")).unwrap();
+    let again = capture(&lab.conf);
+    assert_eq!(back.main_cf, again.main_cf);
+    let ls = |f: &PostfixFacts| -> Vec<(String, String)> {
+        f.files
+            .iter()
+            .map(|(k, v)| (k.clone(), v.ls.clone()))
+            .collect()
+    };
+    assert_eq!(ls(&back), ls(&again));
+    assert_eq!(back.fresh, again.fresh);
+    let back = crate::mta::Facts::Postfix(back);
+    assert!(crate::mta::checks_ran(&plan, &back), "the checks ran");
+    assert!(!crate::mta::checks_ran(
+        &plan,
+        &crate::mta::Facts::Postfix(again)
+    ));
+    let checks = crate::mta::route_checks(&plan, &back);
+    assert!(
+        checks
+            .iter()
+            .filter(|c| c.kind == crate::verify::Kind::Lookup)
+            .all(|c| c.ok),
+        "{checks:?}"
+    );
+
+    // The lab's main.cf changed since this plan was made: refused, no facts.
+    let (verdict, back) = {
+        let out = run_sh_s(crate::mta::apply_and_read_script(&plan, &host, &extra).text());
+        let (v, b) = crate::mta::split_read_back(&out.stdout);
+        (v.to_vec(), b.map(<[u8]>::to_vec))
+    };
+    assert!(matches!(
+        parse_result(std::str::from_utf8(&verdict).unwrap()),
+        Some(ApplyResult::Failed { .. })
+    ));
+    assert_eq!(back, None);
 }

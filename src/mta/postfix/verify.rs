@@ -62,6 +62,14 @@ pub fn verify_snippet(steps: &ApplySteps, digest: &str, lookup: &str) -> String 
     s
 }
 
+/// Whether `f` holds the result of every check [`verify_snippet`] runs.
+pub fn checks_ran(steps: &ApplySteps, f: &PostfixFacts) -> bool {
+    steps.lookups.iter().all(|l| {
+        f.checks.contains_key(&format!("q:{}:{}", l.table, l.key))
+            && (l.table != "tls_policy" || f.checks.contains_key(&format!("ptf:{}", l.key)))
+    })
+}
+
 /// Reads the results of [`verify_snippet`] from the facts: each lookup
 /// gives what it should, and each pinned next-hop answers `posttls-finger`
 /// with a verified connection.

@@ -16,6 +16,7 @@ fn fresh_fleet(alg: KeyAlgorithm) -> (Inventory, Vec<engine::HostState>) {
             lock: None,
             host: h.clone(),
             conn: None,
+            stale: false,
             facts: Ok(crate::mta::Facts::Postfix(fixture_facts(FRESH))),
         })
         .collect();
