@@ -581,7 +581,7 @@ async fn run_verify(common: &Common) -> Result<u8, String> {
     let (inv, templates) = load(common)?;
     let parallel = common.parallel.into();
     let progress = monitor(common, &inv);
-    let (states, externals) = gather(&inv, parallel, &*progress, engine::Access::Read).await;
+    let (states, externals) = gather(&inv, parallel, &*progress, engine::Access::Verify).await;
     let (after, mut checks) = engine::with_hosts(states, async |states: &mut [HostState]| {
         let fleet = plan_as_is(&inv, states, &externals, &templates).await;
         let run = engine::Progress {

@@ -80,8 +80,18 @@ enum Attempt {
     Failed(HostError),
 }
 
-async fn hold_one(conn: &SshHost, host: &Host, access: Access, marker: &str) -> Attempt {
-    let script = mta::hold_script(host, access == Access::Change, marker);
+async fn hold_one(
+    conn: &SshHost,
+    host: &Host,
+    access: Access,
+    marker: &str,
+    digest: &str,
+) -> Attempt {
+    let checks = match access {
+        Access::Verify => mta::hold_checks(host, digest),
+        Access::Read | Access::Change => String::new(),
+    };
+    let script = mta::hold_script(host, access == Access::Change, marker, &checks);
     match conn.hold(&script, marker).await {
         Err(e) => Attempt::Failed(facts_error(
             host,
@@ -130,6 +140,7 @@ pub async fn gather(
     let config = inv.settings.ssh_config.as_deref();
     let parallel = parallel.max(1);
     let marker = hold_marker();
+    let digest = inv.settings.digest.as_str();
     // Each host is held as soon as it is connected: a master that waited
     // for every other host's connection could idle out first (its
     // ControlPersist) on a large fleet.
@@ -151,7 +162,7 @@ pub async fn gather(
                         }
                         Ok(conn) => {
                             monitor.event(&host.name, Phase::Reading);
-                            let attempt = hold_one(&conn, host, access, marker).await;
+                            let attempt = hold_one(&conn, host, access, marker, digest).await;
                             (i, Ok(conn), Some(attempt))
                         }
                     }
@@ -185,7 +196,7 @@ pub async fn gather(
                         let marker = &marker;
                         async move {
                             monitor.event(&host.name, Phase::Reading);
-                            (i, hold_one(conn, host, access, marker).await)
+                            (i, hold_one(conn, host, access, marker, digest).await)
                         }
                     })
                     .buffer_unordered(parallel)

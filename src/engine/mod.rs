@@ -43,6 +43,10 @@ pub struct HostState {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Access {
     Read,
+    /// Shared, as `Read`; the first read also runs the checks of the
+    /// routes each host's own tables pin ([`crate::mta::hold_checks`]), so
+    /// a converged host needs no second read for them.
+    Verify,
     Change,
 }
 

@@ -177,6 +177,16 @@ pub fn verify_snippet(plan: &HostPlan, facts: &Facts, inv: &Inventory) -> String
     }
 }
 
+/// Shell run with the first read of `verify`: the checks of the routes the
+/// host's own tables pin, as [`verify_snippet`] names them, before the
+/// plan is known (Postfix; none for Exim, whose checks need the plan).
+pub fn hold_checks(host: &Host, digest: &str) -> String {
+    match host.mta {
+        Mta::Postfix => postfix::hold_checks(digest),
+        Mta::Exim => String::new(),
+    }
+}
+
 /// Whether `facts` hold the results of every check [`verify_snippet`]
 /// runs for `plan` (they were read with its checks): then they need no
 /// second read for them.

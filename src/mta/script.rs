@@ -24,8 +24,9 @@ use crate::plan::{Action, FileChange};
 /// The directory itself is locked (an open descriptor, nothing written): a
 /// dry run leaves the host byte-identical, and the lock survives main.cf
 /// being replaced by rename.
-pub fn hold_script(host: &Host, exclusive: bool, marker: &str) -> String {
-    let facts = facts_script(host, "");
+/// `checks` is shell run with the facts (see [`hold_checks`]).
+pub fn hold_script(host: &Host, exclusive: bool, marker: &str, checks: &str) -> String {
+    let facts = facts_script(host, checks);
     let body = facts
         .strip_suffix("mxpin_facts\n")
         .expect("facts scripts end with their call");

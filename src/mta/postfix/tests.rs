@@ -3141,3 +3141,46 @@ fn live_apply_reads_the_host_back_in_the_same_command() {
     ));
     assert_eq!(back, None);
 }
+
+/// verify's first read runs, from the host's own tables, the checks the
+/// plan's snippet would run: same names, same lookups, so a converged
+/// backup needs no second read.
+#[test]
+fn live_first_read_of_verify_runs_the_checks_of_the_converged_plan() {
+    require_root_and_postfix!();
+    let lab = Lab::new();
+    let inv = inventory(&lab.conf, true);
+    let home = new_keys("home.example.net");
+    converge(&inv, &lab, "relay", &home);
+    let host = host_at(&lab.conf);
+    let digest = inv.settings.digest.as_str();
+    let out = run_sh_s(&super::facts_script_with(
+        &host,
+        &super::hold_checks(digest),
+    ));
+    let first = facts_from(&out.stdout).unwrap();
+    let plan = plan_for(&inv, "relay", &first, &home);
+    assert_converged(&plan);
+    let first = crate::mta::Facts::Postfix(first);
+    assert!(
+        crate::mta::checks_ran(&plan, &first),
+        "no second read needed"
+    );
+    let snippet = crate::mta::verify_snippet(&plan, &first, &inv);
+    let second = facts_from(&run_sh_s(&super::facts_script_with(&host, &snippet)).stdout).unwrap();
+    let crate::mta::Facts::Postfix(first) = first else {
+        unreachable!()
+    };
+    let lookups = |f: &PostfixFacts| -> Vec<(String, String)> {
+        f.checks
+            .iter()
+            .filter(|(k, _)| k.starts_with("q:"))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
+    };
+    assert_eq!(lookups(&first), lookups(&second));
+    assert_eq!(
+        first.checks.keys().collect::<Vec<_>>(),
+        second.checks.keys().collect::<Vec<_>>()
+    );
+}

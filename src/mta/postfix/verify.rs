@@ -62,12 +62,73 @@ pub fn verify_snippet(steps: &ApplySteps, digest: &str, lookup: &str) -> String 
     s
 }
 
-/// Whether `f` holds the result of every check [`verify_snippet`] runs.
+/// Whether `f` holds the result of every check [`verify_snippet`] runs,
+/// each handshake made with the pins the plan expects (the policy lookup
+/// found them: [`hold_checks`] uses the pins of the host's own table).
 pub fn checks_ran(steps: &ApplySteps, f: &PostfixFacts) -> bool {
     steps.lookups.iter().all(|l| {
-        f.checks.contains_key(&format!("q:{}:{}", l.table, l.key))
-            && (l.table != "tls_policy" || f.checks.contains_key(&format!("ptf:{}", l.key)))
+        let q = f.checks.get(&format!("q:{}:{}", l.table, l.key));
+        q.is_some()
+            && (l.table != "tls_policy"
+                || (q.map(|v| v.trim()) == Some(l.expected.as_str())
+                    && f.checks.contains_key(&format!("ptf:{}", l.key))))
     })
+}
+
+/// Shell for the first read of `verify` (inside the facts script: `C`,
+/// `M` and `put` are set): the checks of [`verify_snippet`] for the routes
+/// the host's own tables hold, before any plan: `postmap -q` of each
+/// domain in mxpin's transport table, of its next-hop in tls_policy (once
+/// per next-hop) and of each key in relay_clientcerts, and `posttls-finger`
+/// to each next-hop with the pins (and SNI name) its policy lookup found.
+/// The results count only where the plan expects exactly those values
+/// ([`checks_ran`]); any other host is read again with the plan's checks.
+/// A backup route is never implicit TLS (no `-w`); the relayhost's check
+/// needs the plan and is left to that second read.
+pub fn hold_checks(digest: &str) -> String {
+    format!(
+        r#"hc_db=$(postconf -c "$C" -h default_database_type 2>/dev/null </dev/null)
+hc_lookup=$(postconf -c "$C" -h smtp_host_lookup 2>/dev/null </dev/null)
+if command -v posttls-finger >/dev/null 2>&1; then ptf=yes; else ptf=no; fi
+hc_seen=' '
+hc_once() {{ case "$hc_seen" in *" $1 "*) return 1 ;; esac; hc_seen="$hc_seen$1 "; }}
+if [ -f "$M/transport" ] && [ -f "$M/tls_policy" ]; then
+  while read -r hc_k hc_v hc_rest; do
+    case "$hc_k" in ''|'#'*) continue ;; esac
+    hc_once "q:transport:$hc_k" || continue
+    put "q:transport:$hc_k" "$(postmap -c "$C" -q "$hc_k" "$hc_db:$M/transport" 2>/dev/null </dev/null)"
+    hc_hop=${{hc_v#smtp:}}
+    hc_once "q:tls_policy:$hc_hop" || continue
+    hc_pol=$(postmap -c "$C" -q "$hc_hop" "$hc_db:$M/tls_policy" 2>/dev/null </dev/null)
+    put "q:tls_policy:$hc_hop" "$hc_pol"
+    hc_pins=''; hc_sni=''
+    set -f
+    for hc_w in $hc_pol; do
+      case "$hc_w" in
+        match=*) hc_pins="$hc_pins $(printf '%s' "${{hc_w#match=}}" | tr '|' ' ')" ;;
+        servername=*) hc_sni=${{hc_w#servername=}} ;;
+      esac
+    done
+    if [ $ptf = no ]; then
+      put "ptf:$hc_hop" 'posttls-finger not found'
+    elif [ -n "$hc_sni" ]; then
+      put "ptf:$hc_hop" "$(posttls-finger -c -s "$hc_sni" -l fingerprint -d {d} -h "$hc_lookup" "$hc_hop" $hc_pins 2>&1 </dev/null)"
+    else
+      put "ptf:$hc_hop" "$(posttls-finger -c -l fingerprint -d {d} -h "$hc_lookup" "$hc_hop" $hc_pins 2>&1 </dev/null)"
+    fi
+    set +f
+  done < "$M/transport"
+fi
+if [ -f "$M/{CLIENT_CERTS}" ]; then
+  while read -r hc_k hc_rest; do
+    case "$hc_k" in ''|'#'*) continue ;; esac
+    hc_once "q:{CLIENT_CERTS}:$hc_k" || continue
+    put "q:{CLIENT_CERTS}:$hc_k" "$(postmap -c "$C" -q "$hc_k" "$hc_db:$M/{CLIENT_CERTS}" 2>/dev/null </dev/null)"
+  done < "$M/{CLIENT_CERTS}"
+fi
+"#,
+        d = quote(digest)
+    )
 }
 
 /// Reads the results of [`verify_snippet`] from the facts: each lookup
