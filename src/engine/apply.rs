@@ -526,6 +526,28 @@ mod tests {
         assert!(d[0].is_empty() || d[1].is_empty(), "no cycle: {d:?}");
     }
 
+    /// A backup's checks, read back by its apply script, still hold when
+    /// the host it pins changed nothing or was done before it started; not
+    /// when that host changed at the same time (a cycle).
+    #[test]
+    fn read_back_checks_hold_only_after_the_peers_they_check() {
+        let home = plan("home", true, &[]);
+        let relay = plan("relay", true, &["home"]);
+        let plans = [&relay, &home];
+        assert!(checks_hold(&plans, &dependencies(&plans), 0));
+        let other = plan("other", false, &["elsewhere"]);
+        let plans = [&other];
+        assert!(checks_hold(&plans, &dependencies(&plans), 0));
+        let a = plan("a", true, &["b"]);
+        let b = plan("b", true, &["a"]);
+        let plans = [&a, &b];
+        let deps = dependencies(&plans);
+        assert!(
+            !(checks_hold(&plans, &deps, 0) && checks_hold(&plans, &deps, 1)),
+            "one of the pair checked before the other switched"
+        );
+    }
+
     #[test]
     fn mutual_backups_with_new_keys_terminate() {
         let a = plan("a", true, &["b"]);
