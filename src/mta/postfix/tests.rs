@@ -3051,3 +3051,60 @@ fn the_dns_pinner_holds_a_switch_asked_for_or_due_to_a_renewal() {
     );
     assert!(!f.rotated.iter().any(|r| r.host.as_str() == "home"));
 }
+
+/// The lookup check after apply names the expected value with the one
+/// escaper, `shell::quote`: a value with quotes, `$`, backquotes and
+/// backslashes is compared and shown literally (it was stripped of those
+/// characters in the message before).
+#[test]
+fn lookup_checks_compare_and_show_the_expected_value_literally() {
+    let inv = inventory_with(DIR, DIR, 2526, "relay.example.org", true);
+    let home = new_keys("home.example.net");
+    let mut plan = plan_for(&inv, "relay", &fixture_facts(FRESH), &home);
+    let expected = r#"it's "$HOME" `id` \n $(id)"#;
+    match &mut plan.steps {
+        crate::mta::Steps::Postfix(s) => {
+            s.lookups = vec![Lookup {
+                table: "transport".into(),
+                key: "example.net".into(),
+                expected: expected.into(),
+                wrapper: false,
+            }];
+        }
+        _ => unreachable!("a Postfix plan"),
+    }
+    let script = apply_script(&plan);
+    let text = script.text();
+    let start = text
+        .find("step='postmap -q example.net")
+        .expect("lookup step");
+    let end = start
+        + text[start..]
+            .find("expected '$want'\"\n")
+            .expect("its check")
+        + 18;
+    let check = &text[start..end];
+    let run = |answer: &str| {
+        let stubs = format!(
+            "fail() {{ printf '%s\\n' \"$1\"; exit 1; }}\npostmap() {{ printf '%s\\n' {}; }}\n",
+            quote(answer)
+        );
+        let out = Command::new("sh")
+            .args(["-c", &format!("{stubs}{check}")])
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    assert_eq!(run(expected), (true, String::new()), "{check}");
+    assert_eq!(
+        run("smtp:other"),
+        (
+            false,
+            format!("found 'smtp:other', expected '{expected}'\n")
+        ),
+        "{check}"
+    );
+}
