@@ -69,25 +69,22 @@ impl HostKeys {
     /// Whether this plan changes the key the host serves (as pinned).
     pub fn switches(&self, inv: &Inventory) -> bool {
         let s = &inv.settings;
-        self.before.as_ref().map(|c| c.fingerprint(s.digest, s.pin))
-            != Some(self.current.identity.cert.fingerprint(s.digest, s.pin))
+        self.before.as_ref().map(|c| crate::pins::of(c, s))
+            != Some(crate::pins::of(&self.current.identity.cert, s))
     }
 
     /// What peers pin for this host: current first, then next.
     pub fn pins(&self, inv: &Inventory) -> Vec<Fingerprint> {
-        let s = &inv.settings;
-        vec![
-            self.current.identity.cert.fingerprint(s.digest, s.pin),
-            self.next.identity.cert.fingerprint(s.digest, s.pin),
-        ]
+        let (current, next) = self.pin_pair(&inv.settings);
+        vec![current, next]
     }
 
     /// The fingerprints of current and next in the inventory's digest and
     /// pin kind: the form every pin and every message uses.
     pub fn pin_pair(&self, s: &Settings) -> (Fingerprint, Fingerprint) {
         (
-            self.current.identity.cert.fingerprint(s.digest, s.pin),
-            self.next.identity.cert.fingerprint(s.digest, s.pin),
+            crate::pins::of(&self.current.identity.cert, s),
+            crate::pins::of(&self.next.identity.cert, s),
         )
     }
 }
@@ -430,8 +427,8 @@ pub fn desired(
         let mut pins = k.pins(inv);
         if cycles.contains(&(e.pinner.clone(), e.pinned.clone())) {
             if let Some(before) = &k.before {
-                let old = before.fingerprint(s.digest, s.pin);
-                if !pins.contains(&old) {
+                let old = crate::pins::of(before, s);
+                if !crate::pins::is_pinned(&pins, old.as_str()) {
                     pins.push(old);
                     certs.push(before.clone());
                 }

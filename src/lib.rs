@@ -16,6 +16,7 @@ pub mod inventory;
 pub mod keys;
 pub mod limits;
 pub mod mta;
+pub mod pins;
 pub mod plan;
 pub mod probe;
 pub mod progress;

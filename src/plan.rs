@@ -320,7 +320,41 @@ impl PinnedEdge {
     }
 }
 
+/// What an MTA's planner works out for a host; [`HostPlan::new`] adds what
+/// every MTA derives the same way from the desired state.
+#[derive(Debug, Clone)]
+pub struct PlanWork {
+    pub changes: Vec<FileChange>,
+    pub commands: Vec<String>,
+    pub notes: Vec<String>,
+    pub switches_key: bool,
+    pub opens_listener: bool,
+}
+
 impl HostPlan {
+    /// The plan of `d`'s host: `work` and `steps` from its MTA's planner;
+    /// the host, the edges it pins, whether its keys are generated here
+    /// (never on release) and whether a pin is transitional from `d`.
+    pub fn new(
+        d: &crate::desired::HostDesired,
+        inv: &crate::inventory::Inventory,
+        work: PlanWork,
+        steps: crate::mta::Steps,
+    ) -> Self {
+        HostPlan {
+            host: d.host.name.clone(),
+            changes: work.changes,
+            commands: work.commands,
+            notes: work.notes,
+            switches_key: work.switches_key,
+            generates_keys: !d.host.release && d.keys.generates(),
+            opens_listener: work.opens_listener,
+            pinned: PinnedEdge::of(d, inv),
+            transitional: d.transitional,
+            steps,
+        }
+    }
+
     /// Nothing to write and no other work (a stale table database).
     pub fn is_empty(&self) -> bool {
         self.changes.is_empty() && !self.steps.has_work()

@@ -21,10 +21,10 @@ use crate::desired::{HostDesired, StoredKeys};
 use crate::facts::Sections;
 use crate::inventory::{Host, Inventory, Settings};
 use crate::mta::{change_for, FoundFile, RouteCheck, Steps};
-use crate::plan::{Action, Content, FileChange, HostPlan, PinnedEdge};
+use crate::plan::{Action, Content, FileChange, HostPlan, PlanWork};
 use crate::shell::quote;
 use crate::templates::Templates;
-use crate::tls::{Certificate, Digest, PinKind, SecretPem};
+use crate::tls::SecretPem;
 
 pub use crate::mta::OWNED_DIR;
 
@@ -75,9 +75,8 @@ pub fn facts_script(host: &Host, extra: &str) -> String {
         .flat_map(|(_, k, c)| [*k, *c])
         .chain(FRAGMENTS)
         .collect();
-    format!(
-        r#"mxpin_facts() {{
-{prelude}X=$(command -v exim4 || command -v exim) || {{ put error "exim4 not found: is Exim installed?"; return 0; }}
+    let body = format!(
+        r#"X=$(command -v exim4 || command -v exim) || {{ put error "exim4 not found: is Exim installed?"; return 0; }}
 put bin "$X"
 v=$("$X" -bV 2>&1) || {{ put error "exim4 -bV failed: $(printf '%s' "$v" | head -n 3)"; return 0; }}
 put version "$v"
@@ -109,16 +108,12 @@ done
 for f in "$M"/peer-*.pem; do
   if [ -f "$f" ]; then putfile "file:${{f##*/}}" "$f"; fi
 done
-{rcpt}{extra}put end ok
-}}
-mxpin_facts
 "#,
-        prelude = crate::mta::facts_prelude(host),
-        rcpt = recipients::script(host),
         files = files.join(" "),
         confd = CONFD.iter().map(|(f, _)| *f).collect::<Vec<_>>().join(" "),
         macros = DEBIAN_MACROS.join(" "),
-    )
+    );
+    crate::mta::facts_function(host, &body, &recipients::script(host), extra)
 }
 
 #[derive(Debug, Clone)]
@@ -369,14 +364,7 @@ impl EximFacts {
         let Some(file) = self.files.get(&peer_file(mx)).filter(|_| routed) else {
             return vec![];
         };
-        Certificate::all_from_pem(file.content.raw())
-            .map(|certs| {
-                certs
-                    .iter()
-                    .map(|c| c.fingerprint(s.digest, s.pin).to_string())
-                    .collect()
-            })
-            .unwrap_or_default()
+        crate::pins::of_trust_file(file.content.raw(), s)
     }
 
     /// The keys mxpin finds in its slots.
@@ -656,15 +644,7 @@ pub fn plan_host(
         if peers.iter().any(|p| p.mx == mx) {
             continue;
         }
-        let sha: Vec<String> = r
-            .certs
-            .iter()
-            .map(|c| {
-                c.fingerprint(Digest::Sha256, PinKind::Certificate)
-                    .as_str()
-                    .replace(':', "")
-            })
-            .collect();
+        let sha: Vec<String> = r.certs.iter().map(crate::pins::exim_sha256).collect();
         peers.push(render::Peer {
             mx: mx.clone(),
             cert_sha256: sha,
@@ -850,17 +830,18 @@ pub fn plan_host(
             }
         })
         .collect();
-    Ok(HostPlan {
-        host: d.host.name.clone(),
+    let work = PlanWork {
         changes,
         commands,
         notes,
         switches_key,
-        generates_keys: d.keys.generates(),
         opens_listener: opens_listener.is_some(),
-        pinned: PinnedEdge::of(d, inv),
-        transitional: d.transitional,
-        steps: Steps::Exim(ApplySteps {
+    };
+    Ok(HostPlan::new(
+        d,
+        inv,
+        work,
+        Steps::Exim(ApplySteps {
             config_dir: dir.to_string(),
             bin: f.bin.clone(),
             layout,
@@ -870,7 +851,7 @@ pub fn plan_host(
             route_tests,
             flush,
         }),
-    })
+    ))
 }
 
 #[cfg(test)]

@@ -11,7 +11,7 @@ use crate::desired::{HostDesired, Pinned};
 use crate::inventory::{External, ExternalTls, HostName, Inventory, PolicyLevel, Relayhost};
 use crate::mta::Steps;
 use crate::mta::KEY_SLOTS as SLOTS;
-use crate::plan::{Action, Content, FileChange, HostPlan, PinnedEdge};
+use crate::plan::{Action, Content, FileChange, HostPlan, PlanWork};
 use crate::templates::Templates;
 
 /// A lookup apply checks with `postmap -q` after the swap.
@@ -201,8 +201,7 @@ fn lookups_for(
         }
         let policy = table_value(&tables["tls_policy"], &r.next_hop)
             .ok_or_else(|| format!("tls_policy template has no entry for {}", r.next_hop))?;
-        if !policy.starts_with("fingerprint") || !r.pins.iter().all(|p| policy.contains(p.as_str()))
-        {
+        if !crate::pins::policy_pins_all(policy, &r.pins) {
             return Err(format!(
                 "tls_policy template entry for {} does not pin {}",
                 r.next_hop,
@@ -233,9 +232,7 @@ fn lookups_for(
         let hop = e.next_hop(inv);
         let policy = table_value(&tables["tls_policy"], &hop)
             .ok_or_else(|| format!("tls_policy template has no entry for relayhost {hop}"))?;
-        if !policy.starts_with("fingerprint")
-            || !e.pins().iter().all(|p| policy.contains(p.as_str()))
-        {
+        if !crate::pins::policy_pins_all(policy, e.pins()) {
             return Err(format!(
                 "tls_policy template entry for relayhost {hop} does not pin it"
             ));
@@ -858,17 +855,18 @@ pub fn plan_host(
     let switches_key = crate::mta::changes_served_key(&changes)
         || main_cf.get(chain_param) != after.get(chain_param)
         || main_cf.get("tls_server_sni_maps") != after.get("tls_server_sni_maps");
-    Ok(HostPlan {
-        host: d.host.name.clone(),
+    let work = PlanWork {
         changes,
         commands,
         notes,
         switches_key,
-        generates_keys: !d.host.release && d.keys.generates(),
         opens_listener: opens_listener.is_some(),
-        pinned: PinnedEdge::of(d, inv),
-        transitional: d.transitional,
-        steps: Steps::Postfix(ApplySteps {
+    };
+    Ok(HostPlan::new(
+        d,
+        inv,
+        work,
+        Steps::Postfix(ApplySteps {
             config_dir: dir.to_string(),
             db_type: f.db_type.clone(),
             main_cf_before: f.main_cf.clone(),
@@ -879,5 +877,5 @@ pub fn plan_host(
             remove_owned_dir: d.host.release,
             flush,
         }),
-    })
+    ))
 }
