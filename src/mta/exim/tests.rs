@@ -1,6 +1,8 @@
 //! Exim facts parsing and planning, from outputs of the real facts script
 //! captured in the lab (`lab.sh up --exim relay`: relay runs Exim 4.96,
-//! home Postfix) before and after `mxpin apply`.
+//! home Postfix) before and after `mxpin apply`. One file of about 550
+//! lines: every test here plans from those captures with the same
+//! inventory; topics of their own (drain) live in `tests/`.
 
 use std::path::{Path, PathBuf};
 

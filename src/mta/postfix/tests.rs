@@ -778,14 +778,23 @@ mod reading;
 /// Planning (pure).
 mod planning;
 
+/// Planning: versions, databases, modes, convergence.
+mod databases;
+
 /// The scripts, run for real.
 mod live;
+
+/// Failed or refused applies, rolled back.
+mod rollback;
 
 /// Rotations over the fleet.
 mod rotation;
 
-/// Relayhosts, policies, relay pairs and SNI.
+/// Relayhosts and policies.
 mod relays;
+
+/// Relay pairs with pinned client keys, and SNI.
+mod pair;
 
 /// Issue 16: a primary on another port.
 mod smtp_port;
