@@ -5,7 +5,8 @@ use toml::Spanned;
 
 use super::raw::{RawInventory, RawPoll};
 use super::{
-    Context, DnsName, External, ExternalTls, HostName, InventoryError, Poll, Protocol, Settings,
+    Context, DnsName, External, ExternalTls, FetchmailWord, HostName, InventoryError, Poll,
+    Protocol, Settings,
 };
 use crate::text::shown;
 use crate::tls::Fingerprint;
@@ -16,23 +17,6 @@ pub(super) struct CheckedExternal {
     pub(super) span: Spanned<String>,
     pub(super) protocol_set: bool,
     pub(super) checked: External,
-}
-
-/// A user name or local recipient for a fetchmailrc: printable, no space,
-/// quote or backslash, so it reads the same wherever it is written.
-fn fetchmail_word(what: &str, v: &str) -> Result<String, String> {
-    let ok = !v.is_empty()
-        && v.len() <= 255
-        && v.chars()
-            .all(|c| c.is_ascii_graphic() && !"\"'\\`$".contains(c));
-    if ok {
-        Ok(v.to_string())
-    } else {
-        Err(format!(
-            "invalid fetchmail {what} {}: printable ASCII without spaces, quotes, backslash, ` or $",
-            shown(v)
-        ))
-    }
 }
 
 impl Context<'_> {
@@ -79,8 +63,8 @@ impl Context<'_> {
             fetchmail.push(Poll {
                 server: ext.checked.name.clone(),
                 protocol,
-                user: self.value(&p.user, |v| fetchmail_word("user", v))?,
-                local: self.value(&p.local, |v| fetchmail_word("local", v))?,
+                user: self.value(&p.user, FetchmailWord::user)?,
+                local: self.value(&p.local, FetchmailWord::local)?,
             });
         }
         Ok(fetchmail)
@@ -230,7 +214,7 @@ tls = "implicit"
         assert_eq!(isp.tls, ExternalTls::Implicit);
         assert_eq!(isp.protocol, Protocol::Smtp);
         assert_eq!(isp.pins[0].as_str(), PIN);
-        assert_eq!(vps.fetchmail[0].user, "me@gmail.com");
+        assert_eq!(vps.fetchmail[0].user.as_str(), "me@gmail.com");
         let gmail = inv.external(&vps.fetchmail[0].server);
         assert_eq!(gmail.protocol, Protocol::Pop3, "taken from its use");
         assert!(gmail.pins.is_empty());
@@ -296,8 +280,11 @@ tls = "implicit"
         assert!(e.contains("server box is used with pop3, not imap"), "{e}");
         let e = err(&with(&format!(
             "[hosts.vps]\nssh = \"vps\"\nmx = \"vps.example.org\"\n\
-             [[hosts.vps.fetchmail]]\nserver = \"box\"\nprotocol = \"pop3\"\nuser = \"a b\"\nlocal = \"l\"\n{base}"
+             [[hosts.vps.fetchmail]]\nserver = \"box\"\nprotocol = \"pop3\"\nuser = \"a\\tb\"\nlocal = \"l\"\n{base}"
         )));
-        assert!(e.contains("invalid fetchmail user \"a b\""), "{e}");
+        assert!(
+            e.contains("fetchmail user \"a\\tb\" contains the control character '\\t'"),
+            "{e}"
+        );
     }
 }

@@ -31,7 +31,7 @@ pub use model::{
     Domain, External, ExternalTls, Host, Inventory, Mta, Policy, PolicyLevel, Poll, Protocol,
     Relayhost, Settings, RESERVED_RELAY_PORTS,
 };
-pub use names::{DnsName, HostName, Recipient, RemotePath, SshDestination};
+pub use names::{DnsName, FetchmailWord, HostName, Recipient, RemotePath, SshDestination};
 use raw::RawInventory;
 
 use crate::text::shown;

@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use super::names::{DnsName, HostName, Recipient, RemotePath, SshDestination};
+use super::names::{DnsName, FetchmailWord, HostName, Recipient, RemotePath, SshDestination};
 use crate::tls::{Digest, Fingerprint, KeyAlgorithm, PinKind};
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -158,8 +158,8 @@ impl External {
 pub struct Poll {
     pub server: HostName,
     pub protocol: Protocol,
-    pub user: String,
-    pub local: String,
+    pub user: FetchmailWord,
+    pub local: FetchmailWord,
 }
 
 /// A TLS policy for mail to another domain.
