@@ -35,15 +35,7 @@ impl Context<'_> {
                     format!("host {name}: mx {mx} is already the mx of host {other}"),
                 ));
             }
-            let smtp_port = match &h.smtp_port {
-                None => 25,
-                Some(p) => u16::try_from(*p.get_ref())
-                    .ok()
-                    .filter(|p| *p > 0)
-                    .ok_or_else(|| {
-                        self.at(p, format!("host {name}: smtp_port must be 1 to 65535"))
-                    })?,
-            };
+            let smtp_port = self.port(&h.smtp_port, &name, "smtp_port", 25)?;
             let mta = match h.mta.as_ref().map(|m| (m, m.get_ref().as_str())) {
                 None | Some((_, "postfix")) => Mta::Postfix,
                 Some((_, "exim")) => Mta::Exim,
@@ -100,15 +92,7 @@ impl Context<'_> {
                     Some(Relayhost::External(ext.checked.name.clone()))
                 }
             };
-            let relay_port = match &h.relay_port {
-                None => 2525,
-                Some(p) => u16::try_from(*p.get_ref())
-                    .ok()
-                    .filter(|p| *p > 0)
-                    .ok_or_else(|| {
-                        self.at(p, format!("host {name}: relay_port must be 1 to 65535"))
-                    })?,
-            };
+            let relay_port = self.port(&h.relay_port, &name, "relay_port", 2525)?;
             if let Some(p) = &h.relay_port {
                 self.check_relay_port(&name, relay_port, smtp_port, p.span().start)?;
             }
@@ -130,6 +114,23 @@ impl Context<'_> {
         }
         self.check_relays(&hosts, &managed_relays)?;
         Ok(hosts)
+    }
+
+    /// The port `key` of host `name`: 1 to 65535, or `default` when unset.
+    fn port(
+        &self,
+        p: &Option<Spanned<i64>>,
+        name: &HostName,
+        key: &str,
+        default: u16,
+    ) -> Result<u16, InventoryError> {
+        match p {
+            None => Ok(default),
+            Some(p) => u16::try_from(*p.get_ref())
+                .ok()
+                .filter(|p| *p > 0)
+                .ok_or_else(|| self.at(p, format!("host {name}: {key} must be 1 to 65535"))),
+        }
     }
 
     /// A relay listener may not take a port SMTP itself uses.
