@@ -12,6 +12,8 @@ pub mod fingerprint;
 pub mod pin;
 pub mod read;
 
+pub use crate::report::{pending_plans, summarize};
+
 use std::io::IsTerminal as _;
 use std::path::PathBuf;
 
@@ -21,7 +23,6 @@ use crate::dns::ZonePlan;
 use crate::engine::{self, FleetPlan, HostState, Rotation};
 use crate::external::ExternalState;
 use crate::inventory::{self, HostName, Inventory};
-use crate::plan::{HostOutcome, HostPlan};
 use crate::progress::{Lines, Live, Monitor, Silent};
 use crate::render::{error, warning};
 use crate::templates::Templates;
@@ -77,28 +78,6 @@ pub fn load(common: &Common) -> Result<(Inventory, Templates), String> {
         warning(w);
     }
     Ok((inv, templates))
-}
-
-/// The hosts with changes to apply.
-pub fn pending_plans(outcomes: &[HostOutcome]) -> Vec<&HostPlan> {
-    outcomes
-        .iter()
-        .filter_map(|o| match o {
-            HostOutcome::Planned(p) if !p.is_empty() => Some(p.as_ref()),
-            _ => None,
-        })
-        .collect()
-}
-
-/// Whether anything failed (a host or a rotation), and whether any host has
-/// changes.
-pub fn summarize(fleet: &FleetPlan) -> (bool, bool) {
-    let errors = !fleet.refused.is_empty()
-        || fleet
-            .outcomes
-            .iter()
-            .any(|o| matches!(o, HostOutcome::Failed(_)));
-    (errors, !pending_plans(&fleet.outcomes).is_empty())
 }
 
 /// The exit status of a plan, or of a run that stops after its plan (a dry
