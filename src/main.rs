@@ -352,7 +352,11 @@ fn main() -> ExitCode {
                 host,
                 yes,
                 dry_run,
-            } => run_change(&common(opts)?, Change::release(host, *yes, *dry_run)?).await,
+            } => {
+                // The host's name is checked before the inventory is looked for.
+                let change = Change::release(host, *yes, *dry_run)?;
+                run_change(&common(opts)?, change).await
+            }
             Command::Rotate {
                 opts,
                 hosts,
