@@ -91,7 +91,7 @@ pub fn check_pins(
             e.name, e.name
         ));
     }
-    if e.pins.contains(&served) {
+    if crate::pins::is_pinned(&e.pins, served.as_str()) {
         return Ok(served);
     }
     let pinned: Vec<&str> = e.pins.iter().map(Fingerprint::as_str).collect();
@@ -128,7 +128,7 @@ pub fn pin_decision(
     add: bool,
     replace: bool,
 ) -> Result<PinDecision, String> {
-    if e.pins.contains(served) && !replace {
+    if crate::pins::is_pinned(&e.pins, served.as_str()) && !replace {
         Ok(PinDecision::AlreadyPinned)
     } else if e.pins.is_empty() || replace {
         Ok(PinDecision::Write(vec![served.clone()]))

@@ -4,6 +4,7 @@
 //! [`plan`] -> apply ([`engine`], with the scripts of [`mta`]) ->
 //! [`verify`].
 
+pub mod commands;
 pub mod desired;
 pub mod dns;
 pub mod engine;
@@ -15,11 +16,14 @@ pub mod fingerprint;
 pub mod inventory;
 pub mod keys;
 pub mod limits;
+pub mod manpage;
 pub mod mta;
+pub mod pins;
 pub mod plan;
 pub mod probe;
 pub mod progress;
 pub mod recipients;
+pub mod render;
 pub mod report;
 pub mod shell;
 pub mod ssh;

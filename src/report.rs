@@ -1,11 +1,11 @@
-//! The report of a changing run, decided here and rendered by main: did
+//! The report of a run, decided here and rendered by [`crate::render`]: did
 //! anything fail, which hosts still differ from the inventory (drift),
 //! what the peers pin after a rotation (read back from them), and the
 //! exit status.
 
 use crate::engine::{ApplyStatus, FleetPlan, HostState, Rotated};
 use crate::inventory::{HostName, Inventory};
-use crate::plan::HostOutcome;
+use crate::plan::{HostOutcome, HostPlan};
 use crate::trust::Purpose;
 
 /// The exit status of a run that failed or left drift.
@@ -38,6 +38,28 @@ pub fn exit_code(failed: bool, drift: &[HostName]) -> u8 {
     } else {
         0
     }
+}
+
+/// The hosts with changes to apply.
+pub fn pending_plans(outcomes: &[HostOutcome]) -> Vec<&HostPlan> {
+    outcomes
+        .iter()
+        .filter_map(|o| match o {
+            HostOutcome::Planned(p) if !p.is_empty() => Some(p.as_ref()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Whether anything failed (a host or a rotation), and whether any host has
+/// changes.
+pub fn summarize(fleet: &FleetPlan) -> (bool, bool) {
+    let errors = !fleet.refused.is_empty()
+        || fleet
+            .outcomes
+            .iter()
+            .any(|o| matches!(o, HostOutcome::Failed(_)));
+    (errors, !pending_plans(&fleet.outcomes).is_empty())
 }
 
 /// A rotated host and what each of its pinners pins for it now.
@@ -120,5 +142,40 @@ mod tests {
         assert!(!apply_failed(&results));
         results.push((name("b"), ApplyStatus::Skipped(skipped)));
         assert!(apply_failed(&results));
+    }
+
+    #[test]
+    fn a_plan_sums_up_as_errors_and_pending_changes() {
+        let fleet = |outcomes: Vec<HostOutcome>, refused: Vec<HostError>| FleetPlan {
+            outcomes,
+            rotated: vec![],
+            refused,
+            pin_style: crate::plan::PinStyle::SHA256_KEY,
+            tlsa: vec![],
+            placeholders: vec![],
+        };
+        let down = HostError::new(&name("c"), Stage::Facts, ErrorKind::Unreachable, "down");
+        let fp = fleet(vec![plan("a", false), plan("b", true)], vec![]);
+        assert_eq!(summarize(&fp), (false, true));
+        let hosts: Vec<&str> = pending_plans(&fp.outcomes)
+            .iter()
+            .map(|p| p.host.as_str())
+            .collect();
+        assert_eq!(hosts, ["b"]);
+        assert_eq!(
+            summarize(&fleet(vec![plan("a", false)], vec![])),
+            (false, false)
+        );
+        let failed = fleet(
+            vec![plan("a", false), HostOutcome::Failed(down.clone())],
+            vec![],
+        );
+        assert_eq!(summarize(&failed), (true, false));
+        let refused = fleet(vec![plan("b", true)], vec![down]);
+        assert_eq!(
+            summarize(&refused),
+            (true, true),
+            "a refused rotation is an error"
+        );
     }
 }

@@ -201,6 +201,12 @@ impl fmt::Display for Fingerprint {
     }
 }
 
+impl AsRef<str> for Fingerprint {
+    fn as_ref(&self) -> &str {
+        &self.0
+    }
+}
+
 /// A parsed certificate with what mxpin needs from it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Certificate {

@@ -361,11 +361,11 @@ pub fn checks(
                 _ => None,
             };
             let (status, what) = match (got, &fp) {
-                (Some(Ok(_)), Some(fp)) if p.pins.first() == Some(fp) => (
+                (Some(Ok(_)), Some(fp)) if crate::pins::position(&p.pins, fp) == Some(0) => (
                     Status::Ok,
                     format!("{pinned} serves its current key {fp} on {addr} (seen from the controller)"),
                 ),
-                (Some(Ok(_)), Some(fp)) if p.pins.contains(fp) => (
+                (Some(Ok(_)), Some(fp)) if crate::pins::is_pinned(&p.pins, fp) => (
                     Status::Ok,
                     format!("{pinned} serves its staged next key {fp} on {addr} (seen from the controller)"),
                 ),

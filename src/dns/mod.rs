@@ -9,6 +9,8 @@
 
 pub mod client;
 mod config;
+mod gate;
+mod records;
 mod state;
 
 use std::collections::BTreeMap;
@@ -17,140 +19,12 @@ use std::net::SocketAddr;
 
 pub(crate) use config::check;
 pub use config::{DnsConfig, RawDns, Secret, Zone};
+pub use gate::{gate_rotation, rotation_blocker};
+pub use records::{HostTlsa, RecordChange, TlsaData, ZonePlan};
 
 use crate::inventory::{HostName, Inventory};
 use crate::tls::{Certificate, Digest, PinKind};
 use crate::trust::{self, DaneEdge};
-
-/// The data of one TLSA record.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
-pub struct TlsaData {
-    pub usage: u8,
-    pub selector: u8,
-    pub matching: u8,
-    pub data: Vec<u8>,
-}
-
-impl TlsaData {
-    /// DANE-EE, SPKI, SHA-256 (`3 1 1`) of a certificate's public key.
-    pub fn of(cert: &Certificate) -> TlsaData {
-        let hex = cert
-            .fingerprint(Digest::Sha256, PinKind::PublicKey)
-            .as_str()
-            .replace(':', "");
-        TlsaData {
-            usage: 3,
-            selector: 1,
-            matching: 1,
-            data: (0..hex.len() / 2)
-                .filter_map(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).ok())
-                .collect(),
-        }
-    }
-
-    pub fn hex(&self) -> String {
-        self.data.iter().map(|b| format!("{b:02x}")).collect()
-    }
-
-    /// `3 1 1 HEX`, as in a zone file.
-    pub fn text(&self) -> String {
-        format!(
-            "{} {} {} {}",
-            self.usage,
-            self.selector,
-            self.matching,
-            self.hex()
-        )
-    }
-}
-
-/// A host's keys as a plan leaves them: what its TLSA records must be.
-#[derive(Debug, Clone)]
-pub struct HostTlsa {
-    pub host: HostName,
-    pub current: Certificate,
-    pub next: Certificate,
-    /// The key it served before the plan, when the plan switches it.
-    pub retired: Option<Certificate>,
-    /// It serves the admin's own certificate to its MX name (mxpin's key
-    /// only to its peers, by SNI): DANE senders never see mxpin's keys, so
-    /// no record of them is published, and those mxpin wrote go.
-    pub admin_cert: bool,
-}
-
-/// One record added or removed.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RecordChange {
-    pub owner: String,
-    pub ttl: u32,
-    pub data: TlsaData,
-    /// Whose key, for the reader: `home current`, `home next`.
-    pub about: String,
-}
-
-/// What changes in one zone.
-#[derive(Debug, Clone, Default)]
-pub struct ZonePlan {
-    pub zone: String,
-    pub server: String,
-    pub add: Vec<RecordChange>,
-    pub remove: Vec<RecordChange>,
-    /// Per owner of an added record: how long the world may have cached
-    /// the RRset as it was (its TTL, or the zone's negative TTL).
-    waits: BTreeMap<String, u32>,
-}
-
-impl ZonePlan {
-    pub fn is_empty(&self) -> bool {
-        self.add.is_empty() && self.remove.is_empty()
-    }
-
-    /// The plan for `--json`: zone, server, records added and removed
-    /// (`data` null for a key known only after apply).
-    pub fn to_json(&self, unknown: &[Certificate]) -> serde_json::Value {
-        let unknown: Vec<TlsaData> = unknown.iter().map(TlsaData::of).collect();
-        let records = |rs: &[RecordChange]| -> Vec<serde_json::Value> {
-            rs.iter()
-                .map(|r| {
-                    let data = (!unknown.contains(&r.data)).then(|| r.data.text());
-                    serde_json::json!({"owner": r.owner, "ttl": r.ttl, "type": "TLSA",
-                                       "data": data, "about": r.about})
-                })
-                .collect()
-        };
-        serde_json::json!({"zone": self.zone, "server": self.server,
-                           "add": records(&self.add), "remove": records(&self.remove)})
-    }
-
-    /// The plan as people read it: records added and removed. The record
-    /// of a key in `unknown` (a dry run's stand-in) shows as known after
-    /// apply.
-    pub fn render(&self, unknown: &[Certificate]) -> String {
-        let unknown: Vec<TlsaData> = unknown.iter().map(TlsaData::of).collect();
-        let data = |d: &TlsaData| {
-            if unknown.contains(d) {
-                format!("3 1 1 {}", crate::keys::KNOWN_AFTER_APPLY)
-            } else {
-                d.text()
-            }
-        };
-        let mut out = format!("dns zone {} ({}):\n", self.zone, self.server);
-        for r in &self.remove {
-            let _ = writeln!(out, "- {} IN TLSA {} ; {}", r.owner, data(&r.data), r.about);
-        }
-        for r in &self.add {
-            let _ = writeln!(
-                out,
-                "+ {} {} IN TLSA {} ; {}",
-                r.owner,
-                r.ttl,
-                data(&r.data),
-                r.about
-            );
-        }
-        out
-    }
-}
 
 async fn resolve(server: &str) -> Result<SocketAddr, String> {
     tokio::net::lookup_host(server)
@@ -333,60 +207,6 @@ pub async fn apply(cfg: &DnsConfig, plans: &[ZonePlan]) -> Result<Vec<String>, S
     Ok(done)
 }
 
-/// The DANE gate of a rotation, one per DANE edge of `host`: the
-/// validating resolver returns, with AD, a TLSA RRset at the edge's owner
-/// that holds `next`'s record, and the RRset the world may have cached
-/// before that record was added has expired. `None` when it may switch.
-pub async fn rotation_blocker(
-    cfg: &DnsConfig,
-    edge: &DaneEdge,
-    next: &Certificate,
-) -> Option<String> {
-    let want = TlsaData::of(next);
-    let resolver = match resolve(&cfg.resolver).await {
-        Ok(r) => r,
-        Err(e) => return Some(e),
-    };
-    let seen = match client::tlsa(resolver, &edge.owner, true).await {
-        Ok(a) => a,
-        Err(e) => return Some(format!("resolver {}: {e}", cfg.resolver)),
-    };
-    let record = format!("{} TLSA {}", edge.owner, want.text());
-    if !seen.records.contains(&want) {
-        return Some(format!(
-            "the resolver {} does not return {record} (the next key's record) yet; run `mxpin apply` first",
-            cfg.resolver
-        ));
-    }
-    if !seen.authentic {
-        return Some(format!(
-            "the resolver {} returns {record} without the AD bit (not validated by DNSSEC)",
-            cfg.resolver
-        ));
-    }
-    let mut state = state::load();
-    let now = state::now();
-    let (since, wait) = match state.since(&edge.owner, &want) {
-        Some(x) => x,
-        None => {
-            // Published by someone else (or another controller): count
-            // from now, as long as the RRset's TTL.
-            state.record(&edge.owner, &want, now, seen.ttl.max(cfg.ttl));
-            if let Err(e) = state.save() {
-                return Some(e);
-            }
-            (now, seen.ttl.max(cfg.ttl))
-        }
-    };
-    let left = (since + u64::from(wait)).saturating_sub(now);
-    (left > 0).then(|| {
-        format!(
-            "wait {left} s more: caches may still hold {}'s TLSA RRset from before its next key's record was added (TTL {wait} s)",
-            edge.owner
-        )
-    })
-}
-
 /// The keys each host has now (as read), for publishing after apply; the
 /// retired key of each host the run rotated.
 pub fn hosts_from_facts(
@@ -419,57 +239,6 @@ pub fn hosts_from_facts(
             })
         })
         .collect()
-}
-
-/// The DNS pinner's part of the rotation rule: every host that may switch
-/// keys in this run (named by `rotation`, or whose current certificate is
-/// within `renew_days` of expiry, which under certificate pins rotates it)
-/// and whose next key's record the validating resolver does not return
-/// yet, or not long enough, is held, with the reason. The engine then
-/// refuses its switch as it refuses one a peer does not pin yet.
-pub async fn gate_rotation(
-    inv: &Inventory,
-    states: &[crate::engine::HostState],
-    rotation: &crate::engine::Rotation,
-    now: time::OffsetDateTime,
-) -> crate::engine::Rotation {
-    let mut gated = rotation.clone();
-    let Some(cfg) = &inv.dns else {
-        return gated;
-    };
-    if rotation.compromised {
-        return gated;
-    }
-    let renew_at = now.unix_timestamp() + i64::from(inv.settings.renew_days) * 86_400;
-    let edges = trust::dane_edges(inv);
-    for s in states {
-        let host = &s.host.name;
-        let Ok(facts) = s.facts.as_ref() else {
-            continue;
-        };
-        // Its records are not published (DANE senders get the admin's
-        // certificate): nothing to wait for.
-        if facts.serves_admin_certificate(&s.host) {
-            continue;
-        }
-        let stored = facts.stored_keys();
-        let cert =
-            |pem: &Option<String>| pem.as_deref().and_then(|c| Certificate::from_pem(c).ok());
-        let renewing = cert(&stored.current.cert).is_some_and(|c| c.not_after() <= renew_at);
-        if !rotation.hosts.contains(host) && !renewing {
-            continue;
-        }
-        let Some(next) = cert(&stored.next.cert) else {
-            continue;
-        };
-        for edge in trust::dane_pinners_of(&edges, host) {
-            if let Some(why) = rotation_blocker(cfg, edge, &next).await {
-                gated.held_by_dns.insert(host.clone(), why);
-                break;
-            }
-        }
-    }
-    gated
 }
 
 /// The DNS part of a plan: per zone, the records a run would add and
@@ -622,59 +391,6 @@ mod tests {
                 ("_25._tcp.home.example.net.", "home"),
                 ("_25._tcp.relay.example.org.", "relay")
             ]
-        );
-    }
-
-    #[test]
-    fn tlsa_data_is_the_spki_sha256() {
-        let id = crate::tls::generate(
-            crate::tls::KeyAlgorithm::EcdsaP256,
-            "home.example.net",
-            30,
-            time::OffsetDateTime::now_utc(),
-        )
-        .unwrap();
-        let t = TlsaData::of(&id.cert);
-        let want = id
-            .cert
-            .fingerprint(Digest::Sha256, PinKind::PublicKey)
-            .as_str()
-            .replace(':', "")
-            .to_ascii_lowercase();
-        assert_eq!(t.hex(), want);
-        assert_eq!(t.text(), format!("3 1 1 {want}"));
-    }
-
-    #[test]
-    fn a_zone_plan_shows_records_added_and_removed() {
-        let d = |b: u8| TlsaData {
-            usage: 3,
-            selector: 1,
-            matching: 1,
-            data: vec![b; 2],
-        };
-        let p = ZonePlan {
-            zone: "example.net".into(),
-            server: "127.0.0.53:53".into(),
-            add: vec![RecordChange {
-                owner: "_25._tcp.home.example.net.".into(),
-                ttl: 300,
-                data: d(0xab),
-                about: "home next key".into(),
-            }],
-            remove: vec![RecordChange {
-                owner: "_25._tcp.home.example.net.".into(),
-                ttl: 0,
-                data: d(1),
-                about: "home retired key".into(),
-            }],
-            waits: BTreeMap::new(),
-        };
-        assert_eq!(
-            p.render(&[]),
-            "dns zone example.net (127.0.0.53:53):\n\
-             - _25._tcp.home.example.net. IN TLSA 3 1 1 0101 ; home retired key\n\
-             + _25._tcp.home.example.net. 300 IN TLSA 3 1 1 abab ; home next key\n"
         );
     }
 }

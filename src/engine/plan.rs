@@ -109,7 +109,7 @@ fn rotation_blocker(
             Err(_) => {}
             Ok(f) => {
                 let pinned = f.pins_for(&edge.site(inv), &inv.settings);
-                if !compromised && !pinned.iter().any(|p| p == next_pin.as_str()) {
+                if !compromised && !crate::pins::is_pinned(&pinned, next_pin.as_str()) {
                     let why = match edge.purpose {
                         Purpose::BackupRoute => String::new(),
                         other => format!(" as its {}", other.as_str()),
@@ -236,9 +236,10 @@ pub fn plan_all_with(
                         .cert
                         .fingerprint(inv.settings.digest, inv.settings.pin);
                     f.relays_on(relay.relay_port)
-                        && f.pins_for(&trust::PinSite::ClientCerts, &inv.settings)
-                            .iter()
-                            .any(|p| p == pin.as_str())
+                        && crate::pins::is_pinned(
+                            &f.pins_for(&trust::PinSite::ClientCerts, &inv.settings),
+                            pin.as_str(),
+                        )
                 }
                 _ => false,
             };

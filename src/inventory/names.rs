@@ -34,6 +34,7 @@ string_newtype!(DnsName);
 string_newtype!(SshDestination);
 string_newtype!(RemotePath);
 string_newtype!(Recipient);
+string_newtype!(FetchmailWord);
 
 impl HostName {
     /// An inventory key: letters, digits, `-` and `_`, starting with a letter
@@ -218,6 +219,60 @@ impl Recipient {
     }
 }
 
+/// The longest string a fetchmail poll takes from the inventory.
+pub const FETCHMAIL_WORD_MAX: usize = 255;
+
+impl FetchmailWord {
+    /// The one rule for a string in a fetchmail control file, with a
+    /// one-line reason naming `what`. fetchmail's rc lexer takes anything
+    /// between quotes once `"` and `\` are escaped (as
+    /// [`crate::fetchmail`] writes them), so spaces, quotes, backslashes,
+    /// `$` and `` ` `` are fine; what it cannot hold is an empty value,
+    /// control characters (newlines) and non-ASCII (fetchmail sends these
+    /// bytes to POP3/IMAP/SMTP peers as they are, and cannot even print
+    /// them back).
+    pub fn check(what: &str, value: &str) -> Result<(), Invalid> {
+        if value.is_empty() {
+            return Err(format!("{what} is empty"));
+        }
+        if let Some(c) = value.chars().find(|c| c.is_control()) {
+            return Err(format!(
+                "{what} \"{}\" contains the control character {c:?}",
+                value.escape_debug()
+            ));
+        }
+        if let Some(c) = value.chars().find(|c| !c.is_ascii()) {
+            return Err(format!(
+                "{what} \"{}\" contains the non-ASCII character {c:?}; fetchmail passes it on unencoded (write domain names in punycode)",
+                value.escape_debug()
+            ));
+        }
+        if value.len() > FETCHMAIL_WORD_MAX {
+            return Err(format!(
+                "{what} {} is longer than {FETCHMAIL_WORD_MAX} characters",
+                shown(value)
+            ));
+        }
+        Ok(())
+    }
+
+    /// A poll's remote login (`user "..."`).
+    pub fn user(s: &str) -> Result<Self, Invalid> {
+        Self::check("fetchmail user", s)?;
+        Ok(FetchmailWord(s.to_string()))
+    }
+
+    /// A poll's local recipient (`is "..." here`): never `*`, which
+    /// switches fetchmail to multidrop (any recipient).
+    pub fn local(s: &str) -> Result<Self, Invalid> {
+        Self::check("fetchmail local", s)?;
+        if s == "*" {
+            return Err("fetchmail local \"*\" would make the poll multidrop".into());
+        }
+        Ok(FetchmailWord(s.to_string()))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -344,5 +399,46 @@ mod tests {
         ] {
             assert!(Recipient::parse(bad, &d).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn fetchmail_words_are_what_a_fetchmailrc_string_holds() {
+        for v in [
+            "jo",
+            "jo@example.org",
+            "a b",
+            r#"q"uote"#,
+            r"back\slash",
+            "'",
+            "$x `id`",
+            "*",
+        ] {
+            FetchmailWord::check("user", v).unwrap();
+            assert_eq!(FetchmailWord::user(v).unwrap().as_str(), v);
+        }
+        FetchmailWord::user(&"u".repeat(FETCHMAIL_WORD_MAX)).unwrap();
+        for (v, why) in [
+            ("", "is empty"),
+            ("a\nb", "control character '\\n'"),
+            ("a\rb", "control character '\\r'"),
+            ("a\tb", "control character '\\t'"),
+            ("a\0b", "control character '\\0'"),
+            ("a\u{7f}", "control character '\\u{7f}'"),
+            ("j\u{f6}rg", "non-ASCII"),
+            (&"u".repeat(FETCHMAIL_WORD_MAX + 1), "longer than 255"),
+        ] {
+            let e = FetchmailWord::user(v).unwrap_err();
+            assert!(e.starts_with("fetchmail user"), "{e}");
+            assert!(e.contains(why), "{v:?}: {e}");
+            assert!(!e.contains('\n'), "one line: {e:?}");
+        }
+        assert!(FetchmailWord::local("*").unwrap_err().contains("multidrop"));
+        assert!(FetchmailWord::local("")
+            .unwrap_err()
+            .contains("local is empty"));
+        assert_eq!(
+            FetchmailWord::local("first.last").unwrap().as_str(),
+            "first.last"
+        );
     }
 }

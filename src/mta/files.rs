@@ -167,3 +167,46 @@ pub fn key_changes(
     }
     (changes, notes)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A path with every character sh treats specially reaches the script
+    /// quoted: in the staging commands and in the messages of their
+    /// failures, which show it literally and run nothing.
+    #[test]
+    fn staging_quotes_paths_in_commands_and_messages() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mark = tmp.path().join("ran");
+        let dir = tmp.path().join("no such dir");
+        let path = format!(
+            "{}/a b'c\"d`touch {m}`$(touch {m}).conf",
+            dir.display(),
+            m = mark.display()
+        );
+        let change = FileChange {
+            path: path.clone(),
+            action: Action::Create,
+            old: None,
+            new: Some(Content::Text("x\n".into())),
+            mode: 0o644,
+            group: 0,
+        };
+        for admin in [false, true] {
+            let mut s = String::from("fail() { printf '%s\\n' \"$1\"; exit 1; }\n");
+            crate::mta::script_stage(&mut s, &[&change], |_| admin);
+            let out = std::process::Command::new("sh")
+                .args(["-c", &s])
+                .output()
+                .unwrap();
+            let what = if admin { "copy" } else { "write" };
+            assert_eq!(
+                String::from_utf8_lossy(&out.stdout),
+                format!("cannot {what} {path}\n"),
+                "{s}"
+            );
+            assert!(!mark.exists(), "{s}");
+        }
+    }
+}

@@ -57,6 +57,18 @@ if [ "$u" != 0 ]; then put user "$(id -un 2>/dev/null)"; fi
     )
 }
 
+/// A whole facts script: the function `mxpin_facts` with the
+/// [`facts_prelude`], the MTA's own `body`, the recipients' reads and any
+/// `extra` checks (a verify's), the closing frame last (without it the
+/// answer reads as cut short), then the call. [`crate::mta::hold_script`]
+/// relies on that call being the last line.
+pub fn facts_function(host: &Host, body: &str, rcpt: &str, extra: &str) -> String {
+    format!(
+        "mxpin_facts() {{\n{prelude}{body}{rcpt}{extra}put end ok\n}}\nmxpin_facts\n",
+        prelude = facts_prelude(host),
+    )
+}
+
 /// A section the facts must hold.
 pub fn need(s: &Sections, name: &str) -> Result<String, String> {
     s.get(name)

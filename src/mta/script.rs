@@ -251,22 +251,24 @@ pub fn script_stage(s: &mut String, writes: &[&FileChange], admin: impl Fn(&str)
         if admin(&c.path) {
             let _ = writeln!(
                 s,
-                "cp -p {} {st} || fail \"cannot copy {}\"",
+                "cp -p {} {st} || fail {}",
                 quote(&c.path),
-                c.path
+                quote(&format!("cannot copy {}", c.path))
             );
         }
         let _ = writeln!(
             s,
-            "printf '%s' {} > {st} || fail \"cannot write {}\"",
+            "printf '%s' {} > {st} || fail {}",
             quote(new.raw()),
-            c.path
+            quote(&format!("cannot write {}", c.path))
         );
         if !admin(&c.path) {
             let _ = writeln!(
                 s,
-                "chown 0:{} {st} && chmod {:o} {st} || fail \"cannot set mode of {}\"",
-                c.group, c.mode, c.path
+                "chown 0:{} {st} && chmod {:o} {st} || fail {}",
+                c.group,
+                c.mode,
+                quote(&format!("cannot set mode of {}", c.path))
             );
         }
     }

@@ -1,6 +1,8 @@
 //! Exim facts parsing and planning, from outputs of the real facts script
 //! captured in the lab (`lab.sh up --exim relay`: relay runs Exim 4.96,
-//! home Postfix) before and after `mxpin apply`.
+//! home Postfix) before and after `mxpin apply`. One file of about 550
+//! lines: every test here plans from those captures with the same
+//! inventory; topics of their own (drain) live in `tests/`.
 
 use std::path::{Path, PathBuf};
 
@@ -223,7 +225,7 @@ fn fresh_exim_backup_gets_fragments_includes_and_a_group_readable_key() {
     }
     assert!(plan.switches_key, "the host starts serving mxpin's key");
     assert_eq!(plan.pinned.len(), 1);
-    let super::Steps::Exim(steps) = &plan.steps else {
+    let crate::mta::Steps::Exim(steps) = &plan.steps else {
         panic!("not an Exim plan")
     };
     assert_eq!(
@@ -511,4 +513,43 @@ fn an_exim_primary_listens_on_its_smtp_port() {
     assert!(!text_of(&plan, "/etc/exim4/mxpin/main.conf")
         .unwrap()
         .contains("daemon_smtp_ports"));
+}
+
+/// The configuration's path reaches the apply script quoted, in commands
+/// and in messages: a failing check shows it literally and runs nothing.
+/// (`id`, `chown` and `flock` are stubbed so the script runs as any user.)
+#[test]
+fn apply_script_quotes_the_configuration_path_in_its_messages() {
+    let inv = lab();
+    let f = exim("facts-relay-fresh.out").unwrap();
+    let mut plan = plan_relay(&inv, &f).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let mark = tmp.path().join("ran");
+    let dir = format!(
+        "{}/a b'c\"d`touch {m}`$(touch {m})",
+        tmp.path().display(),
+        m = mark.display()
+    );
+    let config = format!("{dir}/exim4.conf");
+    match &mut plan.steps {
+        crate::mta::Steps::Exim(s) => {
+            s.config_dir = dir.clone();
+            s.config_file = config.clone();
+        }
+        _ => unreachable!("an Exim plan"),
+    }
+    let script = crate::mta::apply_script(&plan);
+    let stubs = "id() { echo 0; }\nchown() { :; }\nflock() { :; }\n";
+    let out = std::process::Command::new("sh")
+        .args(["-c", &format!("{stubs}{}", script.text())])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains(&format!(
+            "@@mxpin-failed check {config}: {config} changed since mxpin read it; plan again\n"
+        )),
+        "{stdout}"
+    );
+    assert!(!mark.exists());
 }

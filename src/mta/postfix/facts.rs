@@ -4,8 +4,8 @@ use std::collections::BTreeMap;
 
 use super::maincf::split_list;
 use super::{
-    db_suffix, owned_files, policy_pins, table_keys, table_value, FoundFile, CLIENT_CERTS, SCALARS,
-    SNAKEOIL, TABLES,
+    db_suffix, owned_files, table_keys, table_value, FoundFile, CLIENT_CERTS, SCALARS, SNAKEOIL,
+    TABLES,
 };
 use crate::desired::StoredKeys;
 use crate::facts::Sections;
@@ -29,9 +29,8 @@ pub fn facts_script_with(host: &Host, extra: &str) -> String {
         .filter_map(|(_, p)| *p)
         .chain(SCALARS)
         .collect();
-    format!(
-        r#"mxpin_facts() {{
-{prelude}if ! command -v postconf >/dev/null 2>&1; then put error "postconf not found: is Postfix installed?"; return 0; fi
+    let body = format!(
+        r#"if ! command -v postconf >/dev/null 2>&1; then put error "postconf not found: is Postfix installed?"; return 0; fi
 if [ ! -f "$C/main.cf" ]; then put error "$C/main.cf not found"; return 0; fi
 v=$(postconf -c "$C" -x mail_version default_database_type queue_directory {params} 2>/dev/null)
 put effective "$v"
@@ -72,15 +71,11 @@ for f in {files}; do
     if [ -f "$M/$f.$s" ] && ! [ "$M/$f" -nt "$M/$f.$s" ]; then put "fresh:$f" "$s"; fi
   done
 done
-{rcpt}{extra}put end ok
-}}
-mxpin_facts
 "#,
-        prelude = crate::mta::facts_prelude(host),
         params = params.join(" "),
         files = files.join(" "),
-        rcpt = super::recipients::script(host),
-    )
+    );
+    crate::mta::facts_function(host, &body, &super::recipients::script(host), extra)
 }
 
 #[derive(Debug, Clone)]
@@ -244,7 +239,7 @@ impl PostfixFacts {
         }
         match site {
             PinSite::Policy(next_hop) => table_value(found.content.raw(), next_hop)
-                .map(policy_pins)
+                .map(crate::pins::in_policy)
                 .unwrap_or_default(),
             PinSite::ClientCerts => table_keys(found.content.raw())
                 .map(str::to_ascii_uppercase)

@@ -92,7 +92,7 @@ pub use crate::mta::{change_for, FoundFile};
 pub use facts::{facts_script, facts_script_with, AdminCert, PostfixFacts};
 use plan::uses_table;
 pub use plan::{plan_host, ApplySteps, Lookup};
-pub use verify::{checks_ran, hold_checks, policy_pins, route_checks, verify_snippet};
+pub use verify::{checks_ran, hold_checks, route_checks, verify_snippet};
 
 /// The entries of a Postfix table text, as postmap reads them: key and
 /// value of every line that is not a comment or continuation.

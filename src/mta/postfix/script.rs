@@ -129,10 +129,11 @@ before=$(warnings "$(postconf -c "$C" 2>&1 >/dev/null)")
         if !writes.iter().any(|c| &c.path == p) {
             let _ = writeln!(
                 s,
-                "step={}\ncp -p {} {} || fail \"cannot copy {p}\"",
+                "step={}\ncp -p {} {} || fail {}",
                 quote(&format!("stage {p}")),
                 quote(p),
-                quote(&st)
+                quote(&st),
+                quote(&format!("cannot copy {p}"))
             );
         }
         let _ = writeln!(
@@ -211,12 +212,11 @@ out=$(postfix -c "$C" check 2>&1) || fail "${out:-exit status $?}"
         let _ = writeln!(
             s,
             "step={}\ngot=$(postmap -c \"$C\" -q {} {} 2>/dev/null) || fail \"no entry\"\n\
-             [ \"$got\" = {} ] || fail \"found '$got', expected '{}'\"",
+             want={}\n[ \"$got\" = \"$want\" ] || fail \"found '$got', expected '$want'\"",
             quote(&format!("postmap -q {} {table}", l.key)),
             quote(&l.key),
             quote(&table),
             quote(&l.expected),
-            l.expected.replace(['\'', '"', '$', '`', '\\'], "")
         );
     }
     s.push_str(

@@ -8,17 +8,6 @@ use crate::mta::RouteCheck;
 use crate::shell::quote;
 use crate::verify::Kind;
 
-/// The fingerprints of a TLS policy value (`fingerprint match=A|B ...`),
-/// uppercase as Postfix prints them.
-pub fn policy_pins(policy: &str) -> Vec<String> {
-    policy
-        .split_whitespace()
-        .filter_map(|a| a.strip_prefix("match="))
-        .flat_map(|m| m.split('|'))
-        .map(str::to_ascii_uppercase)
-        .collect()
-}
-
 /// Shell that checks, on a backup, the routes it pins: a live handshake with
 /// `posttls-finger` using exactly the pins of its tls_policy lookup, and
 /// the transport and policy lookups themselves. `lookup` is the host's
@@ -38,7 +27,10 @@ pub fn verify_snippet(steps: &ApplySteps, digest: &str, lookup: &str) -> String 
         if l.table != "tls_policy" {
             continue;
         }
-        let pins: Vec<String> = policy_pins(&l.expected).iter().map(|p| quote(p)).collect();
+        let pins: Vec<String> = crate::pins::in_policy(&l.expected)
+            .iter()
+            .map(|p| quote(p))
+            .collect();
         // The SNI name the policy asks for, as deliveries do.
         let sni = l
             .expected

@@ -95,7 +95,7 @@ pub(super) fn simulate_apply(f: &EximFacts, plan: &HostPlan) -> EximFacts {
 
 fn steps(plan: &HostPlan) -> &super::super::ApplySteps {
     match &plan.steps {
-        super::super::Steps::Exim(s) => s,
+        crate::mta::Steps::Exim(s) => s,
         _ => panic!("not an Exim plan"),
     }
 }
