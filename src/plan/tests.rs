@@ -1,6 +1,8 @@
 //! Tests of plans: rendering, masking of private keys, JSON, ordering.
 
+use super::show::summary_line;
 use super::*;
+use crate::tls::{Digest, PinKind, HIDDEN};
 
 fn change(action: Action, old: Option<Content>, new: Option<Content>) -> FileChange {
     FileChange {
