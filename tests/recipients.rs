@@ -171,6 +171,18 @@ fn the_backup_accepts_exactly_what_the_primary_accepts() {
     assert!(plan.stderr.contains("backscatter"), "{plan:?}");
 }
 
+/// Runs mxpin with `args`, which must fail (exit 1), and returns its
+/// lines refusing recipients that cannot be listed.
+fn refused_as_unlistable(lab: &Lab, args: &[&str]) -> Vec<String> {
+    let run = lab.mxpin(args);
+    assert_eq!(run.code, 1, "{run:?}");
+    run.stderr
+        .lines()
+        .filter(|l| l.contains("cannot be listed"))
+        .map(String::from)
+        .collect()
+}
+
 #[test]
 fn an_ldap_map_is_refused_and_nothing_changes() {
     let Some(lab) = Lab::up() else { return };
@@ -187,15 +199,9 @@ fn an_ldap_map_is_refused_and_nothing_changes() {
     let before = lab.snapshot();
 
     for args in [vec!["plan", "-i", &inv], vec!["apply", "--yes", "-i", &inv]] {
-        let run = lab.mxpin(&args);
-        assert_eq!(run.code, 1, "{run:?}");
-        let lines: Vec<&str> = run
-            .stderr
-            .lines()
-            .filter(|l| l.contains("cannot be listed"))
-            .collect();
-        assert_eq!(lines.len(), 1, "one refusal: {run:?}");
-        let line = lines[0];
+        let lines = refused_as_unlistable(&lab, &args);
+        assert_eq!(lines.len(), 1, "one refusal: {lines:?}");
+        let line = &lines[0];
         assert!(
             line.starts_with("error: relay: not planned: ")
                 && line.contains("on home")
@@ -288,13 +294,7 @@ fn an_exim_router_that_cannot_be_listed_is_refused() {
     };
     let before = snapshot();
     for args in [vec!["plan", "-i", &inv], vec!["apply", "--yes", "-i", &inv]] {
-        let run = lab.mxpin(&args);
-        assert_eq!(run.code, 1, "{run:?}");
-        let lines: Vec<&str> = run
-            .stderr
-            .lines()
-            .filter(|l| l.contains("cannot be listed"))
-            .collect();
+        let lines = refused_as_unlistable(&lab, &args);
         assert_eq!(
             lines,
             [format!(
@@ -303,7 +303,7 @@ fn an_exim_router_that_cannot_be_listed_is_refused() {
                 "list the recipients in the inventory (recipients = [...]), or set recipients = \
                  \"any\" (backups accept any address: backscatter)"
             )],
-            "{run:?}"
+            "{lines:?}"
         );
         assert!(snapshot() == before, "{} changes nothing", args[0]);
     }
