@@ -76,33 +76,22 @@ flock -w {LOCK_WAIT_SECS} 8 || fail "another mxpin run has been changing this ho
 /// Shell that refuses, before anything is written, when a file the plan
 /// changes is no longer what the facts read saw (another run, or an admin,
 /// changed it since): compared by SHA-256, so private keys are never
-/// echoed back.
+/// echoed back. One `sha256sum` for every file that was there; only when
+/// its answer differs is each file checked on its own, to name the one
+/// that changed.
 pub fn script_check_unchanged(s: &mut String, changes: &[FileChange]) {
     use crate::shell::quote;
-    use sha2::Digest as _;
     use std::fmt::Write as _;
     let _ = writeln!(s, "step='check files'");
+    let mut known: Vec<(&str, String)> = Vec::new();
     for c in changes {
-        let p = quote(&c.path);
         match &c.old {
-            Some(old) => {
-                let hex: String = sha2::Sha256::digest(old.raw().as_bytes())
-                    .iter()
-                    .map(|b| format!("{b:02x}"))
-                    .collect();
-                let _ = writeln!(
-                    s,
-                    "[ \"$(sha256sum < {p} 2>/dev/null)\" = '{hex}  -' ] || fail {}",
-                    quote(&format!(
-                        "{} changed since mxpin read it (another run?); plan again",
-                        c.path
-                    ))
-                );
-            }
+            Some(old) => known.push((&c.path, sha256_hex(old.raw().as_bytes()))),
             None => {
                 let _ = writeln!(
                     s,
-                    "[ ! -e {p} ] || fail {}",
+                    "[ ! -e {} ] || fail {}",
+                    quote(&c.path),
                     quote(&format!(
                         "{} appeared since mxpin read it (another run?); plan again",
                         c.path
@@ -111,10 +100,63 @@ pub fn script_check_unchanged(s: &mut String, changes: &[FileChange]) {
             }
         }
     }
+    if known.is_empty() {
+        return;
+    }
+    let one_by_one = |s: &mut String, indent: &str| {
+        for (path, hex) in &known {
+            let _ = writeln!(
+                s,
+                "{indent}[ \"$(sha256sum < {p} 2>/dev/null)\" = '{hex}  -' ] || fail {}",
+                quote(&format!(
+                    "{path} changed since mxpin read it (another run?); plan again"
+                )),
+                p = quote(path),
+            );
+        }
+    };
+    // sha256sum escapes a name with a backslash or a line break in its
+    // answer; such a path (never one mxpin writes) is checked on its own.
+    if known.iter().any(|(p, _)| p.contains(['\\', '\n', '\r'])) {
+        one_by_one(s, "");
+        return;
+    }
+    let want: Vec<String> = known.iter().map(|(p, hex)| format!("{hex}  {p}")).collect();
+    let paths: Vec<String> = known.iter().map(|(p, _)| quote(p)).collect();
+    let _ = writeln!(
+        s,
+        "got=$(sha256sum -- {} 2>/dev/null) || got=''\nif [ \"$got\" != {} ]; then",
+        paths.join(" "),
+        quote(&want.join("\n"))
+    );
+    one_by_one(s, "  ");
+    let _ = writeln!(
+        s,
+        "  fail 'files changed since mxpin read them (another run?); plan again'\nfi"
+    );
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest as _;
+    sha2::Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Shell that removes `paths` (those that exist) in one `rm`.
+pub fn script_rm(s: &mut String, indent: &str, paths: &[String]) {
+    use std::fmt::Write as _;
+    if paths.is_empty() {
+        return;
+    }
+    let quoted: Vec<String> = paths.iter().map(|p| crate::shell::quote(p)).collect();
+    let _ = writeln!(s, "{indent}rm -f -- {}", quoted.join(" "));
 }
 
 /// Shell shared by every apply script: strict environment, the `fail`,
-/// `rollback`, `swap` and `remove` helpers. The MTA script defines `C`,
+/// `rollback`, `swap`, `remove` and `drop_old` (the previous versions,
+/// once the new ones are in place for good) helpers. The MTA script defines `C`,
 /// `cleanup_staged` and `reload_after_rollback` (the MTA's reload, run only
 /// when something was swapped in and rolled back).
 pub const SCRIPT_PRELUDE: &str = r#"LC_ALL=C; export LC_ALL
@@ -153,6 +195,12 @@ remove() {
   ln -f "$1" "$1.mxpin-old" || fail "cannot keep a copy of $1"
   swapped="$1 $swapped"
   rm -f "$1" || fail "cannot remove $1"
+}
+drop_old() {
+  set -f; set --
+  for t in $swapped; do set -- "$@" "$t.mxpin-old"; done
+  set +f
+  if [ $# -gt 0 ]; then rm -f -- "$@"; fi
 }
 "#;
 
@@ -244,6 +292,9 @@ pub fn script_chmods(s: &mut String, changes: &[FileChange]) {
 pub fn script_stage(s: &mut String, writes: &[&FileChange], admin: impl Fn(&str) -> bool) {
     use crate::shell::quote;
     use std::fmt::Write as _;
+    // mxpin's own files by (group, mode): one chown and one chmod each,
+    // not two processes per file.
+    let mut modes: Vec<((u32, u32), Vec<&str>)> = Vec::new();
     for c in writes {
         let new = c.new.as_ref().expect("writes have content");
         let st = quote(&staged(&c.path));
@@ -263,14 +314,22 @@ pub fn script_stage(s: &mut String, writes: &[&FileChange], admin: impl Fn(&str)
             quote(&format!("cannot write {}", c.path))
         );
         if !admin(&c.path) {
-            let _ = writeln!(
-                s,
-                "chown 0:{} {st} && chmod {:o} {st} || fail {}",
-                c.group,
-                c.mode,
-                quote(&format!("cannot set mode of {}", c.path))
-            );
+            let key = (c.group, c.mode);
+            match modes.iter_mut().find(|(k, _)| *k == key) {
+                Some((_, paths)) => paths.push(&c.path),
+                None => modes.push((key, vec![&c.path])),
+            }
         }
+    }
+    for ((group, mode), paths) in &modes {
+        let staged: Vec<String> = paths.iter().map(|p| quote(&staged(p))).collect();
+        let staged = staged.join(" ");
+        let _ = writeln!(
+            s,
+            "step={}\nchown 0:{group} {staged} && chmod {mode:o} {staged} || fail {}",
+            quote(&format!("set mode of {}", paths.join(", "))),
+            quote(&format!("cannot set mode of {}", paths.join(", ")))
+        );
     }
 }
 
@@ -383,5 +442,130 @@ mod read_back_tests {
         let (verdict, facts) = split_read_back(out);
         assert_eq!(verdict, b"x@@mxpin-read-back\n");
         assert_eq!(facts, Some(&b"@@mxpin-read-back\n"[..]));
+    }
+}
+
+#[cfg(test)]
+mod batched_tests {
+    use super::*;
+    use crate::plan::Content;
+
+    fn change(path: &str, old: Option<&str>, new: &str, mode: u32) -> FileChange {
+        FileChange {
+            path: path.to_string(),
+            action: if old.is_some() {
+                Action::Modify
+            } else {
+                Action::Create
+            },
+            old: old.map(|o| Content::Text(o.to_string())),
+            new: Some(Content::Text(new.to_string())),
+            mode,
+            group: 0,
+        }
+    }
+
+    /// Runs `body` with the prelude's `fail` (no rollback needed here).
+    fn run(body: &str) -> (bool, String) {
+        let script = format!(
+            "fail() {{ printf '@@mxpin-failed %s: %s\\n' \"$step\" \"$1\"; exit 1; }}\n{body}"
+        );
+        let out = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(script)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    }
+
+    /// One `sha256sum` for all files; when it differs, the message names
+    /// the file that changed, and a file that appeared is named too.
+    #[test]
+    fn the_check_of_unchanged_files_names_the_one_that_changed() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = |n: &str| format!("{}/{n}", dir.path().display());
+        std::fs::write(p("a"), "alpha\n").unwrap();
+        std::fs::write(p("b b"), "beta").unwrap();
+        let changes = [
+            change(&p("a"), Some("alpha\n"), "x", 0o644),
+            change(&p("b b"), Some("beta"), "y", 0o600),
+            change(&p("new"), None, "z", 0o644),
+        ];
+        let mut s = String::new();
+        script_check_unchanged(&mut s, &changes);
+        assert_eq!(s.matches("sha256sum").count(), 3, "{s}");
+        assert_eq!(run(&s), (true, String::new()));
+
+        std::fs::write(p("b b"), "beta, edited").unwrap();
+        let (ok, out) = run(&s);
+        assert!(!ok);
+        assert_eq!(
+            out,
+            format!(
+                "@@mxpin-failed check files: {} changed since mxpin read it (another run?); plan again\n",
+                p("b b")
+            )
+        );
+        std::fs::write(p("b b"), "beta").unwrap();
+        std::fs::remove_file(p("a")).unwrap();
+        assert!(run(&s).1.contains(&format!("{} changed since", p("a"))));
+        std::fs::write(p("a"), "alpha\n").unwrap();
+        std::fs::write(p("new"), "").unwrap();
+        assert!(run(&s).1.contains(&format!("{} appeared since", p("new"))));
+    }
+
+    /// Staged files get their modes in one chown and one chmod per mode.
+    #[test]
+    fn staging_sets_modes_per_mode_not_per_file() {
+        if !nix_is_root() {
+            eprintln!("SKIPPED: needs root (chown 0:0)");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let p = |n: &str| format!("{}/{n}", dir.path().display());
+        let changes = [
+            change(&p("k1"), None, "secret one\n", 0o600),
+            change(&p("c1"), None, "cert\n", 0o644),
+            change(&p("k2"), None, "secret two", 0o600),
+        ];
+        let writes: Vec<&FileChange> = changes.iter().collect();
+        let mut s = String::from("umask 077\n");
+        script_stage(&mut s, &writes, |_| false);
+        assert_eq!(s.matches("chmod ").count(), 2, "{s}");
+        assert_eq!(s.matches("chown ").count(), 2, "{s}");
+        assert_eq!(run(&s), (true, String::new()));
+        for (name, mode, text) in [
+            ("k1", 0o600, "secret one\n"),
+            ("c1", 0o644, "cert\n"),
+            ("k2", 0o600, "secret two"),
+        ] {
+            let st = staged(&p(name));
+            let meta = std::fs::metadata(&st).unwrap();
+            assert_eq!(
+                std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o777,
+                mode,
+                "{name}"
+            );
+            assert_eq!(std::fs::read_to_string(&st).unwrap(), text);
+        }
+    }
+
+    fn nix_is_root() -> bool {
+        std::process::Command::new("id")
+            .arg("-u")
+            .output()
+            .is_ok_and(|o| o.stdout == b"0\n")
+    }
+
+    #[test]
+    fn one_rm_for_every_path_and_none_for_no_path() {
+        let mut s = String::new();
+        script_rm(&mut s, "  ", &[]);
+        assert_eq!(s, "");
+        script_rm(&mut s, "  ", &["/a b".to_string(), "/c'd".to_string()]);
+        assert_eq!(s, "  rm -f -- '/a b' '/c'\\''d'\n");
     }
 }

@@ -49,6 +49,9 @@ pub struct ApplySteps {
     pub postmap: Vec<String>,
     pub lookups: Vec<Lookup>,
     pub running: bool,
+    /// The queue directory, where the master's pid file tells whether
+    /// Postfix runs (`postconf -x queue_directory`, as read).
+    pub queue_directory: String,
     /// Remove mxpin's directory once empty (release).
     pub remove_owned_dir: bool,
     /// Backed-up domains whose route or pins change: their deferred mail
@@ -259,7 +262,6 @@ pub fn plan_host(
     // A table whose database is merely stale is rebuilt in place.
     let needs_work = !changes.is_empty() || !postmap.is_empty();
     if needs_work {
-        commands.push(format!("postfix -c {dir} check"));
         if f.running {
             commands.push(format!("postfix -c {dir} reload"));
             flush = drain::domains(d, f, inv, &tables, &new_main, &owned);
@@ -321,6 +323,7 @@ pub fn plan_host(
             postmap,
             lookups,
             running: f.running,
+            queue_directory: f.effective.get("queue_directory").cloned().unwrap_or_default(),
             remove_owned_dir: d.host.release,
             flush,
         }),

@@ -135,7 +135,8 @@ fn wrong_mode_or_owner_is_fixed_with_chmod() {
         let c = &plan.changes[0];
         assert_eq!(c.old.as_ref(), Some(&f.files[name].content));
         assert_eq!(c.new, c.old, "content stays");
-        assert_eq!(plan.commands, [format!("postfix -c {dir} check")]);
+        // Not running: nothing to reload, and `postfix check` is never run.
+        assert!(plan.commands.is_empty(), "{:?}", plan.commands);
         assert!(plan.steps.postfix().postmap.is_empty());
     }
     // ls markers for ACLs and security contexts do not count as a wrong mode.
@@ -174,10 +175,7 @@ fn stale_database_is_rebuilt_without_content_change() {
         );
         assert_eq!(
             plan.commands,
-            [
-                format!("postmap -c {dir} hash:{dir}/mxpin/tls_policy"),
-                format!("postfix -c {dir} check"),
-            ]
+            [format!("postmap -c {dir} hash:{dir}/mxpin/tls_policy")]
         );
     }
     // A table of a host that is no backup is not rebuilt.

@@ -226,7 +226,8 @@ fn the_script_flushes_only_after_the_reload_and_never_on_rollback() {
     assert!(out.status.success(), "{out:?}");
 }
 
-/// The flush itself, with a fake `postqueue` and `postfix` on the PATH: `-s`
+/// The flush itself, with a fake `postqueue` on the PATH and a master pid
+/// file naming a live process (no `postfix status`): `-s`
 /// when the fast flush service takes the domain; otherwise the deferred
 /// messages with a recipient in the domain, by queue ID, reported on a
 /// `@@mxpin-note` line; never anything else, and never a failed apply.
@@ -246,7 +247,6 @@ fn the_flush_falls_back_to_queue_ids_of_the_domain_only() {
         std::fs::write(&p, format!("#!/bin/sh\n{script}")).unwrap();
         std::fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     };
-    fake("postfix", "exit 0\n");
     let json = [
         r#"{"queue_name": "deferred", "queue_id": "AAA1", "recipients": [{"address": "first.last@example.net", "delay_reason": "x"}]}"#,
         r#"{"queue_name": "deferred", "queue_id": "BBB2", "recipients": [{"address": "someone@down.example", "delay_reason": "x"}]}"#,
@@ -265,9 +265,19 @@ fn the_flush_falls_back_to_queue_ids_of_the_domain_only() {
             log = quote(log.to_str().unwrap()),
         ),
     );
+    // Postfix runs: its master's pid file names a live process (this one).
+    let queue = tempfile::tempdir().unwrap();
+    std::fs::create_dir(queue.path().join("pid")).unwrap();
+    std::fs::write(
+        queue.path().join("pid/master.pid"),
+        format!("{:>10}\n", std::process::id()),
+    )
+    .unwrap();
     let out = sh(&format!(
-        "PATH={}:$PATH; C=/etc/postfix; {body}",
-        quote(bin.path().to_str().unwrap())
+        "PATH={}:$PATH; C=/etc/postfix; Q={}\n{}{body}",
+        quote(bin.path().to_str().unwrap()),
+        quote(queue.path().to_str().unwrap()),
+        crate::mta::postfix::script::RUNNING,
     ));
     assert!(out.status.success(), "{out:?}");
     let stdout = String::from_utf8(out.stdout).unwrap();

@@ -70,20 +70,14 @@ fn fresh_host_gets_keys_and_exactly_one_main_cf_line() {
     assert!(plan.pinned.is_empty());
     assert!(plan.steps.postfix().postmap.is_empty() && plan.steps.postfix().lookups.is_empty());
     assert_eq!(plan.steps.postfix().main_cf_before, f.main_cf);
-    assert_eq!(plan.commands, [format!("postfix -c {DIR} check")]);
+    assert!(plan.commands.is_empty(), "{:?}", plan.commands);
     assert!(plan.notes.iter().any(|n| n.contains("not running")));
 
     // A running Postfix is reloaded.
     let mut running = f.clone();
     running.running = true;
     let plan = plan_for(&inv, "home", &running, &new_keys("relay.example.org"));
-    assert_eq!(
-        plan.commands,
-        [
-            format!("postfix -c {DIR} check"),
-            format!("postfix -c {DIR} reload")
-        ]
-    );
+    assert_eq!(plan.commands, [format!("postfix -c {DIR} reload")]);
     assert!(plan.steps.postfix().running);
 }
 
