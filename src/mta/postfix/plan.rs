@@ -323,7 +323,11 @@ pub fn plan_host(
             postmap,
             lookups,
             running: f.running,
-            queue_directory: f.effective.get("queue_directory").cloned().unwrap_or_default(),
+            queue_directory: f
+                .effective
+                .get("queue_directory")
+                .cloned()
+                .unwrap_or_default(),
             remove_owned_dir: d.host.release,
             flush,
         }),
