@@ -135,9 +135,13 @@ pub async fn run_change(common: &Common, change: Change) -> Result<u8, String> {
     };
     let parallel = common.parallel.into();
     let progress = monitor(common, &inv);
-    // A dry run only reads: it shares the hosts with other readers.
+    // A dry run only reads: it shares the hosts with other readers. An
+    // apply that verifies reads the checks with the facts (most hosts
+    // change nothing); rotate and release change every host they touch.
     let access = if change.dry_run {
         engine::Access::Read
+    } else if change.verify && change.rotate.is_none() && change.release.is_none() {
+        engine::Access::ChangeAndVerify
     } else {
         engine::Access::Change
     };

@@ -126,6 +126,29 @@ fn checks_hold(plans: &[&HostPlan], deps: &[Vec<usize>], i: usize) -> bool {
         })
 }
 
+/// The hosts that change nothing but route to a host that has something to
+/// do (`changing`). Such a host keeps the facts it was read with, and with
+/// them the checks of the first read (`Access::ChangeAndVerify`), which ran
+/// before anything changed: they no longer hold.
+fn unchanged_with_changed_peers<'a>(
+    outcomes: &'a [HostOutcome],
+    changing: &[&HostPlan],
+) -> Vec<&'a HostName> {
+    outcomes
+        .iter()
+        .filter_map(|o| match o {
+            HostOutcome::Planned(p) if p.is_empty() => Some(p),
+            _ => None,
+        })
+        .filter(|p| {
+            p.pinned
+                .iter()
+                .any(|e| changing.iter().any(|q| q.host == e.pinned))
+        })
+        .map(|p| &p.host)
+        .collect()
+}
+
 /// For each plan, the plans it must wait for: the hosts whose new key it
 /// will pin, when they go first by [`waves`]. Edges only point to earlier
 /// waves, so there is no cycle.
@@ -276,6 +299,15 @@ pub async fn apply_all(
             }
         }
         status.push(st);
+    }
+    for host in unchanged_with_changed_peers(outcomes, &plans) {
+        if let Some(Ok(f)) = states
+            .iter_mut()
+            .find(|s| &s.host.name == host)
+            .map(|s| &mut s.facts)
+        {
+            mta::clear_checks(f);
+        }
     }
     let mut result: Vec<(HostName, ApplyStatus)> = Vec::new();
     for o in outcomes {
@@ -546,6 +578,42 @@ mod tests {
             !(checks_hold(&plans, &deps, 0) && checks_hold(&plans, &deps, 1)),
             "one of the pair checked before the other switched"
         );
+    }
+
+    /// The checks an unchanged host read with its facts (apply's first
+    /// read) are forgotten when a host it routes to changes, and kept
+    /// otherwise.
+    #[test]
+    fn first_read_checks_are_forgotten_where_a_peer_changes() {
+        let mut home = plan("home", false, &[]);
+        home.changes.push(crate::plan::FileChange {
+            path: "/etc/postfix/mxpin/transport".into(),
+            action: crate::plan::Action::Modify,
+            old: None,
+            new: None,
+            mode: 0o644,
+            group: 0,
+        });
+        let outcomes = [
+            HostOutcome::Planned(Box::new(home)),
+            HostOutcome::Planned(Box::new(plan("relay", false, &["home"]))),
+            HostOutcome::Planned(Box::new(plan("other", false, &["elsewhere"]))),
+            HostOutcome::Planned(Box::new(plan("quiet", false, &[]))),
+        ];
+        let changing: Vec<&HostPlan> = outcomes
+            .iter()
+            .filter_map(|o| match o {
+                HostOutcome::Planned(p) if !p.is_empty() => Some(p.as_ref()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(changing.len(), 1, "home has something to do");
+        let names: Vec<&str> = unchanged_with_changed_peers(&outcomes, &changing)
+            .iter()
+            .map(|h| h.as_str())
+            .collect();
+        assert_eq!(names, ["relay"]);
+        assert!(unchanged_with_changed_peers(&outcomes, &[]).is_empty());
     }
 
     #[test]

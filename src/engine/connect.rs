@@ -87,11 +87,12 @@ async fn hold_one(
     marker: &str,
     digest: &str,
 ) -> Attempt {
-    let checks = match access {
-        Access::Verify => mta::hold_checks(host, digest),
-        Access::Read | Access::Change => String::new(),
+    let checks = if access.checks() {
+        mta::hold_checks(host, digest)
+    } else {
+        String::new()
     };
-    let script = mta::hold_script(host, access == Access::Change, marker, &checks);
+    let script = mta::hold_script(host, access.exclusive(), marker, &checks);
     match conn.hold(&script, marker).await {
         Err(e) => Attempt::Failed(facts_error(
             host,

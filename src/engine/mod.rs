@@ -48,6 +48,24 @@ pub enum Access {
     /// a converged host needs no second read for them.
     Verify,
     Change,
+    /// Exclusive, as `Change`; the first read also runs the checks, as
+    /// `Verify`. For `apply`, where most hosts usually change nothing: a
+    /// host that changes nothing, and routes to none that changes, then
+    /// needs no second command for its checks. (Not for rotate, where
+    /// every host changes and the checks would run twice.)
+    ChangeAndVerify,
+}
+
+impl Access {
+    /// Whether the run holds its hosts exclusively.
+    pub fn exclusive(self) -> bool {
+        matches!(self, Access::Change | Access::ChangeAndVerify)
+    }
+
+    /// Whether the first read runs the checks of the host's own tables.
+    pub fn checks(self) -> bool {
+        matches!(self, Access::Verify | Access::ChangeAndVerify)
+    }
 }
 
 /// Tells the monitor how planning ended for each host: `settled` for hosts
