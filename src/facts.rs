@@ -540,6 +540,52 @@ mod tests {
         );
     }
 
+    /// A `wc` that lies (sizes that do not add up to what `cat` read) or
+    /// a file that changes between the two `wc` (after `cat`): `putfiles`
+    /// sends each file to a frame of its own, read again by `putfile`.
+    #[test]
+    fn putfiles_falls_back_when_the_sizes_are_not_the_files() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+        let fake = dir.path().join("bin");
+        std::fs::create_dir(&fake).unwrap();
+        let wc = fake.join("wc");
+        let q = |p: &std::path::Path| crate::shell::quote(p.to_str().unwrap());
+        let cases = [
+            // One byte more for every file.
+            r#"/usr/bin/wc "$@" | awk '{ $1 = $1 + 1; print }'"#.to_string(),
+            // The second call (after cat) finds a grown.
+            format!(
+                r#"if [ -e {calls} ]; then echo more >> {a}; fi; : > {calls}; exec /usr/bin/wc "$@""#,
+                calls = q(&dir.path().join("calls")),
+                a = q(&a)
+            ),
+        ];
+        for script in cases {
+            std::fs::write(&a, "first\n").unwrap();
+            std::fs::write(&b, "second").unwrap();
+            let _ = std::fs::remove_file(dir.path().join("calls"));
+            std::fs::write(&wc, format!("#!/bin/sh\n{script}\n")).unwrap();
+            std::fs::set_permissions(&wc, std::fs::Permissions::from_mode(0o755)).unwrap();
+            let out = sh(&format!(
+                "PATH={}:$PATH\nputfiles file:a {} file:b {}\n",
+                q(&fake),
+                q(&a),
+                q(&b)
+            ))
+            .stdout;
+            assert_eq!(names(&out), ["file:a", "file:b"], "{script}");
+            let s = parse(&out).unwrap();
+            assert_eq!(
+                s.get("file:a"),
+                Some(std::fs::read_to_string(&a).unwrap().as_str())
+            );
+            assert_eq!(s.get("file:b"), Some("second"));
+        }
+        assert_eq!(std::fs::read_to_string(&a).unwrap(), "first\nmore\n");
+    }
+
     /// Without files `putfiles` writes nothing, and reads nothing: a `cat`
     /// without arguments would eat the rest of a script fed on stdin.
     #[test]
