@@ -4,15 +4,50 @@
 //! exactly LEN bytes and a newline, so file contents need no escaping and a
 //! truncated or garbled answer is detected instead of misread. MTA modules
 //! write the scripts (with [`SHELL_HELPERS`]) and interpret the sections.
+//!
+//! Files come in a [`BUNDLE`] frame (several files read by one `cat`),
+//! which [`parse`] reads as one section per file, as if each file had had
+//! its own frame; so the MTA parsers see the same sections either way.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
-/// Shell functions for facts scripts: `put NAME VALUE` and `putfile NAME PATH`
-/// (the latter keeps trailing newlines, which `$(...)` would strip).
+/// Shell functions for facts scripts: `put NAME VALUE`, `putfile NAME PATH`
+/// (the latter keeps trailing newlines, which `$(...)` would strip) and
+/// `putfiles NAME PATH [NAME PATH]...`, which reads every file in a constant
+/// number of processes: sizes from one `wc -c`, contents from one `cat`,
+/// sizes again after it. It writes them in one [`BUNDLE`] frame, or file by
+/// file with `putfile` (an unreadable file is named in an `error` section)
+/// when a step fails, the sizes changed while the files were read, or they
+/// do not add up to what `cat` gave. Without arguments it reads nothing
+/// (`cat` alone would read the rest of the script from stdin).
 /// Requires `LC_ALL=C` so that `${#v}` counts bytes.
 pub const SHELL_HELPERS: &str = r#"put() { printf '@@mxpin %s %s\n' "$1" "${#2}"; printf '%s\n' "$2"; }
 putfile() {
   if v=$(cat -- "$2" 2>&1; r=$?; echo x; exit $r); then put "$1" "${v%x}"; else put error "cannot read $2: ${v%x}"; fi
+}
+putfiles() {
+  [ $# -gt 0 ] || return 0
+  pf_nl='
+'
+  pf_names='' pf_c=$#
+  while [ "$pf_c" -gt 0 ]; do pf_names=$pf_names$1$pf_nl; set -- "$@" "$2"; shift 2; pf_c=$((pf_c - 2)); done
+  if pf_w=$(wc -c -- "$@" 2>/dev/null) && pf_v=$(cat -- "$@" 2>/dev/null; r=$?; echo x; exit $r) &&
+    pf_w2=$(wc -c -- "$@" 2>/dev/null) && [ "$pf_w" = "$pf_w2" ] && pf_index $#; then
+    put bundle "$pf_idx$pf_nl${pf_v%x}"
+  else
+    for pf_p in "$@"; do putfile "${pf_names%%"$pf_nl"*}" "$pf_p"; pf_names=${pf_names#*"$pf_nl"}; done
+  fi
+}
+pf_index() {
+  pf_idx='' pf_sum=0 pf_n=$pf_names pf_l=$pf_w$pf_nl pf_c=$1
+  while [ "$pf_c" -gt 0 ]; do
+    pf_s=${pf_l%%"$pf_nl"*}; pf_l=${pf_l#*"$pf_nl"}
+    pf_s=${pf_s#"${pf_s%%[! ]*}"}; pf_s=${pf_s%%[!0-9]*}
+    [ -n "$pf_s" ] || return 1
+    pf_idx=$pf_idx$pf_s' '${pf_n%%"$pf_nl"*}$pf_nl; pf_n=${pf_n#*"$pf_nl"}
+    pf_sum=$((pf_sum + pf_s)); pf_c=$((pf_c - 1))
+  done
+  [ "$pf_sum" -eq $((${#pf_v} - 1)) ]
 }
 "#;
 
@@ -29,6 +64,12 @@ fn repeats(name: &str) -> bool {
 
 /// The frame every complete answer ends with; nothing may follow it.
 pub const END: &str = "end";
+
+/// The frame of several files (`putfiles`): an index of `SIZE NAME` lines
+/// (names as the script gave them, sizes from `wc -c`), an empty line, and
+/// the files' contents one after the other, in the index's order. It reads
+/// as the sections NAME, each holding its SIZE bytes.
+pub const BUNDLE: &str = "bundle";
 
 /// Sections by name. A name given twice (see [`repeats`]) keeps every
 /// value, in order.
@@ -57,12 +98,10 @@ impl Sections {
     }
 }
 
-/// Parses a facts script's output. Anything outside frames is an error: a
-/// login banner or shell noise must not be mistaken for file content. So is
-/// anything after the [`END`] frame, and a section given twice that does not
-/// [`repeat`](repeats): two answers mixed, or a frame sent again.
-pub fn parse(output: &[u8]) -> Result<Sections, FramingError> {
-    let mut sections = Sections::default();
+/// The frames of an answer as they come: name and body. Anything outside
+/// frames is an error, and so is anything after the [`END`] frame.
+fn raw_frames(output: &[u8]) -> Result<Vec<(&str, &[u8])>, FramingError> {
+    let mut frames = Vec::new();
     let mut rest = output;
     while !rest.is_empty() {
         let nl = rest
@@ -85,17 +124,128 @@ pub fn parse(output: &[u8]) -> Result<Sections, FramingError> {
         if body.len() < len + 1 || body[len] != b'\n' {
             return Err(FramingError(format!("section {name} is truncated")));
         }
-        let value = String::from_utf8(body[..len].to_vec())
-            .map_err(|_| FramingError(format!("section {name} is not UTF-8")))?;
-        let values = sections.0.entry(name.to_string()).or_default();
-        if !values.is_empty() && !repeats(name) {
-            return Err(FramingError(format!("section {name} is given twice")));
-        }
-        values.push(value);
+        frames.push((name, &body[..len]));
         rest = &body[len + 1..];
         if name == END && !rest.is_empty() {
             return Err(FramingError("output goes on after the end frame".into()));
         }
+    }
+    Ok(frames)
+}
+
+/// A [`BUNDLE`]'s index: its length (with its closing empty line) and each
+/// file's name and size, in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Index<'a> {
+    pub len: usize,
+    pub files: Vec<(&'a str, usize)>,
+}
+
+/// Reads a [`BUNDLE`]'s [`Index`]. Refused: an index
+/// without its empty line or with no file, a line that is not `SIZE NAME`
+/// (digits, one space, a name), a name given twice or one that no file
+/// may have ([`END`], [`BUNDLE`], a name that [`repeats`]), and sizes that
+/// do not add up to the length of the rest of the bundle.
+pub fn bundle_index(body: &[u8]) -> Result<Index<'_>, FramingError> {
+    let bad = |why: &str| FramingError(format!("bundle {why}"));
+    let end = body
+        .windows(2)
+        .position(|w| w == b"\n\n")
+        .ok_or_else(|| bad("has no end of its index"))?;
+    let index = std::str::from_utf8(&body[..end]).map_err(|_| bad("index is not UTF-8"))?;
+    let mut files: Vec<(&str, usize)> = Vec::new();
+    for line in index.split('\n') {
+        let mut words = line.split(' ');
+        let (Some(size), Some(name), None) = (words.next(), words.next(), words.next()) else {
+            return Err(bad(&format!("index line {line:?} is not SIZE NAME")));
+        };
+        let size = Some(size)
+            .filter(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| bad(&format!("size {size:?} of {name} does not parse")))?;
+        if name.is_empty() || name == END || name == BUNDLE || repeats(name) {
+            return Err(bad(&format!("holds a section {name:?}")));
+        }
+        if files.iter().any(|(n, _)| *n == name) {
+            return Err(bad(&format!("names {name} twice")));
+        }
+        files.push((name, size));
+    }
+    let total = files
+        .iter()
+        .try_fold(0usize, |sum, (_, size)| sum.checked_add(*size));
+    let contents = body.len() - end - 2;
+    if total != Some(contents) {
+        return Err(bad(&format!(
+            "sizes do not add up to its length ({contents} bytes)"
+        )));
+    }
+    Ok(Index {
+        len: end + 2,
+        files,
+    })
+}
+
+/// A section of an answer: its name, its bytes, and whether it came in a
+/// bundle.
+struct Section<'a> {
+    name: &'a str,
+    body: &'a [u8],
+    bundled: bool,
+}
+
+/// The sections of an answer in the order they come, bundles expanded.
+fn sections_in(output: &[u8]) -> Result<Vec<Section<'_>>, FramingError> {
+    let mut out = Vec::new();
+    for (name, body) in raw_frames(output)? {
+        if name != BUNDLE {
+            out.push(Section {
+                name,
+                body,
+                bundled: false,
+            });
+            continue;
+        }
+        let index = bundle_index(body)?;
+        let mut at = index.len;
+        for (name, size) in index.files {
+            out.push(Section {
+                name,
+                body: &body[at..at + size],
+                bundled: true,
+            });
+            at += size;
+        }
+    }
+    Ok(out)
+}
+
+/// Parses a facts script's output. Anything outside frames is an error: a
+/// login banner or shell noise must not be mistaken for file content. So is
+/// anything after the [`END`] frame, and a section given twice that does not
+/// [`repeat`](repeats): two answers mixed, or a frame sent again. A
+/// [`BUNDLE`] reads as the sections of its files; one that is garbled (see
+/// [`bundle_index`]), or a file in it also given in a frame of its own or in
+/// another bundle, is an error.
+pub fn parse(output: &[u8]) -> Result<Sections, FramingError> {
+    let mut sections = Sections::default();
+    let mut bundled = BTreeSet::new();
+    for Section {
+        name,
+        body,
+        bundled: in_bundle,
+    } in sections_in(output)?
+    {
+        let value = String::from_utf8(body.to_vec())
+            .map_err(|_| FramingError(format!("section {name} is not UTF-8")))?;
+        let values = sections.0.entry(name.to_string()).or_default();
+        if (!values.is_empty() && !repeats(name)) || bundled.contains(name) {
+            return Err(FramingError(format!("section {name} is given twice")));
+        }
+        if in_bundle {
+            bundled.insert(name);
+        }
+        values.push(value);
     }
     Ok(sections)
 }
@@ -107,6 +257,34 @@ pub fn frames(parts: &[(&str, &str)]) -> Vec<u8> {
     let mut out = Vec::new();
     for (n, v) in parts {
         out.extend_from_slice(format!("@@mxpin {n} {}\n{v}\n", v.len()).as_bytes());
+    }
+    out
+}
+
+/// A [`BUNDLE`] frame of these files, as `putfiles` writes it.
+#[cfg(test)]
+pub fn bundle(files: &[(&str, &str)]) -> Vec<u8> {
+    let mut body = String::new();
+    for (n, v) in files {
+        body.push_str(&format!("{} {n}\n", v.len()));
+    }
+    body.push('\n');
+    for (_, v) in files {
+        body.push_str(v);
+    }
+    frames(&[(BUNDLE, &body)])
+}
+
+/// `output` with every [`BUNDLE`] replaced by one frame per file, as the
+/// facts script wrote files before bundles; for tests that edit a
+/// captured answer frame by frame.
+#[cfg(test)]
+pub fn unbundle(output: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for Section { name, body, .. } in sections_in(output).expect("a well-framed answer") {
+        out.extend_from_slice(format!("@@mxpin {name} {}\n", body.len()).as_bytes());
+        out.extend_from_slice(body);
+        out.push(b'\n');
     }
     out
 }
@@ -147,6 +325,146 @@ mod tests {
         assert!(parse(b"@@mxpin a 1\nx\n@@mxpin end 2\nok\n").is_ok());
     }
 
+    /// Files whose text looks like frames or like an index, empty files,
+    /// files without a final newline or with trailing blank lines: a
+    /// bundle reads as the same sections as one frame per file.
+    const FILES: [(&str, &str); 6] = [
+        ("main.cf", "a = 1\n\n@@mxpin end 2\nok\n"),
+        ("file:empty", ""),
+        ("file:no-newline", "last line"),
+        ("file:index-like", "\n\n3 file:x\n\n"),
+        ("file:blank", "\n"),
+        ("confd:main/00_x", "@@mxpin bundle 9\n1 a\n\nxyz\n"),
+    ];
+
+    #[test]
+    fn a_bundle_reads_as_one_section_per_file() {
+        let mut out = frames(&[("uid", "0")]);
+        out.extend(bundle(&FILES));
+        out.extend(frames(&[("error", "e"), (END, "ok")]));
+        let s = parse(&out).unwrap();
+        let mut flat = frames(&[("uid", "0")]);
+        flat.extend(frames(&FILES));
+        flat.extend(frames(&[("error", "e"), (END, "ok")]));
+        assert_eq!(s, parse(&flat).unwrap());
+        for (name, text) in FILES {
+            assert_eq!(s.get(name), Some(text), "{name}");
+        }
+        assert_eq!(s.get(BUNDLE), None);
+        assert_eq!(unbundle(&out), flat);
+        // Two bundles of other files are two bundles' sections.
+        let mut two = bundle(&FILES[..2]);
+        two.extend(bundle(&FILES[2..]));
+        assert_eq!(parse(&two).unwrap(), parse(&frames(&FILES)).unwrap());
+    }
+
+    fn bundle_error(body: &str) -> String {
+        parse(&frames(&[(BUNDLE, body)])).unwrap_err().0
+    }
+
+    #[test]
+    fn a_bundle_whose_sizes_do_not_add_up_is_refused() {
+        assert_eq!(
+            bundle_error("2 a\n3 b\n\nxyzw"),
+            "bundle sizes do not add up to its length (4 bytes)"
+        );
+        assert_eq!(
+            bundle_error("2 a\n1 b\n\nxyzw"),
+            "bundle sizes do not add up to its length (4 bytes)"
+        );
+        let overflow = format!("{} a\n{} b\n\nx", usize::MAX, usize::MAX);
+        assert!(bundle_error(&overflow).starts_with("bundle sizes do not add up"));
+        // The frame's length and the sizes disagree: a bundle cut short
+        // inside, or sent with more than its files.
+        let good = String::from_utf8(bundle(&FILES)).unwrap();
+        let body = &good[good.find('\n').unwrap() + 1..good.len() - 1];
+        assert!(parse(&frames(&[(BUNDLE, body)])).is_ok());
+        let last = FILES.last().unwrap().1.len();
+        for b in [
+            &body[..body.len() - 1],
+            &body[..body.len() - last],
+            &format!("{body}x"),
+        ] {
+            assert!(
+                bundle_error(b).starts_with("bundle sizes do not add up"),
+                "{b:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_bundle_with_an_index_that_does_not_parse_is_refused() {
+        for (body, why) in [
+            ("+1 a\n\nx", r#"bundle size "+1" of a does not parse"#),
+            ("1x a\n\nx", r#"bundle size "1x" of a does not parse"#),
+            (" 1 a\n\nx", r#"bundle index line " 1 a" is not SIZE NAME"#),
+            (
+                "1 a b\n\nx",
+                r#"bundle index line "1 a b" is not SIZE NAME"#,
+            ),
+            ("1 a\n1\n\nxy", r#"bundle index line "1" is not SIZE NAME"#),
+            ("1 \n\nx", r#"bundle holds a section """#),
+            ("1 a\nx", "bundle has no end of its index"),
+            ("\n\n", r#"bundle index line "" is not SIZE NAME"#),
+            ("", "bundle has no end of its index"),
+        ] {
+            assert_eq!(bundle_error(body), why, "{body:?}");
+        }
+    }
+
+    #[test]
+    fn a_bundle_with_a_name_given_twice_or_one_no_file_has_is_refused() {
+        assert_eq!(bundle_error("1 a\n1 a\n\nxy"), "bundle names a twice");
+        for name in [END, BUNDLE, "error", "fresh:tls_policy"] {
+            assert_eq!(
+                bundle_error(&format!("1 {name}\n\nx")),
+                format!("bundle holds a section {name:?}")
+            );
+        }
+        // A file in a bundle and in a frame of its own, in either order,
+        // or in two bundles.
+        let twice = FramingError("section a is given twice".into());
+        let mut out = frames(&[("a", "x")]);
+        out.extend(bundle(&[("a", "x")]));
+        assert_eq!(parse(&out).unwrap_err(), twice);
+        let mut out = bundle(&[("a", "x")]);
+        out.extend(frames(&[("a", "x")]));
+        assert_eq!(parse(&out).unwrap_err(), twice);
+        let mut out = bundle(&[("a", "x"), ("b", "y")]);
+        out.extend(bundle(&[("a", "x")]));
+        assert_eq!(parse(&out).unwrap_err(), twice);
+        let mut out = bundle(&[("a", "x")]);
+        out.extend(bundle(&[("a", "x")]));
+        assert_eq!(parse(&out).unwrap_err(), twice);
+        assert!(parse(&bundle(&[("a", "\u{e9}")])).is_ok());
+        let mut latin1 = b"@@mxpin bundle 6\n1 a\n\n".to_vec();
+        latin1.extend([0xe9, b'\n']);
+        assert_eq!(
+            parse(&latin1).unwrap_err(),
+            FramingError("section a is not UTF-8".into())
+        );
+    }
+
+    fn sh(script: &str) -> std::process::Output {
+        use std::io::Write as _;
+        let mut child = std::process::Command::new("sh")
+            .arg("-s")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stdin = child.stdin.take().unwrap();
+        stdin
+            .write_all(format!("LC_ALL=C; export LC_ALL\n{SHELL_HELPERS}{script}").as_bytes())
+            .unwrap();
+        drop(stdin);
+        child.wait_with_output().unwrap()
+    }
+
+    fn names(out: &[u8]) -> Vec<&str> {
+        raw_frames(out).unwrap().into_iter().map(|f| f.0).collect()
+    }
+
     /// The helpers, run by a real /bin/sh, produce what the parser expects,
     /// including files without a final newline and with trailing blank lines.
     #[test]
@@ -158,20 +476,121 @@ mod tests {
         let g = dir.path().join("g");
         std::fs::write(&g, "no newline").unwrap();
         let script = format!(
-            "LC_ALL=C; export LC_ALL\n{SHELL_HELPERS}put v 'héllo'\nputfile f '{}'\nputfile g '{}'\nputfile h '{}/missing'\n",
+            "put v 'héllo'\nputfile f '{}'\nputfile g '{}'\nputfile h '{}/missing'\n",
             f.display(),
             g.display(),
             dir.path().display()
         );
-        let out = std::process::Command::new("sh")
-            .arg("-c")
-            .arg(script)
-            .output()
-            .unwrap();
-        let s = parse(&out.stdout).unwrap();
+        let s = parse(&sh(&script).stdout).unwrap();
         assert_eq!(s.get("v"), Some("héllo"));
         assert_eq!(s.get("f"), Some(content));
         assert_eq!(s.get("g"), Some("no newline"));
         assert!(s.get("error").unwrap().starts_with("cannot read"));
+    }
+
+    /// `putfiles` writes one bundle that reads as the files, byte for byte,
+    /// in the order given; the paths are quoted, never split.
+    #[test]
+    fn putfiles_bundles_the_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut args = String::new();
+        for (i, (name, text)) in FILES.iter().enumerate() {
+            let path = dir.path().join(format!("-f{i} $x'*"));
+            std::fs::write(&path, text).unwrap();
+            args.push_str(&format!(
+                " {} {}",
+                crate::shell::quote(name),
+                crate::shell::quote(path.to_str().unwrap())
+            ));
+        }
+        let out = sh(&format!("set -- a b\nputfiles{args}\nput args \"$*\"\n")).stdout;
+        assert_eq!(names(&out), [BUNDLE, "args"]);
+        let s = parse(&out).unwrap();
+        for (name, text) in FILES {
+            assert_eq!(s.get(name), Some(text), "{name}");
+        }
+        let index = bundle_index(raw_frames(&out).unwrap()[0].1).unwrap();
+        let order: Vec<&str> = index.files.iter().map(|(n, _)| *n).collect();
+        assert_eq!(order, FILES.map(|(n, _)| n));
+        // The caller's own arguments are untouched.
+        assert_eq!(s.get("args"), Some("a b"));
+    }
+
+    /// A file that cannot be read sends every file of the call to its own
+    /// frame, and the one that failed is named in an `error` section.
+    #[test]
+    fn putfiles_falls_back_to_one_frame_per_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = dir.path().join("a");
+        std::fs::write(&a, "kept\n").unwrap();
+        let gone = dir.path().join("gone");
+        let out = sh(&format!(
+            "putfiles file:a {} file:gone {}\n",
+            crate::shell::quote(a.to_str().unwrap()),
+            crate::shell::quote(gone.to_str().unwrap())
+        ))
+        .stdout;
+        assert_eq!(names(&out), ["file:a", "error"]);
+        let s = parse(&out).unwrap();
+        assert_eq!(s.get("file:a"), Some("kept\n"));
+        let e = s.get("error").unwrap();
+        assert!(
+            e.starts_with(&format!("cannot read {}: ", gone.display())),
+            "{e}"
+        );
+    }
+
+    /// A `wc` that lies (sizes that do not add up to what `cat` read) or
+    /// a file that changes between the two `wc` (after `cat`): `putfiles`
+    /// sends each file to a frame of its own, read again by `putfile`.
+    #[test]
+    fn putfiles_falls_back_when_the_sizes_are_not_the_files() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+        let fake = dir.path().join("bin");
+        std::fs::create_dir(&fake).unwrap();
+        let wc = fake.join("wc");
+        let q = |p: &std::path::Path| crate::shell::quote(p.to_str().unwrap());
+        let cases = [
+            // One byte more for every file.
+            r#"/usr/bin/wc "$@" | awk '{ $1 = $1 + 1; print }'"#.to_string(),
+            // The second call (after cat) finds a grown.
+            format!(
+                r#"if [ -e {calls} ]; then echo more >> {a}; fi; : > {calls}; exec /usr/bin/wc "$@""#,
+                calls = q(&dir.path().join("calls")),
+                a = q(&a)
+            ),
+        ];
+        for script in cases {
+            std::fs::write(&a, "first\n").unwrap();
+            std::fs::write(&b, "second").unwrap();
+            let _ = std::fs::remove_file(dir.path().join("calls"));
+            std::fs::write(&wc, format!("#!/bin/sh\n{script}\n")).unwrap();
+            std::fs::set_permissions(&wc, std::fs::Permissions::from_mode(0o755)).unwrap();
+            let out = sh(&format!(
+                "PATH={}:$PATH\nputfiles file:a {} file:b {}\n",
+                q(&fake),
+                q(&a),
+                q(&b)
+            ))
+            .stdout;
+            assert_eq!(names(&out), ["file:a", "file:b"], "{script}");
+            let s = parse(&out).unwrap();
+            assert_eq!(
+                s.get("file:a"),
+                Some(std::fs::read_to_string(&a).unwrap().as_str())
+            );
+            assert_eq!(s.get("file:b"), Some("second"));
+        }
+        assert_eq!(std::fs::read_to_string(&a).unwrap(), "first\nmore\n");
+    }
+
+    /// Without files `putfiles` writes nothing, and reads nothing: a `cat`
+    /// without arguments would eat the rest of a script fed on stdin.
+    #[test]
+    fn putfiles_without_files_reads_nothing() {
+        let out = sh("putfiles\nput after yes\n").stdout;
+        assert_eq!(out, frames(&[("after", "yes")]));
     }
 }

@@ -10,13 +10,24 @@ use proptest::test_runner::{Config, TestRunner};
 use crate::facts::{self, Sections};
 
 /// A frame of an answer: its name, where its header line ends (the
-/// `\n` after the length) and where the frame ends.
+/// `\n` after the length) and where the frame ends; for a bundle, the
+/// sections it holds.
 #[derive(Debug, Clone)]
 pub struct Frame {
     pub name: String,
     pub start: usize,
     pub header_end: usize,
     pub end: usize,
+    pub bundled: Vec<Bundled>,
+}
+
+/// A file in a bundle: its name, where that name is in the bundle's index,
+/// and where its content is (offsets in the answer).
+#[derive(Debug, Clone)]
+pub struct Bundled {
+    pub name: String,
+    pub name_at: std::ops::Range<usize>,
+    pub content: std::ops::Range<usize>,
 }
 
 pub fn frames(answer: &[u8]) -> Vec<Frame> {
@@ -28,16 +39,62 @@ pub fn frames(answer: &[u8]) -> Vec<Frame> {
         let mut words = header.split(' ').skip(1);
         let name = words.next().unwrap().to_string();
         let len: usize = words.next().unwrap().parse().unwrap();
+        let body = nl + 1;
+        let mut bundled = Vec::new();
+        if name == facts::BUNDLE {
+            let index = facts::bundle_index(&answer[body..body + len]).unwrap();
+            let (mut line, mut content) = (body, body + index.len);
+            for (file, size) in index.files {
+                let name_at = line + answer[line..].iter().position(|&b| b == b' ').unwrap() + 1;
+                line = name_at + file.len() + 1;
+                bundled.push(Bundled {
+                    name: file.to_string(),
+                    name_at: name_at..name_at + file.len(),
+                    content: content..content + size,
+                });
+                content += size;
+            }
+        }
         out.push(Frame {
             name,
             start: at,
             header_end: nl,
-            end: nl + 1 + len + 1,
+            end: body + len + 1,
+            bundled,
         });
-        at = nl + 1 + len + 1;
+        at = body + len + 1;
     }
     assert_eq!(at, answer.len(), "a well-framed answer");
     out
+}
+
+impl Frame {
+    /// Whether a flip at `at` (in this frame) breaks its framing, where
+    /// `renamable` says which section names may change undetected; and the
+    /// sections the flip may change if not.
+    fn flipped(&self, at: usize, renamable: &dyn Fn(&str) -> bool) -> (bool, Vec<String>) {
+        let in_header_name = at >= self.start + "@@mxpin ".len()
+            && at < self.start + "@@mxpin ".len() + self.name.len();
+        if (at <= self.header_end && !(in_header_name && renamable(&self.name)))
+            || at == self.end - 1
+        {
+            return (true, vec![]);
+        }
+        if self.bundled.is_empty() {
+            return (false, vec![self.name.clone()]);
+        }
+        // In a bundle: its index is framing but for the names of sections
+        // that may be renamed; its contents are the files'.
+        match self
+            .bundled
+            .iter()
+            .find(|b| b.content.contains(&at) || b.name_at.contains(&at))
+        {
+            Some(b) if b.content.contains(&at) => (false, vec![b.name.clone()]),
+            Some(b) if renamable(&b.name) => (false, vec![b.name.clone()]),
+            _ => (true, vec![]),
+        }
+    }
 }
 
 /// Sections as name -> sorted values, for comparing answers whose
@@ -76,11 +133,12 @@ fn garble(n_frames: usize) -> impl Strategy<Value = Garble> {
 /// Checks, on `answer` (a complete, valid captured answer), that
 /// `read` (framing, then the MTA's parser):
 /// - refuses the answer cut at every byte offset;
-/// - refuses it with any byte flipped in a frame header or a frame's
-///   closing newline (except in the name of a section `renamable`
-///   says may be renamed undetected: a name that carries data, such as
-///   Exim's `file:peer-MX.pem`), and reads flips inside a body as
-///   changes of that body only;
+/// - refuses it with any byte flipped in a frame header, a frame's
+///   closing newline or a bundle's index (its sizes and names; except in
+///   the name of a section `renamable` says may be renamed undetected: a
+///   name that carries data, such as Exim's `file:peer-MX.pem`), and reads
+///   flips inside a body as changes of that body only (of that file only,
+///   in a bundle);
 /// - refuses it with a frame sent twice (sections that may repeat
 ///   aside) or with the closing frame not last, and reads it the same
 ///   when only the order of the other frames changed.
@@ -100,6 +158,24 @@ pub fn check<T: std::fmt::Debug>(
         );
     }
     let fr = frames(answer);
+    // Every byte of a bundle's index (sizes, names, spaces, newlines)
+    // flipped is refused, but in the names of renamable sections.
+    for f in fr.iter().filter(|f| !f.bundled.is_empty()) {
+        for at in f.header_end + 1..f.bundled[0].content.start {
+            if !f.flipped(at, renamable).0 {
+                continue;
+            }
+            for mask in [0x01, 0x02, 0x04, 0x10, 0x20, 0x40, 0x80] {
+                let mut b = answer.to_vec();
+                b[at] ^= mask;
+                assert!(
+                    read(&b).is_err(),
+                    "byte {at} of a bundle's index ({:?}) flipped with {mask:#x} was read",
+                    answer[at] as char
+                );
+            }
+        }
+    }
     let end = fr.len() - 1;
     assert_eq!(fr[end].name, facts::END);
     let mut runner = TestRunner::new(Config {
@@ -117,12 +193,9 @@ pub fn check<T: std::fmt::Debug>(
                     let at = at % b.len();
                     b[at] ^= mask;
                     let f = fr.iter().find(|f| f.start <= at && at < f.end).unwrap();
-                    let in_name = at >= f.start + "@@mxpin ".len()
-                        && at < f.start + "@@mxpin ".len() + f.name.len();
-                    if (at <= f.header_end && !(in_name && renamable(&f.name))) || at == f.end - 1 {
-                        structural = true;
-                    }
-                    touched.push(f.name.clone());
+                    let (breaks, sections) = f.flipped(at, renamable);
+                    structural |= breaks;
+                    touched.extend(sections);
                 }
                 let got = read(&b);
                 if structural {

@@ -29,16 +29,18 @@ cf=$("$X" -bP config_file 2>&1) || {{ put error "exim4 -bP config_file failed: $
 put config_file "$cf"
 o=$("$X" -bP pid_file_path exim_group acl_smtp_rcpt daemon_smtp_ports local_interfaces 2>&1) || {{ put error "exim4 -bP failed: $o"; return 0; }}
 put options "$o"
-if [ -f "$cf" ]; then putfile config "$cf"; fi
+# Every file in one bundle (see putfiles): NAME PATH pairs in "$@".
+set --
+if [ -f "$cf" ]; then set -- config "$cf"; fi
 g=$(printf '%s\n' "$o" | sed -n 's/^exim_group = //p')
 put gid "$(getent group "$g" | cut -d: -f3)"
 p=$(printf '%s\n' "$o" | sed -n 's/^pid_file_path = //p')
 pid=''
 if [ -r "$p" ]; then read -r pid < "$p" || :; fi
 if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then put running yes; else put running no; fi
-if [ -f "$C/update-exim4.conf.conf" ]; then putfile update-exim4.conf.conf "$C/update-exim4.conf.conf"; fi
+if [ -f "$C/update-exim4.conf.conf" ]; then set -- "$@" update-exim4.conf.conf "$C/update-exim4.conf.conf"; fi
 for f in {confd}; do
-  if [ -f "$C/conf.d/$f" ]; then putfile "confd:$f" "$C/conf.d/$f"; put "confd-ls:$f" "$(ls -ln "$C/conf.d/$f")"; fi
+  if [ -f "$C/conf.d/$f" ]; then set -- "$@" "confd:$f" "$C/conf.d/$f"; put "confd-ls:$f" "$(ls -ln "$C/conf.d/$f")"; fi
 done
 # Debian's layout only: the macros mxpin would define there.
 if [ -f "$C/update-exim4.conf.conf" ]; then
@@ -48,11 +50,13 @@ if [ -f "$C/update-exim4.conf.conf" ]; then
 fi
 if [ -d "$M" ]; then put ls "$(ls -ln "$M")"; fi
 for f in {files}; do
-  if [ -f "$M/$f" ]; then putfile "file:$f" "$M/$f"; fi
+  if [ -f "$M/$f" ]; then set -- "$@" "file:$f" "$M/$f"; fi
 done
 for f in "$M"/peer-*.pem; do
-  if [ -f "$f" ]; then putfile "file:${{f##*/}}" "$f"; fi
+  if [ -f "$f" ]; then set -- "$@" "file:${{f##*/}}" "$f"; fi
 done
+putfiles "$@"
+set --
 "#,
         files = files.join(" "),
         confd = CONFD.iter().map(|(f, _)| *f).collect::<Vec<_>>().join(" "),

@@ -60,8 +60,10 @@ put rcpt-domains "$(printf '%s\n' {domains})"
 if rr=$("$X" -bP routers 2>&1); then put rcpt-routers "$rr"; else put rcpt-error "exim -bP routers: $rr"; rr=''; fi
 rf=$(printf '%s\n' "$rr" | grep -o 'lsearch[;{{]/[^}};:[:space:]]*' | sed 's/^lsearch.//' | sort -u)
 for f in $rf; do
-  if [ -r "$f" ]; then putfile "rcpt-file:$f" "$f"; fi
+  if [ -r "$f" ]; then set -- "$@" "rcpt-file:$f" "$f"; fi
 done
+putfiles "$@"
+set --
 rc=$({{ for f in $rf; do [ -r "$f" ] && sed -n 's/^"\{{0,1\}}\([^-#":[:space:]][^":[:space:]]*\).*/\1/p' "$f"; done; getent passwd | cut -d: -f1 | grep -v '^-'; }} | sort -u)
 for d in {domains}; do
   put "rcpt-local:$d" "$("$X" -be "\${{if match_domain{{$d}}{{+local_domains}}{{yes}}{{no}}}}" 2>&1)"

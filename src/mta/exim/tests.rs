@@ -1,8 +1,11 @@
 //! Exim facts parsing and planning, from outputs of the real facts script
 //! captured in the lab (`lab.sh up --exim relay`: relay runs Exim 4.96,
-//! home Postfix) before and after `mxpin apply`. One file of about 550
-//! lines: every test here plans from those captures with the same
-//! inventory; topics of their own (drain) live in `tests/`.
+//! home Postfix) before and after `mxpin apply`. `facts-relay-applied.out`
+//! was re-framed since with its files in one bundle, as the script writes
+//! them now; the others are as captured, a frame per file (still valid
+//! input). One file of about 550 lines: every test here plans from those
+//! captures with the same inventory; topics of their own (drain) live in
+//! `tests/`.
 
 use std::path::{Path, PathBuf};
 

@@ -59,18 +59,21 @@ set -f
 val smtpd_tls_chain_files; put certs:smtpd_tls_chain_files "$(certs_of "$r")"
 val smtpd_tls_cert_file; put certs:smtpd_tls_cert_file "$(certs_of "$r")"
 set +f
-putfile main.cf "$C/main.cf"
-if [ -f "$C/master.cf" ]; then putfile master.cf "$C/master.cf"; fi
+# Every file in one bundle (see putfiles): NAME PATH pairs in "$@".
+set -- main.cf "$C/main.cf"
+if [ -f "$C/master.cf" ]; then set -- "$@" master.cf "$C/master.cf"; fi
 if [ -d "$M" ]; then put ls "$(ls -ln "$M")"; fi
 for f in "$M"/fetchmail*; do
-  if [ -f "$f" ]; then putfile "file:${{f##*/}}" "$f"; fi
+  if [ -f "$f" ]; then set -- "$@" "file:${{f##*/}}" "$f"; fi
 done
 for f in {files}; do
-  if [ -f "$M/$f" ]; then putfile "file:$f" "$M/$f"; fi
+  if [ -f "$M/$f" ]; then set -- "$@" "file:$f" "$M/$f"; fi
   for s in db lmdb cdb; do
     if [ -f "$M/$f.$s" ] && ! [ "$M/$f" -nt "$M/$f.$s" ]; then put "fresh:$f" "$s"; fi
   done
 done
+putfiles "$@"
+set --
 "#,
         params = params.join(" "),
         files = files.join(" "),

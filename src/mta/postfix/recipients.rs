@@ -87,12 +87,14 @@ for d in {domains}; do
       case "$rcpt_seen" in *" $k "*) continue ;; esac
       rcpt_seen="$rcpt_seen$k "
       case "$t" in
-        /*) if [ -r "$t" ]; then putfile "$k" "$t"; else put "rcpt-err:$t" "cannot read $t"; fi ;;
+        /*) if [ -r "$t" ]; then set -- "$@" "$k" "$t"; else put "rcpt-err:$t" "cannot read $t"; fi ;;
         *) o=$(postmap -c "$C" -q "$d" "$t" 2>&1 >/dev/null); put "$k" "$? $o" ;;
       esac
     done
   done
 done
+putfiles "$@"
+set --
 set +f
 "#,
         params = params.join(" "),

@@ -72,6 +72,12 @@ fn fixture(name: &str) -> Vec<u8> {
     std::fs::read(fixture_path(name)).unwrap_or_else(|e| panic!("fixture {name}: {e}"))
 }
 
+/// A fixture with its bundle written as one frame per file (as the script
+/// wrote files before bundles), for tests that drop or edit file sections.
+fn fixture_frames(name: &str) -> Vec<u8> {
+    facts::unbundle(&fixture(name))
+}
+
 /// Config dir a fixture lab had when it was captured.
 fn fixture_dir(lab: &str) -> String {
     format!("{FIXTURE_ROOT}/{lab}/postfix")

@@ -323,3 +323,65 @@ fn live_chmod_of_a_table_keeps_its_database_fresh() {
     assert_eq!(facts.fresh["transport"], ["db"], "transport.db went stale");
     assert_converged(&plan_for(&inv, "relay", &facts, &home));
 }
+
+/// The real facts script, run as root without the capabilities that let
+/// root read any file, on a directory with a file of mode 000: the files
+/// go to one frame each (no bundle), and the answer is refused with an
+/// error naming the file, not read as a host without it.
+#[test]
+fn live_facts_name_an_unreadable_file() {
+    require_root_and_postfix!();
+    let lab = Lab::new();
+    std::fs::create_dir(lab.path("mxpin")).unwrap();
+    std::fs::write(lab.path("mxpin/transport"), "example.net smtp:[h]:25\n").unwrap();
+    let locked = lab.path("mxpin/tls_policy");
+    std::fs::write(&locked, "[h]:25 secure\n").unwrap();
+    std::fs::set_permissions(&locked, std::os::unix::fs::PermissionsExt::from_mode(0o000)).unwrap();
+    let run = |drop_caps: bool| {
+        let mut cmd = Command::new("setpriv");
+        if drop_caps {
+            cmd.args([
+                "--inh-caps=-all",
+                "--bounding-set=-dac_override,-dac_read_search",
+            ]);
+        }
+        let mut child = cmd
+            .args(["sh", "-s"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let script = facts_script(&host_at(&lab.conf));
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(script.as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success());
+        out.stdout
+    };
+    let names =
+        |out: &[u8]| -> Vec<String> { frame_ends(out).into_iter().map(|(n, _)| n).collect() };
+
+    // With every capability, the files come in one bundle.
+    let out = run(false);
+    assert!(names(&out).contains(&facts::BUNDLE.to_string()));
+    let f = facts_from(&out).unwrap();
+    assert_eq!(f.files["tls_policy"].content.raw(), "[h]:25 secure\n");
+
+    let out = run(true);
+    let frames = names(&out);
+    assert!(!frames.contains(&facts::BUNDLE.to_string()), "{frames:?}");
+    for name in ["main.cf", "master.cf", "file:transport", "error"] {
+        assert!(frames.contains(&name.to_string()), "{name} in {frames:?}");
+    }
+    let s = facts::parse(&out).unwrap();
+    assert_eq!(s.get("file:transport"), Some("example.net smtp:[h]:25\n"));
+    assert_eq!(s.get("file:tls_policy"), None);
+    let e = facts_from(&out).unwrap_err();
+    let path = locked.display();
+    assert!(e.starts_with(&format!("cannot read {path}: ")), "{e}");
+    assert!(e.contains("Permission denied"), "{e}");
+}

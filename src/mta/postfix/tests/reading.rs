@@ -187,7 +187,7 @@ fn facts_surface_the_error_section() {
 
 #[test]
 fn facts_missing_or_unreadable_sections_are_refused() {
-    let fresh = fixture(FRESH);
+    let fresh = fixture_frames(FRESH);
     let sections = frame_ends(&fresh);
     // Drop each section in turn: the ones a plan needs are refused by name.
     let mut start = 0;
@@ -277,13 +277,20 @@ fn garbled_facts_are_never_read_as_a_host() {
 #[test]
 fn garbled_section_names_repeats_and_trailing_frames_are_refused() {
     let out = fixture(RELAY_APPLIED);
-    let renamed = String::from_utf8(out.clone())
+    // In a frame of its own, or in the index of a bundle.
+    let frames_renamed = String::from_utf8(fixture_frames(RELAY_APPLIED))
         .unwrap()
         .replace("@@mxpin file:next.key ", "@@mxpin file:next.kez ");
-    assert_eq!(
-        facts_from(renamed.as_bytes()).unwrap_err(),
-        "facts hold a section \"file:next.kez\" that no facts script writes: the answer is garbled"
-    );
+    let bundle_renamed = String::from_utf8(out.clone())
+        .unwrap()
+        .replace(" file:next.key\n", " file:next.kez\n");
+    for renamed in [frames_renamed, bundle_renamed] {
+        assert!(renamed.contains("file:next.kez"));
+        assert_eq!(
+            facts_from(renamed.as_bytes()).unwrap_err(),
+            "facts hold a section \"file:next.kez\" that no facts script writes: the answer is garbled"
+        );
+    }
     let mut twice = out.clone();
     twice.extend(frames(&[("uid", "0")]));
     assert!(facts_from(&twice)
