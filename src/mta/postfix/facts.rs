@@ -32,12 +32,14 @@ pub fn facts_script_with(host: &Host, extra: &str) -> String {
     let body = format!(
         r#"if ! command -v postconf >/dev/null 2>&1; then put error "postconf not found: is Postfix installed?"; return 0; fi
 if [ ! -f "$C/main.cf" ]; then put error "$C/main.cf not found"; return 0; fi
-v=$(postconf -c "$C" -x mail_version default_database_type queue_directory {params} 2>/dev/null)
-put effective "$v"
+# postconf's answer stays in $pc for val below (the checks that run with
+# the facts use it too).
+pc=$(postconf -c "$C" -x mail_version default_database_type queue_directory {params} 2>/dev/null)
+put effective "$pc"
 # Running: what `postfix status` checks, without its helper processes.
 NL='
 '
-q=${{v#*"${{NL}}queue_directory = "}}; q=${{q%%"$NL"*}}
+q=${{pc#*"${{NL}}queue_directory = "}}; q=${{q%%"$NL"*}}
 pid=''
 if [ -r "$q/pid/master.pid" ]; then read -r pid < "$q/pid/master.pid" || :; fi
 if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then put running yes; else put running no; fi
@@ -53,8 +55,9 @@ certs_of() {{
   done
   IFS=$o_ifs
 }}
-# The value of parameter $1 in $v, in the shell (no process per lookup).
-val() {{ r=''; case "$v" in *"$NL$1 = "*) r=${{v#*"$NL$1 = "}}; r=${{r%%"$NL"*}} ;; esac; }}
+# The value of parameter $1 in postconf's answer, in the shell (no process
+# per lookup).
+val() {{ r=''; case "$pc" in *"$NL$1 = "*) r=${{pc#*"$NL$1 = "}}; r=${{r%%"$NL"*}} ;; esac; }}
 set -f
 val smtpd_tls_chain_files; put certs:smtpd_tls_chain_files "$(certs_of "$r")"
 val smtpd_tls_cert_file; put certs:smtpd_tls_cert_file "$(certs_of "$r")"

@@ -67,8 +67,9 @@ pub fn checks_ran(steps: &ApplySteps, f: &PostfixFacts) -> bool {
     })
 }
 
-/// Shell for the first read of `verify` (inside the facts script: `C`,
-/// `M` and `put` are set): the checks of [`verify_snippet`] for the routes
+/// Shell for the first read of `verify` and `apply` (inside the facts
+/// script: `C`, `M`, `put` and `val`, which reads a parameter from the
+/// facts' one `postconf -x`, are set): the checks of [`verify_snippet`] for the routes
 /// the host's own tables hold, before any plan: `postmap -q` of each
 /// domain in mxpin's transport table, of its next-hop in tls_policy (once
 /// per next-hop) and of each key in relay_clientcerts, and `posttls-finger`
@@ -79,8 +80,8 @@ pub fn checks_ran(steps: &ApplySteps, f: &PostfixFacts) -> bool {
 /// needs the plan and is left to that second read.
 pub fn hold_checks(digest: &str) -> String {
     format!(
-        r#"hc_db=$(postconf -c "$C" -h default_database_type 2>/dev/null </dev/null)
-hc_lookup=$(postconf -c "$C" -h smtp_host_lookup 2>/dev/null </dev/null)
+        r#"val default_database_type; hc_db=$r
+val smtp_host_lookup; hc_lookup=$r
 if command -v posttls-finger >/dev/null 2>&1; then ptf=yes; else ptf=no; fi
 hc_seen=' '
 hc_once() {{ case "$hc_seen" in *" $1 "*) return 1 ;; esac; hc_seen="$hc_seen$1 "; }}
