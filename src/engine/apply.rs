@@ -181,13 +181,7 @@ pub async fn apply_all(
     parallel: usize,
     monitor: &dyn Monitor,
 ) -> Vec<(HostName, ApplyStatus)> {
-    let plans: Vec<&HostPlan> = outcomes
-        .iter()
-        .filter_map(|o| match o {
-            HostOutcome::Planned(p) if !p.is_empty() => Some(p.as_ref()),
-            _ => None,
-        })
-        .collect();
+    let plans = crate::report::pending_plans(outcomes);
     let deps = dependencies(&plans);
     // A host that routes to a host whose plan failed stays as it is: that
     // host's key or port may not be there (issue 16).
@@ -473,6 +467,18 @@ mod tests {
         }
     }
 
+    /// Gives a plan something to do: a change of `path`.
+    fn change(plan: &mut HostPlan, path: &str) {
+        plan.changes.push(crate::plan::FileChange {
+            path: path.into(),
+            action: crate::plan::Action::Modify,
+            old: None,
+            new: None,
+            mode: 0o644,
+            group: 0,
+        });
+    }
+
     #[test]
     fn pinning_backup_waits_for_the_key_switch() {
         let home = plan("home", true, &[]);
@@ -502,14 +508,7 @@ mod tests {
     #[test]
     fn a_host_routing_to_a_failed_plan_is_skipped() {
         let mut relay = plan("relay", false, &["home"]);
-        relay.changes.push(crate::plan::FileChange {
-            path: "/etc/postfix/main.cf".into(),
-            action: crate::plan::Action::Modify,
-            old: None,
-            new: None,
-            mode: 0o644,
-            group: 0,
-        });
+        change(&mut relay, "/etc/postfix/main.cf");
         let outcomes = [
             HostOutcome::Failed(plan_error(
                 &HostName::parse("home").unwrap(),
@@ -586,27 +585,14 @@ mod tests {
     #[test]
     fn first_read_checks_are_forgotten_where_a_peer_changes() {
         let mut home = plan("home", false, &[]);
-        home.changes.push(crate::plan::FileChange {
-            path: "/etc/postfix/mxpin/transport".into(),
-            action: crate::plan::Action::Modify,
-            old: None,
-            new: None,
-            mode: 0o644,
-            group: 0,
-        });
+        change(&mut home, "/etc/postfix/mxpin/transport");
         let outcomes = [
             HostOutcome::Planned(Box::new(home)),
             HostOutcome::Planned(Box::new(plan("relay", false, &["home"]))),
             HostOutcome::Planned(Box::new(plan("other", false, &["elsewhere"]))),
             HostOutcome::Planned(Box::new(plan("quiet", false, &[]))),
         ];
-        let changing: Vec<&HostPlan> = outcomes
-            .iter()
-            .filter_map(|o| match o {
-                HostOutcome::Planned(p) if !p.is_empty() => Some(p.as_ref()),
-                _ => None,
-            })
-            .collect();
+        let changing = crate::report::pending_plans(&outcomes);
         assert_eq!(changing.len(), 1, "home has something to do");
         let names: Vec<&str> = unchanged_with_changed_peers(&outcomes, &changing)
             .iter()

@@ -440,8 +440,14 @@ macro_rules! require_root_and_postfix {
 
 /// Feeds `script` to `sh -s`, as mxpin does over ssh.
 fn run_sh_s(script: &str) -> Output {
-    let mut child = Command::new("sh")
-        .arg("-s")
+    let mut cmd = Command::new("sh");
+    cmd.arg("-s");
+    feed(cmd, script)
+}
+
+/// Runs `cmd` with `script` on its standard input, its output piped.
+fn feed(mut cmd: Command, script: &str) -> Output {
+    let mut child = cmd
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

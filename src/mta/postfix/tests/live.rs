@@ -345,20 +345,8 @@ fn live_facts_name_an_unreadable_file() {
                 "--bounding-set=-dac_override,-dac_read_search",
             ]);
         }
-        let mut child = cmd
-            .args(["sh", "-s"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let script = facts_script(&host_at(&lab.conf));
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(script.as_bytes())
-            .unwrap();
-        let out = child.wait_with_output().unwrap();
+        cmd.args(["sh", "-s"]);
+        let out = feed(cmd, &facts_script(&host_at(&lab.conf)));
         assert!(out.status.success());
         out.stdout
     };
