@@ -254,15 +254,20 @@ fn exim_backup_delivers_deferred_mail_right_after_apply() {
         "{plan:?}"
     );
 
-    // mxpin's queue run, one per apply that changes the route (the first
-    // apply, a new backup role, started one too).
+    // mxpin's queue runs, per apply that changes the route (the first
+    // apply, a new backup role, started them too): one, and a second pass
+    // 2 s later for a message the daemon's own queue run held locked.
     let runs = |log: &str| {
         common::log_lines(log, &["Start queue run: pid=", r"-qf -Rr @(example\.net)$"]).len()
     };
     let before = runs(&lab.maillog("relay"));
     apply_and_expect_delivery(&lab, "drain exim 1");
     let log = lab.maillog("relay");
-    assert_eq!(runs(&log), before + 1, "mxpin's queue run: {log}");
+    let after = runs(&log);
+    assert!(
+        after > before && after <= before + 2,
+        "mxpin's queue runs: {before} then {after}: {log}"
+    );
     let line = log
         .lines()
         .rfind(|l| l.contains("=> first.last@example.net R=mxpin_backup T=mxpin_smtp"))

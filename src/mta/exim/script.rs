@@ -168,8 +168,8 @@ printf '@@mxpin-ok\n'
 }
 
 /// Shell that retries, right after a successful reload, the deferred mail
-/// of the domains whose route or pins changed: one queue run, `exim -Rrf
-/// REGEX`, over the messages with a recipient in one of them (`r`: a
+/// of the domains whose route or pins changed: a queue run, `exim -Rrf
+/// REGEX` (twice, see below), over the messages with a recipient in one of them (`r`: a
 /// regular expression, anchored, where `-R DOMAIN` would match any address
 /// containing the text; `f`: retry times are overridden for every selected
 /// message, not only the first). Not `-Rff`: messages an admin froze stay
@@ -183,6 +183,9 @@ printf '@@mxpin-ok\n'
 /// primary that does not answer would hold apply for Exim's connect timeout
 /// (5 minutes) per message. Its outcome is in Exim's mainlog (`Start queue
 /// run: ... -Rr ...`).
+/// Twice, the second pass 2 s later: Exim's daemon, re-executed by the
+/// reload, starts a queue run of its own at once, and a message that run
+/// holds locked is skipped by the forced one and left to its retry time.
 fn flush(s: &mut String, steps: &ApplySteps) {
     if steps.flush.is_empty() {
         return;
@@ -192,7 +195,7 @@ fn flush(s: &mut String, steps: &ApplySteps) {
         "pid=''\nif [ -r {p} ]; then read -r pid < {p} || :; fi\n\
          if [ -n \"$pid\" ] && kill -0 \"$pid\" 2>/dev/null; then\n  \
          if command -v setsid >/dev/null 2>&1; then S=setsid; else S=''; fi\n  \
-         $S \"$X\" -Rrf {} </dev/null >/dev/null 2>&1 9<&- &\nfi",
+         $S sh -c '\"$1\" -Rrf \"$2\"; sleep 2; \"$1\" -Rrf \"$2\"' flush \"$X\" {} </dev/null >/dev/null 2>&1 9<&- &\nfi",
         quote(&super::drain::select_regex(&steps.flush)),
         p = quote(&steps.pid_file),
     );

@@ -241,7 +241,9 @@ fn the_script_starts_the_queue_run_only_after_the_reload() {
     let ok = at("printf '@@mxpin-ok\\n'");
     // Detached, and without the lock descriptor (fd 9): a long queue run
     // must not hold the host's lock.
-    let run = at(r#"$S "$X" -Rrf '@(example\.net)$' </dev/null >/dev/null 2>&1 9<&- &"#);
+    let run = at(
+        r#"$S sh -c '"$1" -Rrf "$2"; sleep 2; "$1" -Rrf "$2"' flush "$X" '@(example\.net)$' </dev/null >/dev/null 2>&1 9<&- &"#,
+    );
     assert!(reload < ok && ok < run);
     assert!(!text[ok..].contains("fail "), "{}", &text[ok..]);
     assert!(!text.contains("-Rff") && !text.contains("-qff"));
