@@ -11,6 +11,22 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+/// Shell: `daemon_pid FILE` is true when FILE (a daemon's pid file, its
+/// first line) names a live process, whose pid it leaves in `$pid` (empty
+/// otherwise). What `postfix status` and Exim's init script check, with no
+/// process of its own: the facts and the apply scripts of both MTAs ask it.
+macro_rules! daemon_pid {
+    () => {
+        r#"daemon_pid() {
+  pid=''
+  if [ -r "$1" ]; then read -r pid < "$1" || :; fi
+  case "$pid" in ''|*[!0-9]*) pid=''; return 1 ;; esac
+  kill -0 "$pid" 2>/dev/null || { pid=''; return 1; }
+}
+"#
+    };
+}
+
 /// Shell functions for facts scripts: `put NAME VALUE`, `putfile NAME PATH`
 /// (the latter keeps trailing newlines, which `$(...)` would strip) and
 /// `putfiles NAME PATH [NAME PATH]...`, which reads every file in a constant
@@ -20,8 +36,10 @@ use std::collections::{BTreeMap, BTreeSet};
 /// when a step fails, the sizes changed while the files were read, or they
 /// do not add up to what `cat` gave. Without arguments it reads nothing
 /// (`cat` alone would read the rest of the script from stdin).
-/// Requires `LC_ALL=C` so that `${#v}` counts bytes.
-pub const SHELL_HELPERS: &str = r#"put() { printf '@@mxpin %s %s\n' "$1" "${#2}"; printf '%s\n' "$2"; }
+/// Also `daemon_pid` ([`DAEMON_PID`]). Requires `LC_ALL=C` so that `${#v}`
+/// counts bytes.
+pub const SHELL_HELPERS: &str = concat!(
+    r#"put() { printf '@@mxpin %s %s\n' "$1" "${#2}"; printf '%s\n' "$2"; }
 putfile() {
   if v=$(cat -- "$2" 2>&1; r=$?; echo x; exit $r); then put "$1" "${v%x}"; else put error "cannot read $2: ${v%x}"; fi
 }
@@ -49,7 +67,12 @@ pf_index() {
   done
   [ "$pf_sum" -eq $((${#pf_v} - 1)) ]
 }
-"#;
+"#,
+    daemon_pid!()
+);
+
+/// [`daemon_pid!`] as a constant, for the apply scripts.
+pub const DAEMON_PID: &str = daemon_pid!();
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("unreadable facts from host: {0}")]

@@ -272,6 +272,7 @@ mod tests {
             host,
             conn: None,
             stale: false,
+            probes: Vec::new(),
             lock: None,
             facts: Err(err),
         }];

@@ -6,6 +6,13 @@ use std::time::Duration;
 /// server): connect, STARTTLS and handshake.
 pub const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// How long apply waits, after switching a host whose MTA takes up its
+/// new key by itself (Exim's daemon, a few seconds later), for the
+/// controller to see that key served before any pinner re-pins; and how
+/// often it looks.
+pub const SERVED_KEY_WAIT: Duration = Duration::from_secs(30);
+pub const SERVED_KEY_POLL: Duration = Duration::from_millis(250);
+
 /// Opening an SSH connection to a host.
 pub const SSH_CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
 

@@ -177,6 +177,14 @@ pub struct PlanWork {
 }
 
 impl HostPlan {
+    /// Whether apply must wait, after this plan's script, until the
+    /// controller sees the new key served, before a pinner re-pins: the key
+    /// this host serves changes, and its MTA takes it up by itself, later
+    /// ([`crate::mta::Steps::key_served_later`]).
+    pub fn awaits_served_key(&self) -> bool {
+        self.switches_key && self.steps.key_served_later()
+    }
+
     /// The plan of `d`'s host: `work` and `steps` from its MTA's planner;
     /// the host, the edges it pins, whether its keys are generated here
     /// (never on release) and whether a pin is transitional from `d`.

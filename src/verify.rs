@@ -202,15 +202,28 @@ pub fn to_json(checks: &[Check]) -> serde_json::Value {
 #[derive(Debug, Default)]
 pub struct Probes(BTreeMap<String, Result<Certificate, String>>);
 
-/// Probes every SMTP server some edge pins, once each, all at once.
-pub async fn probe(inv: &Inventory) -> Probes {
+/// What one probe saw at an address: the leaf it was served, or why not.
+pub type Probed = (String, Result<Certificate, String>);
+
+/// The addresses the controller probes, with the SNI name each is asked
+/// with: every SMTP server some edge pins, once each; only those of host
+/// `pinned` when given.
+fn probe_targets(
+    inv: &Inventory,
+    pinned: Option<&HostName>,
+) -> Vec<(String, Option<&'static str>)> {
     let mut addresses: Vec<(String, Option<&str>)> = trust::edges(inv)
         .iter()
+        .filter(|e| pinned.is_none_or(|p| &e.pinned == p))
         .filter_map(|e| Some((e.probe_address(inv)?, e.server_name())))
         .collect();
     addresses.sort();
     addresses.dedup();
-    let probes = addresses.iter().map(|(addr, name)| async move {
+    addresses
+}
+
+async fn probe_each(targets: &[(String, Option<&'static str>)]) -> Vec<Probed> {
+    let probes = targets.iter().map(|(addr, name)| async move {
         let got =
             crate::probe::probe_named(addr, crate::probe::StartTls::Smtp, PROBE_TIMEOUT, *name)
                 .await
@@ -223,12 +236,28 @@ pub async fn probe(inv: &Inventory) -> Probes {
                 });
         (addr.clone(), got)
     });
-    Probes(
-        futures::future::join_all(probes)
-            .await
-            .into_iter()
-            .collect(),
-    )
+    futures::future::join_all(probes).await
+}
+
+/// Probes the SMTP servers of host `pinned` that some edge pins: what the
+/// run's first read does for `verify` (and `apply`) as soon as it holds
+/// the host, so that these probes overlap the other hosts' reads.
+pub async fn probe_host(inv: &Inventory, pinned: &HostName) -> Vec<Probed> {
+    probe_each(&probe_targets(inv, Some(pinned))).await
+}
+
+/// Probes every SMTP server some edge pins, once each, all at once, but
+/// those in `known`: probes this run already took while it held the host,
+/// which nothing has changed since.
+pub async fn probe(inv: &Inventory, known: Vec<Probed>) -> Probes {
+    let known: BTreeMap<String, Result<Certificate, String>> = known.into_iter().collect();
+    let targets: Vec<_> = probe_targets(inv, None)
+        .into_iter()
+        .filter(|(addr, _)| !known.contains_key(addr))
+        .collect();
+    let mut all = known;
+    all.extend(probe_each(&targets).await);
+    Probes(all)
 }
 
 /// The checks of the keys a host stores.

@@ -235,10 +235,25 @@ fn postfix_backup_pins_an_exim_primary() {
         "{log}"
     );
 
+    // A key rotation never signals Exim's daemon: its SIGHUP re-executes
+    // it, and a connection in that moment is refused (the relay deferred
+    // a message so). apply waits instead until the new key is served.
+    let mainlog = lab.dir.join("home/log/mainlog");
+    let sighups = || {
+        std::fs::read_to_string(&mainlog)
+            .unwrap_or_default()
+            .matches("SIGHUP received")
+            .count()
+    };
+    // The first apply wrote Exim's configuration: that one was signalled.
+    let before = sighups();
+    assert!(before > 0, "the first apply reloaded Exim");
     send_during(&lab, "exim primary rotation", 12, || {
         let rotate = lab.mxpin(&["rotate", "--yes", "-i", &inv]);
         assert_eq!(rotate.code, 0, "{rotate:?}");
     });
+    assert_eq!(sighups(), before, "no SIGHUP during the rotation");
+    assert!(mainlog.exists());
     let log = lab.maillog("relay");
     assert_eq!(log.matches("status=deferred").count(), 0, "{log}");
     let last = log

@@ -57,6 +57,45 @@ fn apply_error(host: &HostName, kind: ErrorKind, message: String) -> HostError {
 /// checks `extra` ran) when it applied.
 type Applied = (ApplyStatus, Option<Result<Facts, HostError>>);
 
+/// After the script of a plan whose MTA takes up its new key by itself
+/// (Exim's daemon loads it again a few seconds after it changed; a SIGHUP
+/// would close its port for a moment), waits until the controller sees the
+/// new key served at every address an edge pins, so that no pinner drops
+/// the old key while it is still served. Polls, bounded by
+/// [`crate::limits::SERVED_KEY_WAIT`].
+async fn await_served_key(inv: &Inventory, plan: &HostPlan) -> Result<(), String> {
+    use crate::limits::{SERVED_KEY_POLL, SERVED_KEY_WAIT};
+    let want = plan
+        .changes
+        .iter()
+        .filter(|c| c.action != crate::plan::Action::Chmod && c.path.ends_with("/current.crt"))
+        .find_map(|c| c.new.as_ref())
+        .and_then(|pem| crate::tls::Certificate::from_pem(pem.raw()).ok());
+    let Some(want) = want else {
+        return Ok(());
+    };
+    let deadline = std::time::Instant::now() + SERVED_KEY_WAIT;
+    loop {
+        let seen = crate::verify::probe_host(inv, &plan.host).await;
+        let old: Vec<String> = seen
+            .into_iter()
+            .filter(|(_, got)| !matches!(got, Ok(c) if c.spki_der() == want.spki_der()))
+            .map(|(addr, _)| addr)
+            .collect();
+        if old.is_empty() {
+            return Ok(());
+        }
+        if std::time::Instant::now() >= deadline {
+            return Err(format!(
+                "{} did not serve the new key within {} s of the switch; its pinners still pin the key it serves",
+                old.join(", "),
+                SERVED_KEY_WAIT.as_secs()
+            ));
+        }
+        tokio::time::sleep(SERVED_KEY_POLL).await;
+    }
+}
+
 async fn apply_one(conn: &SshHost, host: &Host, plan: &HostPlan, extra: &str) -> Applied {
     let script = mta::apply_and_read_script(plan, host, extra);
     let failed = |kind, message| ApplyStatus::Failed(apply_error(&plan.host, kind, message));
@@ -251,7 +290,7 @@ pub async fn apply_all(
             }
             let _permit = permits.acquire().await.expect("never closed");
             monitor.event(&plan.host, Phase::Applying);
-            let (status, facts) = match conn {
+            let (mut status, facts) = match conn {
                 Some((c, host)) => apply_one(c, host, plan, &extra).await,
                 None => (
                     ApplyStatus::Failed(apply_error(
@@ -262,6 +301,11 @@ pub async fn apply_all(
                     None,
                 ),
             };
+            if matches!(status, ApplyStatus::Applied { .. }) && plan.awaits_served_key() {
+                if let Err(why) = await_served_key(inv, plan).await {
+                    status = ApplyStatus::Failed(apply_error(&plan.host, ErrorKind::Failed, why));
+                }
+            }
             let ok = matches!(status, ApplyStatus::Applied { .. });
             monitor.event(
                 &plan.host,
@@ -279,6 +323,10 @@ pub async fn apply_all(
     let mut status: Vec<ApplyStatus> = Vec::with_capacity(ran.len());
     for (i, (st, facts)) in ran.into_iter().enumerate() {
         if let Some(s) = states.iter_mut().find(|s| s.host.name == plans[i].host) {
+            // What the controller saw the host serve may have changed.
+            if matches!(st, ApplyStatus::Applied { .. } | ApplyStatus::Failed(_)) {
+                s.probes.clear();
+            }
             match (facts, &st) {
                 (Some(Ok(mut f)), _) => {
                     if !checks_hold(&plans, &deps, i) {

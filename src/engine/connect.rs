@@ -10,6 +10,7 @@ use crate::inventory::{Host, Inventory};
 use crate::mta::{self, Facts};
 use crate::progress::{Monitor, Phase};
 use crate::ssh::{Held, Hold, RemoteOutput, SshHost};
+use crate::verify::Probed;
 
 pub(super) fn parse_facts(host: &Host, out: &RemoteOutput) -> Result<Facts, HostError> {
     let sections = facts::parse(&out.stdout).map_err(|e| {
@@ -72,28 +73,77 @@ fn backoff(attempt: u32) -> std::time::Duration {
     std::time::Duration::from_millis(base + jitter)
 }
 
+/// A host held: its lock, its facts, and the controller's probes of the
+/// host, taken while it was held.
+type HeldHost = (Box<Held>, Result<Facts, HostError>, Vec<Probed>);
+
 /// How one attempt to hold a host ended.
 enum Attempt {
     /// Boxed: facts are large, and most attempts are not busy.
-    Held(Box<(Box<Held>, Result<Facts, HostError>)>),
+    Held(Box<HeldHost>),
     Busy,
     Failed(HostError),
 }
 
+/// The script that takes the run's lock on `host` and reads its facts
+/// (with the checks of its own tables, when `access` runs them).
+fn hold_script(inv: &Inventory, host: &Host, access: Access, marker: &str) -> String {
+    let checks = if access.checks() {
+        mta::hold_checks(host, inv.settings.digest.as_str())
+    } else {
+        String::new()
+    };
+    mta::hold_script(host, access.exclusive(), marker, &checks)
+}
+
 async fn hold_one(
+    inv: &Inventory,
     conn: &SshHost,
     host: &Host,
     access: Access,
     marker: &str,
-    digest: &str,
 ) -> Attempt {
-    let checks = if access.checks() {
-        mta::hold_checks(host, digest)
-    } else {
-        String::new()
-    };
-    let script = mta::hold_script(host, access.exclusive(), marker, &checks);
-    match conn.hold(&script, marker).await {
+    let held = conn
+        .hold(&hold_script(inv, host, access, marker), marker)
+        .await;
+    attempt(inv, host, access, held).await
+}
+
+/// Connects to `host` and holds it in the same `ssh` process (see
+/// [`SshHost::connect_and_hold`]); `None` when it could not connect.
+async fn connect_and_hold(
+    inv: &Inventory,
+    host: &Host,
+    access: Access,
+    marker: &str,
+) -> (Result<SshHost, HostError>, Option<Attempt>) {
+    let config = inv.settings.ssh_config.as_deref();
+    let script = hold_script(inv, host, access, marker);
+    match SshHost::connect_and_hold(host, config, &script, marker).await {
+        Err(e) => (
+            Err(HostError::new(
+                &host.name,
+                Stage::Connect,
+                ErrorKind::Unreachable,
+                e.to_string(),
+            )),
+            None,
+        ),
+        Ok((conn, held)) => {
+            let a = attempt(inv, host, access, held).await;
+            (Ok(conn), Some(a))
+        }
+    }
+}
+
+/// What a hold (or the error of one) means for the run.
+async fn attempt(
+    inv: &Inventory,
+    host: &Host,
+    access: Access,
+    held: Result<Hold, crate::ssh::SshError>,
+) -> Attempt {
+    match held {
         Err(e) => Attempt::Failed(facts_error(
             host,
             ErrorKind::Unreachable,
@@ -101,7 +151,14 @@ async fn hold_one(
         )),
         Ok(Hold::Held(held, out)) => {
             let facts = parse_facts(host, &out);
-            Attempt::Held(Box::new((held, facts)))
+            // Probed now, while the other hosts are still being read, and
+            // while this run holds the host: nothing changes what it serves
+            // until this run does.
+            let probes = match access.checks() && facts.is_ok() {
+                true => crate::verify::probe_host(inv, &host.name).await,
+                false => Vec::new(),
+            };
+            Attempt::Held(Box::new((held, facts, probes)))
         }
         Ok(Hold::Ended(out)) => match out.stdout.as_slice() {
             b"@@mxpin-busy\n" => Attempt::Busy,
@@ -138,10 +195,8 @@ pub async fn gather(
     monitor: &dyn Monitor,
     access: Access,
 ) -> Vec<HostState> {
-    let config = inv.settings.ssh_config.as_deref();
     let parallel = parallel.max(1);
     let marker = hold_marker();
-    let digest = inv.settings.digest.as_str();
     // Each host is held as soon as it is connected: a master that waited
     // for every other host's connection could idle out first (its
     // ControlPersist) on a large fleet.
@@ -150,23 +205,11 @@ pub async fn gather(
             .map(|(i, host)| {
                 let marker = &marker;
                 async move {
+                    // Connecting and reading are one process (the master
+                    // runs the first read): one event for both.
                     monitor.event(&host.name, Phase::Connecting);
-                    match SshHost::connect(host, config).await {
-                        Err(e) => {
-                            let e = HostError::new(
-                                &host.name,
-                                Stage::Connect,
-                                ErrorKind::Unreachable,
-                                e.to_string(),
-                            );
-                            (i, Err(e), None)
-                        }
-                        Ok(conn) => {
-                            monitor.event(&host.name, Phase::Reading);
-                            let attempt = hold_one(&conn, host, access, marker, digest).await;
-                            (i, Ok(conn), Some(attempt))
-                        }
-                    }
+                    let (conn, attempt) = connect_and_hold(inv, host, access, marker).await;
+                    (i, conn, attempt)
                 }
             })
             .buffer_unordered(parallel)
@@ -197,7 +240,7 @@ pub async fn gather(
                         let marker = &marker;
                         async move {
                             monitor.event(&host.name, Phase::Reading);
-                            (i, hold_one(conn, host, access, marker, digest).await)
+                            (i, hold_one(inv, conn, host, access, marker).await)
                         }
                     })
                     .buffer_unordered(parallel)
@@ -222,11 +265,11 @@ pub async fn gather(
                 .zip(conns)
                 .zip(attempts)
                 .map(|((host, conn), attempt)| {
-                    let (conn, lock, facts) = match (conn, attempt) {
-                        (Err(e), _) => (None, None, Err(e)),
+                    let (conn, lock, facts, probes) = match (conn, attempt) {
+                        (Err(e), _) => (None, None, Err(e), Vec::new()),
                         (Ok(c), Some(Attempt::Held(held))) => {
-                            let (h, facts) = *held;
-                            (Some(c), Some(h), facts)
+                            let (h, facts, probes) = *held;
+                            (Some(c), Some(h), facts, probes)
                         }
                         (Ok(_), Some(Attempt::Busy)) => (
                             None,
@@ -235,12 +278,14 @@ pub async fn gather(
                                 "another mxpin run holds this host (waited {} s); nothing was changed: try again when it is done",
                                 mta::LOCK_WAIT_SECS
                             ))),
+                            Vec::new(),
                         ),
-                        (Ok(_), Some(Attempt::Failed(e))) => (None, None, Err(e)),
+                        (Ok(_), Some(Attempt::Failed(e))) => (None, None, Err(e), Vec::new()),
                         (Ok(_), None) => (
                             None,
                             None,
                             Err(facts_error(host, ErrorKind::Unparsable, "not read".into())),
+                            Vec::new(),
                         ),
                     };
                     HostState {
@@ -249,6 +294,7 @@ pub async fn gather(
                         lock,
                         facts,
                         stale: false,
+                        probes,
                     }
                 })
                 .collect();

@@ -36,6 +36,11 @@ pub struct HostState {
     /// The facts no longer say what is on the host: an apply script ran
     /// there and did not read it back. Read again before planning.
     pub stale: bool,
+    /// The controller's probes of the host's SMTP servers that an edge
+    /// pins, taken right after the first read while the run held the
+    /// host's lock (`verify`, and `apply` unless `--no-verify`): empty
+    /// otherwise, and emptied when an apply script runs on the host.
+    pub probes: Vec<crate::verify::Probed>,
 }
 
 /// What a run does to its hosts, which decides the lock it holds on each:
@@ -103,12 +108,17 @@ pub async fn settle(
     verify: bool,
 ) -> (Vec<HostOutcome>, Vec<crate::verify::Check>) {
     let Progress { monitor, .. } = run;
-    // The controller's probes run while the hosts are read again.
+    // The controller's probes run while the hosts are read again; those
+    // the first read took of hosts that did not change since are kept.
+    let known: Vec<crate::verify::Probed> = states
+        .iter_mut()
+        .flat_map(|s| std::mem::take(&mut s.probes))
+        .collect();
     let (after, probes) = futures::join!(
         converged(inv, states, externals, intended, templates, run, verify),
         async {
             match verify {
-                true => Some(crate::verify::probe(inv).await),
+                true => Some(crate::verify::probe(inv, known).await),
                 false => None,
             }
         }

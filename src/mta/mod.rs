@@ -119,6 +119,24 @@ impl Steps {
             Steps::Exim(_) => panic!("not a Postfix plan"),
         }
     }
+
+    #[cfg(test)]
+    pub fn exim(&self) -> &exim::ApplySteps {
+        match self {
+            Steps::Exim(s) => s,
+            Steps::Postfix(_) => panic!("not an Exim plan"),
+        }
+    }
+
+    /// Whether the MTA, running, takes up a new served key by itself, some
+    /// time after it is in place, rather than on a reload: Exim's daemon
+    /// when its configuration does not change (see `exim::plan`).
+    pub fn key_served_later(&self) -> bool {
+        match self {
+            Steps::Postfix(_) => false,
+            Steps::Exim(s) => s.running && !s.reload,
+        }
+    }
 }
 
 /// The one read-only remote command that reads a host's facts, with

@@ -35,9 +35,7 @@ if [ -f "$cf" ]; then set -- config "$cf"; fi
 g=$(printf '%s\n' "$o" | sed -n 's/^exim_group = //p')
 put gid "$(getent group "$g" | cut -d: -f3)"
 p=$(printf '%s\n' "$o" | sed -n 's/^pid_file_path = //p')
-pid=''
-if [ -r "$p" ]; then read -r pid < "$p" || :; fi
-if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then put running yes; else put running no; fi
+if [ -n "$p" ] && daemon_pid "$p"; then put running yes; else put running no; fi
 if [ -f "$C/update-exim4.conf.conf" ]; then set -- "$@" update-exim4.conf.conf "$C/update-exim4.conf.conf"; fi
 for f in {confd}; do
   if [ -f "$C/conf.d/$f" ]; then set -- "$@" "confd:$f" "$C/conf.d/$f"; put "confd-ls:$f" "$(ls -ln "$C/conf.d/$f")"; fi

@@ -116,6 +116,11 @@ pub struct ApplySteps {
     /// The configuration as read by facts: apply refuses if it changed.
     pub config_before: String,
     pub pid_file: String,
+    /// The daemon ran when the host was read.
+    pub running: bool,
+    /// The daemon's configuration changes, so it is sent SIGHUP (see
+    /// `plan::needs_reload`); otherwise it picks up what changed by itself.
+    pub reload: bool,
     pub route_tests: Vec<RouteTest>,
     /// Backed-up domains whose route or pins change: their deferred mail
     /// is retried right after the reload (`exim -Rrf`).

@@ -300,6 +300,7 @@ pub fn plan_host(
     let mut flush = Vec::new();
     let confd = format!("{dir}/conf.d/");
     let needs_work = !changes.is_empty();
+    let reload = needs_reload(dir, &changes);
     if needs_work {
         if layout == Layout::DebianSplit {
             commands.push(format!(
@@ -311,7 +312,9 @@ pub fn plan_host(
             commands.push(format!("{} -bV -C (the new {single})", f.bin));
         }
         if f.running {
-            commands.push(format!("kill -HUP $(cat {})", f.pid_file));
+            if reload {
+                commands.push(format!("kill -HUP $(cat {})", f.pid_file));
+            }
             let rehooked = match layout {
                 Layout::Single => edited.text != config,
                 Layout::DebianSplit => changes.iter().any(|c| c.path.starts_with(&confd)),
@@ -384,8 +387,32 @@ pub fn plan_host(
             config_file: single,
             config_before: config,
             pid_file: f.pid_file.clone(),
+            running: f.running,
+            reload,
             route_tests,
             flush,
         }),
     ))
+}
+
+/// Whether `changes` need the daemon to read its configuration again
+/// (SIGHUP). The daemon parses the configuration only when it starts: the
+/// main file, Debian's conf.d and update-exim4.conf.conf, and mxpin's
+/// `.conf` fragments they include. The rest of what mxpin writes is read
+/// while Exim works: the pins and the peers' certificates on each
+/// delivery, the recipient list on each lookup, and the key and
+/// certificate, which the daemon loads again by itself a few seconds after
+/// they change (it watches them; lab/EXIM.md, section 8).
+///
+/// A SIGHUP re-executes the daemon, which closes its listening sockets
+/// while it starts again: a connection in that moment is refused, and its
+/// mail deferred. So a key rotation, which changes only those files, never
+/// signals the daemon; the engine waits instead until the new key is
+/// served ([`crate::plan::HostPlan::awaits_served_key`]).
+pub(super) fn needs_reload(dir: &str, changes: &[FileChange]) -> bool {
+    let owned = format!("{dir}/{OWNED_DIR}/");
+    changes.iter().any(|c| match c.path.strip_prefix(&owned) {
+        Some(name) => name.ends_with(".conf"),
+        None => true,
+    })
 }

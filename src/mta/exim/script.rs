@@ -31,13 +31,19 @@ pub fn apply_script(plan: &HostPlan) -> ApplyScript {
     let _ = writeln!(s, "mxpin_apply() {{");
     let _ = writeln!(s, "C={}", quote(&steps.config_dir));
     let _ = writeln!(s, "X={}", quote(&steps.bin));
+    s.push_str(crate::facts::DAEMON_PID);
     let _ = writeln!(
         s,
-        "reload_exim() {{\n  pid=''\n  if [ -r {p} ]; then read -r pid < {p} || :; fi\n  \
-         if [ -n \"$pid\" ] && kill -0 \"$pid\" 2>/dev/null; then kill -HUP \"$pid\"; fi\n}}\n\
-         reload_after_rollback() {{ reload_exim; }}",
+        "reload_exim() {{\n  if daemon_pid {p}; then kill -HUP \"$pid\"; fi\n}}",
         p = quote(&steps.pid_file)
     );
+    // A rollback gives back the configuration the daemon read before only
+    // when this run changed it.
+    if steps.reload {
+        s.push_str("reload_after_rollback() { reload_exim; }\n");
+    } else {
+        s.push_str("reload_after_rollback() { :; }\n");
+    }
     s.push_str(SCRIPT_PRELUDE);
 
     let writes: Vec<_> = plan
@@ -154,10 +160,11 @@ pub fn apply_script(plan: &HostPlan) -> ApplyScript {
             quote(&format!("host {} [", t.mx)),
         );
     }
+    if steps.reload {
+        s.push_str("step=reload\nreload_exim || fail \"cannot signal the Exim daemon\"\n");
+    }
     s.push_str(
-        r#"step=reload
-reload_exim || fail "cannot signal the Exim daemon"
-trap '' HUP INT TERM
+        r#"trap '' HUP INT TERM
 drop_old
 printf '@@mxpin-ok\n'
 "#,
@@ -192,8 +199,7 @@ fn flush(s: &mut String, steps: &ApplySteps) {
     }
     let _ = writeln!(
         s,
-        "pid=''\nif [ -r {p} ]; then read -r pid < {p} || :; fi\n\
-         if [ -n \"$pid\" ] && kill -0 \"$pid\" 2>/dev/null; then\n  \
+        "if daemon_pid {p}; then\n  \
          if command -v setsid >/dev/null 2>&1; then S=setsid; else S=''; fi\n  \
          $S sh -c '\"$1\" -Rrf \"$2\"; sleep 2; \"$1\" -Rrf \"$2\"' flush \"$X\" {} </dev/null >/dev/null 2>&1 9<&- &\nfi",
         quote(&super::drain::select_regex(&steps.flush)),

@@ -40,9 +40,7 @@ put effective "$pc"
 NL='
 '
 q=${{pc#*"${{NL}}queue_directory = "}}; q=${{q%%"$NL"*}}
-pid=''
-if [ -r "$q/pid/master.pid" ]; then read -r pid < "$q/pid/master.pid" || :; fi
-if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then put running yes; else put running no; fi
+if [ -n "$q" ] && daemon_pid "$q/pid/master.pid"; then put running yes; else put running no; fi
 # The certificates the admin's smtpd serves, certificates only (no private
 # key leaves the host): complete PEM blocks of the files named.
 certs_of() {{

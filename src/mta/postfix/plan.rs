@@ -263,7 +263,11 @@ pub fn plan_host(
     let needs_work = !changes.is_empty() || !postmap.is_empty();
     if needs_work {
         if f.running {
-            commands.push(format!("postfix -c {dir} reload"));
+            // What the script sends (see script.rs, `reload_postfix`).
+            commands.push(match f.effective.get("queue_directory") {
+                Some(q) => format!("kill -HUP $(sed 1q {q}/pid/master.pid)"),
+                None => format!("postfix -c {dir} reload"),
+            });
             flush = drain::domains(d, f, inv, &tables, &new_main, &owned);
             commands.extend(flush.iter().map(|x| format!("postqueue -c {dir} -s {x}")));
         } else {

@@ -239,6 +239,15 @@ fn plan_for(inv: &Inventory, target: &str, facts: &PostfixFacts, peers: &StoredK
     try_plan(inv, target, facts, peers).unwrap()
 }
 
+/// The reload line a plan shows for a running Postfix read as `f` (see
+/// `script::RUNNING`).
+fn reload_line(f: &PostfixFacts) -> String {
+    format!(
+        "kill -HUP $(sed 1q {}/pid/master.pid)",
+        f.effective["queue_directory"]
+    )
+}
+
 fn change<'a>(plan: &'a HostPlan, path: &str) -> &'a FileChange {
     plan.changes
         .iter()
@@ -730,6 +739,7 @@ fn fleet(relay: Result<PostfixFacts, String>) -> (Inventory, Vec<engine::HostSta
             host: h.clone(),
             conn: None,
             stale: false,
+            probes: Vec::new(),
             facts: if h.name.as_str() == "home" {
                 Ok(crate::mta::Facts::Postfix(fixture_facts(HOME_APPLIED)))
             } else {

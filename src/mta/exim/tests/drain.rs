@@ -179,6 +179,11 @@ fn a_pin_change_flushes_the_domain_and_an_unrelated_change_does_not() {
         queue_runs(&plan),
         [r"/usr/sbin/exim4 -Rrf '@(example\.net)$' (in the background)"]
     );
+    // Pins and trust files are read on each delivery: no SIGHUP.
+    assert!(!plan.steps.exim().reload, "{:?}", plan.commands);
+    let text = super::super::script::apply_script(&plan).text().to_string();
+    assert!(!text.contains("step=reload"), "{text}");
+    assert!(text.contains("reload_after_rollback() { :; }"));
 
     // A recipient added changes what relay accepts, not where it sends.
     let more = two_primaries(r#""first.last@example.net", "second@example.net""#);
@@ -186,7 +191,10 @@ fn a_pin_change_flushes_the_domain_and_an_unrelated_change_does_not() {
     let changed: Vec<&str> = plan.changes.iter().map(|c| c.path.as_str()).collect();
     assert_eq!(changed, ["/etc/exim4/mxpin/relay_recipients"]);
     assert!(flush_of(&plan).is_empty());
-    assert!(plan.commands.iter().any(|c| c.starts_with("kill -HUP")));
+    // Read on each lookup: the daemon is not signalled (a SIGHUP would
+    // close its port while it re-executes itself).
+    assert!(!plan.commands.iter().any(|c| c.starts_with("kill -HUP")));
+    assert!(!plan.steps.exim().reload);
     assert!(queue_runs(&plan).is_empty(), "{:?}", plan.commands);
 
     // A primary on another port: only its domain's route changes.
@@ -249,7 +257,7 @@ fn the_script_starts_the_queue_run_only_after_the_reload() {
     assert!(!text.contains("-Rff") && !text.contains("-qff"));
     // Only while the daemon runs.
     assert!(
-        text[ok..run].contains("kill -0 \"$pid\""),
+        text[ok..run].contains("if daemon_pid '/run/exim4/exim.pid'; then"),
         "{}",
         &text[ok..]
     );

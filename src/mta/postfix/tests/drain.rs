@@ -73,7 +73,7 @@ fn a_new_backup_role_flushes_its_domains_after_the_reload() {
     let reload = plan
         .commands
         .iter()
-        .position(|c| c == &format!("postfix -c {DIR} reload"))
+        .position(|c| c == &reload_line(&f))
         .unwrap();
     let first = plan
         .commands
@@ -141,7 +141,7 @@ fn a_pin_change_flushes_the_domain_and_an_unrelated_change_does_not() {
         &[(owned(DIR, "relay_recipients"), Action::Modify, 0o644, false)],
     );
     assert!(flush_of(&plan).is_empty());
-    assert!(plan.commands.contains(&format!("postfix -c {DIR} reload")));
+    assert!(plan.commands.contains(&reload_line(&f)));
     assert!(postqueue_commands(&plan).is_empty(), "{:?}", plan.commands);
     assert!(!apply_script(&plan).text().contains("postqueue"));
 
@@ -204,7 +204,7 @@ fn the_script_flushes_only_after_the_reload_and_never_on_rollback() {
         text.find(needle)
             .unwrap_or_else(|| panic!("{needle:?} not in the script"))
     };
-    let reload = at("out=$(postfix -c \"$C\" reload 2>&1) || fail \"$out\"");
+    let reload = at("out=$(reload_postfix 2>&1) || fail \"$out\"");
     let ok = at("printf '@@mxpin-ok\\n'");
     let flush = at("flush_domain 'example.net' ");
     assert!(
@@ -274,9 +274,10 @@ fn the_flush_falls_back_to_queue_ids_of_the_domain_only() {
     )
     .unwrap();
     let out = sh(&format!(
-        "PATH={}:$PATH; C=/etc/postfix; Q={}\n{}{body}",
+        "PATH={}:$PATH; C=/etc/postfix; Q={}\n{}{}{body}",
         quote(bin.path().to_str().unwrap()),
         quote(queue.path().to_str().unwrap()),
+        crate::facts::DAEMON_PID,
         crate::mta::postfix::script::RUNNING,
     ));
     assert!(out.status.success(), "{out:?}");
@@ -303,4 +304,79 @@ fn the_flush_falls_back_to_queue_ids_of_the_domain_only() {
          message retried by queue ID\n"
     );
     assert_eq!(parse_result(&stdout), Some(ApplyResult::Applied));
+}
+
+/// The reload signals Postfix's master and nothing else: SIGHUP to the pid
+/// in `$Q/pid/master.pid` when that process is named `master`; `postfix
+/// reload` (a fake here, which logs its call) when it has another name; and
+/// nothing when the pid file names no live process.
+#[test]
+fn the_reload_signals_only_a_process_named_master() {
+    let bin = tempfile::tempdir().unwrap();
+    let log = bin.path().join("calls");
+    let postfix = bin.path().join("postfix");
+    std::fs::write(
+        &postfix,
+        format!(
+            "#!/bin/sh\necho \"$*\" >> {}\n",
+            quote(log.to_str().unwrap())
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(
+        &postfix,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    // A process named `master`: a copy of sleep, whose default action on
+    // SIGHUP is to end.
+    let master = bin.path().join("master");
+    std::fs::copy("/bin/sleep", &master).unwrap();
+    let queue = tempfile::tempdir().unwrap();
+    std::fs::create_dir(queue.path().join("pid")).unwrap();
+    let reload = |pid: u32| {
+        std::fs::write(queue.path().join("pid/master.pid"), format!("{pid:>10}\n")).unwrap();
+        let out = sh(&format!(
+            "PATH={}:$PATH; C=/etc/postfix; Q={}\n{}{}if running; then reload_postfix; echo reloaded; fi",
+            quote(bin.path().to_str().unwrap()),
+            quote(queue.path().to_str().unwrap()),
+            crate::facts::DAEMON_PID,
+            crate::mta::postfix::script::RUNNING,
+        ));
+        assert!(out.status.success(), "{out:?}");
+        let calls = std::fs::read_to_string(&log).unwrap_or_default();
+        let _ = std::fs::remove_file(&log);
+        (String::from_utf8(out.stdout).unwrap(), calls)
+    };
+    let mut named_master = std::process::Command::new(&master)
+        .arg("30")
+        .spawn()
+        .unwrap();
+    let (said, calls) = reload(named_master.id());
+    assert_eq!((said.as_str(), calls.as_str()), ("reloaded\n", ""));
+    let status = named_master.wait().unwrap();
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&status),
+        Some(1),
+        "SIGHUP ends it: {status:?}"
+    );
+
+    // A live process with another name (a pid file left behind, its pid
+    // reused): never signalled; `postfix reload` decides.
+    let mut stranger = std::process::Command::new("sleep")
+        .arg("30")
+        .spawn()
+        .unwrap();
+    let (said, calls) = reload(stranger.id());
+    assert_eq!(
+        (said.as_str(), calls.as_str()),
+        ("reloaded\n", "-c /etc/postfix reload\n")
+    );
+    assert!(stranger.try_wait().unwrap().is_none(), "left alone");
+    stranger.kill().unwrap();
+    let gone = stranger.id();
+    stranger.wait().unwrap();
+
+    // No live process: Postfix does not run; nothing is reloaded.
+    assert_eq!(reload(gone), (String::new(), String::new()));
 }

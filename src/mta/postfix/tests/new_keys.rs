@@ -17,6 +17,7 @@ fn fresh_fleet(alg: KeyAlgorithm) -> (Inventory, Vec<engine::HostState>) {
             host: h.clone(),
             conn: None,
             stale: false,
+            probes: Vec::new(),
             facts: Ok(crate::mta::Facts::Postfix(fixture_facts(FRESH))),
         })
         .collect();

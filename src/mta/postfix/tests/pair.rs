@@ -182,6 +182,7 @@ fn pair_states(inv: &Inventory, facts: &[PostfixFacts; 2]) -> Vec<engine::HostSt
             host: h.clone(),
             conn: None,
             stale: false,
+            probes: Vec::new(),
             facts: Ok(crate::mta::Facts::Postfix(f.clone())),
         })
         .collect()

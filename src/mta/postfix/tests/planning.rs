@@ -77,8 +77,13 @@ fn fresh_host_gets_keys_and_exactly_one_main_cf_line() {
     let mut running = f.clone();
     running.running = true;
     let plan = plan_for(&inv, "home", &running, &new_keys("relay.example.org"));
-    assert_eq!(plan.commands, [format!("postfix -c {DIR} reload")]);
+    assert_eq!(plan.commands, [reload_line(&running)]);
     assert!(plan.steps.postfix().running);
+    // Facts without a queue directory (never from a real read): the plan
+    // says `postfix reload`, which the script then runs.
+    running.effective.remove("queue_directory");
+    let plan = plan_for(&inv, "home", &running, &new_keys("relay.example.org"));
+    assert_eq!(plan.commands, [format!("postfix -c {DIR} reload")]);
 }
 
 #[test]
