@@ -49,7 +49,14 @@ pub fn facts_prelude(host: &Host) -> String {
 PATH=/usr/sbin:/usr/bin:/sbin:/bin:/usr/local/sbin:/usr/local/bin:$PATH; export PATH
 {SHELL_HELPERS}C={c}
 M="$C/{OWNED_DIR}"
-u=$(id -u); put uid "$u"
+# The effective uid, from the shell's own /proc/self/status (no process;
+# `id -u` where there is no /proc).
+u=''
+if [ -r /proc/self/status ]; then
+  while read -r k a b rest; do if [ "$k" = Uid: ]; then u=$b; break; fi; done < /proc/self/status
+fi
+case "$u" in ''|*[!0-9]*) u=$(id -u) ;; esac
+put uid "$u"
 if [ "$u" != 0 ]; then put user "$(id -un 2>/dev/null)"; fi
 "#,
         SHELL_HELPERS = crate::facts::SHELL_HELPERS,

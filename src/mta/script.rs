@@ -17,9 +17,11 @@ use crate::plan::{Action, FileChange};
 /// and its ssh connection with it). It never waits for the lock: a host
 /// another run holds prints `@@mxpin-busy` and ends, and the controller
 /// lets go of every host and tries again (so two runs never wait on each
-/// other in a cycle). Before letting go it waits for any apply script still
-/// running on the host (the apply lock, [`script_prepare_and_lock`]), so a
-/// killed run's last apply ends, or rolls back, before the next run reads.
+/// other in a cycle). Before letting go, a changing run's hold waits for any
+/// apply script still running on the host (the apply lock,
+/// [`script_prepare_and_lock`]), so a killed run's last apply ends, or rolls
+/// back, before the next run reads. It waits for its input to close with
+/// the shell's `read`, not a `cat`.
 ///
 /// The directory itself is locked (an open descriptor, nothing written): a
 /// dry run leaves the host byte-identical, and the lock survives main.cf
@@ -41,14 +43,19 @@ if [ -d "$C" ]; then
 fi
 mxpin_facts
 printf '%s\n' {marker}
-cat >/dev/null
-if [ -d "$C/{OWNED_DIR}" ]; then exec 8<"$C/{OWNED_DIR}"; flock -w 600 8; fi
-}}
+while read -r _; do :; done
+{wait_apply}}}
 mxpin_hold
 exit 0
 "#,
         c = crate::shell::quote(host.config_dir.as_str()),
         marker = crate::shell::quote(marker),
+        // Only a run that changes hosts has apply scripts to wait for.
+        wait_apply = if exclusive {
+            format!("if [ -d \"$C/{OWNED_DIR}\" ]; then exec 8<\"$C/{OWNED_DIR}\"; flock -w 600 8; fi\n")
+        } else {
+            String::new()
+        },
     )
 }
 

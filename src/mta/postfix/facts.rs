@@ -57,8 +57,15 @@ certs_of() {{
 # per lookup).
 val() {{ r=''; case "$pc" in *"$NL$1 = "*) r=${{pc#*"$NL$1 = "}}; r=${{r%%"$NL"*}} ;; esac; }}
 set -f
-val smtpd_tls_chain_files; put certs:smtpd_tls_chain_files "$(certs_of "$r")"
-val smtpd_tls_cert_file; put certs:smtpd_tls_cert_file "$(certs_of "$r")"
+# The admin's files only: mxpin's own (the usual answer) need no subshell.
+certs_put() {{
+  o_ifs=$IFS; IFS=", $NL	"; cp_admin=''
+  for x in $2; do case "$x" in "$M"/*) ;; *) cp_admin=yes ;; esac; done
+  IFS=$o_ifs
+  if [ -n "$cp_admin" ]; then put "$1" "$(certs_of "$2")"; else put "$1" ''; fi
+}}
+val smtpd_tls_chain_files; certs_put certs:smtpd_tls_chain_files "$r"
+val smtpd_tls_cert_file; certs_put certs:smtpd_tls_cert_file "$r"
 set +f
 # Every file in one bundle (see putfiles): NAME PATH pairs in "$@".
 set -- main.cf "$C/main.cf"
