@@ -10,6 +10,36 @@ fn running(mut f: PostfixFacts) -> PostfixFacts {
     f
 }
 
+/// Writes an executable shell script `name` into `dir`.
+fn fake_bin(dir: &std::path::Path, name: &str, script: &str) {
+    let p = dir.join(name);
+    std::fs::write(&p, format!("#!/bin/sh\n{script}")).unwrap();
+    std::fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+}
+
+/// Points the queue directory's master pid file (Postfix's format: the pid
+/// right-aligned in ten columns) at `pid`.
+fn master_pid(queue: &std::path::Path, pid: u32) {
+    std::fs::create_dir_all(queue.join("pid")).unwrap();
+    std::fs::write(queue.join("pid/master.pid"), format!("{pid:>10}\n")).unwrap();
+}
+
+/// Runs `body` after the apply script's `running` and `reload_postfix`,
+/// with `bin` first on the PATH and `Q` the queue directory.
+fn with_running(
+    bin: &std::path::Path,
+    queue: &std::path::Path,
+    body: &str,
+) -> std::process::Output {
+    sh(&format!(
+        "PATH={}:$PATH; C=/etc/postfix; Q={}\n{}{}{body}",
+        quote(bin.to_str().unwrap()),
+        quote(queue.to_str().unwrap()),
+        crate::facts::DAEMON_PID,
+        crate::mta::postfix::script::RUNNING,
+    ))
+}
+
 fn flush_of(plan: &HostPlan) -> Vec<String> {
     let mut v = plan.steps.postfix().flush.clone();
     v.sort();
@@ -242,11 +272,6 @@ fn the_flush_falls_back_to_queue_ids_of_the_domain_only() {
 
     let bin = tempfile::tempdir().unwrap();
     let log = bin.path().join("calls");
-    let fake = |name: &str, script: &str| {
-        let p = bin.path().join(name);
-        std::fs::write(&p, format!("#!/bin/sh\n{script}")).unwrap();
-        std::fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-    };
     let json = [
         r#"{"queue_name": "deferred", "queue_id": "AAA1", "recipients": [{"address": "first.last@example.net", "delay_reason": "x"}]}"#,
         r#"{"queue_name": "deferred", "queue_id": "BBB2", "recipients": [{"address": "someone@down.example", "delay_reason": "x"}]}"#,
@@ -255,7 +280,8 @@ fn the_flush_falls_back_to_queue_ids_of_the_domain_only() {
         r#"{"queue_name": "deferred", "queue_id": "EEE5", "recipients": [{"address": "c@EXAMPLE.COM", "delay_reason": "x"}]}"#,
     ]
     .join("\n");
-    fake(
+    fake_bin(
+        bin.path(),
         "postqueue",
         &format!(
             "echo \"$*\" >> {log}\ncase \"$3\" in\n\
@@ -267,19 +293,8 @@ fn the_flush_falls_back_to_queue_ids_of_the_domain_only() {
     );
     // Postfix runs: its master's pid file names a live process (this one).
     let queue = tempfile::tempdir().unwrap();
-    std::fs::create_dir(queue.path().join("pid")).unwrap();
-    std::fs::write(
-        queue.path().join("pid/master.pid"),
-        format!("{:>10}\n", std::process::id()),
-    )
-    .unwrap();
-    let out = sh(&format!(
-        "PATH={}:$PATH; C=/etc/postfix; Q={}\n{}{}{body}",
-        quote(bin.path().to_str().unwrap()),
-        quote(queue.path().to_str().unwrap()),
-        crate::facts::DAEMON_PID,
-        crate::mta::postfix::script::RUNNING,
-    ));
+    master_pid(queue.path(), std::process::id());
+    let out = with_running(bin.path(), queue.path(), body);
     assert!(out.status.success(), "{out:?}");
     let stdout = String::from_utf8(out.stdout).unwrap();
     let mut calls: Vec<String> = std::fs::read_to_string(&log)
@@ -314,35 +329,23 @@ fn the_flush_falls_back_to_queue_ids_of_the_domain_only() {
 fn the_reload_signals_only_a_process_named_master() {
     let bin = tempfile::tempdir().unwrap();
     let log = bin.path().join("calls");
-    let postfix = bin.path().join("postfix");
-    std::fs::write(
-        &postfix,
-        format!(
-            "#!/bin/sh\necho \"$*\" >> {}\n",
-            quote(log.to_str().unwrap())
-        ),
-    )
-    .unwrap();
-    std::fs::set_permissions(
-        &postfix,
-        std::os::unix::fs::PermissionsExt::from_mode(0o755),
-    )
-    .unwrap();
+    fake_bin(
+        bin.path(),
+        "postfix",
+        &format!("echo \"$*\" >> {}\n", quote(log.to_str().unwrap())),
+    );
     // A process named `master`: a copy of sleep, whose default action on
     // SIGHUP is to end.
     let master = bin.path().join("master");
     std::fs::copy("/bin/sleep", &master).unwrap();
     let queue = tempfile::tempdir().unwrap();
-    std::fs::create_dir(queue.path().join("pid")).unwrap();
     let reload = |pid: u32| {
-        std::fs::write(queue.path().join("pid/master.pid"), format!("{pid:>10}\n")).unwrap();
-        let out = sh(&format!(
-            "PATH={}:$PATH; C=/etc/postfix; Q={}\n{}{}if running; then reload_postfix; echo reloaded; fi",
-            quote(bin.path().to_str().unwrap()),
-            quote(queue.path().to_str().unwrap()),
-            crate::facts::DAEMON_PID,
-            crate::mta::postfix::script::RUNNING,
-        ));
+        master_pid(queue.path(), pid);
+        let out = with_running(
+            bin.path(),
+            queue.path(),
+            "if running; then reload_postfix; echo reloaded; fi",
+        );
         assert!(out.status.success(), "{out:?}");
         let calls = std::fs::read_to_string(&log).unwrap_or_default();
         let _ = std::fs::remove_file(&log);
