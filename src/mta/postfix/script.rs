@@ -32,9 +32,9 @@ fn is_admin_file(path: &str) -> bool {
 /// The reload is what postfix-script's `reload` sends: SIGHUP to the
 /// master (master(8): it re-reads main.cf and master.cf, and its children
 /// finish their work and restart with the new settings). postfix-script
-/// adds a queue-structure check of the active queue and four helper
-/// processes, about 40 ms of CPU per host, that a configuration change does
-/// not need. The signal goes only to a process that is Postfix's master by
+/// adds a structure check of the active queue, in ten processes in all
+/// (two `postconf`, `master -t`, `postlog`, two `postsuper`, two `sed`),
+/// about 40 ms of CPU per host, that a configuration change does not need. The signal goes only to a process that is Postfix's master by
 /// name (`/proc/PID/comm`), never to whatever pid a stale pid file names;
 /// without `/proc`, or with another name, it is `postfix reload`.
 pub(crate) const RUNNING: &str = r#"running() {
