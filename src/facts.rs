@@ -29,43 +29,58 @@ macro_rules! daemon_pid {
 
 /// Shell functions for facts scripts: `put NAME VALUE`, `putfile NAME PATH`
 /// (the latter keeps trailing newlines, which `$(...)` would strip) and
-/// `putfiles NAME PATH [NAME PATH]...`, which reads every file in a constant
-/// number of processes: sizes from one `wc -c`, contents from one `cat`,
-/// sizes again after it. It writes them in one [`BUNDLE`] frame, or file by
-/// file with `putfile` (an unreadable file is named in an `error` section)
-/// when a step fails, the sizes changed while the files were read, or they
-/// do not add up to what `cat` gave. Without arguments it reads nothing
-/// (`cat` alone would read the rest of the script from stdin).
-/// Also `daemon_pid` ([`DAEMON_PID`]). Requires `LC_ALL=C` so that `${#v}`
-/// counts bytes.
+/// `putfiles LIST NAME PATH [NAME PATH]...`, which reads every file in two
+/// processes: one `ls -ln` gives each file's mode line and its size (in
+/// bytes, the paths as given: the environment that GNU `ls` would scale or
+/// quote them by is unset), one `cat` the contents. The listing goes to the section LIST (none when
+/// LIST is empty), the files to one [`BUNDLE`] frame; or file by file with
+/// `putfile` (an unreadable file is named in an `error` section) when a
+/// file has no line of a regular file in the listing (a symlink, a file
+/// gone), `cat` fails, or the sizes do not add up to what `cat` gave (a
+/// file changed in between). Without files it reads nothing (`cat` alone
+/// would read the rest of the script from stdin). Also `daemon_pid`
+/// ([`DAEMON_PID`]). Requires `LC_ALL=C` so that `${#v}` counts bytes.
+///
+/// `cat` reads a here-document `x` after the files: that keeps the
+/// contents' trailing newlines from `$(...)` without a subshell around
+/// `cat`, one process less per read.
 pub const SHELL_HELPERS: &str = concat!(
     r#"put() { printf '@@mxpin %s %s\n' "$1" "${#2}"; printf '%s\n' "$2"; }
 putfile() {
   if v=$(cat -- "$2" 2>&1; r=$?; echo x; exit $r); then put "$1" "${v%x}"; else put error "cannot read $2: ${v%x}"; fi
 }
 putfiles() {
-  [ $# -gt 0 ] || return 0
+  [ $# -gt 1 ] || return 0
+  pf_list=$1; shift
   pf_nl='
 '
   pf_names='' pf_c=$#
   while [ "$pf_c" -gt 0 ]; do pf_names=$pf_names$1$pf_nl; set -- "$@" "$2"; shift 2; pf_c=$((pf_c - 2)); done
-  if pf_w=$(wc -c -- "$@" 2>/dev/null) && pf_v=$(cat -- "$@" 2>/dev/null; r=$?; echo x; exit $r) &&
-    pf_w2=$(wc -c -- "$@" 2>/dev/null) && [ "$pf_w" = "$pf_w2" ] && pf_index $#; then
+  unset BLOCK_SIZE LS_BLOCK_SIZE BLOCKSIZE QUOTING_STYLE TIME_STYLE
+  pf_ls=$(ls -ln -- "$@" 2>/dev/null)
+  if [ -n "$pf_list" ]; then put "$pf_list" "$pf_ls"; fi
+  if pf_index "$@" && pf_v=$(cat -- "$@" - 2>/dev/null <<'MXPIN_PF_END'
+x
+MXPIN_PF_END
+) && [ "$pf_sum" -eq $((${#pf_v} - 1)) ]; then
     put bundle "$pf_idx$pf_nl${pf_v%x}"
   else
     for pf_p in "$@"; do putfile "${pf_names%%"$pf_nl"*}" "$pf_p"; pf_names=${pf_names#*"$pf_nl"}; done
   fi
 }
 pf_index() {
-  pf_idx='' pf_sum=0 pf_n=$pf_names pf_l=$pf_w$pf_nl pf_c=$1
-  while [ "$pf_c" -gt 0 ]; do
-    pf_s=${pf_l%%"$pf_nl"*}; pf_l=${pf_l#*"$pf_nl"}
-    pf_s=${pf_s#"${pf_s%%[! ]*}"}; pf_s=${pf_s%%[!0-9]*}
-    [ -n "$pf_s" ] || return 1
+  pf_idx='' pf_sum=0 pf_n=$pf_names pf_l=$pf_nl$pf_ls$pf_nl
+  for pf_p; do
+    pf_x=${pf_l%%" $pf_p$pf_nl"*}
+    [ "$pf_x" != "$pf_l" ] || return 1
+    pf_x=${pf_x##*"$pf_nl"}
+    case "$pf_x" in -*) ;; *) return 1 ;; esac
+    for pf_k in 1 2 3 4; do pf_x=${pf_x#*" "}; pf_x=${pf_x#"${pf_x%%[! ]*}"}; done
+    pf_s=${pf_x%%" "*}
+    case "$pf_s" in ''|*[!0-9]*) return 1 ;; esac
     pf_idx=$pf_idx$pf_s' '${pf_n%%"$pf_nl"*}$pf_nl; pf_n=${pf_n#*"$pf_nl"}
-    pf_sum=$((pf_sum + pf_s)); pf_c=$((pf_c - 1))
+    pf_sum=$((pf_sum + pf_s))
   done
-  [ "$pf_sum" -eq $((${#pf_v} - 1)) ]
 }
 "#,
     daemon_pid!()
@@ -511,12 +526,14 @@ mod tests {
         assert!(s.get("error").unwrap().starts_with("cannot read"));
     }
 
-    /// `putfiles` writes one bundle that reads as the files, byte for byte,
-    /// in the order given; the paths are quoted, never split.
+    /// `putfiles` writes the files' `ls -ln` lines and one bundle that
+    /// reads as the files, byte for byte, in the order given; the paths
+    /// are quoted, never split.
     #[test]
     fn putfiles_bundles_the_files() {
         let dir = tempfile::tempdir().unwrap();
         let mut args = String::new();
+        let mut paths = Vec::new();
         for (i, (name, text)) in FILES.iter().enumerate() {
             let path = dir.path().join(format!("-f{i} $x'*"));
             std::fs::write(&path, text).unwrap();
@@ -525,18 +542,48 @@ mod tests {
                 crate::shell::quote(name),
                 crate::shell::quote(path.to_str().unwrap())
             ));
+            paths.push(path);
         }
-        let out = sh(&format!("set -- a b\nputfiles{args}\nput args \"$*\"\n")).stdout;
-        assert_eq!(names(&out), [BUNDLE, "args"]);
+        // An environment that has GNU ls scale sizes and quote names (a
+        // login's ~/.bashrc may set it) changes nothing.
+        let out = sh(&format!(
+            "export BLOCK_SIZE=K QUOTING_STYLE=shell-always TIME_STYLE=long-iso\n\
+             set -- a b\nputfiles ls{args}\nput args \"$*\"\n"
+        ))
+        .stdout;
+        assert_eq!(names(&out), ["ls", BUNDLE, "args"]);
         let s = parse(&out).unwrap();
         for (name, text) in FILES {
             assert_eq!(s.get(name), Some(text), "{name}");
         }
-        let index = bundle_index(raw_frames(&out).unwrap()[0].1).unwrap();
+        let index = bundle_index(raw_frames(&out).unwrap()[1].1).unwrap();
         let order: Vec<&str> = index.files.iter().map(|(n, _)| *n).collect();
         assert_eq!(order, FILES.map(|(n, _)| n));
+        // One line a file, found by its path.
+        let listing = s.get("ls").unwrap();
+        assert_eq!(listing.lines().count(), FILES.len());
+        for path in &paths {
+            let name = path.file_name().unwrap().to_str().unwrap();
+            let line = crate::mta::ls_line(listing, name);
+            assert!(line.starts_with("-rw"), "{name}: {line:?}");
+        }
         // The caller's own arguments are untouched.
         assert_eq!(s.get("args"), Some("a b"));
+    }
+
+    /// With an empty LIST, `putfiles` writes the bundle alone.
+    #[test]
+    fn putfiles_without_a_list_writes_no_listing() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = dir.path().join("a");
+        std::fs::write(&a, "kept\n").unwrap();
+        let out = sh(&format!(
+            "putfiles '' file:a {}\n",
+            crate::shell::quote(a.to_str().unwrap())
+        ))
+        .stdout;
+        assert_eq!(names(&out), [BUNDLE]);
+        assert_eq!(parse(&out).unwrap().get("file:a"), Some("kept\n"));
     }
 
     /// A file that cannot be read sends every file of the call to its own
@@ -548,14 +595,15 @@ mod tests {
         std::fs::write(&a, "kept\n").unwrap();
         let gone = dir.path().join("gone");
         let out = sh(&format!(
-            "putfiles file:a {} file:gone {}\n",
+            "putfiles ls file:a {} file:gone {}\n",
             crate::shell::quote(a.to_str().unwrap()),
             crate::shell::quote(gone.to_str().unwrap())
         ))
         .stdout;
-        assert_eq!(names(&out), ["file:a", "error"]);
+        assert_eq!(names(&out), ["ls", "file:a", "error"]);
         let s = parse(&out).unwrap();
         assert_eq!(s.get("file:a"), Some("kept\n"));
+        assert!(crate::mta::ls_line(s.get("ls").unwrap(), "a").starts_with("-rw"));
         let e = s.get("error").unwrap();
         assert!(
             e.starts_with(&format!("cannot read {}: ", gone.display())),
@@ -563,9 +611,30 @@ mod tests {
         );
     }
 
-    /// A `wc` that lies (sizes that do not add up to what `cat` read) or
-    /// a file that changes between the two `wc` (after `cat`): `putfiles`
-    /// sends each file to a frame of its own, read again by `putfile`.
+    /// A symlink (its listing is the link's, with no size of the file it
+    /// names) is read file by file, through the link; its line in the
+    /// listing is the link's own, never taken for a file's.
+    #[test]
+    fn putfiles_reads_a_symlink_file_by_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let (target, link) = (dir.path().join("target"), dir.path().join("link"));
+        std::fs::write(&target, "through the link\n").unwrap();
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        let out = sh(&format!(
+            "putfiles ls main.cf {}\n",
+            crate::shell::quote(link.to_str().unwrap())
+        ))
+        .stdout;
+        assert_eq!(names(&out), ["ls", "main.cf"]);
+        let s = parse(&out).unwrap();
+        assert_eq!(s.get("main.cf"), Some("through the link\n"));
+        assert!(s.get("ls").unwrap().starts_with('l'));
+        assert_eq!(crate::mta::ls_line(s.get("ls").unwrap(), "link"), "");
+    }
+
+    /// An `ls` that lies (sizes that do not add up to what `cat` read), or
+    /// a file that grows after `ls` listed it: `putfiles` sends each file to
+    /// a frame of its own, read again by `putfile`.
     #[test]
     fn putfiles_falls_back_when_the_sizes_are_not_the_files() {
         use std::os::unix::fs::PermissionsExt as _;
@@ -573,32 +642,31 @@ mod tests {
         let (a, b) = (dir.path().join("a"), dir.path().join("b"));
         let fake = dir.path().join("bin");
         std::fs::create_dir(&fake).unwrap();
-        let wc = fake.join("wc");
+        let ls = fake.join("ls");
         let q = |p: &std::path::Path| crate::shell::quote(p.to_str().unwrap());
+        let real = ["/usr/bin/ls", "/bin/ls"]
+            .into_iter()
+            .find(|p| std::path::Path::new(p).exists())
+            .unwrap();
         let cases = [
             // One byte more for every file.
-            r#"/usr/bin/wc "$@" | awk '{ $1 = $1 + 1; print }'"#.to_string(),
-            // The second call (after cat) finds a grown.
-            format!(
-                r#"if [ -e {calls} ]; then echo more >> {a}; fi; : > {calls}; exec /usr/bin/wc "$@""#,
-                calls = q(&dir.path().join("calls")),
-                a = q(&a)
-            ),
+            format!(r#"{real} "$@" | awk '{{ $5 = $5 + 1; print }}'"#),
+            // a grows once it is listed, before cat reads it.
+            format!(r#"{real} "$@"; echo more >> {a}"#, a = q(&a)),
         ];
         for script in cases {
             std::fs::write(&a, "first\n").unwrap();
             std::fs::write(&b, "second").unwrap();
-            let _ = std::fs::remove_file(dir.path().join("calls"));
-            std::fs::write(&wc, format!("#!/bin/sh\n{script}\n")).unwrap();
-            std::fs::set_permissions(&wc, std::fs::Permissions::from_mode(0o755)).unwrap();
+            std::fs::write(&ls, format!("#!/bin/sh\n{script}\n")).unwrap();
+            std::fs::set_permissions(&ls, std::fs::Permissions::from_mode(0o755)).unwrap();
             let out = sh(&format!(
-                "PATH={}:$PATH\nputfiles file:a {} file:b {}\n",
+                "PATH={}:$PATH\nputfiles ls file:a {} file:b {}\n",
                 q(&fake),
                 q(&a),
                 q(&b)
             ))
             .stdout;
-            assert_eq!(names(&out), ["file:a", "file:b"], "{script}");
+            assert_eq!(names(&out), ["ls", "file:a", "file:b"], "{script}");
             let s = parse(&out).unwrap();
             assert_eq!(
                 s.get("file:a"),
@@ -613,7 +681,9 @@ mod tests {
     /// without arguments would eat the rest of a script fed on stdin.
     #[test]
     fn putfiles_without_files_reads_nothing() {
-        let out = sh("putfiles\nput after yes\n").stdout;
-        assert_eq!(out, frames(&[("after", "yes")]));
+        for call in ["putfiles", "putfiles ls"] {
+            let out = sh(&format!("{call}\nput after yes\n")).stdout;
+            assert_eq!(out, frames(&[("after", "yes")]), "{call}");
+        }
     }
 }

@@ -247,3 +247,62 @@ fn killed_apply_leaves_no_ssh_master_and_the_next_apply_converges() {
     );
     still_pinned_and_verified(&lab, &inv, "after a killed apply");
 }
+
+/// A read (here `verify`) that finds a host held by another run waits for
+/// it: its first read of that host had no ssh master (a reading run starts
+/// none), so the tries after it start one. The host is read once it is
+/// free, every check passes, and no master or control directory is left.
+#[test]
+fn a_read_waits_for_a_busy_host_and_leaves_no_master() {
+    let Some(lab) = Lab::up() else { return };
+    let inv = inv(&lab);
+    let apply = lab.mxpin(&["apply", "--yes", "-i", &inv]);
+    assert_eq!(apply.code, 0, "{apply:?}");
+    let state = tempfile::tempdir().unwrap();
+    let runs = state.path().join("mxpin");
+
+    // Another run's lock on home's configuration directory, for 3 s.
+    let cfg = lab.dir.join("ssh_config");
+    let mut holder = Command::new(repo().join("lab/lab.sh"))
+        .arg("exec")
+        .arg(&lab.dir)
+        .args(["ssh", "-F", cfg.to_str().unwrap(), "home"])
+        .arg("flock -x /etc/postfix -c 'echo held; sleep 3'")
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(holder.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert_eq!(line, "held\n");
+
+    let started = std::time::Instant::now();
+    let out = Command::new(repo().join("lab/lab.sh"))
+        .arg("exec")
+        .arg(&lab.dir)
+        .arg(mxpin_bin())
+        .args(["verify", "-i", &inv])
+        .env("NO_COLOR", "1")
+        .env("XDG_STATE_HOME", state.path())
+        .output()
+        .unwrap();
+    let waited = started.elapsed();
+    assert!(holder.wait().unwrap().success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}\n{stderr}");
+    assert!(
+        stderr.contains("home: waiting for another mxpin run"),
+        "{stderr}"
+    );
+    assert!(waited >= Duration::from_secs(2), "{waited:?}: {stderr}");
+    assert!(stdout.contains("Verified: "), "{stdout}");
+    assert!(
+        masters(state.path()).is_empty(),
+        "{:?}",
+        masters(state.path())
+    );
+    let left: Vec<_> = std::fs::read_dir(&runs).unwrap().collect();
+    assert!(left.is_empty(), "{left:?}");
+}

@@ -119,7 +119,7 @@ async fn connect_and_hold(
 ) -> (Result<SshHost, HostError>, Option<Attempt>) {
     let config = inv.settings.ssh_config.as_deref();
     let script = hold_script(inv, host, access, marker);
-    match SshHost::connect_and_hold(host, config, &script, marker).await {
+    match SshHost::connect_and_hold(host, config, access.master(), &script, marker).await {
         Err(e) => (
             Err(HostError::new(
                 &host.name,

@@ -71,6 +71,18 @@ impl Access {
     pub fn checks(self) -> bool {
         matches!(self, Access::Verify | Access::ChangeAndVerify)
     }
+
+    /// When each host's ssh master starts: with the first read for runs
+    /// that change hosts (their apply scripts, read-backs and re-reads
+    /// share it); only when needed for runs that read, which send most
+    /// hosts one command (a host that is busy, or that verify reads again,
+    /// starts its master then).
+    pub fn master(self) -> crate::ssh::Master {
+        match self.exclusive() {
+            true => crate::ssh::Master::First,
+            false => crate::ssh::Master::OnDemand,
+        }
+    }
 }
 
 /// Tells the monitor how planning ended for each host: `settled` for hosts

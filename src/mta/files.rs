@@ -104,11 +104,16 @@ pub fn keep_final_newline(original: &str, mut edited: String) -> String {
     edited
 }
 
-/// The line of an `ls -ln` listing for the file `name` (empty if absent).
+/// The line of an `ls -ln` listing for the file `name` (empty if absent):
+/// the line whose path is `name`, or ends in `/name` (the facts list the
+/// files they read by their full paths; `name` is a file in mxpin's
+/// directory, or a path below the configuration directory). A symlink's
+/// line ends with its target, so it is never taken for the file.
 pub fn ls_line(listing: &str, name: &str) -> String {
+    let (path, bare) = (format!("/{name}"), format!(" {name}"));
     listing
         .lines()
-        .find(|l| l.split_whitespace().last() == Some(name))
+        .find(|l| l.ends_with(&path) || l.ends_with(&bare))
         .unwrap_or_default()
         .to_string()
 }

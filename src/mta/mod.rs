@@ -148,6 +148,25 @@ pub fn facts_script(host: &Host, extra: &str) -> String {
     }
 }
 
+/// The facts script of an apply's read-back ([`apply_and_read_script`]):
+/// [`facts_script`], but a Postfix host whose main.cf and master.cf the
+/// plan leaves as they were is given postconf's answer of the first read
+/// (see [`postfix::facts_script_known`]).
+pub fn read_back_script(plan: &HostPlan, host: &Host, extra: &str) -> String {
+    match (&plan.steps, host.mta) {
+        (Steps::Postfix(s), Mta::Postfix)
+            if !s.postconf_before.is_empty()
+                && !plan
+                    .changes
+                    .iter()
+                    .any(|c| postfix::script::is_admin_file(&c.path)) =>
+        {
+            postfix::facts_script_known(host, extra, &s.postconf_before)
+        }
+        _ => facts_script(host, extra),
+    }
+}
+
 /// Parses the output of [`facts_script`].
 pub fn parse_facts(host: &Host, sections: &Sections) -> Result<Facts, String> {
     match host.mta {

@@ -71,7 +71,7 @@ pub fn script_prepare_and_lock(s: &mut String) {
         s,
         r#"step='prepare'
 if [ -d "$C/{OWNED_DIR}" ]; then made_dir=''; else made_dir="$C/{OWNED_DIR}"; fi
-mkdir -p "$C/{OWNED_DIR}" && chown 0:0 "$C/{OWNED_DIR}" && chmod 755 "$C/{OWNED_DIR}" || fail "cannot create $C/{OWNED_DIR}"
+install -d -o 0 -g 0 -m 755 "$C/{OWNED_DIR}" || fail "cannot create $C/{OWNED_DIR}"
 step=lock
 command -v flock >/dev/null 2>&1 || fail "flock not found (util-linux)"
 exec 8<"$C/{OWNED_DIR}"
@@ -81,16 +81,22 @@ flock -w {LOCK_WAIT_SECS} 8 || fail "another mxpin run has been changing this ho
 }
 
 /// Shell that refuses, before anything is written, when a file the plan
-/// changes is no longer what the facts read saw (another run, or an admin,
-/// changed it since): compared by SHA-256, so private keys are never
-/// echoed back. One `sha256sum` for every file that was there; only when
-/// its answer differs is each file checked on its own, to name the one
-/// that changed.
-pub fn script_check_unchanged(s: &mut String, changes: &[FileChange]) {
+/// changes, or one of the `kept` files the plan was made from (path and
+/// content: the MTA's main configuration), is no longer what the facts
+/// read saw (another run, or an admin, changed it since): compared by
+/// SHA-256, so private keys are never echoed back. One `sha256sum` for
+/// every file that was there; only when its answer differs is each file
+/// checked on its own, to name the one that changed.
+pub fn script_check_unchanged(s: &mut String, changes: &[FileChange], kept: &[(&str, &str)]) {
     use crate::shell::quote;
     use std::fmt::Write as _;
     let _ = writeln!(s, "step='check files'");
     let mut known: Vec<(&str, String)> = Vec::new();
+    for (path, content) in kept {
+        if !changes.iter().any(|c| c.path == *path) {
+            known.push((path, sha256_hex(content.as_bytes())));
+        }
+    }
     for c in changes {
         match &c.old {
             Some(old) => known.push((&c.path, sha256_hex(old.raw().as_bytes()))),
@@ -384,7 +390,7 @@ pub fn apply_and_read_script(
     extra: &str,
 ) -> ApplyScript {
     let apply = super::apply_script(plan);
-    let facts = facts_script(host, extra);
+    let facts = super::read_back_script(plan, host, extra);
     let mut s = Zeroizing::new(String::with_capacity(apply.text().len() + facts.len() + 64));
     s.push_str(
         apply
@@ -502,7 +508,7 @@ mod batched_tests {
             change(&p("new"), None, "z", 0o644),
         ];
         let mut s = String::new();
-        script_check_unchanged(&mut s, &changes);
+        script_check_unchanged(&mut s, &changes, &[]);
         assert_eq!(s.matches("sha256sum").count(), 3, "{s}");
         assert_eq!(run(&s), (true, String::new()));
 

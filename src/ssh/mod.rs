@@ -1,7 +1,10 @@
-//! The transport: one OpenSSH master connection per host (so the user's
-//! ssh config, agent, ProxyJump and known_hosts all apply), and scripts sent
-//! on the standard input of `sh -s`, never on a command line.
+//! The transport: one OpenSSH connection per host, through the `ssh`
+//! command (so the user's ssh config, agent, ProxyJump and known_hosts all
+//! apply), a master when the run sends the host more than one command
+//! (see [`Master`]), and scripts sent on the standard input of `sh -s`,
+//! never on a command line.
 
+use std::ffi::OsString;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -19,11 +22,34 @@ use errors::{chain, connect_error, with_fix};
 pub use errors::{RemoteOutput, SshError};
 
 pub struct SshHost {
-    session: Arc<openssh::Session>,
+    /// ssh's options and destination, from `-E` to `-- HOST`: how a
+    /// master started on demand (see [`Master::OnDemand`]) connects.
+    args: Vec<OsString>,
+    dest: String,
+    /// The master's session, once there is a master.
+    session: tokio::sync::OnceCell<Arc<openssh::Session>>,
     sudo: bool,
-    /// The master's directory (control socket and log); the master is
-    /// told to exit, and the directory removed, on close or drop.
+    /// The connection's directory (ssh's log, and the master's control
+    /// socket once there is one); the master is told to exit, and the
+    /// directory removed, on close or drop.
     master: Option<tempfile::TempDir>,
+}
+
+/// When a host's ssh master (the connection a run's later commands to the
+/// host share) starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Master {
+    /// With the first read, in the same `ssh` process: for runs that send
+    /// most hosts more commands (apply scripts).
+    First,
+    /// Only when a second command is sent to the host: for runs that read
+    /// each host once (plan, verify), whose first read is then a plain
+    /// `ssh HOST sh -s`, as cheap as the floor's `ssh HOST true` but for
+    /// the script. A master costs about 4 ms of CPU a host (its fork, the
+    /// control socket, every byte relayed through it); one started later
+    /// costs a second handshake, which only a host that is busy, or read
+    /// again, pays.
+    OnDemand,
 }
 
 /// What a hold on a host's lock found.
@@ -104,25 +130,29 @@ fn drain(
 }
 
 impl SshHost {
-    /// Starts the host's ssh master, as openssh's `SessionBuilder` does,
-    /// but without `-o StrictHostKeyChecking` (which would override the
-    /// user's ssh config): ssh applies the config's own host-key policy,
-    /// which is strict unless it says otherwise (BatchMode turns "ask"
-    /// into a refusal). No `ssh -G` first.
+    /// Connects to the host and runs the hold `script` (see [`Self::hold`])
+    /// as its first session, in one `ssh` process. ssh runs as openssh's
+    /// `SessionBuilder` would run it, but without `-o
+    /// StrictHostKeyChecking` (which would override the user's ssh config):
+    /// ssh applies the config's own host-key policy, which is strict unless
+    /// it says otherwise (BatchMode turns "ask" into a refusal). No `ssh -G`
+    /// first.
     ///
-    /// The same `ssh` process runs the hold `script` (see [`Self::hold`])
-    /// as its first session: with `ControlPersist`, ssh puts the master in
-    /// the background once it is connected and authenticated, and the
-    /// process it started from becomes the session's client. That saves
-    /// the start of a second `ssh` (about 7 ms of CPU) and a round trip
-    /// per host. Later sessions (apply scripts, a hold tried again) go
-    /// over the master's control socket.
+    /// With [`Master::First`] that process starts the master: with
+    /// `ControlPersist`, ssh puts the master in the background once it is
+    /// connected and authenticated, and the process it started from becomes
+    /// the session's client. That saves the start of a second `ssh` (about
+    /// 7 ms of CPU) and a round trip per host. Later sessions (apply
+    /// scripts, a hold tried again) go over the master's control socket.
+    /// With [`Master::OnDemand`] it is a plain connection, and the master
+    /// starts when a later session needs it.
     ///
     /// An error is a connection that failed; once connected, the hold's
     /// own outcome comes with the connection.
     pub async fn connect_and_hold(
         host: &Host,
         config: Option<&Path>,
+        master: Master,
         script: &str,
         marker: &str,
     ) -> Result<(Self, Result<Hold, SshError>), SshError> {
@@ -140,40 +170,15 @@ impl SshHost {
             .map_err(|e| err(format!("control directory in {}: {e}", base.display())))?;
         let log = dir.path().join("log");
         let ctl = dir.path().join("master");
+        let args = ssh_args(host, config, &log);
         let mut cmd = tokio::process::Command::new("ssh");
         cmd.stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .arg("-E")
-            .arg(&log)
-            .arg("-S")
-            .arg(&ctl)
-            .args(["-M", "-T", "-o"])
-            .arg(format!("ControlPersist={MASTER_IDLE_SECS}s"))
-            .args(["-o", "BatchMode=yes"])
-            .arg("-o")
-            .arg(format!(
-                "ConnectTimeout={}",
-                crate::limits::SSH_CONNECT_TIMEOUT.as_secs()
-            ))
-            .arg("-o")
-            .arg(format!(
-                "ServerAliveInterval={}",
-                crate::limits::SSH_ALIVE_INTERVAL.as_secs()
-            ));
-        // User and port go to ssh as -l and -p: `user@host:port` as one
-        // destination is not a form ssh knows.
-        if let Some(p) = host.ssh.port() {
-            cmd.arg("-p").arg(p.to_string());
+            .stderr(std::process::Stdio::piped());
+        if master == Master::First {
+            cmd.arg("-S").arg(&ctl).args(master_args());
         }
-        if let Some(u) = host.ssh.user() {
-            cmd.arg("-l").arg(u);
-        }
-        if let Some(c) = config {
-            cmd.arg("-F").arg(c);
-        }
-        cmd.arg("--").arg(host.ssh.host());
-        cmd.args(shell_words(host.sudo));
+        cmd.arg("-T").args(&args).args(shell_words(host.sudo));
         let mut child = cmd
             .spawn()
             .map_err(|e| err(format!("cannot run ssh: {e}")))?;
@@ -186,12 +191,17 @@ impl SshHost {
         let read = read_to_marker(&mut stdout, marker).await;
         // The master's socket is there once ssh is connected and
         // authenticated, whatever the remote shell did then.
-        let connected = ctl.exists();
-        let host_of = |dir: tempfile::TempDir| SshHost {
-            session: Arc::new(openssh::Session::resume(
+        let session = match ctl.exists() {
+            true => tokio::sync::OnceCell::new_with(Some(Arc::new(openssh::Session::resume(
                 ctl.clone().into_boxed_path(),
                 Some(log.clone().into_boxed_path()),
-            )),
+            )))),
+            false => tokio::sync::OnceCell::new(),
+        };
+        let conn = SshHost {
+            args,
+            dest: dest.to_string(),
+            session,
             sudo: host.sudo,
             master: Some(dir),
         };
@@ -208,17 +218,25 @@ impl SshHost {
                     stdout: out,
                     stderr: String::new(),
                 };
-                Ok((host_of(dir), Ok(Hold::Held(Box::new(held), out))))
+                Ok((conn, Ok(Hold::Held(Box::new(held), out))))
             }
             Ok((out, false)) => {
                 drop(stdin);
                 let status = child.wait().await;
                 let stderr = errors.await.unwrap_or_default();
+                // ssh's own failures exit 255 (the hold script exits 0,
+                // sudo 1): without a master, that and no output is a
+                // connection that failed.
+                let connected = match master {
+                    Master::First => conn.session.initialized(),
+                    Master::OnDemand => {
+                        !out.is_empty() || status.as_ref().is_ok_and(|s| s.code() != Some(255))
+                    }
+                };
                 if !connected {
                     let said = std::fs::read_to_string(&log).unwrap_or_default();
                     return Err(err(connect_error(&said)));
                 }
-                let conn = host_of(dir);
                 let ended = match status {
                     Ok(status) => conn
                         .verdict(status, out, stderr, written.err())
@@ -227,9 +245,49 @@ impl SshHost {
                 };
                 Ok((conn, ended))
             }
-            Err(e) if connected => Ok((host_of(dir), Err(e))),
+            Err(e) if conn.session.initialized() => Ok((conn, Err(e))),
             Err(e) => Err(err(e.to_string())),
         }
+    }
+
+    /// The master's session: the one started with the first read, or one
+    /// started now (`ssh -M -f -N`: it goes to the background once it is
+    /// connected and authenticated, so its exit status says whether it got
+    /// there).
+    async fn session(&self) -> Result<&Arc<openssh::Session>, SshError> {
+        self.session
+            .get_or_try_init(|| async {
+                let err = |message: String| SshError::Connect {
+                    dest: self.dest.clone(),
+                    message: with_fix(message),
+                };
+                let dir = self
+                    .master
+                    .as_ref()
+                    .ok_or_else(|| err("the connection is closed".into()))?;
+                let (ctl, log) = (dir.path().join("master"), dir.path().join("log"));
+                let status = tokio::process::Command::new("ssh")
+                    .stdin(std::process::Stdio::null())
+                    .stdout(std::process::Stdio::null())
+                    .stderr(std::process::Stdio::null())
+                    .arg("-S")
+                    .arg(&ctl)
+                    .args(master_args())
+                    .args(["-f", "-N"])
+                    .args(&self.args)
+                    .status()
+                    .await
+                    .map_err(|e| err(format!("cannot run ssh: {e}")))?;
+                if !status.success() || !ctl.exists() {
+                    let said = std::fs::read_to_string(&log).unwrap_or_default();
+                    return Err(err(connect_error(&said)));
+                }
+                Ok(Arc::new(openssh::Session::resume(
+                    ctl.into_boxed_path(),
+                    Some(log.into_boxed_path()),
+                )))
+            })
+            .await
     }
 
     /// Tells the master to exit and removes its directory.
@@ -243,7 +301,9 @@ impl SshHost {
     async fn spawn_shell(
         &self,
     ) -> Result<(Child<Arc<openssh::Session>>, openssh::ChildStdin), SshError> {
-        let mut cmd = self.shell();
+        let words = shell_words(self.sudo);
+        let mut cmd = self.session().await?.clone().arc_command(words[0]);
+        cmd.args(&words[1..]);
         cmd.stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
@@ -256,13 +316,6 @@ impl SshHost {
             .take()
             .ok_or_else(|| SshError::Session("no stdin".into()))?;
         Ok((child, stdin))
-    }
-
-    fn shell(&self) -> openssh::OwningCommand<Arc<openssh::Session>> {
-        let words = shell_words(self.sudo);
-        let mut c = self.session.clone().arc_command(words[0]);
-        c.args(&words[1..]);
-        c
     }
 
     /// Runs a script that takes a lock and then prints `marker` on a line
@@ -367,6 +420,47 @@ impl SshHost {
         let stderr = String::from_utf8_lossy(&out.stderr).trim().to_string();
         self.verdict(out.status, out.stdout, stderr, written.err())
     }
+}
+
+/// ssh's options and destination for `host`, from `-E LOG` to `-- HOST`:
+/// the same for the first read and for a master started later.
+fn ssh_args(host: &Host, config: Option<&Path>, log: &Path) -> Vec<OsString> {
+    let mut args: Vec<OsString> = vec!["-E".into(), log.into()];
+    for o in [
+        "BatchMode=yes".to_string(),
+        format!(
+            "ConnectTimeout={}",
+            crate::limits::SSH_CONNECT_TIMEOUT.as_secs()
+        ),
+        format!(
+            "ServerAliveInterval={}",
+            crate::limits::SSH_ALIVE_INTERVAL.as_secs()
+        ),
+    ] {
+        args.extend(["-o".into(), o.into()]);
+    }
+    // User and port go to ssh as -l and -p: `user@host:port` as one
+    // destination is not a form ssh knows.
+    if let Some(p) = host.ssh.port() {
+        args.extend(["-p".into(), p.to_string().into()]);
+    }
+    if let Some(u) = host.ssh.user() {
+        args.extend(["-l".into(), u.into()]);
+    }
+    if let Some(c) = config {
+        args.extend(["-F".into(), c.into()]);
+    }
+    args.extend(["--".into(), host.ssh.host().into()]);
+    args
+}
+
+/// The options that make an `ssh` the master (after `-S SOCKET`).
+fn master_args() -> [String; 3] {
+    [
+        "-M".into(),
+        "-o".into(),
+        format!("ControlPersist={MASTER_IDLE_SECS}s"),
+    ]
 }
 
 /// The remote command every script is sent to, on its standard input.

@@ -29,7 +29,8 @@ cf=$("$X" -bP config_file 2>&1) || {{ put error "exim4 -bP config_file failed: $
 put config_file "$cf"
 o=$("$X" -bP pid_file_path exim_group acl_smtp_rcpt daemon_smtp_ports local_interfaces 2>&1) || {{ put error "exim4 -bP failed: $o"; return 0; }}
 put options "$o"
-# Every file in one bundle (see putfiles): NAME PATH pairs in "$@".
+# Every file in one bundle, with its `ls -ln` line (see putfiles): NAME
+# PATH pairs in "$@".
 set --
 if [ -f "$cf" ]; then set -- config "$cf"; fi
 g=$(printf '%s\n' "$o" | sed -n 's/^exim_group = //p')
@@ -38,7 +39,7 @@ p=$(printf '%s\n' "$o" | sed -n 's/^pid_file_path = //p')
 if [ -n "$p" ] && daemon_pid "$p"; then put running yes; else put running no; fi
 if [ -f "$C/update-exim4.conf.conf" ]; then set -- "$@" update-exim4.conf.conf "$C/update-exim4.conf.conf"; fi
 for f in {confd}; do
-  if [ -f "$C/conf.d/$f" ]; then set -- "$@" "confd:$f" "$C/conf.d/$f"; put "confd-ls:$f" "$(ls -ln "$C/conf.d/$f")"; fi
+  if [ -f "$C/conf.d/$f" ]; then set -- "$@" "confd:$f" "$C/conf.d/$f"; fi
 done
 # Debian's layout only: the macros mxpin would define there.
 if [ -f "$C/update-exim4.conf.conf" ]; then
@@ -46,14 +47,13 @@ if [ -f "$C/update-exim4.conf.conf" ]; then
     if v=$("$X" -bP macro "$m" 2>/dev/null); then put "macro:$m" "$v"; fi
   done
 fi
-if [ -d "$M" ]; then put ls "$(ls -ln "$M")"; fi
 for f in {files}; do
   if [ -f "$M/$f" ]; then set -- "$@" "file:$f" "$M/$f"; fi
 done
 for f in "$M"/peer-*.pem; do
   if [ -f "$f" ]; then set -- "$@" "file:${{f##*/}}" "$f"; fi
 done
-putfiles "$@"
+putfiles ls "$@"
 set --
 "#,
         files = files.join(" "),
@@ -184,7 +184,6 @@ fn known_section(name: &str) -> bool {
             | "ls"
             | crate::facts::END
     ) || name.strip_prefix("confd:").is_some_and(confd)
-        || name.strip_prefix("confd-ls:").is_some_and(confd)
         || name
             .strip_prefix("macro:")
             .is_some_and(|m| DEBIAN_MACROS.contains(&m))
@@ -254,10 +253,7 @@ impl EximFacts {
                     f.to_string(),
                     FoundFile {
                         content: Content::Text(text.to_string()),
-                        ls: s
-                            .get(&format!("confd-ls:{f}"))
-                            .unwrap_or_default()
-                            .to_string(),
+                        ls: ls_of(&format!("conf.d/{f}")),
                     },
                 );
             }

@@ -62,7 +62,7 @@ rf=$(printf '%s\n' "$rr" | grep -o 'lsearch[;{{]/[^}};:[:space:]]*' | sed 's/^ls
 for f in $rf; do
   if [ -r "$f" ]; then set -- "$@" "rcpt-file:$f" "$f"; fi
 done
-putfiles "$@"
+putfiles '' "$@"
 set --
 rc=$({{ for f in $rf; do [ -r "$f" ] && sed -n 's/^"\{{0,1\}}\([^-#":[:space:]][^":[:space:]]*\).*/\1/p' "$f"; done; getent passwd | cut -d: -f1 | grep -v '^-'; }} | sort -u)
 for d in {domains}; do

@@ -62,17 +62,13 @@ pub fn apply_script(plan: &HostPlan) -> ApplyScript {
         "step='check user'\n[ \"$(id -u)\" = 0 ] || fail \"not running as root\""
     );
     crate::mta::script_prepare_and_lock(&mut s);
-    let _ = writeln!(
-        s,
-        "step={}\ncur=$(cat {c}; echo x) || fail {}\n\
-         [ \"$cur\" = {} ] || fail {}",
-        quote(&format!("check {config}")),
-        quote(&format!("cannot read {config}")),
-        quote(&format!("{}x", steps.config_before)),
-        quote(&format!("{config} changed since mxpin read it; plan again")),
-        c = quote(config),
+    // The configuration the plan was made from, in the same sha256sum as
+    // the files it changes.
+    crate::mta::script_check_unchanged(
+        &mut s,
+        &plan.changes,
+        &[(config, steps.config_before.as_str())],
     );
-    crate::mta::script_check_unchanged(&mut s, &plan.changes);
     let mut old: Vec<String> = plan
         .changes
         .iter()

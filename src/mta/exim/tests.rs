@@ -550,7 +550,7 @@ fn apply_script_quotes_the_configuration_path_in_its_messages() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         stdout.contains(&format!(
-            "@@mxpin-failed check {config}: {config} changed since mxpin read it; plan again\n"
+            "@@mxpin-failed check files: {config} changed since mxpin read it (another run?); plan again\n"
         )),
         "{stdout}"
     );

@@ -23,18 +23,38 @@ pub fn facts_script(host: &Host) -> String {
 /// The facts script with extra checks (see [`verify_snippet`]) run in the
 /// same remote command, before the closing frame.
 pub fn facts_script_with(host: &Host, extra: &str) -> String {
-    let files: Vec<&str> = owned_files().collect();
     let params: Vec<&str> = TABLES
         .iter()
         .filter_map(|(_, p)| *p)
         .chain(SCALARS)
         .collect();
+    let postconf = format!(
+        "$(postconf -c \"$C\" -x mail_version default_database_type queue_directory {} 2>/dev/null)",
+        params.join(" ")
+    );
+    facts_script_from(host, extra, &postconf)
+}
+
+/// The facts script of an apply's read-back on a host whose main.cf and
+/// master.cf the apply left as they were: `postconf` (about 5 ms of CPU,
+/// most of it loading its shared libraries) would give the answer the
+/// first read got, `postconf`, from the same two files (the apply script
+/// refused to run unless they were the bytes the plan was made from), so
+/// that answer is given instead.
+pub fn facts_script_known(host: &Host, extra: &str, postconf: &str) -> String {
+    facts_script_from(host, extra, &crate::shell::quote(postconf))
+}
+
+/// The facts script, with `postconf` the shell word that gives postconf's
+/// answer.
+fn facts_script_from(host: &Host, extra: &str, postconf: &str) -> String {
+    let files: Vec<&str> = owned_files().collect();
     let body = format!(
         r#"if ! command -v postconf >/dev/null 2>&1; then put error "postconf not found: is Postfix installed?"; return 0; fi
 if [ ! -f "$C/main.cf" ]; then put error "$C/main.cf not found"; return 0; fi
 # postconf's answer stays in $pc for val below (the checks that run with
 # the facts use it too).
-pc=$(postconf -c "$C" -x mail_version default_database_type queue_directory {params} 2>/dev/null)
+pc={postconf}
 put effective "$pc"
 # Running: what `postfix status` checks, without its helper processes.
 NL='
@@ -67,10 +87,10 @@ certs_put() {{
 val smtpd_tls_chain_files; certs_put certs:smtpd_tls_chain_files "$r"
 val smtpd_tls_cert_file; certs_put certs:smtpd_tls_cert_file "$r"
 set +f
-# Every file in one bundle (see putfiles): NAME PATH pairs in "$@".
+# Every file in one bundle, with its `ls -ln` line (see putfiles): NAME
+# PATH pairs in "$@".
 set -- main.cf "$C/main.cf"
 if [ -f "$C/master.cf" ]; then set -- "$@" master.cf "$C/master.cf"; fi
-if [ -d "$M" ]; then put ls "$(ls -ln "$M")"; fi
 for f in "$M"/fetchmail*; do
   if [ -f "$f" ]; then set -- "$@" "file:${{f##*/}}" "$f"; fi
 done
@@ -80,10 +100,9 @@ for f in {files}; do
     if [ -f "$M/$f.$s" ] && ! [ "$M/$f" -nt "$M/$f.$s" ]; then put "fresh:$f" "$s"; fi
   done
 done
-putfiles "$@"
+putfiles ls "$@"
 set --
 "#,
-        params = params.join(" "),
         files = files.join(" "),
     );
     crate::mta::facts_function(host, &body, &super::recipients::script(host), extra)
@@ -100,6 +119,8 @@ pub struct PostfixFacts {
     pub master_cf: Option<String>,
     /// `postconf -x` values of the parameters mxpin edits.
     pub effective: BTreeMap<String, String>,
+    /// postconf's answer as it came (see [`facts_script_known`]).
+    pub postconf: String,
     pub files: BTreeMap<String, FoundFile>,
     /// Table name -> database suffixes at least as new as the source.
     pub fresh: BTreeMap<String, Vec<String>>,
@@ -162,7 +183,8 @@ impl PostfixFacts {
         // One `postconf -x` gives the version, the database type and the
         // effective values of every parameter mxpin edits.
         let mut effective = BTreeMap::new();
-        for line in need("effective")?.lines() {
+        let postconf = need("effective")?;
+        for line in postconf.lines() {
             if let Some((k, v)) = line.split_once('=') {
                 effective.insert(k.trim().to_string(), v.trim().to_string());
             }
@@ -225,6 +247,7 @@ impl PostfixFacts {
             main_cf: need("main.cf")?,
             master_cf: s.get("master.cf").map(str::to_string),
             effective,
+            postconf,
             files,
             fresh,
             recipients: super::recipients::from_sections(s),

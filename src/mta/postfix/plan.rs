@@ -44,6 +44,9 @@ pub struct ApplySteps {
     pub main_cf_before: String,
     /// master.cf as read by facts, likewise (when there was one).
     pub master_cf_before: Option<String>,
+    /// postconf's answer as read by facts, from those two files: the
+    /// read-back of an apply that leaves both as they were takes it.
+    pub postconf_before: String,
     /// Table paths to build with postmap (sources that change or whose
     /// database is missing or stale).
     pub postmap: Vec<String>,
@@ -324,6 +327,7 @@ pub fn plan_host(
             db_type: f.db_type.clone(),
             main_cf_before: f.main_cf.clone(),
             master_cf_before: f.master_cf.clone(),
+            postconf_before: f.postconf.clone(),
             postmap,
             lookups,
             running: f.running,

@@ -93,7 +93,7 @@ for d in {domains}; do
     done
   done
 done
-putfiles "$@"
+putfiles '' "$@"
 set --
 set +f
 "#,

@@ -19,7 +19,7 @@ use crate::shell::quote;
 
 /// The admin's own files, edited in place: they keep their mode and owner
 /// and are swapped in last.
-fn is_admin_file(path: &str) -> bool {
+pub fn is_admin_file(path: &str) -> bool {
     path.ends_with("/main.cf") || path.ends_with("/master.cf")
 }
 
@@ -107,21 +107,15 @@ pub fn apply_script(plan: &HostPlan) -> ApplyScript {
         "step='check user'\n[ \"$(id -u)\" = 0 ] || fail \"not running as root\""
     );
     crate::mta::script_prepare_and_lock(&mut s);
-    let _ = writeln!(
-        s,
-        "step='check main.cf'\ncur=$(cat \"$C/main.cf\"; echo x) || fail \"cannot read $C/main.cf\"\n\
-         [ \"$cur\" = {} ] || fail \"main.cf changed since mxpin read it; plan again\"",
-        quote(&format!("{}x", steps.main_cf_before))
-    );
+    // main.cf and master.cf as the plan was made from them, in the same
+    // sha256sum as the files it changes.
+    let dir = &steps.config_dir;
+    let (main_cf, master_cf) = (format!("{dir}/main.cf"), format!("{dir}/master.cf"));
+    let mut kept = vec![(main_cf.as_str(), steps.main_cf_before.as_str())];
     if let Some(before) = &steps.master_cf_before {
-        let _ = writeln!(
-            s,
-            "step='check master.cf'\ncur=$(cat \"$C/master.cf\"; echo x) || fail \"cannot read $C/master.cf\"\n\
-             [ \"$cur\" = {} ] || fail \"master.cf changed since mxpin read it; plan again\"",
-            quote(&format!("{before}x"))
-        );
+        kept.push((master_cf.as_str(), before.as_str()));
     }
-    crate::mta::script_check_unchanged(&mut s, &plan.changes);
+    crate::mta::script_check_unchanged(&mut s, &plan.changes, &kept);
     let old: Vec<String> = targets.iter().map(|t| format!("{t}.mxpin-old")).collect();
     crate::mta::script_rm(&mut s, "", &old);
     // What `postconf` warns about comes from main.cf and master.cf only:
@@ -134,25 +128,40 @@ pub fn apply_script(plan: &HostPlan) -> ApplyScript {
     // (an edit above an admin's duplicate parameter moves its line), and
     // `overriding earlier entry` by the parameter's name only (postconf
     // and postmap name either of the two values, depending on what they
-    // read).
+    // read). `new_warnings OUTPUT` sets `nw`, in this shell: silent output
+    // (the usual case) costs no process. The warnings from before are
+    // taken before the swap when main.cf or master.cf changes; when only
+    // tables change, postconf reads the same files at any time, so they
+    // are taken only when a postmap says something.
     if compares_warnings {
         s.push_str(
             r#"warnings() {
   printf '%s\n' "$1" | sed -e 's/^[^ :]*: //' -e 's/, line [0-9][0-9]*:/:/' \
     -e 's/\(overriding earlier entry: [A-Za-z0-9_-]*\)=.*/\1/' | sort -u
 }
+before_warnings() {
+  if [ -z "${before_taken:-}" ]; then
+    before=$(warnings "$(postconf -c "$C" 2>&1 >/dev/null)"); before_taken=yes
+  fi
+}
 new_warnings() {
   nw=''
+  [ -n "$1" ] || return 0
+  before_warnings
   set -f; oldifs=$IFS; IFS=$NL
   for l in $(warnings "$1"); do
     case "$NL$before$NL" in *"$NL$l$NL"*) ;; *) nw="$nw$l " ;; esac
   done
   IFS=$oldifs; set +f
-  printf '%s' "$nw"
 }
-before=$(warnings "$(postconf -c "$C" 2>&1 >/dev/null)")
 "#,
         );
+        if edits_config {
+            s.push_str(
+                "before_warnings
+",
+            );
+        }
     }
 
     crate::mta::script_chmods(&mut s, &plan.changes);
@@ -173,7 +182,7 @@ before=$(warnings "$(postconf -c "$C" 2>&1 >/dev/null)")
         }
         let _ = writeln!(
             s,
-            "step={}\nout=$(postmap -c \"$C\" {} 2>&1) || fail \"$out\"\nnew=$(new_warnings \"$out\")\n[ -z \"$new\" ] || fail \"$new\"\nchmod 644 {}",
+            "step={}\nout=$(postmap -c \"$C\" {} 2>&1) || fail \"$out\"\nnew_warnings \"$out\"\n[ -z \"$nw\" ] || fail \"$nw\"\nchmod 644 {}",
             quote(&format!("postmap {p}")),
             quote(&format!("{}:{st}", steps.db_type)),
             quote(&format!("{st}.{suffix}"))
@@ -228,8 +237,8 @@ before=$(warnings "$(postconf -c "$C" 2>&1 >/dev/null)")
     if edits_config {
         s.push_str(
             r#"step='postconf warnings'
-new=$(new_warnings "$(postconf -c "$C" 2>&1 >/dev/null)")
-[ -z "$new" ] || fail "$new"
+new_warnings "$(postconf -c "$C" 2>&1 >/dev/null)"
+[ -z "$nw" ] || fail "$nw"
 "#,
         );
     }

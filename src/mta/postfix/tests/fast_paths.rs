@@ -54,3 +54,46 @@ fn the_apply_script_does_only_what_its_changes_need() {
     assert!(s.contains("step='postconf warnings'"));
     assert!(!s.contains("postfix -c \"$C\" check"));
 }
+
+/// The read-back of an apply that leaves main.cf and master.cf as they
+/// were runs no `postconf`: it is given the first read's answer. One that
+/// changes either asks postconf again.
+#[test]
+fn the_read_back_asks_postconf_only_when_main_cf_or_master_cf_changes() {
+    let (inv, states) = fleet(Ok(fixture_facts(RELAY_APPLIED)));
+    let t = Templates::load(None).unwrap();
+    let f = engine::plan_all(&inv, &states, &[], &t, now(), &rotate_home(false));
+    let asks = "postconf -c \"$C\" -x";
+    let host = |name: &str| inv.hosts.iter().find(|h| h.name.as_str() == name).unwrap();
+    for (name, fixture) in [("home", HOME_APPLIED), ("relay", RELAY_APPLIED)] {
+        let s = crate::mta::read_back_script(planned(&f, name), host(name), "");
+        assert!(!s.contains(asks), "{name}");
+        let answer = quote(&fixture_facts(fixture).postconf);
+        assert!(s.contains(&format!("\npc={answer}\n")), "{name}");
+    }
+    let fresh = plan_for(
+        &inv,
+        "home",
+        &fixture_facts(FRESH),
+        &new_keys("relay.example.org"),
+    );
+    let s = crate::mta::read_back_script(&fresh, host("home"), "");
+    assert!(s.contains(asks));
+}
+
+/// Given the first read's answer, the facts script reads exactly what it
+/// reads when it asks postconf, byte for byte.
+#[test]
+fn live_facts_given_postconf_answer_read_as_when_asking_it() {
+    require_root_and_postfix!();
+    let lab = Lab::new();
+    let raw = capture_raw(&lab.conf);
+    let f = facts_from(&raw).unwrap();
+    let host = host_at(&lab.conf);
+    let out = run_sh_s(&super::super::facts_script_known(&host, "", &f.postconf));
+    assert!(out.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&raw)
+    );
+}
