@@ -36,11 +36,11 @@ pub fn facts_script_with(host: &Host, extra: &str) -> String {
 }
 
 /// The facts script of an apply's read-back on a host whose main.cf and
-/// master.cf the apply left as they were: `postconf` (about 5 ms of CPU,
-/// most of it loading its shared libraries) would give the answer the
-/// first read got, `postconf`, from the same two files (the apply script
-/// refused to run unless they were the bytes the plan was made from), so
-/// that answer is given instead.
+/// master.cf the apply left as they were. Asked again, `postconf` (about
+/// 5 ms of CPU: two dozen shared libraries, and every parameter's default
+/// set up) would read the same two files as the first read did (the apply
+/// script refused to run unless they were the bytes the plan was made
+/// from) and give the same answer, `postconf`, which is given instead.
 pub fn facts_script_known(host: &Host, extra: &str, postconf: &str) -> String {
     facts_script_from(host, extra, &crate::shell::quote(postconf))
 }
