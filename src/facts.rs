@@ -32,8 +32,9 @@ macro_rules! daemon_pid {
 /// `putfiles LIST NAME PATH [NAME PATH]...`, which reads every file in two
 /// processes: one `ls -ln` gives each file's mode line and its size (in
 /// bytes, the paths as given: the environment that GNU `ls` would scale or
-/// quote them by is unset), one `cat` the contents. The listing goes to the section LIST (none when
-/// LIST is empty), the files to one [`BUNDLE`] frame; or file by file with
+/// quote them by is unset), one `cat` the contents. The listing goes to
+/// the section LIST (none when LIST is empty), the files to one
+/// [`BUNDLE`] frame; or file by file with
 /// `putfile` (an unreadable file is named in an `error` section) when a
 /// file has no line of a regular file in the listing (a symlink, a file
 /// gone), `cat` fails, or the sizes do not add up to what `cat` gave (a

@@ -223,9 +223,8 @@ fn forms(cert: &Certificate) -> Vec<(String, &'static str)> {
     out
 }
 
-fn replacements(issued: &[(HostName, Certificate)]) -> Replacements {
-    let (from, to): (Vec<String>, Vec<&'static str>) =
-        issued.iter().flat_map(|(_, cert)| forms(cert)).unzip();
+fn replacements(forms: &[Vec<(String, &'static str)>]) -> Replacements {
+    let (from, to): (Vec<String>, Vec<&'static str>) = forms.iter().flatten().cloned().unzip();
     let automaton = aho_corasick::AhoCorasick::builder()
         .match_kind(aho_corasick::MatchKind::LeftmostLongest)
         .build(&from)
@@ -259,11 +258,12 @@ pub fn mask(fleet: &mut FleetPlan, issued: &[(HostName, Certificate)]) {
             texts.extend(e.pins.iter_mut());
         }
     }
-    mask_texts(&mut texts, issued);
-    let every_form: std::collections::HashSet<String> = issued
+    let forms: Vec<_> = issued.iter().map(|(_, cert)| forms(cert)).collect();
+    mask_texts(&mut texts, &forms);
+    let every_form: std::collections::HashSet<&str> = forms
         .iter()
-        .flat_map(|(_, cert)| forms(cert))
-        .map(|(from, _)| from)
+        .flatten()
+        .map(|(from, _)| from.as_str())
         .collect();
     let unknown = |f: &mut tls::Fingerprint| {
         if every_form.contains(f.as_str()) {
@@ -277,9 +277,10 @@ pub fn mask(fleet: &mut FleetPlan, issued: &[(HostName, Certificate)]) {
     fleet.placeholders = issued.iter().map(|(_, c)| c.clone()).collect();
 }
 
-/// Masks `issued` in `texts`, a group of placeholders at a time.
-fn mask_texts(texts: &mut [&mut String], issued: &[(HostName, Certificate)]) {
-    for group in issued.chunks(MASK_GROUP) {
+/// Masks the placeholders' `forms` in `texts`, a group of placeholders at
+/// a time.
+fn mask_texts(texts: &mut [&mut String], forms: &[Vec<(String, &'static str)>]) {
+    for group in forms.chunks(MASK_GROUP) {
         let with = replacements(group);
         for t in texts.iter_mut() {
             **t = masked(t, &with);
@@ -307,7 +308,7 @@ mod tests {
         assert_eq!(id.cert.dns_names(), ["home.example.net"]);
         let issued = p.issued();
         assert_eq!(issued.len(), 1);
-        let with = replacements(&issued);
+        let with = replacements(&issued.iter().map(|(_, c)| forms(c)).collect::<Vec<_>>());
         let spki = id.cert.fingerprint(Digest::Sha256, PinKind::PublicKey);
         let cert = id.cert.fingerprint(Digest::Sha1, PinKind::Certificate);
         let text = format!(
@@ -346,7 +347,8 @@ mod tests {
         }
         let mut plain = "relay_domains = hash:/etc/postfix/mxpin/relay_domains\n".to_string();
         let kept = plain.clone();
-        mask_texts(&mut [&mut text, &mut plain], &p.issued());
+        let forms: Vec<_> = p.issued().iter().map(|(_, c)| forms(c)).collect();
+        mask_texts(&mut [&mut text, &mut plain], &forms);
         let line = format!("{KNOWN_AFTER_APPLY} {CERTIFICATE_AFTER_APPLY}\n");
         assert_eq!(text, line.repeat(ids.len()));
         assert_eq!(plain, kept);

@@ -153,17 +153,9 @@ pub fn facts_script(host: &Host, extra: &str) -> String {
 /// plan leaves as they were is given postconf's answer of the first read
 /// (see [`postfix::facts_script_known`]).
 pub fn read_back_script(plan: &HostPlan, host: &Host, extra: &str) -> String {
-    match (&plan.steps, host.mta) {
-        (Steps::Postfix(s), Mta::Postfix)
-            if !s.postconf_before.is_empty()
-                && !plan
-                    .changes
-                    .iter()
-                    .any(|c| postfix::script::is_admin_file(&c.path)) =>
-        {
-            postfix::facts_script_known(host, extra, &s.postconf_before)
-        }
-        _ => facts_script(host, extra),
+    match &plan.steps {
+        Steps::Postfix(steps) => postfix::read_back_script(plan, steps, host, extra),
+        Steps::Exim(_) => facts_script(host, extra),
     }
 }
 

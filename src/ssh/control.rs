@@ -72,7 +72,7 @@ pub fn remove_control_dir() {
 /// `ssh -O exit` if the socket does not take it; then removes its
 /// directory.
 pub(super) fn end_master(dir: tempfile::TempDir) {
-    let ctl = dir.path().join("master");
+    let (ctl, _) = super::paths(dir.path());
     if ctl.exists() && mux_terminate(&ctl).is_err() {
         let _ = std::process::Command::new("ssh")
             .arg("-S")

@@ -157,10 +157,7 @@ impl SshHost {
         marker: &str,
     ) -> Result<(Self, Result<Hold, SshError>), SshError> {
         let dest = host.ssh.as_str();
-        let err = |message: String| SshError::Connect {
-            dest: dest.to_string(),
-            message: with_fix(message),
-        };
+        let err = |message: String| connect_failed(dest, message);
         let base = control_dir()
             .map(Path::to_path_buf)
             .unwrap_or_else(std::env::temp_dir);
@@ -168,8 +165,7 @@ impl SshHost {
             .prefix(".ssh-connection")
             .tempdir_in(&base)
             .map_err(|e| err(format!("control directory in {}: {e}", base.display())))?;
-        let log = dir.path().join("log");
-        let ctl = dir.path().join("master");
+        let (ctl, log) = paths(dir.path());
         let args = ssh_args(host, config, &log);
         let mut cmd = tokio::process::Command::new("ssh");
         cmd.stdin(std::process::Stdio::piped())
@@ -257,15 +253,12 @@ impl SshHost {
     async fn session(&self) -> Result<&Arc<openssh::Session>, SshError> {
         self.session
             .get_or_try_init(|| async {
-                let err = |message: String| SshError::Connect {
-                    dest: self.dest.clone(),
-                    message: with_fix(message),
-                };
+                let err = |message: String| connect_failed(&self.dest, message);
                 let dir = self
                     .master
                     .as_ref()
                     .ok_or_else(|| err("the connection is closed".into()))?;
-                let (ctl, log) = (dir.path().join("master"), dir.path().join("log"));
+                let (ctl, log) = paths(dir.path());
                 let status = tokio::process::Command::new("ssh")
                     .stdin(std::process::Stdio::null())
                     .stdout(std::process::Stdio::null())
@@ -420,6 +413,19 @@ impl SshHost {
         let stderr = String::from_utf8_lossy(&out.stderr).trim().to_string();
         self.verdict(out.status, out.stdout, stderr, written.err())
     }
+}
+
+/// A connection to `dest` that failed, with the fix where there is one.
+fn connect_failed(dest: &str, message: String) -> SshError {
+    SshError::Connect {
+        dest: dest.to_string(),
+        message: with_fix(message),
+    }
+}
+
+/// The master's control socket and ssh's log in a connection's directory.
+fn paths(dir: &Path) -> (std::path::PathBuf, std::path::PathBuf) {
+    (dir.join("master"), dir.join("log"))
 }
 
 /// ssh's options and destination for `host`, from `-E LOG` to `-- HOST`:

@@ -45,6 +45,21 @@ pub fn facts_script_known(host: &Host, extra: &str, postconf: &str) -> String {
     facts_script_from(host, extra, &crate::shell::quote(postconf))
 }
 
+/// The facts script that reads a host back after `plan` (with `steps`)
+/// was applied: given the first read's postconf answer when the plan left
+/// main.cf and master.cf as they were (see [`facts_script_known`]).
+pub fn read_back_script(
+    plan: &crate::plan::HostPlan,
+    steps: &super::ApplySteps,
+    host: &Host,
+    extra: &str,
+) -> String {
+    match steps.postconf_before.is_empty() || super::script::edits_config(plan) {
+        true => facts_script_with(host, extra),
+        false => facts_script_known(host, extra, &steps.postconf_before),
+    }
+}
+
 /// The facts script, with `postconf` the shell word that gives postconf's
 /// answer.
 fn facts_script_from(host: &Host, extra: &str, postconf: &str) -> String {

@@ -89,7 +89,9 @@ pub fn db_suffix(db_type: &str) -> Option<&'static str> {
 }
 
 pub use crate::mta::{change_for, FoundFile};
-pub use facts::{facts_script, facts_script_known, facts_script_with, AdminCert, PostfixFacts};
+pub use facts::{
+    facts_script, facts_script_known, facts_script_with, read_back_script, AdminCert, PostfixFacts,
+};
 use plan::uses_table;
 pub use plan::{plan_host, ApplySteps, Lookup};
 pub use verify::{checks_ran, hold_checks, route_checks, verify_snippet};

@@ -19,8 +19,16 @@ use crate::shell::quote;
 
 /// The admin's own files, edited in place: they keep their mode and owner
 /// and are swapped in last.
-pub fn is_admin_file(path: &str) -> bool {
+fn is_admin_file(path: &str) -> bool {
     path.ends_with("/main.cf") || path.ends_with("/master.cf")
+}
+
+/// Whether `plan` writes main.cf or master.cf (a mode change is no edit):
+/// only then can `postconf` say anything new.
+pub fn edits_config(plan: &HostPlan) -> bool {
+    plan.changes
+        .iter()
+        .any(|c| !matches!(c.action, Action::Delete | Action::Chmod) && is_admin_file(&c.path))
 }
 
 /// Whether Postfix runs: what `postfix status` checks (the master's pid,
@@ -121,7 +129,7 @@ pub fn apply_script(plan: &HostPlan) -> ApplyScript {
     // What `postconf` warns about comes from main.cf and master.cf only:
     // it is compared when one of them changes, and with postmap's output
     // (postmap reads main.cf too).
-    let edits_config = writes.iter().any(|c| is_admin_file(&c.path));
+    let edits_config = edits_config(plan);
     let compares_warnings = edits_config || !table_sources.is_empty();
     // Warnings already there before this run never block it: Postfix's
     // warnings are compared without the program name and line numbers
@@ -157,10 +165,7 @@ new_warnings() {
 "#,
         );
         if edits_config {
-            s.push_str(
-                "before_warnings
-",
-            );
+            s.push_str("before_warnings\n");
         }
     }
 
