@@ -30,17 +30,25 @@ macro_rules! daemon_pid {
 /// Shell functions for facts scripts: `put NAME VALUE`, `putfile NAME PATH`
 /// (the latter keeps trailing newlines, which `$(...)` would strip) and
 /// `putfiles LIST NAME PATH [NAME PATH]...`, which reads every file in two
-/// processes: one `ls -ln` gives each file's mode line and its size (in
-/// bytes, the paths as given: the environment that GNU `ls` would scale or
-/// quote them by is unset), one `cat` the contents. The listing goes to
-/// the section LIST (none when LIST is empty), the files to one
-/// [`BUNDLE`] frame; or file by file with
-/// `putfile` (an unreadable file is named in an `error` section) when a
-/// file has no line of a regular file in the listing (a symlink, a file
-/// gone), `cat` fails, or the sizes do not add up to what `cat` gave (a
-/// file changed in between). Without files it reads nothing (`cat` alone
-/// would read the rest of the script from stdin). Also `daemon_pid`
-/// ([`DAEMON_PID`]). Requires `LC_ALL=C` so that `${#v}` counts bytes.
+/// processes: `pf_ls_of` lists them, `pf_put` reads and puts them.
+///
+/// `pf_ls_of NAME PATH...` sets `pf_ls` to one `ls -lnc` of the PATHs
+/// (and of `$pf_also`, a path listed but not read, when set): each file's
+/// mode line, its size in bytes, and its ctime to the nanosecond
+/// (`--time-style=+%s.%N`; what [`crate::mta::postfix`]'s memo of
+/// postconf's answer is keyed by), the paths as given. The environment
+/// that GNU `ls` would scale or quote them by is unset; an `ls` without
+/// GNU's options (BusyBox) is asked `ls -ln`.
+///
+/// `pf_put LIST NAME PATH...` puts that listing in the section LIST (none
+/// when LIST is empty), then the files in one [`BUNDLE`] frame read by one
+/// `cat`; or file by file with `putfile` (an unreadable file is named in
+/// an `error` section) when a file has no line of a regular file in the
+/// listing (a symlink, a file gone), `cat` fails, or the sizes do not add
+/// up to what `cat` gave (a file changed in between). Without files it
+/// reads nothing (`cat` alone would read the rest of the script from
+/// stdin). Also `daemon_pid` ([`DAEMON_PID`]). Requires `LC_ALL=C` so
+/// that `${#v}` counts bytes.
 ///
 /// `cat` reads a here-document `x` after the files: that keeps the
 /// contents' trailing newlines from `$(...)` without a subshell around
@@ -53,12 +61,23 @@ putfile() {
 putfiles() {
   [ $# -gt 1 ] || return 0
   pf_list=$1; shift
+  pf_ls_of "$@"
+  pf_put "$pf_list" "$@"
+}
+pf_ls_of() {
+  pf_c=$#
+  while [ "$pf_c" -gt 0 ]; do set -- "$@" "$2"; shift 2; pf_c=$((pf_c - 2)); done
+  unset BLOCK_SIZE LS_BLOCK_SIZE BLOCKSIZE QUOTING_STYLE TIME_STYLE
+  pf_ls=$(ls -lnc --time-style=+%s.%N -- "$@" ${pf_also:+"$pf_also"} 2>/dev/null)
+  if [ -z "$pf_ls" ]; then pf_ls=$(ls -ln -- "$@" ${pf_also:+"$pf_also"} 2>/dev/null); fi
+}
+pf_put() {
+  [ $# -gt 1 ] || return 0
+  pf_list=$1; shift
   pf_nl='
 '
   pf_names='' pf_c=$#
   while [ "$pf_c" -gt 0 ]; do pf_names=$pf_names$1$pf_nl; set -- "$@" "$2"; shift 2; pf_c=$((pf_c - 2)); done
-  unset BLOCK_SIZE LS_BLOCK_SIZE BLOCKSIZE QUOTING_STYLE TIME_STYLE
-  pf_ls=$(ls -ln -- "$@" 2>/dev/null)
   if [ -n "$pf_list" ]; then put "$pf_list" "$pf_ls"; fi
   if pf_index "$@" && pf_v=$(cat -- "$@" - 2>/dev/null <<'MXPIN_PF_END'
 x

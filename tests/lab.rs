@@ -504,6 +504,40 @@ fn a_duplicate_parameter_in_main_cf_does_not_block_apply() {
     assert_eq!(plan.code, 0, "{plan:?}");
 }
 
+/// The memo of postconf's answer that apply leaves on a host never hides
+/// an admin's edit: after `postconf -e` lowers a level mxpin raised, plan
+/// raises it again (it was read past the memo), and apply makes it so.
+#[test]
+fn an_admins_edit_after_apply_is_seen_past_the_postconf_memo() {
+    let Some(lab) = Lab::up() else { return };
+    let inv = lab.inventory().to_str().unwrap().to_string();
+    let apply = lab.mxpin(&["apply", "--yes", "-i", &inv]);
+    assert_eq!(apply.code, 0, "{apply:?}");
+    let memo = lab.postfix_dir("relay").join("mxpin/postconf.memo");
+    let kept = std::fs::read_to_string(&memo).unwrap();
+    assert!(kept.contains("\nsmtp_tls_loglevel = 1\n"), "{kept}");
+    let plan = lab.mxpin(&["plan", "-i", &inv]);
+    assert_eq!(plan.code, 0, "{plan:?}");
+
+    let edit = lab.ssh("relay", "postconf -e smtp_tls_loglevel=0");
+    assert_eq!(edit.code, 0, "{edit:?}");
+    let plan = lab.mxpin(&["plan", "-i", &inv]);
+    assert_eq!(plan.code, 2, "{plan:?}");
+    assert!(plan.stdout.contains("+smtp_tls_loglevel = 1"), "{plan:?}");
+    assert_eq!(
+        std::fs::read_to_string(&memo).unwrap(),
+        kept,
+        "plan writes nothing"
+    );
+    let apply = lab.mxpin(&["apply", "--yes", "-i", &inv]);
+    assert_eq!(apply.code, 0, "{apply:?}");
+    let plan = lab.mxpin(&["plan", "-i", &inv]);
+    assert_eq!(plan.code, 0, "{plan:?}");
+    let renewed = std::fs::read_to_string(&memo).unwrap();
+    assert!(renewed.contains("\nsmtp_tls_loglevel = 1\n"), "{renewed}");
+    assert_ne!(renewed, kept, "a new key: main.cf was written again");
+}
+
 /// Postfix stopped on the primary: verify fails, and the one summary line
 /// names home, where the fix is, not the backup whose checks could not
 /// reach it.

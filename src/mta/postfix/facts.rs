@@ -4,8 +4,7 @@ use std::collections::BTreeMap;
 
 use super::maincf::split_list;
 use super::{
-    db_suffix, owned_files, table_keys, table_value, FoundFile, CLIENT_CERTS, SCALARS, SNAKEOIL,
-    TABLES,
+    db_suffix, owned_files, table_keys, table_value, FoundFile, CLIENT_CERTS, SNAKEOIL, TABLES,
 };
 use crate::desired::StoredKeys;
 use crate::facts::Sections;
@@ -21,28 +20,29 @@ pub fn facts_script(host: &Host) -> String {
 }
 
 /// The facts script with extra checks (see [`verify_snippet`]) run in the
-/// same remote command, before the closing frame.
+/// same remote command, before the closing frame. postconf's answer comes
+/// from the host's memo when its key holds ([`super::memo`]), else from
+/// postconf.
 pub fn facts_script_with(host: &Host, extra: &str) -> String {
-    let params: Vec<&str> = TABLES
-        .iter()
-        .filter_map(|(_, p)| *p)
-        .chain(SCALARS)
-        .collect();
     let postconf = format!(
-        "$(postconf -c \"$C\" -x mail_version default_database_type queue_directory {} 2>/dev/null)",
-        params.join(" ")
+        "if pc_key && pc_memo; then put memo yes; else pc={}; fi",
+        super::memo::ask_postconf("postconf")
     );
     facts_script_from(host, extra, &postconf)
 }
 
 /// The facts script of an apply's read-back on a host whose main.cf and
-/// master.cf the apply left as they were. Asked again, `postconf` (about
-/// 5 ms of CPU: two dozen shared libraries, and every parameter's default
-/// set up) would read the same two files as the first read did (the apply
-/// script refused to run unless they were the bytes the plan was made
-/// from) and give the same answer, `postconf`, which is given instead.
+/// master.cf the apply left as they were. Asked again, `postconf` would
+/// read the same two files as the first read did (the apply script
+/// refused to run unless they were the bytes the plan was made from) and
+/// give the same answer, `postconf`, which is given instead. Whether the
+/// host's memo holds is still said (an apply refreshes one that does not).
 pub fn facts_script_known(host: &Host, extra: &str, postconf: &str) -> String {
-    facts_script_from(host, extra, &crate::shell::quote(postconf))
+    let postconf = format!(
+        "if pc_key && pc_memo; then put memo yes; fi\npc={}",
+        crate::shell::quote(postconf)
+    );
+    facts_script_from(host, extra, &postconf)
 }
 
 /// The facts script that reads a host back after `plan` (with `steps`)
@@ -60,20 +60,35 @@ pub fn read_back_script(
     }
 }
 
-/// The facts script, with `postconf` the shell word that gives postconf's
-/// answer.
+/// The facts script, with `postconf` the shell that sets `pc` to
+/// postconf's answer (and puts `memo` when the memo holds).
 fn facts_script_from(host: &Host, extra: &str, postconf: &str) -> String {
     let files: Vec<&str> = owned_files().collect();
     let body = format!(
         r#"if ! command -v postconf >/dev/null 2>&1; then put error "postconf not found: is Postfix installed?"; return 0; fi
 if [ ! -f "$C/main.cf" ]; then put error "$C/main.cf not found"; return 0; fi
-# postconf's answer stays in $pc for val below (the checks that run with
-# the facts use it too).
-pc={postconf}
-put effective "$pc"
-# Running: what `postfix status` checks, without its helper processes.
 NL='
 '
+# Every file in one bundle, with its `ls` line (see putfiles): NAME PATH
+# pairs in "$@", listed now with the postconf binary (the memo's key),
+# read at the end.
+set -- main.cf "$C/main.cf"
+if [ -f "$C/master.cf" ]; then set -- "$@" master.cf "$C/master.cf"; fi
+for f in "$M"/fetchmail*; do
+  if [ -f "$f" ]; then set -- "$@" "file:${{f##*/}}" "$f"; fi
+done
+for f in {files}; do
+  if [ -f "$M/$f" ]; then set -- "$@" "file:$f" "$M/$f"; fi
+done
+{memo}pc_find
+pf_also=$pc_bin
+pf_ls_of "$@"
+pf_also=''
+# postconf's answer stays in $pc for val below (the checks that run with
+# the facts use it too).
+{postconf}
+put effective "$pc"
+# Running: what `postfix status` checks, without its helper processes.
 q=${{pc#*"${{NL}}queue_directory = "}}; q=${{q%%"$NL"*}}
 if [ -n "$q" ] && daemon_pid "$q/pid/master.pid"; then put running yes; else put running no; fi
 # The certificates the admin's smtpd serves, certificates only (no private
@@ -102,23 +117,16 @@ certs_put() {{
 val smtpd_tls_chain_files; certs_put certs:smtpd_tls_chain_files "$r"
 val smtpd_tls_cert_file; certs_put certs:smtpd_tls_cert_file "$r"
 set +f
-# Every file in one bundle, with its `ls -ln` line (see putfiles): NAME
-# PATH pairs in "$@".
-set -- main.cf "$C/main.cf"
-if [ -f "$C/master.cf" ]; then set -- "$@" master.cf "$C/master.cf"; fi
-for f in "$M"/fetchmail*; do
-  if [ -f "$f" ]; then set -- "$@" "file:${{f##*/}}" "$f"; fi
-done
 for f in {files}; do
-  if [ -f "$M/$f" ]; then set -- "$@" "file:$f" "$M/$f"; fi
   for s in db lmdb cdb; do
     if [ -f "$M/$f.$s" ] && ! [ "$M/$f" -nt "$M/$f.$s" ]; then put "fresh:$f" "$s"; fi
   done
 done
-putfiles ls "$@"
+pf_put ls "$@"
 set --
 "#,
         files = files.join(" "),
+        memo = super::memo::shell(),
     );
     crate::mta::facts_function(host, &body, &super::recipients::script(host), extra)
 }
@@ -136,6 +144,9 @@ pub struct PostfixFacts {
     pub effective: BTreeMap<String, String>,
     /// postconf's answer as it came (see [`facts_script_known`]).
     pub postconf: String,
+    /// The host's memo of postconf's answer holds ([`super::memo`]): an
+    /// apply leaves it as it is unless it edits main.cf or master.cf.
+    pub memo: bool,
     pub files: BTreeMap<String, FoundFile>,
     /// Table name -> database suffixes at least as new as the source.
     pub fresh: BTreeMap<String, Vec<String>>,
@@ -181,6 +192,7 @@ fn known_section(name: &str) -> bool {
             | "main.cf"
             | "master.cf"
             | "ls"
+            | "memo"
             | crate::facts::END
     ) || name
         .strip_prefix("file:")
@@ -263,6 +275,7 @@ impl PostfixFacts {
             master_cf: s.get("master.cf").map(str::to_string),
             effective,
             postconf,
+            memo: s.get("memo") == Some("yes"),
             files,
             fresh,
             recipients: super::recipients::from_sections(s),

@@ -10,6 +10,7 @@ mod drain;
 mod facts;
 pub mod maincf;
 pub mod mastercf;
+pub mod memo;
 mod plan;
 pub mod recipients;
 pub mod script;

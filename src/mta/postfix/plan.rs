@@ -47,6 +47,9 @@ pub struct ApplySteps {
     /// postconf's answer as read by facts, from those two files: the
     /// read-back of an apply that leaves both as they were takes it.
     pub postconf_before: String,
+    /// The host's memo of postconf's answer held when it was read: an
+    /// apply that edits neither main.cf nor master.cf leaves it.
+    pub memo_fresh: bool,
     /// Table paths to build with postmap (sources that change or whose
     /// database is missing or stale).
     pub postmap: Vec<String>,
@@ -328,6 +331,7 @@ pub fn plan_host(
             main_cf_before: f.main_cf.clone(),
             master_cf_before: f.master_cf.clone(),
             postconf_before: f.postconf.clone(),
+            memo_fresh: f.memo,
             postmap,
             lookups,
             running: f.running,

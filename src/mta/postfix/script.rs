@@ -275,7 +275,18 @@ drop_old
 "#,
     );
     if steps.remove_owned_dir {
-        let _ = writeln!(s, "rmdir \"$C/{}\" 2>/dev/null || :", super::OWNED_DIR);
+        let _ = writeln!(
+            s,
+            "rm -f \"$C/{dir}/{memo}\"\nrmdir \"$C/{dir}\" 2>/dev/null || :",
+            dir = super::OWNED_DIR,
+            memo = super::memo::MEMO,
+        );
+    } else if edits_config || !steps.memo_fresh {
+        // The memo of postconf's answer for the reads to come (the
+        // read-back first): main.cf or master.cf is new, or the memo
+        // did not hold when this run read the host.
+        s.push_str(&super::memo::shell());
+        s.push_str(&super::memo::refresh());
     }
     s.push_str("printf '@@mxpin-ok\\n'\n");
     flush(&mut s, &steps.flush);

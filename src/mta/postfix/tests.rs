@@ -824,3 +824,6 @@ mod smtp_port;
 
 /// Issue 15: fewer round trips and no main.cf wait.
 mod round_trips;
+
+/// Issue 15: the memo of postconf's answer.
+mod memo;

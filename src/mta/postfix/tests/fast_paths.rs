@@ -13,7 +13,8 @@ fn script(plan: &HostPlan) -> String {
 
 #[test]
 fn the_apply_script_does_only_what_its_changes_need() {
-    let (inv, states) = fleet(Ok(fixture_facts(RELAY_APPLIED)));
+    let (inv, mut states) = fleet(Ok(fixture_facts(RELAY_APPLIED)));
+    set_memo(&mut states, true);
     let t = Templates::load(None).unwrap();
     let f = engine::plan_all(&inv, &states, &[], &t, now(), &rotate_home(false));
     let (home, relay) = (planned(&f, "home"), planned(&f, "relay"));
@@ -34,8 +35,9 @@ fn the_apply_script_does_only_what_its_changes_need() {
         assert!(s.contains("\nQ='/"), "{}", p.host);
         assert!(s.contains("\nif running; then\n"), "{}", p.host);
     }
-    // Keys only: no postconf at all.
+    // Keys only: no postconf at all, and the memo of its answer is kept.
     assert!(!script(home).contains("postconf -c"));
+    assert!(!script(relay).contains(WRITES_MEMO));
     // A table: postmap's warnings are compared with those from before, and
     // its lookups are checked.
     let s = script(relay);
@@ -53,6 +55,51 @@ fn the_apply_script_does_only_what_its_changes_need() {
     let s = script(&fresh);
     assert!(s.contains("step='postconf warnings'"));
     assert!(!s.contains("postfix -c \"$C\" check"));
+    // ... and the memo of postconf's answer is written anew.
+    assert!(s.contains(WRITES_MEMO));
+}
+
+/// What an apply script writes the memo of postconf's answer with.
+const WRITES_MEMO: &str = "\"$pc\" > \"$M/postconf.memo\"";
+
+fn set_memo(states: &mut [engine::HostState], memo: bool) {
+    for s in states {
+        if let Ok(crate::mta::Facts::Postfix(f)) = &mut s.facts {
+            f.memo = memo;
+        }
+    }
+}
+
+/// An apply refreshes the memo of postconf's answer on a host where it did
+/// not hold, even when main.cf and master.cf stay; a release removes it
+/// with mxpin's directory and writes none.
+#[test]
+fn an_apply_refreshes_a_memo_that_did_not_hold() {
+    let (inv, mut states) = fleet(Ok(fixture_facts(RELAY_APPLIED)));
+    set_memo(&mut states, false);
+    let t = Templates::load(None).unwrap();
+    let f = engine::plan_all(&inv, &states, &[], &t, now(), &rotate_home(false));
+    for host in ["home", "relay"] {
+        let s = script(planned(&f, host));
+        assert!(s.contains(WRITES_MEMO), "{host}");
+        // Its key is listed before postconf is asked.
+        let (ls, ask) = (
+            s.find("pf_ls=$(ls -lnc").unwrap(),
+            s.rfind("pc=$(\"$pc_bin\" -c").unwrap(),
+        );
+        assert!(ls < ask, "{host}");
+    }
+    let mut released = fixture_facts(HOME_APPLIED);
+    released.memo = false;
+    let (inv, _) = fleet(Ok(released.clone()));
+    let mut inv = inv;
+    for h in &mut inv.hosts {
+        h.release = true;
+    }
+    let p = plan_for(&inv, "home", &released, &StoredKeys::default());
+    let s = script(&p);
+    assert!(!s.contains(WRITES_MEMO));
+    assert!(s.contains("rm -f \"$C/mxpin/postconf.memo\"\nrmdir \"$C/mxpin\""));
 }
 
 /// The read-back of an apply that leaves main.cf and master.cf as they

@@ -68,8 +68,15 @@ fn live_facts_match_the_fixtures() {
         (HOME_APPLIED, &home, &home_raw, "home"),
         (RELAY_APPLIED, &relay, &relay_raw, "relay"),
     ] {
-        let names =
-            |out: &[u8]| -> Vec<String> { frame_ends(out).into_iter().map(|(n, _)| n).collect() };
+        // The memo of postconf's answer (which the applied hosts have) is
+        // newer than the fixtures.
+        let names = |out: &[u8]| -> Vec<String> {
+            frame_ends(out)
+                .into_iter()
+                .map(|(n, _)| n)
+                .filter(|n| n != "memo")
+                .collect()
+        };
         assert_eq!(names(raw), names(&fixture(name)), "{name}");
         let live = facts_from(raw).unwrap();
         let kept = fixture_facts(name);
