@@ -124,7 +124,7 @@ fn repeats(name: &str) -> bool {
 pub const END: &str = "end";
 
 /// The frame of several files (`putfiles`): an index of `SIZE NAME` lines
-/// (names as the script gave them, sizes from `wc -c`), an empty line, and
+/// (names as the script gave them, sizes from the `ls` listing), an empty line, and
 /// the files' contents one after the other, in the index's order. It reads
 /// as the sections NAME, each holding its SIZE bytes.
 pub const BUNDLE: &str = "bundle";
