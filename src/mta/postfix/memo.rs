@@ -7,8 +7,9 @@
 //! what postconf reads: main.cf, master.cf (a broken line is fatal), the
 //! Postfix installed (its version and compiled-in defaults) and the host's
 //! name (the default of `myhostname`, and of `relay_domains` through
-//! `mydestination` at compatibility level 1). So an apply that changes a
-//! host writes the answer, with a key made of exactly those, to
+//! `mydestination` at compatibility level 1). So an apply that edits
+//! main.cf or master.cf, or that found no memo that holds, writes the
+//! answer, with a key made of exactly those, to
 //! `CONFIG_DIR/mxpin/postconf.memo`, and a read takes the answer from there
 //! only when the key is what it finds now; otherwise it asks postconf.
 //!
