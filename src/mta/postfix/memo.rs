@@ -65,7 +65,8 @@ pub fn ask_postconf(postconf: &str) -> String {
 /// sets `pk`, the memo's key, from `pf_ls` (an `ls -lnc` listing that
 /// holds main.cf, master.cf and `pc_bin`: their lines' fields, one space
 /// apart, as `ls` pads them to the widest of its listing), false when the
-/// host gives no key (called with `set +f`); `pc_memo` sets `pc` to the memo's answer when its key is `pk`.
+/// host gives no key (called with `set +f`); `pc_memo` sets `pc` to the
+/// memo's answer when its key is `pk`.
 pub fn shell() -> String {
     format!(
         r#"pc_find() {{
