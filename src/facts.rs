@@ -27,6 +27,40 @@ macro_rules! daemon_pid {
     };
 }
 
+/// The `ls` that lists the files a facts script reads: mode line, size in
+/// bytes, and change time to the nanosecond (what the memo of postconf's
+/// answer is keyed by, [`crate::mta::postfix::memo`]).
+macro_rules! ls_ctime {
+    () => {
+        "ls -lnc --time-style=+%s.%N"
+    };
+}
+
+/// Shell: `pf_ls_of NAME PATH...` (see [`SHELL_HELPERS`]).
+macro_rules! pf_ls_of {
+    () => {
+        concat!(
+            r#"pf_ls_of() {
+  pf_c=$#
+  while [ "$pf_c" -gt 0 ]; do set -- "$@" "$2"; shift 2; pf_c=$((pf_c - 2)); done
+  unset BLOCK_SIZE LS_BLOCK_SIZE BLOCKSIZE QUOTING_STYLE TIME_STYLE
+  pf_ls=$("#,
+            ls_ctime!(),
+            r#" -- "$@" ${pf_also:+"$pf_also"} 2>/dev/null)
+  if [ -z "$pf_ls" ]; then pf_ls=$(ls -ln -- "$@" ${pf_also:+"$pf_also"} 2>/dev/null); fi
+}
+"#
+        )
+    };
+}
+
+/// [`ls_ctime!`] as a constant.
+pub const LS_CTIME: &str = ls_ctime!();
+
+/// [`pf_ls_of!`] as a constant, for the apply scripts that list what the
+/// facts list.
+pub const LS_OF: &str = pf_ls_of!();
+
 /// Shell functions for facts scripts: `put NAME VALUE`, `putfile NAME PATH`
 /// (the latter keeps trailing newlines, which `$(...)` would strip) and
 /// `putfiles LIST NAME PATH [NAME PATH]...`, which reads every file in two
@@ -64,14 +98,9 @@ putfiles() {
   pf_ls_of "$@"
   pf_put "$pf_list" "$@"
 }
-pf_ls_of() {
-  pf_c=$#
-  while [ "$pf_c" -gt 0 ]; do set -- "$@" "$2"; shift 2; pf_c=$((pf_c - 2)); done
-  unset BLOCK_SIZE LS_BLOCK_SIZE BLOCKSIZE QUOTING_STYLE TIME_STYLE
-  pf_ls=$(ls -lnc --time-style=+%s.%N -- "$@" ${pf_also:+"$pf_also"} 2>/dev/null)
-  if [ -z "$pf_ls" ]; then pf_ls=$(ls -ln -- "$@" ${pf_also:+"$pf_also"} 2>/dev/null); fi
-}
-pf_put() {
+"#,
+    pf_ls_of!(),
+    r#"pf_put() {
   [ $# -gt 1 ] || return 0
   pf_list=$1; shift
   pf_nl='

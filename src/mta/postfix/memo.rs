@@ -37,10 +37,9 @@ use super::{SCALARS, TABLES};
 /// The memo's file name, in mxpin's directory.
 pub const MEMO: &str = "postconf.memo";
 
-/// The `ls` that lists the files a facts script reads (see
-/// [`crate::facts::SHELL_HELPERS`]) and the memo's key files, with their
-/// change time to the nanosecond.
-pub const LS_CTIME: &str = "ls -lnc --time-style=+%s.%N";
+/// The `ls` that lists the files a facts script reads and the memo's key
+/// files, with their change time to the nanosecond.
+pub use crate::facts::LS_CTIME;
 
 /// The parameters every read asks postconf for, in order.
 pub fn params() -> Vec<&'static str> {
@@ -127,9 +126,10 @@ pc_memo() {{
 pub fn refresh() -> String {
     format!(
         r#"M="$C/{dir}"
-pc_find
-unset BLOCK_SIZE LS_BLOCK_SIZE BLOCKSIZE QUOTING_STYLE TIME_STYLE
-pf_ls=$({LS_CTIME} -- "$C/main.cf" "$C/master.cf" ${{pc_bin:+"$pc_bin"}} 2>/dev/null) || :
+{ls_of}pc_find
+pf_also=$pc_bin
+pf_ls_of main.cf "$C/main.cf" master.cf "$C/master.cf"
+pf_also=''
 if pc_key && pc={ask} && [ -n "$pc" ]; then
   printf '%s\n@@answer\n%s\n@@end\n' "$pk" "$pc" > "$M/{MEMO}" 2>/dev/null || rm -f "$M/{MEMO}"
 elif [ -e "$M/{MEMO}" ]; then
@@ -137,6 +137,7 @@ elif [ -e "$M/{MEMO}" ]; then
 fi
 "#,
         dir = super::OWNED_DIR,
+        ls_of = crate::facts::LS_OF,
         // The binary the key lists, whatever else PATH holds.
         ask = ask_postconf("\"$pc_bin\""),
     )
