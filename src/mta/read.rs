@@ -49,17 +49,11 @@ pub fn facts_prelude(host: &Host) -> String {
 PATH=/usr/sbin:/usr/bin:/sbin:/bin:/usr/local/sbin:/usr/local/bin:$PATH; export PATH
 {SHELL_HELPERS}C={c}
 M="$C/{OWNED_DIR}"
-# The effective uid, from the shell's own /proc/self/status (no process;
-# `id -u` where there is no /proc).
-u=''
-if [ -r /proc/self/status ]; then
-  while read -r k a b rest; do if [ "$k" = Uid: ]; then u=$b; break; fi; done < /proc/self/status
-fi
-case "$u" in ''|*[!0-9]*) u=$(id -u) ;; esac
-put uid "$u"
+{EFFECTIVE_UID}put uid "$u"
 if [ "$u" != 0 ]; then put user "$(id -un 2>/dev/null)"; fi
 "#,
         SHELL_HELPERS = crate::facts::SHELL_HELPERS,
+        EFFECTIVE_UID = crate::mta::EFFECTIVE_UID,
         c = crate::shell::quote(host.config_dir.as_str()),
     )
 }
@@ -70,8 +64,12 @@ if [ "$u" != 0 ]; then put user "$(id -un 2>/dev/null)"; fi
 /// answer reads as cut short), then the call. [`crate::mta::hold_script`]
 /// relies on that call being the last line.
 pub fn facts_function(host: &Host, body: &str, rcpt: &str, extra: &str) -> String {
+    // `validated` holds what an apply script, run before the facts in the
+    // same shell, checked (see the Postfix verify snippet's `known`). This
+    // line runs when the script is read, before any call, so no other
+    // read takes it from the host's environment.
     format!(
-        "mxpin_facts() {{\n{prelude}{body}{rcpt}{extra}put end ok\n}}\nmxpin_facts\n",
+        "validated=''\nmxpin_facts() {{\n{prelude}{body}{rcpt}{extra}put end ok\n}}\nmxpin_facts\n",
         prelude = facts_prelude(host),
     )
 }

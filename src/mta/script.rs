@@ -157,6 +157,28 @@ fn sha256_hex(bytes: &[u8]) -> String {
         .collect()
 }
 
+/// Shell that sets `u` and `eg` to the effective uid and gid: from the
+/// shell's own /proc/self/status (no process), `id` where there is no
+/// /proc.
+pub const EFFECTIVE_UID: &str = r#"# The effective uid and gid, from the shell's own /proc/self/status (no
+# process; `id` where there is no /proc).
+u='' eg=''
+if [ -r /proc/self/status ]; then
+  while read -r k a b rest; do
+    case "$k" in Uid:) u=$b ;; Gid:) eg=$b; break ;; esac
+  done < /proc/self/status
+fi
+case "$u" in ''|*[!0-9]*) u=$(id -u) ;; esac
+case "$eg" in ''|*[!0-9]*) eg=$(id -g) ;; esac
+"#;
+
+/// Shell that fails the apply script unless it runs as root.
+pub fn script_check_root(s: &mut String) {
+    s.push_str("step='check user'\n");
+    s.push_str(EFFECTIVE_UID);
+    s.push_str("[ \"$u\" = 0 ] || fail \"not running as root\"\n");
+}
+
 /// Shell that removes `paths` (those that exist) in one `rm`.
 pub fn script_rm(s: &mut String, indent: &str, paths: &[String]) {
     use std::fmt::Write as _;
@@ -302,12 +324,25 @@ pub fn script_chmods(s: &mut String, changes: &[FileChange]) {
 /// Shell that writes each new file beside its target ([`staged`]). The
 /// admin's own files (`admin`: main.cf, exim4.conf...) keep their mode and
 /// owner (`cp -p`); mxpin's get root and the change's group and mode.
+///
+/// The caller removes every staged path first (in the `rm` of the previous
+/// run's copies), and mxpin's files are written with the shell's
+/// noclobber on, so each is a new file: created by root with the mode
+/// its umask gives (the umask is set from the file's mode, `umask` is the
+/// shell's own). Processes only where creation cannot give it:
+/// - `chown`, for a group other than root's, or when the shell's
+///   effective gid (`eg`, [`EFFECTIVE_UID`]) is not 0, or the directory is
+///   set-group-ID (a new file takes the directory's group);
+/// - `chmod`, for a mode with bits a new file never gets (execute,
+///   set-ID, sticky).
+///
+/// Each is one process per (group, mode), not per file.
 pub fn script_stage(s: &mut String, writes: &[&FileChange], admin: impl Fn(&str) -> bool) {
     use crate::shell::quote;
     use std::fmt::Write as _;
-    // mxpin's own files by (group, mode): one chown and one chmod each,
-    // not two processes per file.
     let mut modes: Vec<((u32, u32), Vec<&str>)> = Vec::new();
+    let mut umask = 0o077;
+    s.push_str("set -C\n");
     for c in writes {
         let new = c.new.as_ref().expect("writes have content");
         let st = quote(&staged(&c.path));
@@ -315,10 +350,18 @@ pub fn script_stage(s: &mut String, writes: &[&FileChange], admin: impl Fn(&str)
         if admin(&c.path) {
             let _ = writeln!(
                 s,
-                "cp -p {} {st} || fail {}",
+                "cp -p {} {st} || fail {}\nprintf '%s' {} >| {st} || fail {}",
                 quote(&c.path),
-                quote(&format!("cannot copy {}", c.path))
+                quote(&format!("cannot copy {}", c.path)),
+                quote(new.raw()),
+                quote(&format!("cannot write {}", c.path))
             );
+            continue;
+        }
+        let want = !c.mode & 0o777;
+        if want != umask {
+            let _ = writeln!(s, "umask {want:03o}");
+            umask = want;
         }
         let _ = writeln!(
             s,
@@ -326,20 +369,45 @@ pub fn script_stage(s: &mut String, writes: &[&FileChange], admin: impl Fn(&str)
             quote(new.raw()),
             quote(&format!("cannot write {}", c.path))
         );
-        if !admin(&c.path) {
-            let key = (c.group, c.mode);
-            match modes.iter_mut().find(|(k, _)| *k == key) {
-                Some((_, paths)) => paths.push(&c.path),
-                None => modes.push((key, vec![&c.path])),
-            }
+        let key = (c.group, c.mode);
+        match modes.iter_mut().find(|(k, _)| *k == key) {
+            Some((_, paths)) => paths.push(&c.path),
+            None => modes.push((key, vec![&c.path])),
         }
     }
+    if umask != 0o077 {
+        s.push_str("umask 077\n");
+    }
+    s.push_str("set +C\n");
     for ((group, mode), paths) in &modes {
         let staged: Vec<String> = paths.iter().map(|p| quote(&staged(p))).collect();
         let staged = staged.join(" ");
+        let mut dirs: Vec<&str> = paths
+            .iter()
+            .map(|p| p.rsplit_once('/').map_or("/", |(d, _)| d))
+            .collect();
+        dirs.sort_unstable();
+        dirs.dedup();
+        let chown = format!("chown 0:{group} {staged}");
+        let chown = if *group != 0 {
+            chown
+        } else {
+            let setgid: Vec<String> = dirs
+                .iter()
+                .map(|d| format!("[ -g {} ]", quote(d)))
+                .collect();
+            format!(
+                "if [ \"$eg\" != 0 ] || {}; then {chown}; fi",
+                setgid.join(" || ")
+            )
+        };
+        let chmod = match mode & !0o666 {
+            0 => String::new(),
+            _ => format!(" && chmod {mode:o} {staged}"),
+        };
         let _ = writeln!(
             s,
-            "step={}\nchown 0:{group} {staged} && chmod {mode:o} {staged} || fail {}",
+            "step={}\n{{ {chown}{chmod}; }} || fail {}",
             quote(&format!("set mode of {}", paths.join(", "))),
             quote(&format!("cannot set mode of {}", paths.join(", ")))
         );
@@ -364,12 +432,13 @@ pub fn changes_served_key(changes: &[FileChange]) -> bool {
 /// swapped in by rename is never seen mid-write, so the guard has nothing
 /// to protect; nothing else reads this mtime (the check for changes since
 /// the read compares SHA-256, and Postfix's master does not watch
-/// main.cf). GNU `touch -d @SECONDS`; where it fails, Postfix just waits.
+/// main.cf). GNU `touch -d '2 seconds ago'` (one process; `date` is not
+/// needed for the time); where it fails, Postfix just waits.
 pub fn script_cool_down(s: &mut String, staged: &str) {
     use std::fmt::Write as _;
     let _ = writeln!(
         s,
-        "touch -d \"@$(($(date +%s) - 2))\" {} 2>/dev/null || :",
+        "touch -d '2 seconds ago' {} 2>/dev/null || :",
         crate::shell::quote(staged)
     );
 }
@@ -530,39 +599,85 @@ mod batched_tests {
         assert!(run(&s).1.contains(&format!("{} appeared since", p("new"))));
     }
 
-    /// Staged files get their modes in one chown and one chmod per mode.
+    /// Staged files get their modes from the umask they are created
+    /// under: no chown or chmod for root's files with modes a new file can
+    /// have, one per (group, mode) otherwise.
     #[test]
-    fn staging_sets_modes_per_mode_not_per_file() {
+    fn staging_sets_modes_by_creation_and_processes_only_where_needed() {
         if !nix_is_root() {
             eprintln!("SKIPPED: needs root (chown 0:0)");
             return;
         }
         let dir = tempfile::tempdir().unwrap();
         let p = |n: &str| format!("{}/{n}", dir.path().display());
+        let mode_of = |path: &str| {
+            let meta = std::fs::metadata(path).unwrap();
+            std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o7777
+        };
         let changes = [
             change(&p("k1"), None, "secret one\n", 0o600),
             change(&p("c1"), None, "cert\n", 0o644),
             change(&p("k2"), None, "secret two", 0o600),
+            change(&p("x1"), None, "#!/bin/sh\n", 0o755),
         ];
         let writes: Vec<&FileChange> = changes.iter().collect();
+        let mut stage = String::new();
+        script_stage(&mut stage, &writes, |_| false);
+        // The prelude's umask, the root check's `eg`, and the caller's rm.
+        let staged_all: Vec<String> = ["k1", "c1", "k2", "x1"]
+            .iter()
+            .map(|n| staged(&p(n)))
+            .collect();
         let mut s = String::from("umask 077\n");
-        script_stage(&mut s, &writes, |_| false);
-        assert_eq!(s.matches("chmod ").count(), 2, "{s}");
-        assert_eq!(s.matches("chown ").count(), 2, "{s}");
-        assert_eq!(run(&s), (true, String::new()));
+        s.push_str(EFFECTIVE_UID);
+        script_rm(&mut s, "", &staged_all);
+        s.push_str(&stage);
+        s.push_str("umask\n");
+        assert_eq!(s.matches("chmod ").count(), 1, "{s}");
+        assert!(s.contains("chmod 755"), "{s}");
+        assert_eq!(
+            run(&s),
+            (true, "0077\n".to_string()),
+            "the umask is given back"
+        );
         for (name, mode, text) in [
             ("k1", 0o600, "secret one\n"),
             ("c1", 0o644, "cert\n"),
             ("k2", 0o600, "secret two"),
+            ("x1", 0o755, "#!/bin/sh\n"),
         ] {
             let st = staged(&p(name));
-            let meta = std::fs::metadata(&st).unwrap();
-            assert_eq!(
-                std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o777,
-                mode,
-                "{name}"
-            );
+            assert_eq!(mode_of(&st), mode, "{name}");
             assert_eq!(std::fs::read_to_string(&st).unwrap(), text);
+        }
+
+        // A staged file left by a killed run, readable by all: the rm
+        // before staging makes the key a new file again.
+        std::fs::write(staged(&p("k1")), "old").unwrap();
+        std::fs::set_permissions(
+            staged(&p("k1")),
+            std::os::unix::fs::PermissionsExt::from_mode(0o666),
+        )
+        .unwrap();
+        assert!(run(&s).0);
+        assert_eq!(mode_of(&staged(&p("k1"))), 0o600);
+
+        // Without that rm, noclobber refuses to write into it.
+        let (ok, out) = run(&format!("umask 077\n{}{stage}", EFFECTIVE_UID));
+        assert!(!ok);
+        assert!(out.contains("cannot write"), "{out}");
+
+        // A set-group-ID directory gives new files its group: chown.
+        std::fs::set_permissions(
+            dir.path(),
+            std::os::unix::fs::PermissionsExt::from_mode(0o2755),
+        )
+        .unwrap();
+        std::os::unix::fs::chown(dir.path(), None, Some(1)).unwrap();
+        assert!(run(&s).0);
+        for name in ["k1", "c1"] {
+            let meta = std::fs::metadata(staged(&p(name))).unwrap();
+            assert_eq!(std::os::unix::fs::MetadataExt::gid(&meta), 0, "{name}");
         }
     }
 

@@ -110,10 +110,7 @@ pub fn apply_script(plan: &HostPlan) -> ApplyScript {
     crate::mta::script_rm(&mut s, "  ", &staged_paths);
     let _ = writeln!(s, "  :\n}}");
 
-    let _ = writeln!(
-        s,
-        "step='check user'\n[ \"$(id -u)\" = 0 ] || fail \"not running as root\""
-    );
+    crate::mta::script_check_root(&mut s);
     crate::mta::script_prepare_and_lock(&mut s);
     // main.cf and master.cf as the plan was made from them, in the same
     // sha256sum as the files it changes.
@@ -124,7 +121,10 @@ pub fn apply_script(plan: &HostPlan) -> ApplyScript {
         kept.push((master_cf.as_str(), before.as_str()));
     }
     crate::mta::script_check_unchanged(&mut s, &plan.changes, &kept);
-    let old: Vec<String> = targets.iter().map(|t| format!("{t}.mxpin-old")).collect();
+    // The previous run's copies, and anything staged by a run that was
+    // killed: every staged file is then written new (script_stage).
+    let mut old: Vec<String> = targets.iter().map(|t| format!("{t}.mxpin-old")).collect();
+    old.extend(staged_paths.iter().cloned());
     crate::mta::script_rm(&mut s, "", &old);
     // What `postconf` warns about comes from main.cf and master.cf only:
     // it is compared when one of them changes, and with postmap's output
@@ -187,11 +187,16 @@ new_warnings() {
         }
         let _ = writeln!(
             s,
-            "step={}\nout=$(postmap -c \"$C\" {} 2>&1) || fail \"$out\"\nnew_warnings \"$out\"\n[ -z \"$nw\" ] || fail \"$nw\"\nchmod 644 {}",
+            "step={}\nout=$(postmap -c \"$C\" {} 2>&1) || fail \"$out\"\nnew_warnings \"$out\"\n[ -z \"$nw\" ] || fail \"$nw\"",
             quote(&format!("postmap {p}")),
             quote(&format!("{}:{st}", steps.db_type)),
-            quote(&format!("{st}.{suffix}"))
         );
+        // postmap gives the database its source's mode, narrowed to 0644
+        // (postmap(1), and its umask of `022 | (~mode & 077)`): a source
+        // mxpin writes 0644 needs no chmod.
+        if !writes.iter().any(|c| &c.path == p && c.mode == 0o644) {
+            let _ = writeln!(s, "chmod 644 {}", quote(&format!("{st}.{suffix}")));
+        }
     }
 
     // Swap: keys and tables first, then master.cf, main.cf last, so main.cf
@@ -255,14 +260,18 @@ new_warnings "$(postconf -c "$C" 2>&1 >/dev/null)"
             super::OWNED_DIR,
             l.table
         );
+        // What the read-back's checks take from here (`known`, in
+        // super::verify): the answer, once it is the expected one.
         let _ = writeln!(
             s,
             "step={}\ngot=$(postmap -c \"$C\" -q {} {} 2>/dev/null) || fail \"no entry\"\n\
-             want={}\n[ \"$got\" = \"$want\" ] || fail \"found '$got', expected '$want'\"",
+             want={}\n[ \"$got\" = \"$want\" ] || fail \"found '$got', expected '$want'\"\n\
+             validated=\"${{validated:-}}$NL\"{}\"\t$got\"",
             quote(&format!("postmap -q {} {table}", l.key)),
             quote(&l.key),
             quote(&table),
             quote(&l.expected),
+            quote(&format!("q:{}:{}", l.table, l.key)),
         );
     }
     s.push_str(
@@ -308,12 +317,29 @@ drop_old
 /// domain this host no longer backs up), the deferred messages with a
 /// recipient in the domain are retried by queue ID instead (`postqueue -j`,
 /// Postfix 3.1+, then `postqueue -i`).
+///
+/// With nothing in the deferred queue there is nothing to retry, and no
+/// `postqueue` runs (nor the flush daemon it starts): `deferred_mail`
+/// looks in `$Q/deferred` with the shell's own globs. Anything there but
+/// an empty hash directory counts, so a layout it does not know (another
+/// `hash_queue_depth`) flushes as before, as does an unknown queue
+/// directory.
 fn flush(s: &mut String, domains: &[String]) {
     if domains.is_empty() {
         return;
     }
     s.push_str(
-        r#"flush_domain() {
+        r#"deferred_mail() {
+  [ -n "$Q" ] && [ -d "$Q/deferred" ] || return 0
+  set +f
+  for e in "$Q"/deferred/* "$Q"/deferred/*/*; do
+    [ -e "$e" ] || [ -L "$e" ] || continue
+    case "${e#"$Q/deferred/"}" in */*) return 0 ;; esac
+    [ -d "$e" ] || return 0
+  done
+  return 1
+}
+flush_domain() {
   out=$(postqueue -c "$C" -s "$1" 2>&1) && return 0
   ids=$(postqueue -c "$C" -j 2>/dev/null | grep -F '"queue_name": "deferred"' | grep -i -e "$2" \
     | sed -n 's/^.*"queue_id": *"\([^"]*\)".*$/\1/p')
@@ -325,7 +351,7 @@ fn flush(s: &mut String, domains: &[String]) {
   printf '@@mxpin-note flush %s: postqueue -s failed (%s); %s deferred %s retried by queue ID\n' \
     "$1" "$(printf '%s' "$out" | tr '\n' ' ')" "$n" "$m"
 }
-if running; then
+if running && deferred_mail; then
 "#,
     );
     for d in domains {

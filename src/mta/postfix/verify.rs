@@ -8,6 +8,21 @@ use crate::mta::RouteCheck;
 use crate::shell::quote;
 use crate::verify::Kind;
 
+/// Shell function `known NAME`: sets `r` to the answer of the lookup NAME
+/// (`q:TABLE:KEY`) that the apply script before it, in the same shell,
+/// checked after its swap (`validated`, lines `NAME<TAB>ANSWER`; see
+/// [`super::script::apply_script`]). The tables do not change between
+/// that check and the read-back (the run holds the host's lock), so the
+/// read-back does not run the same `postmap -q` twice. Fails, and the
+/// snippet asks postmap, in any other read.
+const KNOWN: &str = r#"known() {
+  case "${validated:-}$NL" in
+    *"$NL$1	"*) r=${validated#*"$NL$1	"}; r=${r%%"$NL"*} ;;
+    *) return 1 ;;
+  esac
+}
+"#;
+
 /// Shell that checks, on a backup, the routes it pins: a live handshake with
 /// `posttls-finger` using exactly the pins of its tls_policy lookup, and
 /// the transport and policy lookups themselves. `lookup` is the host's
@@ -16,11 +31,12 @@ pub fn verify_snippet(steps: &ApplySteps, digest: &str, lookup: &str) -> String 
     let table = |name: &str| format!("{}:{}/{OWNED_DIR}/{name}", steps.db_type, steps.config_dir);
     let mut s = String::new();
     s.push_str("if command -v posttls-finger >/dev/null 2>&1; then ptf=yes; else ptf=no; fi\n");
+    s.push_str(KNOWN);
     for l in &steps.lookups {
+        let name = quote(&format!("q:{}:{}", l.table, l.key));
         let _ = writeln!(
             s,
-            "put {} \"$(postmap -c \"$C\" -q {} {} 2>/dev/null)\"",
-            quote(&format!("q:{}:{}", l.table, l.key)),
+            "known {name} || r=$(postmap -c \"$C\" -q {} {} 2>/dev/null)\nput {name} \"$r\"",
             quote(&l.key),
             quote(&table(&l.table))
         );
@@ -98,7 +114,10 @@ if [ -f "$M/transport" ] && [ -f "$M/tls_policy" ]; then
     set -f
     for hc_w in $hc_pol; do
       case "$hc_w" in
-        match=*) hc_pins="$hc_pins $(printf '%s' "${{hc_w#match=}}" | tr '|' ' ')" ;;
+        match=*)
+          hc_ifs=$IFS; IFS='|'
+          for hc_p in ${{hc_w#match=}}; do hc_pins="$hc_pins $hc_p"; done
+          IFS=$hc_ifs ;;
         servername=*) hc_sni=${{hc_w#servername=}} ;;
       esac
     done

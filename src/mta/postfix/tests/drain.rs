@@ -321,6 +321,54 @@ fn the_flush_falls_back_to_queue_ids_of_the_domain_only() {
     assert_eq!(parse_result(&stdout), Some(ApplyResult::Applied));
 }
 
+/// With nothing deferred there is nothing to retry: no `postqueue` runs
+/// (nor the flush daemon it would start). Postfix's empty hash directories
+/// do not count; a queue file in one does, and so does anything else in
+/// the deferred queue, or a queue without a deferred directory.
+#[test]
+fn the_flush_runs_only_when_the_deferred_queue_holds_mail() {
+    let inv = inventory(DIR, true);
+    let f = running(fixture_facts(FRESH));
+    let plan = plan_for(&inv, "relay", &f, &new_keys("home.example.net"));
+    let text = apply_script(&plan).text().to_string();
+    let ok = text.find("printf '@@mxpin-ok\\n'").unwrap();
+    let body = &text[ok..text.rfind("}\nmxpin_apply").unwrap()];
+    let bin = tempfile::tempdir().unwrap();
+    let log = bin.path().join("calls");
+    fake_bin(
+        bin.path(),
+        "postqueue",
+        &format!("echo \"$*\" >> {}\nexit 0\n", quote(log.to_str().unwrap())),
+    );
+    let queue = tempfile::tempdir().unwrap();
+    master_pid(queue.path(), std::process::id());
+    let calls = || {
+        let out = with_running(bin.path(), queue.path(), body);
+        assert!(out.status.success(), "{out:?}");
+        assert_eq!(String::from_utf8(out.stdout).unwrap(), "@@mxpin-ok\n");
+        let calls = std::fs::read_to_string(&log).unwrap_or_default();
+        let _ = std::fs::remove_file(&log);
+        calls.lines().count()
+    };
+    let deferred = queue.path().join("deferred");
+    // No deferred directory: not a queue this knows, so it flushes.
+    assert_eq!(calls(), 2);
+    for d in ["0", "A", "F"] {
+        std::fs::create_dir_all(deferred.join(d)).unwrap();
+    }
+    assert_eq!(calls(), 0, "empty hash directories");
+    std::fs::write(deferred.join("A/4FD1C2B0A7"), "").unwrap();
+    assert_eq!(calls(), 2, "a deferred message");
+    std::fs::remove_file(deferred.join("A/4FD1C2B0A7")).unwrap();
+    std::fs::create_dir_all(deferred.join("A/B")).unwrap();
+    assert_eq!(calls(), 2, "a deeper hash level");
+    std::fs::remove_dir(deferred.join("A/B")).unwrap();
+    std::fs::write(deferred.join("4FD1C2B0A7"), "").unwrap();
+    assert_eq!(calls(), 2, "no hashing");
+    std::fs::remove_file(deferred.join("4FD1C2B0A7")).unwrap();
+    assert_eq!(calls(), 0);
+}
+
 /// The reload signals Postfix's master and nothing else: SIGHUP to the pid
 /// in `$Q/pid/master.pid` when that process is named `master`; `postfix
 /// reload` (a fake here, which logs its call) when it has another name; and

@@ -136,3 +136,64 @@ fn live_first_read_of_verify_runs_the_checks_of_the_converged_plan() {
         second.checks.keys().collect::<Vec<_>>()
     );
 }
+
+/// The read-back takes the lookups the apply script checked moments
+/// before, in the same shell (`validated`), instead of running the same
+/// `postmap -q` again; no other read takes them, not even from the host's
+/// environment.
+#[test]
+fn live_read_back_takes_the_lookups_the_apply_checked_and_no_other_read_does() {
+    require_root_and_postfix!();
+    let lab = Lab::new();
+    let inv = inventory(&lab.conf, true);
+    let home = new_keys("home.example.net");
+    let before = capture(&lab.conf);
+    let plan = plan_for(&inv, "relay", &before, &home);
+    let crate::mta::Steps::Postfix(steps) = &plan.steps else {
+        unreachable!()
+    };
+    let lookup = steps
+        .lookups
+        .iter()
+        .find(|l| l.table == "transport")
+        .expect("a backup route");
+    let name = format!("q:transport:{}", lookup.key);
+    let host = host_at(&lab.conf);
+    let facts = crate::mta::Facts::Postfix(before);
+    let extra = crate::mta::verify_snippet(&plan, &facts, &inv);
+    let script = crate::mta::apply_and_read_script(&plan, &host, &extra)
+        .text()
+        .to_string();
+    let call = "mxpin_apply; printf '%s\\n' @@mxpin-read-back; mxpin_facts\n";
+    assert!(script.ends_with(call));
+    // One answer the apply recorded, replaced after it ran: the read-back
+    // reports the replacement, so it did not ask postmap.
+    let forged = script.replace(
+        call,
+        &format!(
+            "mxpin_apply; validated=\"$NL\"{}\"$validated\"; printf '%s\\n' @@mxpin-read-back; mxpin_facts\n",
+            crate::shell::quote(&format!("{name}\tforged"))
+        ),
+    );
+    let out = run_sh_s(&forged);
+    let (verdict, back) = crate::mta::split_read_back(&out.stdout);
+    assert_eq!(
+        parse_result(std::str::from_utf8(verdict).unwrap()),
+        Some(ApplyResult::Applied)
+    );
+    let back = facts_from(back.expect("read back")).unwrap();
+    assert_eq!(back.checks.get(&name).map(String::as_str), Some("forged"));
+
+    // A read that follows no apply asks postmap, whatever its environment
+    // holds.
+    let mut cmd = Command::new("sh");
+    cmd.arg("-s")
+        .env("validated", format!("\n{name}\tforged"))
+        .env("NL", "\n");
+    let out = feed(cmd, &crate::mta::postfix::facts_script_with(&host, &extra));
+    let read = facts_from(&out.stdout).unwrap();
+    assert_eq!(
+        read.checks.get(&name).map(String::as_str),
+        Some(lookup.expected.as_str())
+    );
+}
