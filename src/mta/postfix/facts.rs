@@ -23,12 +23,18 @@ pub fn facts_script(host: &Host) -> String {
 /// same remote command, before the closing frame. postconf's answer comes
 /// from the host's memo when its key holds ([`super::memo`]), else from
 /// postconf.
+///
+/// When postconf is asked, its warnings are said too (`warnings`), and
+/// the memo's key it was asked under (`memo_key`): an apply takes the
+/// warnings as those from before its edit, and writes the memo from that
+/// key and answer, without asking postconf again.
 pub fn facts_script_with(host: &Host, extra: &str) -> String {
-    let postconf = format!(
-        "if pc_key && pc_memo; then put memo yes; else pc={}; fi",
-        super::memo::ask_postconf("postconf")
-    );
-    facts_script_from(host, extra, &postconf)
+    let postconf = r#"if pc_key && pc_memo; then put memo yes; else
+  pc_ask postconf
+  put warnings "$pw"
+  if [ -n "$pk" ]; then put memo_key "$pk"; fi
+fi"#;
+    facts_script_from(host, extra, postconf)
 }
 
 /// The facts script of an apply's read-back on a host whose main.cf and
@@ -147,6 +153,12 @@ pub struct PostfixFacts {
     /// The host's memo of postconf's answer holds ([`super::memo`]): an
     /// apply leaves it as it is unless it edits main.cf or master.cf.
     pub memo: bool,
+    /// postconf's warnings, when this read asked postconf (not when it
+    /// took the memo's answer), as postconf wrote them.
+    pub warnings: Option<String>,
+    /// The memo's key this read asked postconf under, when the host gives
+    /// one ([`super::memo`]).
+    pub memo_key: Option<String>,
     pub files: BTreeMap<String, FoundFile>,
     /// Table name -> database suffixes at least as new as the source.
     pub fresh: BTreeMap<String, Vec<String>>,
@@ -193,6 +205,8 @@ fn known_section(name: &str) -> bool {
             | "master.cf"
             | "ls"
             | "memo"
+            | "memo_key"
+            | "warnings"
             | crate::facts::END
     ) || name
         .strip_prefix("file:")
@@ -276,6 +290,8 @@ impl PostfixFacts {
             effective,
             postconf,
             memo: s.get("memo") == Some("yes"),
+            warnings: s.get("warnings").map(str::to_string),
+            memo_key: s.get("memo_key").map(str::to_string),
             files,
             fresh,
             recipients: super::recipients::from_sections(s),

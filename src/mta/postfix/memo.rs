@@ -50,25 +50,37 @@ pub fn params() -> Vec<&'static str> {
         .collect()
 }
 
-/// The command substitution that asks postconf (the program `postconf`
-/// names: `postconf`, or the binary the memo's key lists).
-pub fn ask_postconf(postconf: &str) -> String {
-    format!(
-        "$({postconf} -c \"$C\" -x {} 2>/dev/null)",
-        params().join(" ")
-    )
-}
-
 /// Shell (after `C`, `M` and `NL` are set): `pc_find` sets `pc_bin` to the
 /// postconf that `PATH` runs (as `command -v`, with no process); `pc_key`
 /// sets `pk`, the memo's key, from `pf_ls` (an `ls -lnc` listing that
 /// holds main.cf, master.cf and `pc_bin`: their lines' fields, one space
 /// apart, as `ls` pads them to the widest of its listing), false when the
 /// host gives no key (called with `set +f`); `pc_memo` sets `pc` to the
-/// memo's answer when its key is `pk`.
+/// memo's answer when its key is `pk`; `pc_ask PROGRAM` asks postconf (the
+/// program named: `postconf`, or the binary the key lists), setting `pc`
+/// to its answer and `pw` to its warnings (its lines that start with
+/// `PROGRAM: `, which no `NAME = VALUE` line can: a parameter's name has
+/// no colon), so one postconf gives both; `pc_write` writes the memo of
+/// `pk` and `pc`, or removes a memo it cannot write (apply scripts only).
 pub fn shell() -> String {
     format!(
-        r#"pc_find() {{
+        r#"pc_ask() {{
+  pc_all=$("$1" -c "$C" -x {params} 2>&1)
+  pc='' pw='' pc_rest=$pc_all$NL
+  while [ -n "$pc_rest" ]; do
+    pc_l=${{pc_rest%%"$NL"*}}; pc_rest=${{pc_rest#*"$NL"}}
+    case "$pc_l" in "$1: "*) pw=$pw$pc_l$NL ;; *) pc=$pc$pc_l$NL ;; esac
+  done
+  pc=${{pc%"$NL"}}; pw=${{pw%"$NL"}}
+}}
+pc_write() {{
+  if [ -n "$pk" ] && [ -n "$pc" ]; then
+    printf '%s\n@@answer\n%s\n@@end\n' "$pk" "$pc" > "$M/{MEMO}" 2>/dev/null || rm -f "$M/{MEMO}"
+  elif [ -e "$M/{MEMO}" ]; then
+    rm -f "$M/{MEMO}"
+  fi
+}}
+pc_find() {{
   pc_bin=''; pc_ifs=$IFS; IFS=:; set -f
   for pc_d in $PATH; do
     case "$pc_d" in /*) if [ -f "$pc_d/postconf" ] && [ -x "$pc_d/postconf" ]; then pc_bin=$pc_d/postconf; break; fi ;; esac
@@ -119,26 +131,45 @@ pc_memo() {{
     )
 }
 
-/// Apply-script shell (after [`shell`], once the reload succeeded): writes
-/// the memo from main.cf and master.cf as they now are (the key first,
-/// then postconf's answer), or removes a memo it cannot write. Never fails
-/// the apply: a host without a memo is read with postconf.
-pub fn refresh() -> String {
+/// Apply-script shell (after [`shell`]): lists main.cf, master.cf and the
+/// postconf binary as they now are, sets `pk` (the memo's key, empty when
+/// the host gives none), then asks postconf (`pc`, `pw`: see [`shell`]).
+/// The key is taken before postconf runs. Run after the swap, this is the
+/// validation of what was swapped in (its warnings) and the memo's answer
+/// at once; [`write`] writes it once the reload succeeded.
+pub fn key_and_ask() -> String {
     format!(
         r#"M="$C/{dir}"
 {ls_of}pc_find
 pf_also=$pc_bin
 pf_ls_of main.cf "$C/main.cf" master.cf "$C/master.cf"
 pf_also=''
-if pc_key && pc={ask} && [ -n "$pc" ]; then
-  printf '%s\n@@answer\n%s\n@@end\n' "$pk" "$pc" > "$M/{MEMO}" 2>/dev/null || rm -f "$M/{MEMO}"
-elif [ -e "$M/{MEMO}" ]; then
-  rm -f "$M/{MEMO}"
-fi
+pc_key || :
+pc_ask "${{pc_bin:-postconf}}"
 "#,
         dir = super::OWNED_DIR,
         ls_of = crate::facts::LS_OF,
-        // The binary the key lists, whatever else PATH holds.
-        ask = ask_postconf("\"$pc_bin\""),
+    )
+}
+
+/// Apply-script shell (after [`key_and_ask`], or after `pk` and `pc` were
+/// set from the first read's): writes the memo, or removes one it cannot
+/// write. Never fails the apply: a host without a memo is read with
+/// postconf.
+pub fn write() -> String {
+    format!("M=\"$C/{}\"\npc_write\n", super::OWNED_DIR)
+}
+
+/// Apply-script shell (after [`shell`]): the memo from the first read's
+/// key and postconf answer, which that read took in this order from the
+/// main.cf and master.cf the apply script checked are still the same
+/// bytes. Should either have been touched since (a chmod), its change time
+/// moved and the key no longer holds: the next read asks postconf.
+pub fn from_read(key: &str, answer: &str) -> String {
+    format!(
+        "pk={}\npc={}\n{}",
+        crate::shell::quote(key),
+        crate::shell::quote(answer),
+        write()
     )
 }

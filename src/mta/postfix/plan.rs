@@ -50,6 +50,13 @@ pub struct ApplySteps {
     /// The host's memo of postconf's answer held when it was read: an
     /// apply that edits neither main.cf nor master.cf leaves it.
     pub memo_fresh: bool,
+    /// postconf's warnings as read by facts, when the read asked postconf:
+    /// the warnings from before an edit, without asking again.
+    pub warnings_before: Option<String>,
+    /// The memo's key the read asked postconf under: with
+    /// `postconf_before`, the memo an apply that edits neither main.cf nor
+    /// master.cf writes when the host's did not hold.
+    pub memo_key_before: Option<String>,
     /// Table paths to build with postmap (sources that change or whose
     /// database is missing or stale).
     pub postmap: Vec<String>,
@@ -332,6 +339,8 @@ pub fn plan_host(
             master_cf_before: f.master_cf.clone(),
             postconf_before: f.postconf.clone(),
             memo_fresh: f.memo,
+            warnings_before: f.warnings.clone(),
+            memo_key_before: f.memo_key.clone(),
             postmap,
             lookups,
             running: f.running,

@@ -141,18 +141,52 @@ pub fn apply_script(plan: &HostPlan) -> ApplyScript {
     // taken before the swap when main.cf or master.cf changes; when only
     // tables change, postconf reads the same files at any time, so they
     // are taken only when a postmap says something.
+    //
+    // postconf is asked as every read asks it (`pc_ask`, the memo's
+    // parameters), before and after, so both give their warnings the same
+    // way; the warnings from before are the first read's when it asked
+    // postconf (the same main.cf and master.cf: checked above), and the
+    // postconf after the swap gives the memo's answer too.
+    if compares_warnings || edits_config {
+        s.push_str(&super::memo::shell());
+    }
     if compares_warnings {
         s.push_str(
             r#"warnings() {
   printf '%s\n' "$1" | sed -e 's/^[^ :]*: //' -e 's/, line [0-9][0-9]*:/:/' \
     -e 's/\(overriding earlier entry: [A-Za-z0-9_-]*\)=.*/\1/' | sort -u
 }
-before_warnings() {
+"#,
+        );
+        match &steps.warnings_before {
+            Some(w) => {
+                let _ = writeln!(
+                    s,
+                    "before_warnings() {{
+  if [ -z \"${{before_taken:-}}\" ]; then
+    \
+                     before=''; w={}
+    if [ -n \"$w\" ]; then before=$(warnings \"$w\"); fi
+    \
+                     before_taken=yes
+  fi
+}}",
+                    quote(w)
+                );
+            }
+            None => s.push_str(
+                r#"before_warnings() {
   if [ -z "${before_taken:-}" ]; then
-    before=$(warnings "$(postconf -c "$C" 2>&1 >/dev/null)"); before_taken=yes
+    pc_ask postconf; before=''
+    if [ -n "$pw" ]; then before=$(warnings "$pw"); fi
+    before_taken=yes
   fi
 }
-new_warnings() {
+"#,
+            ),
+        }
+        s.push_str(
+            r#"new_warnings() {
   nw=''
   [ -n "$1" ] || return 0
   before_warnings
@@ -245,12 +279,9 @@ new_warnings() {
     // files; it even creates missing directories), not the parameters and
     // services mxpin writes, and costs about 0.3 s of CPU per host.
     if edits_config {
-        s.push_str(
-            r#"step='postconf warnings'
-new_warnings "$(postconf -c "$C" 2>&1 >/dev/null)"
-[ -z "$nw" ] || fail "$nw"
-"#,
-        );
+        s.push_str("step='postconf warnings'\n");
+        s.push_str(&super::memo::key_and_ask());
+        s.push_str("new_warnings \"$pw\"\n[ -z \"$nw\" ] || fail \"$nw\"\n");
     }
     for l in &steps.lookups {
         let table = format!(
@@ -290,12 +321,26 @@ drop_old
             dir = super::OWNED_DIR,
             memo = super::memo::MEMO,
         );
-    } else if edits_config || !steps.memo_fresh {
+    } else if edits_config {
         // The memo of postconf's answer for the reads to come (the
-        // read-back first): main.cf or master.cf is new, or the memo
-        // did not hold when this run read the host.
-        s.push_str(&super::memo::shell());
-        s.push_str(&super::memo::refresh());
+        // read-back first), from the postconf that checked the new
+        // main.cf and master.cf above.
+        s.push_str(&super::memo::write());
+    } else if !steps.memo_fresh {
+        // The memo did not hold when this run read the host: written from
+        // that read's key and answer, or, without them, asked again.
+        if !compares_warnings {
+            s.push_str(&super::memo::shell());
+        }
+        match &steps.memo_key_before {
+            Some(key) if !steps.postconf_before.is_empty() => {
+                s.push_str(&super::memo::from_read(key, &steps.postconf_before));
+            }
+            _ => {
+                s.push_str(&super::memo::key_and_ask());
+                s.push_str(&super::memo::write());
+            }
+        }
     }
     s.push_str("printf '@@mxpin-ok\\n'\n");
     flush(&mut s, &steps.flush);

@@ -135,6 +135,19 @@ fn frame_ends(output: &[u8]) -> Vec<(String, usize)> {
     ends
 }
 
+/// `output` without its frames named in `names`.
+fn without_frames(output: &[u8], names: &[&str]) -> Vec<u8> {
+    let mut kept = Vec::new();
+    let mut start = 0;
+    for (name, end) in frame_ends(output) {
+        if !names.contains(&name.as_str()) {
+            kept.extend_from_slice(&output[start..end]);
+        }
+        start = end;
+    }
+    kept
+}
+
 /// Two hosts: `home` is the primary of example.net (with recipients) and
 /// example.com (any address); `relay` backs both up when `backup`.
 fn inventory_with(

@@ -137,10 +137,12 @@ fn the_memo_is_taken_whole_and_only_for_its_key() {
     assert_eq!(memo_answer(&whole, ""), None);
 }
 
-/// Writes the memo as an apply script does (see `memo::refresh`).
+/// Writes the memo as an apply script does (`memo::key_and_ask`, then
+/// `memo::write`).
 fn refresh(lab: &Lab) {
     std::fs::create_dir_all(lab.path("mxpin")).unwrap();
-    let out = run_sh_s(&with_memo_shell(&lab.conf, &memo::refresh()));
+    let body = format!("{}{}", memo::key_and_ask(), memo::write());
+    let out = run_sh_s(&with_memo_shell(&lab.conf, &body));
     assert!(
         out.status.success(),
         "{}",
@@ -220,4 +222,50 @@ fn live_facts_take_the_memo_only_while_its_key_holds() {
     let text = std::fs::read_to_string(&memo_path).unwrap();
     std::fs::write(&memo_path, text.replace("@@end\n", "")).unwrap();
     assert!(!facts_from(&capture_raw(&lab.conf)).unwrap().memo);
+}
+
+/// A read that asks postconf gives its answer and its warnings apart, from
+/// one postconf (a value that reads like a warning stays in the answer),
+/// and the memo's key it asked under: the memo an apply writes from them
+/// holds for the next read, as one written by asking again does.
+#[test]
+fn live_a_read_that_asks_postconf_gives_its_warnings_and_its_key() {
+    require_root_and_postfix!();
+    let lab = Lab::new();
+    std::fs::write(
+        lab.path("main.cf"),
+        format!(
+            "{}mxpin_unused_here = 1\nrelay_domains = a.example, postconf: warning: b.example\n",
+            lab.read("main.cf")
+        ),
+    )
+    .unwrap();
+    let f = facts_from(&capture_raw(&lab.conf)).unwrap();
+    assert!(!f.memo);
+    let warnings = f.warnings.clone().unwrap();
+    assert!(
+        warnings.starts_with("postconf: warning: ")
+            && warnings.contains("unused parameter: mxpin_unused_here=1"),
+        "{warnings}"
+    );
+    assert!(!f.postconf.contains("unused parameter"), "{}", f.postconf);
+    assert_eq!(
+        f.effective["relay_domains"],
+        "a.example, postconf: warning: b.example"
+    );
+    if !nanosecond_ctime(&lab) {
+        eprintln!("SKIPPED (the memo): the file system keeps no nanoseconds of change time");
+        return;
+    }
+    let key = f.memo_key.clone().expect("a key");
+    std::fs::create_dir_all(lab.path("mxpin")).unwrap();
+    let out = run_sh_s(&with_memo_shell(
+        &lab.conf,
+        &memo::from_read(&key, &f.postconf),
+    ));
+    assert!(out.status.success());
+    let again = facts_from(&capture_raw(&lab.conf)).unwrap();
+    assert!(again.memo);
+    assert_eq!(again.postconf, f.postconf);
+    assert_eq!((again.warnings, again.memo_key), (None, None));
 }

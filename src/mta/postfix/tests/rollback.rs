@@ -104,7 +104,33 @@ fn live_unparsable_main_cf_rolls_back_every_byte() {
 fn live_new_postconf_warning_rolls_back_every_byte() {
     require_root_and_postfix!();
     assert_failed_apply_restores_everything(
-        |plan| append_to_planned(plan, "main.cf", "mxpin_sabotage_unknown_parameter = yes\n"),
+        |plan| {
+            // As read by a read that asked postconf, which warned of
+            // nothing (the lab's relay was read through its memo).
+            let crate::mta::Steps::Postfix(steps) = &mut plan.steps else {
+                unreachable!()
+            };
+            steps.warnings_before = Some(String::new());
+            append_to_planned(plan, "main.cf", "mxpin_sabotage_unknown_parameter = yes\n")
+        },
+        |step| step == "postconf warnings",
+        true,
+    );
+}
+
+/// The same when the read took postconf's answer from the memo (it has no
+/// warnings to give): the script asks postconf for those from before.
+#[test]
+fn live_new_postconf_warning_rolls_back_every_byte_when_the_read_had_no_warnings() {
+    require_root_and_postfix!();
+    assert_failed_apply_restores_everything(
+        |plan| {
+            let crate::mta::Steps::Postfix(steps) = &mut plan.steps else {
+                unreachable!()
+            };
+            steps.warnings_before = None;
+            append_to_planned(plan, "main.cf", "mxpin_sabotage_unknown_parameter = yes\n")
+        },
         |step| step == "postconf warnings",
         true,
     );
@@ -156,6 +182,9 @@ fn live_duplicate_parameter_of_the_admin_does_not_block_apply() {
         "{:?}",
         plan.notes
     );
+    // The read asked postconf, and gives its warnings as those from before.
+    let before = plan.steps.postfix().warnings_before.clone().unwrap();
+    assert!(before.contains("overriding earlier entry"), "{before}");
     let (result, out) = run_apply(&plan);
     assert_eq!(result, ApplyResult::Applied, "{out}");
     let after = lab.read("main.cf");
@@ -191,6 +220,11 @@ fn live_duplicate_parameter_of_the_admin_does_not_block_apply() {
         &new_keys("home.example.net"),
     );
     assert_eq!(changed_paths(&repin), ["tls_policy"], "{:?}", repin.changes);
+    // That read took the memo's answer: no warnings of its own, so the
+    // script asks postconf for them when postmap says something.
+    if repin.steps.postfix().memo_fresh {
+        assert_eq!(repin.steps.postfix().warnings_before, None);
+    }
     let (result, out) = run_apply(&repin);
     assert_eq!(result, ApplyResult::Applied, "{out}");
 }
