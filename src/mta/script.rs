@@ -211,7 +211,8 @@ fail() {
 rollback() {
   trap '' HUP INT TERM
   for t in $swapped; do
-    if [ -e "$t.mxpin-old" ]; then mv -f "$t.mxpin-old" "$t"; else rm -f "$t"; fi
+    old_of "$t"
+    if [ -e "$o" ]; then mv -f "$o" "$t"; else rm -f "$t"; fi
   done
   cleanup_staged
   if [ -n "${made_dir:-}" ]; then rmdir "$made_dir" 2>/dev/null || :; fi
@@ -220,22 +221,51 @@ rollback() {
     printf '@@mxpin-rolled-back\n'
   fi
 }
+old_of() {
+  case "${1%/*}" in
+    */mxpin) o="${1%/*}/.mxpin-old/${1##*/}" ;;
+    *) o="$1.mxpin-old" ;;
+  esac
+}
 swap() {
-  if [ -e "$2" ]; then ln -f "$2" "$2.mxpin-old" || fail "cannot keep a copy of $2"; fi
+  old_of "$2"
+  if [ -e "$2" ]; then ln -f "$2" "$o" || fail "cannot keep a copy of $2"; fi
   swapped="$2 $swapped"
   mv -f "$1" "$2" || fail "cannot move $1 into place"
 }
+swap_owned() {
+  so_d=$1; shift
+  so_c=$# so_n=''
+  while [ "$so_c" -gt 0 ]; do
+    if [ -e "$so_d/$1" ]; then set -- "$@" "$so_d/$1"; fi
+    so_n="$so_n $1"
+    shift; so_c=$((so_c - 1))
+  done
+  if [ $# -gt 0 ]; then
+    ln -f -- "$@" "$so_d/.mxpin-old/" || fail "cannot keep a copy of the files in $so_d"
+  fi
+  set -f; set --
+  for so_f in $so_n; do
+    set -- "$@" "$so_d/.mxpin-new/$so_f"; swapped="$so_d/$so_f $swapped"
+  done
+  set +f
+  mv -f -- "$@" "$so_d/" || fail "cannot move the new files into $so_d"
+}
 remove() {
   [ -e "$1" ] || return 0
-  ln -f "$1" "$1.mxpin-old" || fail "cannot keep a copy of $1"
+  old_of "$1"
+  ln -f "$1" "$o" || fail "cannot keep a copy of $1"
   swapped="$1 $swapped"
   rm -f "$1" || fail "cannot remove $1"
 }
 drop_old() {
   set -f; set --
-  for t in $swapped; do set -- "$@" "$t.mxpin-old"; done
+  for t in $swapped; do
+    old_of "$t"; set -- "$@" "$o"
+    case "${t%/*}" in */mxpin) set -- "$@" "${t%/*}/.mxpin-new" "${t%/*}/.mxpin-old" ;; esac
+  done
   set +f
-  if [ $# -gt 0 ]; then rm -f -- "$@"; fi
+  if [ $# -gt 0 ]; then rm -rf -- "$@"; fi
 }
 "#;
 
@@ -297,11 +327,138 @@ pub fn parse_result(stdout: &str) -> Option<ApplyResult> {
     }
 }
 
-/// Where an apply script stages the new version of `path`: beside it,
-/// hidden, so a rename swaps it in atomically.
+/// The directory of `path` when it is one of mxpin's own files: directly
+/// in a directory named [`OWNED_DIR`] (`CONFIG_DIR/mxpin`, the rule the
+/// apply script's `old_of` follows too).
+fn owned_dir(path: &str) -> Option<&str> {
+    let (dir, _) = path.rsplit_once('/')?;
+    (dir.rsplit('/').next() == Some(OWNED_DIR)).then_some(dir)
+}
+
+/// Where an apply script stages the new version of `path`, on its file
+/// system so a rename swaps it in atomically: mxpin's own files in their
+/// directory's `.mxpin-new`, under their own names, so one `mv` swaps them
+/// all in (`swap_owned`); any other file beside it, hidden.
 pub fn staged(path: &str) -> String {
     let (dir, name) = path.rsplit_once('/').expect("absolute path");
-    format!("{dir}/.{name}.mxpin-new")
+    match owned_dir(path) {
+        Some(_) => format!("{dir}/.mxpin-new/{name}"),
+        None => format!("{dir}/.{name}.mxpin-new"),
+    }
+}
+
+/// Where an apply script keeps the previous version of `path` (a hard
+/// link) until the run succeeded, for its rollback: mxpin's own files in
+/// their directory's `.mxpin-old`, under their own names (one `ln` keeps
+/// them all), any other file beside it.
+pub fn old_copy(path: &str) -> String {
+    let (dir, name) = path.rsplit_once('/').expect("absolute path");
+    match owned_dir(path) {
+        Some(_) => format!("{dir}/.mxpin-old/{name}"),
+        None => format!("{path}.mxpin-old"),
+    }
+}
+
+/// The staging directories the files `targets` need, `.mxpin-new` then
+/// `.mxpin-old` of each directory of mxpin's own.
+fn staging_dirs(targets: &[String]) -> Vec<String> {
+    let mut dirs: Vec<String> = Vec::new();
+    for t in targets {
+        if let Some(d) = owned_dir(t) {
+            for sub in [".mxpin-new", ".mxpin-old"] {
+                let p = format!("{d}/{sub}");
+                if !dirs.contains(&p) {
+                    dirs.push(p);
+                }
+            }
+        }
+    }
+    dirs
+}
+
+/// `paths` (staged files and previous versions), those in a staging
+/// directory replaced by the staging directories of `targets`.
+fn staging_removal(paths: &[String], targets: &[String]) -> Vec<String> {
+    let mut out: Vec<String> = paths
+        .iter()
+        .filter(|p| {
+            !p.rsplit_once('/')
+                .is_some_and(|(d, _)| d.ends_with("/.mxpin-new") || d.ends_with("/.mxpin-old"))
+        })
+        .cloned()
+        .collect();
+    out.extend(staging_dirs(targets));
+    out
+}
+
+/// The apply script's `cleanup_staged` (run by a rollback, after the
+/// previous versions are back): removes the staged files `staged` and the
+/// staging directories of `targets`.
+pub fn script_cleanup_staged(s: &mut String, staged: &[String], targets: &[String]) {
+    use std::fmt::Write as _;
+    let _ = writeln!(s, "cleanup_staged() {{");
+    let paths = staging_removal(staged, targets);
+    if !paths.is_empty() {
+        let quoted: Vec<String> = paths.iter().map(|p| crate::shell::quote(p)).collect();
+        let _ = writeln!(s, "  rm -rf -- {}", quoted.join(" "));
+    }
+    let _ = writeln!(s, "  :\n}}");
+}
+
+/// Shell (under the apply lock) that removes what an earlier run left,
+/// `leftovers` (previous versions and staged files), in one `rm`, then
+/// makes the staging directories of `targets` (one `mkdir`; root's, 0700
+/// by the script's umask). They are removed again when the run ends
+/// (`drop_old`, or a rollback's `cleanup_staged`), so a host keeps no
+/// trace of them.
+pub fn script_staging(s: &mut String, leftovers: &[String], targets: &[String]) {
+    use std::fmt::Write as _;
+    let paths = staging_removal(leftovers, targets);
+    if !paths.is_empty() {
+        let quoted: Vec<String> = paths.iter().map(|p| crate::shell::quote(p)).collect();
+        let _ = writeln!(s, "rm -rf -- {}", quoted.join(" "));
+    }
+    let dirs = staging_dirs(targets);
+    if !dirs.is_empty() {
+        let quoted: Vec<String> = dirs.iter().map(|p| crate::shell::quote(p)).collect();
+        let _ = writeln!(
+            s,
+            "mkdir -- {} || fail 'cannot create the staging directories'",
+            quoted.join(" ")
+        );
+    }
+}
+
+/// Shell that swaps in the staged versions of `targets`, in this order:
+/// consecutive files of one directory of mxpin's own with one `ln` (their
+/// previous versions) and one `mv` (`swap_owned`, renames in argument
+/// order), any other file with `swap`.
+pub fn script_swap(s: &mut String, targets: &[&str]) {
+    use crate::shell::quote;
+    use std::fmt::Write as _;
+    let mut i = 0;
+    while i < targets.len() {
+        match owned_dir(targets[i]) {
+            Some(dir) => {
+                let mut names = Vec::new();
+                while i < targets.len() && owned_dir(targets[i]) == Some(dir) {
+                    let name = targets[i].rsplit_once('/').expect("absolute path").1;
+                    names.push(quote(name));
+                    i += 1;
+                }
+                let _ = writeln!(s, "swap_owned {} {}", quote(dir), names.join(" "));
+            }
+            None => {
+                let _ = writeln!(
+                    s,
+                    "swap {} {}",
+                    quote(&staged(targets[i])),
+                    quote(targets[i])
+                );
+                i += 1;
+            }
+        }
+    }
 }
 
 /// Shell that fixes mode and owner of the files `changes` only chmods (in
@@ -695,5 +852,109 @@ mod batched_tests {
         assert_eq!(s, "");
         script_rm(&mut s, "  ", &["/a b".to_string(), "/c'd".to_string()]);
         assert_eq!(s, "  rm -f -- '/a b' '/c'\\''d'\n");
+    }
+}
+
+/// mxpin's own files are swapped by one `ln` and one `mv`, in order, and
+/// given back by a rollback; the staging directories never outlive the
+/// run, and other files keep their copies beside them.
+#[cfg(test)]
+mod swap_tests {
+    use super::*;
+
+    fn run(dir: &std::path::Path, body: &str) -> (bool, String) {
+        let out = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "cd {}\n{body}",
+                crate::shell::quote(dir.to_str().unwrap())
+            ))
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    }
+
+    fn names(dir: &std::path::Path) -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn owned_files_swap_in_one_ln_and_one_mv_and_roll_back() {
+        let root = tempfile::tempdir().unwrap();
+        let c = root.path().join("etc");
+        let m = c.join(OWNED_DIR);
+        std::fs::create_dir_all(&m).unwrap();
+        let p = |n: &str| m.join(n).to_str().unwrap().to_string();
+        let main_cf = c.join("main.cf").to_str().unwrap().to_string();
+        std::fs::write(p("a"), "old a").unwrap();
+        std::fs::write(p("b.db"), "old b.db").unwrap();
+        std::fs::write(&main_cf, "old main").unwrap();
+        let targets: Vec<String> = vec![p("b.db"), p("a"), p("new"), main_cf.clone()];
+        let t: Vec<&str> = targets.iter().map(String::as_str).collect();
+        assert_eq!(staged(&p("a")), format!("{}/.mxpin-new/a", m.display()));
+        assert_eq!(old_copy(&p("a")), format!("{}/.mxpin-old/a", m.display()));
+        assert_eq!(
+            staged(&main_cf),
+            format!("{}/.main.cf.mxpin-new", c.display())
+        );
+        assert_eq!(old_copy(&main_cf), format!("{main_cf}.mxpin-old"));
+
+        let mut s = String::new();
+        script_swap(&mut s, &t);
+        assert_eq!(s.matches("swap_owned ").count(), 1, "{s}");
+        assert!(s.contains(" 'b.db' 'a' 'new'\n"), "{s}");
+        let staged_paths: Vec<String> = targets.iter().map(|t| staged(t)).collect();
+        let old: Vec<String> = targets.iter().map(|t| old_copy(t)).collect();
+        let mut script = String::from("umask 077\n");
+        script_cleanup_staged(&mut script, &staged_paths, &targets);
+        script.push_str("reload_after_rollback() { :; }\n");
+        script.push_str(SCRIPT_PRELUDE);
+        let mut leftovers = old.clone();
+        leftovers.extend(staged_paths.iter().cloned());
+        script_staging(&mut script, &leftovers, &targets);
+        for (target, text) in [
+            (&p("b.db"), "new b.db"),
+            (&p("a"), "new a"),
+            (&p("new"), "new"),
+            (&main_cf, "new main"),
+        ] {
+            script.push_str(&format!(
+                "printf '%s' {} > {}\n",
+                crate::shell::quote(text),
+                crate::shell::quote(&staged(target))
+            ));
+        }
+        script.push_str("step=swap\n");
+        script.push_str(&s);
+
+        // A failure after the swap: every previous version back, the new
+        // file gone, no staging directory left.
+        let (ok, out) = run(root.path(), &format!("{script}fail 'a check'\n"));
+        assert!(!ok);
+        assert_eq!(out, "@@mxpin-failed swap: a check\n@@mxpin-rolled-back\n");
+        assert_eq!(names(&m), ["a", "b.db"]);
+        assert_eq!(std::fs::read_to_string(p("a")).unwrap(), "old a");
+        assert_eq!(std::fs::read_to_string(p("b.db")).unwrap(), "old b.db");
+        assert_eq!(std::fs::read_to_string(&main_cf).unwrap(), "old main");
+        assert_eq!(names(&c), ["main.cf", OWNED_DIR]);
+
+        // Success: the new versions in place, the copies dropped with the
+        // staging directories.
+        let (ok, out) = run(root.path(), &format!("{script}drop_old\necho done\n"));
+        assert!(ok, "{out}");
+        assert_eq!(out, "done\n");
+        assert_eq!(names(&m), ["a", "b.db", "new"]);
+        assert_eq!(std::fs::read_to_string(p("a")).unwrap(), "new a");
+        assert_eq!(std::fs::read_to_string(p("b.db")).unwrap(), "new b.db");
+        assert_eq!(std::fs::read_to_string(&main_cf).unwrap(), "new main");
+        assert_eq!(names(&c), ["main.cf", OWNED_DIR]);
     }
 }

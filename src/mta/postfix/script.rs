@@ -106,9 +106,7 @@ pub fn apply_script(plan: &HostPlan) -> ApplyScript {
         targets.push(c.path.clone());
         targets.push(format!("{}.{suffix}", c.path));
     }
-    let _ = writeln!(s, "cleanup_staged() {{");
-    crate::mta::script_rm(&mut s, "  ", &staged_paths);
-    let _ = writeln!(s, "  :\n}}");
+    crate::mta::script_cleanup_staged(&mut s, &staged_paths, &targets);
 
     crate::mta::script_check_root(&mut s);
     crate::mta::script_prepare_and_lock(&mut s);
@@ -123,9 +121,9 @@ pub fn apply_script(plan: &HostPlan) -> ApplyScript {
     crate::mta::script_check_unchanged(&mut s, &plan.changes, &kept);
     // The previous run's copies, and anything staged by a run that was
     // killed: every staged file is then written new (script_stage).
-    let mut old: Vec<String> = targets.iter().map(|t| format!("{t}.mxpin-old")).collect();
+    let mut old: Vec<String> = targets.iter().map(|t| crate::mta::old_copy(t)).collect();
     old.extend(staged_paths.iter().cloned());
-    crate::mta::script_rm(&mut s, "", &old);
+    crate::mta::script_staging(&mut s, &old, &targets);
     // What `postconf` warns about comes from main.cf and master.cf only:
     // it is compared when one of them changes, and with postmap's output
     // (postmap reads main.cf too).
@@ -247,18 +245,17 @@ pub fn apply_script(plan: &HostPlan) -> ApplyScript {
             order.push(p);
         }
     }
-    for p in &order {
+    // A table's database before its source, so Postfix never sees a
+    // source newer than its database.
+    let dbs: Vec<String> = order.iter().map(|p| format!("{p}.{suffix}")).collect();
+    let mut swaps: Vec<&str> = Vec::new();
+    for (p, db) in order.iter().zip(&dbs) {
         if table_sources.iter().any(|t| t == p) {
-            let db = format!("{p}.{suffix}");
-            let _ = writeln!(
-                s,
-                "swap {} {}",
-                quote(&format!("{}.{suffix}", staged(p))),
-                quote(&db)
-            );
+            swaps.push(db);
         }
-        let _ = writeln!(s, "swap {} {}", quote(&staged(p)), quote(p));
+        swaps.push(p);
     }
+    crate::mta::script_swap(&mut s, &swaps);
     for name in ["/master.cf", "/main.cf"] {
         if let Some(m) = writes.iter().find(|c| c.path.ends_with(name)) {
             if name == "/main.cf" {

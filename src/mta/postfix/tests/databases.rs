@@ -56,9 +56,11 @@ fn database_type_decides_prefixes_and_unsupported_types_are_refused() {
         .contains(&format!("postmap -c {DIR} lmdb:{DIR}/mxpin/tls_policy")));
     assert_eq!(plan.steps.postfix().db_type, "lmdb");
     let script = apply_script(&plan);
+    // Built as lmdb where it is staged, swapped in before its source.
     assert!(script
         .text()
-        .contains(&format!("'{DIR}/mxpin/.tls_policy.mxpin-new.lmdb'")));
+        .contains(&format!("'lmdb:{DIR}/mxpin/.mxpin-new/tls_policy'")));
+    assert!(script.text().contains(" 'tls_policy.lmdb' 'tls_policy'"));
     assert_converged(&plan_for(&inv, "relay", &simulate_apply(&f, &plan), &home));
 
     // Switching a hash host to lmdb rebuilds every table and swaps prefixes.
