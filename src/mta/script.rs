@@ -407,8 +407,10 @@ pub fn script_cleanup_staged(s: &mut String, staged: &[String], targets: &[Strin
 
 /// Shell (under the apply lock) that removes what an earlier run left,
 /// `leftovers` (previous versions and staged files), in one `rm`, then
-/// makes the staging directories of `targets` (one `mkdir`; root's, 0700
-/// by the script's umask). They are removed again when the run ends
+/// makes the staging directories of `targets` (one `mkdir`; root's, 0755
+/// like mxpin's directory: Exim's `-bV -C` of the staged configuration
+/// reads the staged fragments as the Exim user; every staged file has its
+/// own mode). They are removed again when the run ends
 /// (`drop_old`, or a rollback's `cleanup_staged`), so a host keeps no
 /// trace of them.
 pub fn script_staging(s: &mut String, leftovers: &[String], targets: &[String]) {
@@ -423,7 +425,7 @@ pub fn script_staging(s: &mut String, leftovers: &[String], targets: &[String]) 
         let quoted: Vec<String> = dirs.iter().map(|p| crate::shell::quote(p)).collect();
         let _ = writeln!(
             s,
-            "mkdir -- {} || fail 'cannot create the staging directories'",
+            "mkdir -m 755 -- {} || fail 'cannot create the staging directories'",
             quoted.join(" ")
         );
     }
@@ -948,9 +950,17 @@ mod swap_tests {
 
         // Success: the new versions in place, the copies dropped with the
         // staging directories.
-        let (ok, out) = run(root.path(), &format!("{script}drop_old\necho done\n"));
+        // (The staging directory is 0755, as Exim's `-bV -C` of staged
+        // fragments needs.)
+        let (ok, out) = run(
+            root.path(),
+            &format!(
+                "{script}stat -c %a {}\ndrop_old\necho done\n",
+                crate::shell::quote(m.join(".mxpin-new").to_str().unwrap())
+            ),
+        );
         assert!(ok, "{out}");
-        assert_eq!(out, "done\n");
+        assert_eq!(out, "755\ndone\n");
         assert_eq!(names(&m), ["a", "b.db", "new"]);
         assert_eq!(std::fs::read_to_string(p("a")).unwrap(), "new a");
         assert_eq!(std::fs::read_to_string(p("b.db")).unwrap(), "new b.db");
