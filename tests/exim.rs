@@ -172,8 +172,8 @@ fn exim_backup_pins_a_postfix_primary() {
     let before = std::fs::read(&peer).unwrap();
     let obstacle = lab
         .dir
-        .join("relay/etc/exim4/mxpin/.peer-home.example.net.pem.mxpin-new");
-    std::fs::create_dir(&obstacle).unwrap();
+        .join("relay/etc/exim4/mxpin/.mxpin-new/peer-home.example.net.pem");
+    std::fs::create_dir_all(&obstacle).unwrap();
     let failed = lab.mxpin(&["apply", "--yes", "--no-verify", "-i", &inv]);
     assert_eq!(failed.code, 1, "{failed:?}");
     assert!(
@@ -183,7 +183,8 @@ fn exim_backup_pins_a_postfix_primary() {
         "{failed:?}"
     );
     assert_eq!(std::fs::read(&peer).unwrap(), before, "nothing changed");
-    std::fs::remove_dir(&obstacle).unwrap();
+    // The rollback removed the staging directory, obstacle and all.
+    assert!(!obstacle.parent().unwrap().exists(), "{obstacle:?}");
 
     let fix = lab.mxpin(&["apply", "--yes", "-i", &inv]);
     assert_eq!(fix.code, 0, "{fix:?}");

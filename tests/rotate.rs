@@ -129,8 +129,8 @@ fn interrupted_rotation_converges_and_compromised_key_is_dropped() {
 
     // The relay cannot stage its new tls_policy: its part of the rotation
     // fails (and changes nothing there) after home switched.
-    let obstacle = lab.postfix_dir("relay").join("mxpin/.tls_policy.mxpin-new");
-    std::fs::create_dir(&obstacle).unwrap();
+    let obstacle = lab.postfix_dir("relay").join("mxpin/.mxpin-new/tls_policy");
+    std::fs::create_dir_all(&obstacle).unwrap();
     let rotate = lab.mxpin(&["rotate", "home", "--yes", "-i", &inv]);
     assert_eq!(rotate.code, 1, "{rotate:?}");
     assert!(rotate.stdout.contains("home: applied"), "{rotate:?}");
@@ -165,7 +165,8 @@ fn interrupted_rotation_converges_and_compromised_key_is_dropped() {
         "{refused:?}"
     );
 
-    std::fs::remove_dir(&obstacle).unwrap();
+    // The rollback removed the staging directory, obstacle and all.
+    assert!(!obstacle.parent().unwrap().exists(), "{obstacle:?}");
     let plan = lab.mxpin(&["plan", "-i", &inv]);
     assert_eq!(
         plan.code, 2,

@@ -406,26 +406,23 @@ pub fn script_cleanup_staged(s: &mut String, staged: &[String], targets: &[Strin
 }
 
 /// Shell (under the apply lock) that removes what an earlier run left,
-/// `leftovers` (previous versions and staged files), in one `rm`, then
-/// makes the staging directories of `targets` (one `mkdir`; root's, 0755
-/// like mxpin's directory: Exim's `-bV -C` of the staged configuration
-/// reads the staged fragments as the Exim user; every staged file has its
-/// own mode). They are removed again when the run ends
-/// (`drop_old`, or a rollback's `cleanup_staged`), so a host keeps no
-/// trace of them.
+/// `leftovers` (previous versions and staged files, by name), in one `rm`,
+/// then makes the staging directories of `targets` (one `mkdir`; root's,
+/// 0755 like mxpin's directory: Exim's `-bV -C` of the staged
+/// configuration reads the staged fragments as the Exim user; every
+/// staged file has its own mode). They are removed again when the run
+/// ends (`drop_old`, or a rollback's `cleanup_staged`), so a host keeps no
+/// trace of them. Anything else at a staged file's name (a directory) is
+/// left alone, and staging that file fails.
 pub fn script_staging(s: &mut String, leftovers: &[String], targets: &[String]) {
     use std::fmt::Write as _;
-    let paths = staging_removal(leftovers, targets);
-    if !paths.is_empty() {
-        let quoted: Vec<String> = paths.iter().map(|p| crate::shell::quote(p)).collect();
-        let _ = writeln!(s, "rm -rf -- {}", quoted.join(" "));
-    }
+    script_rm(s, "", leftovers);
     let dirs = staging_dirs(targets);
     if !dirs.is_empty() {
         let quoted: Vec<String> = dirs.iter().map(|p| crate::shell::quote(p)).collect();
         let _ = writeln!(
             s,
-            "mkdir -m 755 -- {} || fail 'cannot create the staging directories'",
+            "mkdir -p -m 755 -- {} || fail 'cannot create the staging directories'",
             quoted.join(" ")
         );
     }
