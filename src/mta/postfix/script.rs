@@ -145,7 +145,7 @@ pub fn apply_script(plan: &HostPlan) -> ApplyScript {
     // way; the warnings from before are the first read's when it asked
     // postconf (the same main.cf and master.cf: checked above), and the
     // postconf after the swap gives the memo's answer too.
-    if compares_warnings || edits_config {
+    if compares_warnings {
         s.push_str(&super::memo::shell());
     }
     if compares_warnings {
@@ -158,17 +158,16 @@ pub fn apply_script(plan: &HostPlan) -> ApplyScript {
         );
         match &steps.warnings_before {
             Some(w) => {
-                let _ = writeln!(
+                let _ = write!(
                     s,
-                    "before_warnings() {{
-  if [ -z \"${{before_taken:-}}\" ]; then
-    \
-                     before=''; w={}
-    if [ -n \"$w\" ]; then before=$(warnings \"$w\"); fi
-    \
-                     before_taken=yes
+                    r#"before_warnings() {{
+  if [ -z "${{before_taken:-}}" ]; then
+    before='' bw={}
+    if [ -n "$bw" ]; then before=$(warnings "$bw"); fi
+    before_taken=yes
   fi
-}}",
+}}
+"#,
                     quote(w)
                 );
             }
