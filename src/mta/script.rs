@@ -376,31 +376,22 @@ fn staging_dirs(targets: &[String]) -> Vec<String> {
     dirs
 }
 
-/// `paths` (staged files and previous versions), those in a staging
-/// directory replaced by the staging directories of `targets`.
-fn staging_removal(paths: &[String], targets: &[String]) -> Vec<String> {
-    let mut out: Vec<String> = paths
-        .iter()
-        .filter(|p| {
-            !p.rsplit_once('/')
-                .is_some_and(|(d, _)| d.ends_with("/.mxpin-new") || d.ends_with("/.mxpin-old"))
-        })
-        .cloned()
-        .collect();
-    out.extend(staging_dirs(targets));
-    out
-}
-
 /// The apply script's `cleanup_staged` (run by a rollback, after the
-/// previous versions are back): removes the staged files `staged` and the
-/// staging directories of `targets`.
+/// previous versions are back): removes the staged files `staged` and
+/// what is left of the previous versions of `targets` (a copy made before
+/// the run failed), by name, then the staging directories, when empty:
+/// anything else there (a directory at a staged file's name) stays, and
+/// the next run's staging fails the same way.
 pub fn script_cleanup_staged(s: &mut String, staged: &[String], targets: &[String]) {
     use std::fmt::Write as _;
     let _ = writeln!(s, "cleanup_staged() {{");
-    let paths = staging_removal(staged, targets);
-    if !paths.is_empty() {
-        let quoted: Vec<String> = paths.iter().map(|p| crate::shell::quote(p)).collect();
-        let _ = writeln!(s, "  rm -rf -- {}", quoted.join(" "));
+    let mut paths = staged.to_vec();
+    paths.extend(targets.iter().map(|t| old_copy(t)));
+    script_rm(s, "  ", &paths);
+    let dirs = staging_dirs(targets);
+    if !dirs.is_empty() {
+        let quoted: Vec<String> = dirs.iter().map(|p| crate::shell::quote(p)).collect();
+        let _ = writeln!(s, "  rmdir -- {} 2>/dev/null", quoted.join(" "));
     }
     let _ = writeln!(s, "  :\n}}");
 }
