@@ -49,11 +49,11 @@ pub fn facts_prelude(host: &Host) -> String {
 PATH=/usr/sbin:/usr/bin:/sbin:/bin:/usr/local/sbin:/usr/local/bin:$PATH; export PATH
 {SHELL_HELPERS}C={c}
 M="$C/{OWNED_DIR}"
-{EFFECTIVE_UID}put uid "$u"
+{EFFECTIVE_IDS}put uid "$u"
 if [ "$u" != 0 ]; then put user "$(id -un 2>/dev/null)"; fi
 "#,
         SHELL_HELPERS = crate::facts::SHELL_HELPERS,
-        EFFECTIVE_UID = crate::mta::EFFECTIVE_UID,
+        EFFECTIVE_IDS = crate::mta::EFFECTIVE_IDS,
         c = crate::shell::quote(host.config_dir.as_str()),
     )
 }

@@ -160,7 +160,7 @@ fn sha256_hex(bytes: &[u8]) -> String {
 /// Shell that sets `u` and `eg` to the effective uid and gid: from the
 /// shell's own /proc/self/status (no process), `id` where there is no
 /// /proc.
-pub const EFFECTIVE_UID: &str = r#"# The effective uid and gid, from the shell's own /proc/self/status (no
+pub const EFFECTIVE_IDS: &str = r#"# The effective uid and gid, from the shell's own /proc/self/status (no
 # process; `id` where there is no /proc).
 u='' eg=''
 if [ -r /proc/self/status ]; then
@@ -175,7 +175,7 @@ case "$eg" in ''|*[!0-9]*) eg=$(id -g) ;; esac
 /// Shell that fails the apply script unless it runs as root.
 pub fn script_check_root(s: &mut String) {
     s.push_str("step='check user'\n");
-    s.push_str(EFFECTIVE_UID);
+    s.push_str(EFFECTIVE_IDS);
     s.push_str("[ \"$u\" = 0 ] || fail \"not running as root\"\n");
 }
 
@@ -396,18 +396,21 @@ pub fn script_cleanup_staged(s: &mut String, staged: &[String], targets: &[Strin
     let _ = writeln!(s, "  :\n}}");
 }
 
-/// Shell (under the apply lock) that removes what an earlier run left,
-/// `leftovers` (previous versions and staged files, by name), in one `rm`,
-/// then makes the staging directories of `targets` (one `mkdir`; root's,
-/// 0755 like mxpin's directory: Exim's `-bV -C` of the staged
-/// configuration reads the staged fragments as the Exim user; every
-/// staged file has its own mode). They are removed again when the run
-/// ends (`drop_old`, or a rollback's `cleanup_staged`), so a host keeps no
-/// trace of them. Anything else at a staged file's name (a directory) is
-/// left alone, and staging that file fails.
-pub fn script_staging(s: &mut String, leftovers: &[String], targets: &[String]) {
+/// Shell (under the apply lock) that removes what an earlier run left, by
+/// name, in one `rm`: the staged files `staged`, the previous versions of
+/// `targets` and `also`; then makes the staging directories of `targets`
+/// (one `mkdir`; root's, 0755 like mxpin's directory: Exim's `-bV -C` of
+/// the staged configuration reads the staged fragments as the Exim user;
+/// every staged file has its own mode). A run that succeeds removes them
+/// (`drop_old`); a rollback's `cleanup_staged` removes them when empty.
+/// Anything else at a staged file's name (a directory) is left alone, and
+/// staging that file fails.
+pub fn script_staging(s: &mut String, staged: &[String], targets: &[String], also: &[String]) {
     use std::fmt::Write as _;
-    script_rm(s, "", leftovers);
+    let mut leftovers: Vec<String> = targets.iter().map(|t| old_copy(t)).collect();
+    leftovers.extend(also.iter().cloned());
+    leftovers.extend(staged.iter().cloned());
+    script_rm(s, "", &leftovers);
     let dirs = staging_dirs(targets);
     if !dirs.is_empty() {
         let quoted: Vec<String> = dirs.iter().map(|p| crate::shell::quote(p)).collect();
@@ -478,7 +481,7 @@ pub fn script_chmods(s: &mut String, changes: &[FileChange]) {
 /// its umask gives (the umask is set from the file's mode, `umask` is the
 /// shell's own). Processes only where creation cannot give it:
 /// - `chown`, for a group other than root's, or when the shell's
-///   effective gid (`eg`, [`EFFECTIVE_UID`]) is not 0, or the directory is
+///   effective gid (`eg`, [`EFFECTIVE_IDS`]) is not 0, or the directory is
 ///   set-group-ID (a new file takes the directory's group);
 /// - `chmod`, for a mode with bits a new file never gets (execute,
 ///   set-ID, sticky).
@@ -776,7 +779,7 @@ mod batched_tests {
             .map(|n| staged(&p(n)))
             .collect();
         let mut s = String::from("umask 077\n");
-        s.push_str(EFFECTIVE_UID);
+        s.push_str(EFFECTIVE_IDS);
         script_rm(&mut s, "", &staged_all);
         s.push_str(&stage);
         s.push_str("umask\n");
@@ -810,7 +813,7 @@ mod batched_tests {
         assert_eq!(mode_of(&staged(&p("k1"))), 0o600);
 
         // Without that rm, noclobber refuses to write into it.
-        let (ok, out) = run(&format!("umask 077\n{}{stage}", EFFECTIVE_UID));
+        let (ok, out) = run(&format!("umask 077\n{}{stage}", EFFECTIVE_IDS));
         assert!(!ok);
         assert!(out.contains("cannot write"), "{out}");
 
@@ -846,8 +849,9 @@ mod batched_tests {
 }
 
 /// mxpin's own files are swapped by one `ln` and one `mv`, in order, and
-/// given back by a rollback; the staging directories never outlive the
-/// run, and other files keep their copies beside them.
+/// given back by a rollback; the staging directories, holding only what
+/// the run put there, do not outlive it; other files keep their copies
+/// beside them.
 #[cfg(test)]
 mod swap_tests {
     use super::*;
@@ -902,14 +906,11 @@ mod swap_tests {
         assert_eq!(s.matches("swap_owned ").count(), 1, "{s}");
         assert!(s.contains(" 'b.db' 'a' 'new'\n"), "{s}");
         let staged_paths: Vec<String> = targets.iter().map(|t| staged(t)).collect();
-        let old: Vec<String> = targets.iter().map(|t| old_copy(t)).collect();
         let mut script = String::from("umask 077\n");
         script_cleanup_staged(&mut script, &staged_paths, &targets);
         script.push_str("reload_after_rollback() { :; }\n");
         script.push_str(SCRIPT_PRELUDE);
-        let mut leftovers = old.clone();
-        leftovers.extend(staged_paths.iter().cloned());
-        script_staging(&mut script, &leftovers, &targets);
+        script_staging(&mut script, &staged_paths, &targets, &[]);
         for (target, text) in [
             (&p("b.db"), "new b.db"),
             (&p("a"), "new a"),

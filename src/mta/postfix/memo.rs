@@ -60,8 +60,7 @@ pub fn params() -> Vec<&'static str> {
 /// program named: `postconf`, or the binary the key lists), setting `pc`
 /// to its answer and `pw` to its warnings (its lines that start with
 /// `PROGRAM: `, which no `NAME = VALUE` line can: a parameter's name has
-/// no colon), so one postconf gives both; `pc_write` writes the memo of
-/// `pk` and `pc`, or removes a memo it cannot write (apply scripts only).
+/// no colon), so one postconf gives both.
 pub fn shell() -> String {
     format!(
         r#"pc_ask() {{
@@ -72,13 +71,6 @@ pub fn shell() -> String {
     case "$pc_l" in "$1: "*) pw=$pw$pc_l$NL ;; *) pc=$pc$pc_l$NL ;; esac
   done
   pc=${{pc%"$NL"}}; pw=${{pw%"$NL"}}
-}}
-pc_write() {{
-  if [ -n "$pk" ] && [ -n "$pc" ]; then
-    printf '%s\n@@answer\n%s\n@@end\n' "$pk" "$pc" > "$M/{MEMO}" 2>/dev/null || rm -f "$M/{MEMO}"
-  elif [ -e "$M/{MEMO}" ]; then
-    rm -f "$M/{MEMO}"
-  fi
 }}
 pc_find() {{
   pc_bin=''; pc_ifs=$IFS; IFS=:; set -f
@@ -157,7 +149,23 @@ pc_ask "${{pc_bin:-postconf}}"
 /// write. Never fails the apply: a host without a memo is read with
 /// postconf.
 pub fn write() -> String {
-    format!("M=\"$C/{}\"\npc_write\n", super::OWNED_DIR)
+    format!("{}M=\"$C/{}\"\npc_write\n", pc_write(), super::OWNED_DIR)
+}
+
+/// The shell function `pc_write`: writes the memo of `pk` and `pc`, or
+/// removes a memo it cannot write. Apply scripts only, so the reads'
+/// scripts do not carry it.
+fn pc_write() -> String {
+    format!(
+        r#"pc_write() {{
+  if [ -n "$pk" ] && [ -n "$pc" ]; then
+    printf '%s\n@@answer\n%s\n@@end\n' "$pk" "$pc" > "$M/{MEMO}" 2>/dev/null || rm -f "$M/{MEMO}"
+  elif [ -e "$M/{MEMO}" ]; then
+    rm -f "$M/{MEMO}"
+  fi
+}}
+"#
+    )
 }
 
 /// Apply-script shell (after [`shell`]): the memo from the first read's
@@ -167,9 +175,10 @@ pub fn write() -> String {
 /// moved and the key no longer holds: the next read asks postconf.
 pub fn from_read(key: &str, answer: &str) -> String {
     format!(
-        "pk={}\npc={}\n{}",
+        "{}pk={}\npc={}\nM=\"$C/{}\"\npc_write\n",
+        pc_write(),
         crate::shell::quote(key),
         crate::shell::quote(answer),
-        write()
+        super::OWNED_DIR,
     )
 }

@@ -121,9 +121,7 @@ pub fn apply_script(plan: &HostPlan) -> ApplyScript {
     crate::mta::script_check_unchanged(&mut s, &plan.changes, &kept);
     // The previous run's copies, and anything staged by a run that was
     // killed: every staged file is then written new (script_stage).
-    let mut old: Vec<String> = targets.iter().map(|t| crate::mta::old_copy(t)).collect();
-    old.extend(staged_paths.iter().cloned());
-    crate::mta::script_staging(&mut s, &old, &targets);
+    crate::mta::script_staging(&mut s, &staged_paths, &targets, &[]);
     // What `postconf` warns about comes from main.cf and master.cf only:
     // it is compared when one of them changes, and with postmap's output
     // (postmap reads main.cf too).

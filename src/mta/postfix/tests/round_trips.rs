@@ -33,6 +33,16 @@ fn live_apply_swaps_in_a_main_cf_postfix_reads_at_once() {
     );
 }
 
+/// The relay's plan to become home's backup, from a read of the lab's
+/// configuration, with the verify checks apply's read-back runs.
+fn backup_plan_and_checks(lab: &Lab) -> (HostPlan, Host, String) {
+    let inv = inventory(&lab.conf, true);
+    let before = capture(&lab.conf);
+    let plan = plan_for(&inv, "relay", &before, &new_keys("home.example.net"));
+    let extra = crate::mta::verify_snippet(&plan, &crate::mta::Facts::Postfix(before), &inv);
+    (plan, host_at(&lab.conf), extra)
+}
+
 /// Apply reads the host back in the same remote command: what it reads,
 /// with the checks, is what a separate read finds; a failed apply reads
 /// nothing back.
@@ -40,13 +50,7 @@ fn live_apply_swaps_in_a_main_cf_postfix_reads_at_once() {
 fn live_apply_reads_the_host_back_in_the_same_command() {
     require_root_and_postfix!();
     let lab = Lab::new();
-    let inv = inventory(&lab.conf, true);
-    let home = new_keys("home.example.net");
-    let before = capture(&lab.conf);
-    let plan = plan_for(&inv, "relay", &before, &home);
-    let host = host_at(&lab.conf);
-    let facts = crate::mta::Facts::Postfix(before);
-    let extra = crate::mta::verify_snippet(&plan, &facts, &inv);
+    let (plan, host, extra) = backup_plan_and_checks(&lab);
     let out = run_sh_s(crate::mta::apply_and_read_script(&plan, &host, &extra).text());
     let (verdict, back) = crate::mta::split_read_back(&out.stdout);
     assert_eq!(
@@ -145,10 +149,7 @@ fn live_first_read_of_verify_runs_the_checks_of_the_converged_plan() {
 fn live_read_back_takes_the_lookups_the_apply_checked_and_no_other_read_does() {
     require_root_and_postfix!();
     let lab = Lab::new();
-    let inv = inventory(&lab.conf, true);
-    let home = new_keys("home.example.net");
-    let before = capture(&lab.conf);
-    let plan = plan_for(&inv, "relay", &before, &home);
+    let (plan, host, extra) = backup_plan_and_checks(&lab);
     let crate::mta::Steps::Postfix(steps) = &plan.steps else {
         unreachable!()
     };
@@ -158,9 +159,6 @@ fn live_read_back_takes_the_lookups_the_apply_checked_and_no_other_read_does() {
         .find(|l| l.table == "transport")
         .expect("a backup route");
     let name = format!("q:transport:{}", lookup.key);
-    let host = host_at(&lab.conf);
-    let facts = crate::mta::Facts::Postfix(before);
-    let extra = crate::mta::verify_snippet(&plan, &facts, &inv);
     let script = crate::mta::apply_and_read_script(&plan, &host, &extra)
         .text()
         .to_string();
