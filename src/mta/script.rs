@@ -179,14 +179,23 @@ pub fn script_check_root(s: &mut String) {
     s.push_str("[ \"$u\" = 0 ] || fail \"not running as root\"\n");
 }
 
-/// Shell that removes `paths` (those that exist) in one `rm`.
+/// Shell that removes `paths` (those that exist) in one `rm`, run only
+/// when one of them is there: they are what a killed run left, so
+/// usually none is, and the shell's own tests cost no process.
 pub fn script_rm(s: &mut String, indent: &str, paths: &[String]) {
     use std::fmt::Write as _;
     if paths.is_empty() {
         return;
     }
-    let quoted: Vec<String> = paths.iter().map(|p| crate::shell::quote(p)).collect();
-    let _ = writeln!(s, "{indent}rm -f -- {}", quoted.join(" "));
+    let quoted = paths
+        .iter()
+        .map(|p| crate::shell::quote(p))
+        .collect::<Vec<_>>()
+        .join(" ");
+    let _ = writeln!(
+        s,
+        "{indent}for rm_p in {quoted}; do if [ -e \"$rm_p\" ] || [ -L \"$rm_p\" ]; then rm -f -- {quoted}; break; fi; done"
+    );
 }
 
 /// Shell shared by every apply script: strict environment, the `fail`,
@@ -839,12 +848,50 @@ mod batched_tests {
     }
 
     #[test]
-    fn one_rm_for_every_path_and_none_for_no_path() {
+    fn one_rm_for_every_path_only_when_one_is_there_and_none_for_no_path() {
         let mut s = String::new();
         script_rm(&mut s, "  ", &[]);
         assert_eq!(s, "");
-        script_rm(&mut s, "  ", &["/a b".to_string(), "/c'd".to_string()]);
-        assert_eq!(s, "  rm -f -- '/a b' '/c'\\''d'\n");
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().to_str().unwrap();
+        let paths: Vec<String> = ["a b", "c'd", "e"]
+            .iter()
+            .map(|n| format!("{d}/{n}"))
+            .collect();
+        script_rm(&mut s, "  ", &paths);
+        assert_eq!(s.matches("rm -f").count(), 1, "{s}");
+        // `rm` is found on PATH only where the test puts a logging one.
+        let bin = dir.path().join("bin");
+        std::fs::create_dir(&bin).unwrap();
+        let log = dir.path().join("rm.log");
+        let fake = format!(
+            "#!/bin/sh\nprintf '%s\\n' \"$*\" >> '{}'\nexec /bin/rm \"$@\"\n",
+            log.display()
+        );
+        std::fs::write(bin.join("rm"), fake).unwrap();
+        std::fs::set_permissions(
+            bin.join("rm"),
+            std::os::unix::fs::PermissionsExt::from_mode(0o755),
+        )
+        .unwrap();
+        let script = format!("PATH={}:$PATH\n{s}", bin.display());
+        let sh = |script: &str| {
+            let out = std::process::Command::new("sh")
+                .arg("-c")
+                .arg(script)
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "{out:?}");
+        };
+        // Nothing there: no `rm`.
+        sh(&script);
+        assert!(!log.exists());
+        // One there (a dangling symbolic link counts): one `rm` of all.
+        std::os::unix::fs::symlink("/nonexistent", &paths[2]).unwrap();
+        std::fs::write(&paths[1], "x").unwrap();
+        sh(&script);
+        assert_eq!(std::fs::read_to_string(&log).unwrap().lines().count(), 1);
+        assert!(paths.iter().all(|p| std::fs::symlink_metadata(p).is_err()));
     }
 }
 
