@@ -344,6 +344,23 @@ fn owned_dir(path: &str) -> Option<&str> {
     (dir.rsplit('/').next() == Some(OWNED_DIR)).then_some(dir)
 }
 
+/// Shell that removes, from `dir` (a directory of mxpin's own), the files
+/// an mxpin from before the staging directories left when it was killed
+/// mid-run: previous versions `NAME.mxpin-old` and staged versions
+/// `.NAME.mxpin-new`, private keys among them. Nothing else in `dir` has
+/// such a name (this mxpin stages in `.mxpin-new/` and `.mxpin-old/`,
+/// which neither pattern matches), and a directory there stays. One `rm`,
+/// run only when the shell's glob finds one.
+fn script_rm_former_names(s: &mut String, dir: &str) {
+    use std::fmt::Write as _;
+    let d = crate::shell::quote(dir);
+    let globs = format!("{d}/*.mxpin-old {d}/.*.mxpin-new");
+    let _ = writeln!(
+        s,
+        "set +f\nfor rm_p in {globs}; do if [ -f \"$rm_p\" ] || [ -L \"$rm_p\" ]; then rm -f -- {globs} 2>/dev/null; break; fi; done"
+    );
+}
+
 /// Where an apply script stages the new version of `path`, on its file
 /// system so a rename swaps it in atomically: mxpin's own files in their
 /// directory's `.mxpin-new`, under their own names, so one `mv` swaps them
@@ -413,13 +430,20 @@ pub fn script_cleanup_staged(s: &mut String, staged: &[String], targets: &[Strin
 /// every staged file has its own mode). A run that succeeds removes them
 /// (`drop_old`); a rollback's `cleanup_staged` removes them when empty.
 /// Anything else at a staged file's name (a directory) is left alone, and
-/// staging that file fails.
+/// staging that file fails. In each directory of mxpin's own, what an
+/// older mxpin's killed run left under the names it staged with before
+/// (see [`script_rm_former_names`]) goes too.
 pub fn script_staging(s: &mut String, staged: &[String], targets: &[String], also: &[String]) {
     use std::fmt::Write as _;
     let mut leftovers: Vec<String> = targets.iter().map(|t| old_copy(t)).collect();
     leftovers.extend(also.iter().cloned());
     leftovers.extend(staged.iter().cloned());
     script_rm(s, "", &leftovers);
+    let mut owned: Vec<&str> = targets.iter().filter_map(|t| owned_dir(t)).collect();
+    owned.dedup();
+    for dir in owned {
+        script_rm_former_names(s, dir);
+    }
     let dirs = staging_dirs(targets);
     if !dirs.is_empty() {
         let quoted: Vec<String> = dirs.iter().map(|p| crate::shell::quote(p)).collect();
@@ -925,6 +949,73 @@ mod swap_tests {
             .collect();
         v.sort();
         v
+    }
+
+    /// An older mxpin, killed mid-run, left its previous and staged
+    /// versions beside mxpin's files (`NAME.mxpin-old`, `.NAME.mxpin-new`,
+    /// private keys among them): staging removes them, and only them.
+    #[test]
+    fn staging_removes_what_an_older_mxpin_left_under_its_former_names() {
+        let root = tempfile::tempdir().unwrap();
+        let c = root.path().join("etc");
+        let m = c.join(OWNED_DIR);
+        std::fs::create_dir_all(m.join("kept.mxpin-old")).unwrap();
+        for n in [
+            "current.key",
+            "current.key.mxpin-old",
+            ".next.key.mxpin-new",
+            "transport.mxpin-old",
+            "notes.mxpin-old.txt",
+            ".mxpin-newer",
+        ] {
+            std::fs::write(m.join(n), "x").unwrap();
+        }
+        std::os::unix::fs::symlink("/nonexistent", m.join("link.mxpin-old")).unwrap();
+        let target = m.join("current.key").to_str().unwrap().to_string();
+        let mut s = String::new();
+        script_staging(
+            &mut s,
+            &[staged(&target)],
+            std::slice::from_ref(&target),
+            &[],
+        );
+        assert_eq!(s.matches("*.mxpin-old").count(), 2, "{s}");
+        let (ok, out) = run(
+            root.path(),
+            &format!("fail() {{ echo \"$1\"; exit 1; }}\n{s}"),
+        );
+        assert!(ok, "{out}");
+        assert_eq!(
+            names(&m),
+            [
+                ".mxpin-new",
+                ".mxpin-newer",
+                ".mxpin-old",
+                "current.key",
+                "kept.mxpin-old",
+                "notes.mxpin-old.txt"
+            ]
+        );
+        // Nothing of the kind: no `rm` runs (the staged name's is the
+        // only one, and it is not there either).
+        let bin = root.path().join("bin");
+        std::fs::create_dir(&bin).unwrap();
+        std::fs::write(bin.join("rm"), "#!/bin/sh\necho rm-ran\nexit 1\n").unwrap();
+        std::fs::set_permissions(
+            bin.join("rm"),
+            std::os::unix::fs::PermissionsExt::from_mode(0o755),
+        )
+        .unwrap();
+        std::fs::remove_dir(m.join(".mxpin-new")).unwrap();
+        std::fs::remove_dir(m.join(".mxpin-old")).unwrap();
+        let (ok, out) = run(
+            root.path(),
+            &format!(
+                "PATH={}:$PATH\nfail() {{ echo \"$1\"; exit 1; }}\n{s}",
+                bin.display()
+            ),
+        );
+        assert!(ok && !out.contains("rm-ran"), "{out}");
     }
 
     #[test]
