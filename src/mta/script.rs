@@ -350,7 +350,8 @@ fn owned_dir(path: &str) -> Option<&str> {
 /// `.NAME.mxpin-new`, private keys among them. Nothing else in `dir` has
 /// such a name (this mxpin stages in `.mxpin-new/` and `.mxpin-old/`,
 /// which neither pattern matches), and a directory there stays. One `rm`,
-/// run only when the shell's glob finds one.
+/// run only when the shell's glob finds one (globbing on: `set +f`, the
+/// shell's default, which the script's other `set -f` restore).
 fn script_rm_former_names(s: &mut String, dir: &str) {
     use std::fmt::Write as _;
     let d = crate::shell::quote(dir);
@@ -440,6 +441,7 @@ pub fn script_staging(s: &mut String, staged: &[String], targets: &[String], als
     leftovers.extend(staged.iter().cloned());
     script_rm(s, "", &leftovers);
     let mut owned: Vec<&str> = targets.iter().filter_map(|t| owned_dir(t)).collect();
+    owned.sort_unstable();
     owned.dedup();
     for dir in owned {
         script_rm_former_names(s, dir);
