@@ -183,7 +183,6 @@ pub fn script_check_root(s: &mut String) {
 /// when one of them is there: they are what a killed run left, so
 /// usually none is, and the shell's own tests cost no process.
 pub fn script_rm(s: &mut String, indent: &str, paths: &[String]) {
-    use std::fmt::Write as _;
     if paths.is_empty() {
         return;
     }
@@ -192,9 +191,17 @@ pub fn script_rm(s: &mut String, indent: &str, paths: &[String]) {
         .map(|p| crate::shell::quote(p))
         .collect::<Vec<_>>()
         .join(" ");
+    rm_found(s, indent, &quoted);
+}
+
+/// Shell that runs one `rm -f` of the shell words `words` (quoted paths,
+/// or globs) when one of them names a file or a symbolic link: the shell's
+/// tests, no process, when none does. A directory there stays either way.
+fn rm_found(s: &mut String, indent: &str, words: &str) {
+    use std::fmt::Write as _;
     let _ = writeln!(
         s,
-        "{indent}for rm_p in {quoted}; do if [ -e \"$rm_p\" ] || [ -L \"$rm_p\" ]; then rm -f -- {quoted}; break; fi; done"
+        "{indent}for rm_p in {words}; do if [ -f \"$rm_p\" ] || [ -L \"$rm_p\" ]; then rm -f -- {words} 2>/dev/null; break; fi; done"
     );
 }
 
@@ -353,13 +360,9 @@ fn owned_dir(path: &str) -> Option<&str> {
 /// run only when the shell's glob finds one (globbing on: `set +f`, the
 /// shell's default, which the script's other `set -f` restore).
 fn script_rm_former_names(s: &mut String, dir: &str) {
-    use std::fmt::Write as _;
     let d = crate::shell::quote(dir);
-    let globs = format!("{d}/*.mxpin-old {d}/.*.mxpin-new");
-    let _ = writeln!(
-        s,
-        "set +f\nfor rm_p in {globs}; do if [ -f \"$rm_p\" ] || [ -L \"$rm_p\" ]; then rm -f -- {globs} 2>/dev/null; break; fi; done"
-    );
+    s.push_str("set +f\n");
+    rm_found(s, "", &format!("{d}/*.mxpin-old {d}/.*.mxpin-new"));
 }
 
 /// Where an apply script stages the new version of `path`, on its file
